@@ -1,0 +1,7 @@
+//! bitville-pg-agent: watches a PostgreSQL server and its host, spools what it sees to disk and
+//! ships it to the Bitville listener. Modules are declared in the order data flows; see
+//! ARCHITECTURE.md for the map and the invariants.
+
+pub mod config;
+pub mod pool;
+pub mod json;
