@@ -5,3 +5,4 @@
 pub mod config;
 pub mod pool;
 pub mod json;
+pub mod payload;
