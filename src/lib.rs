@@ -3,6 +3,8 @@
 //! ARCHITECTURE.md for the map and the invariants.
 
 pub mod config;
-pub mod pool;
 pub mod json;
 pub mod payload;
+pub mod pool;
+pub mod ship;
+pub mod spool;

@@ -1,0 +1,112 @@
+//! The acknowledged cursor: the highest sequence number the listener acknowledged, and the next
+//! sequence number to assign, in one small text file replaced atomically.
+//!
+//! Invariants: the file is never written in place. A new version is written to `cursor.tmp`,
+//! fsynced, renamed over `cursor`, and the directory is fsynced, so after a crash the file is
+//! either the old or the new version, never a mix. A missing or unreadable cursor is not fatal:
+//! the spool then re-sends everything it still holds (duplicates are allowed, loss is not).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// The cursor file's name inside the spool directory.
+pub const FILE_NAME: &str = "cursor";
+/// The temporary name a new cursor is written under before the rename.
+pub const TMP_NAME: &str = "cursor.tmp";
+const FIRST_LINE: &str = "bitville-spool-cursor 1";
+
+/// What the cursor file records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CursorState {
+    /// Every record with a sequence number up to and including this one was acknowledged.
+    pub acked: u64,
+    /// The next sequence number to assign (so numbering survives an empty spool).
+    pub next_seq: u64,
+}
+
+/// Parses the cursor text; `None` when it is not a cursor this build wrote.
+pub fn parse(text: &str) -> Option<CursorState> {
+    let mut lines = text.lines();
+    if lines.next()? != FIRST_LINE {
+        return None;
+    }
+    let mut acked = None;
+    let mut next_seq = None;
+    for line in lines {
+        let (key, value) = line.split_once(' ')?;
+        let value: u64 = value.trim().parse().ok()?;
+        match key {
+            "acked" => acked = Some(value),
+            "next_seq" => next_seq = Some(value),
+            _ => return None,
+        }
+    }
+    Some(CursorState {
+        acked: acked?,
+        next_seq: next_seq?,
+    })
+}
+
+/// The file text for `state`.
+pub fn render(state: &CursorState) -> String {
+    format!(
+        "{FIRST_LINE}\nacked {}\nnext_seq {}\n",
+        state.acked, state.next_seq
+    )
+}
+
+/// Reads the cursor in `dir`: `Ok(None)` when there is none, `Err` with a reason when it exists
+/// but cannot be used.
+pub fn read(dir: &Path) -> Result<Option<CursorState>, String> {
+    let path = dir.join(FILE_NAME);
+    match fs::read_to_string(&path) {
+        Ok(text) => parse(&text)
+            .map(Some)
+            .ok_or_else(|| format!("cursor {} is not readable", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("read cursor {}: {e}", path.display())),
+    }
+}
+
+/// Replaces the cursor in `dir` atomically and durably.
+pub fn write(dir: &Path, state: &CursorState) -> io::Result<()> {
+    let tmp = dir.join(TMP_NAME);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(render(state).as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(FILE_NAME))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory so that a file created, renamed or removed in it stays so after a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_foreign_text() {
+        let s = CursorState {
+            acked: 41,
+            next_seq: 77,
+        };
+        assert_eq!(parse(&render(&s)), Some(s));
+        assert_eq!(parse(""), None);
+        assert_eq!(
+            parse("bitville-spool-cursor 1\nacked x\nnext_seq 2\n"),
+            None
+        );
+        assert_eq!(parse("bitville-spool-cursor 1\nacked 1\n"), None);
+        assert_eq!(parse("something else\nacked 1\nnext_seq 2\n"), None);
+    }
+}

@@ -1,0 +1,1312 @@
+//! The spool: the write-ahead, crash-safe queue between the collectors and the shipper.
+//!
+//! Collectors [`Spool::append`] payloads; the shipper [`Spool::peek`]s the oldest unacknowledged
+//! record, sends it, and [`Spool::ack`]s it after the listener answered 200 (or after the record
+//! was moved to the dead-letter file). Nothing reaches the listener without passing through here.
+//!
+//! On disk (see `docs/delivery.md`): append-only segment files `seg-<20 digits>.spool` made of
+//! checksummed frames ([`frame`]), the acknowledged cursor ([`cursor`]), a `lock` file, and
+//! `dead-letter.jsonl`.
+//!
+//! Invariants:
+//! - A record never spans segments; segments existing at open are never appended to again.
+//! - Only whole segments are deleted: when every record in them is acknowledged, or when the
+//!   size bound forces the oldest out (counted and reported in the next payload's
+//!   `data.agent.dropped`).
+//! - Sequence numbers are assigned only to records actually written, increase by one per
+//!   record, and never go backwards across restarts (recovered from the segments and the cursor).
+//! - Nothing here panics on what it reads from disk; damage is truncated (a torn tail) or skipped
+//!   and counted (damage in the middle), with a warning naming the segment and offset.
+//! - A failed write (ENOSPC, EIO, ...) drops the payload being appended with a counted error and
+//!   leaves the spool usable; the next append simply tries again.
+//! - Durability: a record is in the page cache when `append` returns (it survives `kill -9`);
+//!   [`Spool::sync`] makes it survive power loss and must be called at least once per
+//!   collection cycle. Sealed segments and the cursor are fsynced when written.
+
+pub mod cursor;
+pub mod frame;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::json::Json;
+use crate::payload::{render_record, AgentInfo, AgentStamp, Payload, Source};
+
+use cursor::CursorState;
+use frame::{HeaderCheck, FRAME_HEADER_LEN, HEADER_LEN};
+
+/// The lock file's name: held with `flock` for as long as a [`Spool`] is open.
+pub const LOCK_FILE: &str = "lock";
+/// The dead-letter file's name: one JSON line per payload the listener rejected for good.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+/// Room kept free for the `dropped` report a payload may carry, when making space.
+const DROP_REPORT_RESERVE: u64 = 1024;
+
+/// Where the spool lives and how big it may grow.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// The spool directory (created with mode 0700 when missing).
+    pub dir: PathBuf,
+    /// Upper bound of all segment files together. Defaults to 100 MiB (`[buffer] max_size_mb`).
+    pub max_bytes: u64,
+    /// A segment is sealed and a new one started past this size. Defaults to 4 MiB, and to at
+    /// most a quarter of `max_bytes` so dropping the oldest segment frees a useful share.
+    pub segment_bytes: u64,
+    /// The largest single record accepted; larger payloads are dropped with a counted error.
+    /// Defaults to 8 MiB, and to at most half of `max_bytes`.
+    pub max_record_bytes: u64,
+    /// The dead-letter file is rotated to `dead-letter.jsonl.1` past this size. Defaults to
+    /// 10 MiB.
+    pub dead_letter_max_bytes: u64,
+    /// Version and host stamped into `data.agent`.
+    pub agent: AgentInfo,
+}
+
+impl SpoolOptions {
+    /// Options with every default, for the spool in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> SpoolOptions {
+        SpoolOptions {
+            dir: dir.into(),
+            max_bytes: 100 * 1024 * 1024,
+            segment_bytes: 4 * 1024 * 1024,
+            max_record_bytes: 8 * 1024 * 1024,
+            dead_letter_max_bytes: 10 * 1024 * 1024,
+            agent: AgentInfo::current(),
+        }
+    }
+
+    fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes.min(self.max_bytes / 4).max(4096)
+    }
+
+    fn effective_max_record(&self) -> u64 {
+        self.max_record_bytes
+            .min(self.max_bytes / 2)
+            .min(u64::from(u32::MAX))
+            .max(1)
+    }
+}
+
+/// What can go wrong in the spool.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// A file operation failed (`op` says which, `path` on what): disk full, I/O error,
+    /// permissions.
+    Io {
+        /// What was being done, e.g. `write segment`.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another process holds the spool's lock file: two agents must not share one spool.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A segment was written by a newer format version; it is left untouched.
+    UnsupportedVersion {
+        /// The segment.
+        path: PathBuf,
+        /// The version its header names.
+        version: u32,
+    },
+    /// A payload is larger than the largest record the spool accepts; it was dropped.
+    TooLarge {
+        /// Its size in bytes.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl SpoolError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
+        SpoolError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether the error is the disk (or a quota, or a file size limit) being full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the error is about damaged or foreign spool contents rather than the system.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, SpoolError::UnsupportedVersion { .. })
+    }
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Io { op, path, source } => {
+                write!(f, "{op} {}: {source}", path.display())
+            }
+            SpoolError::Locked { path } => write!(
+                f,
+                "spool lock {} is held by another process (two agents on one spool?)",
+                path.display()
+            ),
+            SpoolError::UnsupportedVersion { path, version } => write!(
+                f,
+                "segment {} has format version {version}, newer than this agent reads",
+                path.display()
+            ),
+            SpoolError::TooLarge { bytes, limit } => {
+                write!(f, "payload of {bytes} bytes is over the {limit} byte limit")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// One stored payload, as the shipper gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The payload's sequence number (`data.agent.seq`).
+    pub seq: u64,
+    /// The listener source.
+    pub source: Source,
+    /// The envelope without `project` (see [`crate::payload::envelope_body`]).
+    pub body: String,
+}
+
+/// Losses not yet reported in a payload; stamped as `data.agent.dropped` into the next one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Unacknowledged records removed because the spool reached `max_bytes`.
+    pub records: u64,
+    /// Bytes of those records.
+    pub bytes: u64,
+    /// Those records per source, in [`Source::ALL`] order.
+    pub by_source: [u64; 4],
+    /// Payloads dropped because writing them failed (disk full, I/O error).
+    pub write_errors: u64,
+    /// Payloads dropped because they were over `max_record_bytes`.
+    pub oversized: u64,
+    /// Records lost to damage found in segments (counted from sequence gaps).
+    pub corrupt_records: u64,
+    /// Bytes of damaged data skipped or truncated.
+    pub corrupt_bytes: u64,
+}
+
+impl DropCounts {
+    fn is_empty(&self) -> bool {
+        *self == DropCounts::default()
+    }
+
+    fn add(&mut self, other: &DropCounts) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        for (a, b) in self.by_source.iter_mut().zip(other.by_source) {
+            *a += b;
+        }
+        self.write_errors += other.write_errors;
+        self.oversized += other.oversized;
+        self.corrupt_records += other.corrupt_records;
+        self.corrupt_bytes += other.corrupt_bytes;
+    }
+
+    /// The `data.agent.dropped` object.
+    pub fn to_json(&self) -> Json {
+        let mut by_source = Json::object();
+        for (s, n) in Source::ALL.iter().zip(self.by_source) {
+            if n > 0 {
+                by_source.push(s.as_str(), n);
+            }
+        }
+        Json::object()
+            .field("records", self.records)
+            .field("bytes", self.bytes)
+            .field("by_source", by_source)
+            .field("write_errors", self.write_errors)
+            .field("oversized", self.oversized)
+            .field("corrupt_records", self.corrupt_records)
+            .field("corrupt_bytes", self.corrupt_bytes)
+    }
+}
+
+/// A snapshot of the spool's state and lifetime counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Segment files on disk.
+    pub n_segments: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// The next sequence number to assign.
+    pub next_seq: u64,
+    /// The highest acknowledged sequence number.
+    pub acked_seq: u64,
+    /// Records appended and not yet acknowledged (approximate after damage).
+    pub n_pending: u64,
+    /// Everything lost since the spool was opened (including what was found at open).
+    pub lost: DropCounts,
+    /// Payloads moved to the dead-letter file.
+    pub n_dead_letters: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    path: PathBuf,
+    /// Bytes in the file, header included.
+    len: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    n_records: u64,
+    /// Damage was already found and counted in this segment; the reader does not count it twice.
+    damaged: bool,
+}
+
+impl Segment {
+    fn name(id: u64) -> String {
+        format!("seg-{id:020}.spool")
+    }
+
+    fn parse_name(name: &str) -> Option<u64> {
+        let digits = name.strip_prefix("seg-")?.strip_suffix(".spool")?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Reader {
+    /// The segment being read and the offset of the next frame in it.
+    seg_id: u64,
+    offset: u64,
+    /// A read handle on `seg_id`, kept between calls.
+    file: Option<(u64, File)>,
+    /// The sequence number of the last valid frame passed (for resynchronising after damage).
+    last_seq: u64,
+    /// The record most recently returned by `peek`, and the offset just past it.
+    peeked: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    opts: SpoolOptions,
+    segments: VecDeque<Segment>,
+    /// The id the next segment gets: ids only grow, because the reader's position refers to
+    /// them (a segment at or above the reader's id is where it continues).
+    next_seg_id: u64,
+    /// Append handle on the last segment; `None` until the first append after open, or after a
+    /// write error left the segment's tail in doubt.
+    active: Option<File>,
+    next_seq: u64,
+    acked: u64,
+    reader: Reader,
+    total_bytes: u64,
+    /// Losses not yet reported in a payload.
+    unreported: DropCounts,
+    /// Lifetime losses.
+    lost: DropCounts,
+    n_dead_letters: u64,
+    /// Consecutive failed appends (for logging the start and the end of a streak only).
+    write_error_streak: u64,
+    /// Appends since the last `sync`.
+    dirty: bool,
+    /// Incremented on every successful append; the shipper waits on it.
+    generation: u64,
+    _lock: File,
+}
+
+/// The spool. Shared between threads as `Arc<Spool>`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Spool {
+    inner: Mutex<Inner>,
+    appended: Condvar,
+}
+
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("open lock file", &path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(SpoolError::Locked { path });
+        }
+        return Err(SpoolError::io("lock", &path, err));
+    }
+    // The pid is only for operators reading the file; the lock itself is the flock, which the
+    // kernel releases when the process dies, even with kill -9.
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `opts.dir`: takes the lock, scans every segment,
+    /// truncates a torn tail, counts damage, and recovers the cursor and the sequence number.
+    pub fn open(opts: SpoolOptions) -> Result<Spool, SpoolError> {
+        let dir = opts.dir.clone();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        let _ = fs::remove_file(dir.join(cursor::TMP_NAME));
+
+        let mut ids = Vec::new();
+        let entries =
+            fs::read_dir(&dir).map_err(|e| SpoolError::io("list spool directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SpoolError::io("list spool directory", &dir, e))?;
+            if let Some(id) = entry.file_name().to_str().and_then(Segment::parse_name) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+
+        let saved = match cursor::read(&dir) {
+            Ok(c) => c,
+            Err(reason) => {
+                log::warn!("{reason}; every record still in the spool will be sent again");
+                None
+            }
+        };
+        if saved.is_none() && !ids.is_empty() {
+            log::warn!(
+                "spool {}: no cursor; every record still in the spool will be sent again",
+                dir.display()
+            );
+        }
+
+        let max_record = opts.effective_max_record() as usize;
+        let mut segments = VecDeque::new();
+        let mut found = DropCounts::default();
+        let mut prev_seq: Option<u64> = None;
+        let mut gap_open = false;
+        let n_ids = ids.len();
+        for (i, id) in ids.into_iter().enumerate() {
+            let is_last = i + 1 == n_ids;
+            let path = dir.join(Segment::name(id));
+            if let Some(seg) = scan_segment(
+                id,
+                path,
+                is_last,
+                max_record,
+                &mut prev_seq,
+                &mut gap_open,
+                &mut found,
+            )? {
+                segments.push_back(seg);
+            }
+        }
+
+        let max_seq = segments
+            .iter()
+            .filter_map(|s| s.last_seq)
+            .max()
+            .unwrap_or(0);
+        let first_seq = segments.iter().find_map(|s| s.first_seq);
+        let acked = match saved {
+            Some(c) => c.acked,
+            None => first_seq.map_or(max_seq, |f| f.saturating_sub(1)),
+        };
+        let next_seq = saved
+            .map_or(0, |c| c.next_seq)
+            .max(max_seq + 1)
+            .max(acked + 1);
+
+        let total_bytes = segments.iter().map(|s| s.len).sum();
+        let reader = Reader {
+            seg_id: segments.front().map_or(0, |s| s.id),
+            offset: HEADER_LEN as u64,
+            ..Reader::default()
+        };
+        let mut inner = Inner {
+            dir: dir.clone(),
+            opts,
+            next_seg_id: segments.back().map_or(1, |s: &Segment| s.id + 1),
+            segments,
+            active: None,
+            next_seq,
+            acked,
+            reader,
+            total_bytes,
+            unreported: found,
+            lost: found,
+            n_dead_letters: 0,
+            write_error_streak: 0,
+            dirty: false,
+            generation: 0,
+            _lock: lock,
+        };
+        inner.delete_acked_segments();
+        if let Err(e) = inner.write_cursor() {
+            log::warn!("{e}");
+        }
+        let stats = inner.stats();
+        log::info!(
+            "spool {}: {} segments, {} bytes, {} records pending, next seq {}",
+            dir.display(),
+            stats.n_segments,
+            stats.bytes,
+            stats.n_pending,
+            stats.next_seq
+        );
+        Ok(Spool {
+            inner: Mutex::new(inner),
+            appended: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the files inconsistent (every file change
+        // is a single write or rename), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `payload`, stamping `data.agent` (version, host, the next sequence number, and
+    /// `dropped` when something was lost since the previous payload). Returns the sequence
+    /// number.
+    ///
+    /// On error the payload is dropped and counted (reported in the next payload that makes
+    /// it); the spool stays usable and the next call tries again.
+    pub fn append(&self, payload: &Payload) -> Result<u64, SpoolError> {
+        let result = self.lock().append(payload);
+        if result.is_ok() {
+            self.appended.notify_all();
+        }
+        result
+    }
+
+    /// Flushes appended records and the cursor to stable storage (fdatasync). Call it at least
+    /// once per collection cycle, after the cycle's appends.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.lock().sync()
+    }
+
+    /// The oldest record not yet acknowledged, if any. Damaged frames met on the way are
+    /// skipped with a warning.
+    pub fn peek(&self) -> Result<Option<Record>, SpoolError> {
+        self.lock().peek()
+    }
+
+    /// Marks every record up to `seq` acknowledged, persists the cursor and deletes segments
+    /// that are now fully acknowledged. An error means only the cursor could not be saved:
+    /// after a restart those records would be sent again.
+    pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
+        self.lock().ack(seq)
+    }
+
+    /// Appends `record` with the listener's `status` and `answer` to the dead-letter file
+    /// (fsynced). The caller acknowledges the record afterwards either way, so one rejected
+    /// payload never blocks the queue.
+    pub fn dead_letter(
+        &self,
+        record: &Record,
+        body: &str,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), SpoolError> {
+        self.lock().dead_letter(record, body, status, answer)
+    }
+
+    /// A counter that increases with every successful append.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Waits up to `timeout` for an append after `generation` was observed; returns the
+    /// current generation.
+    pub fn wait_for_append(&self, generation: u64, timeout: Duration) -> u64 {
+        let guard = self.lock();
+        let (guard, _) = self
+            .appended
+            .wait_timeout_while(guard, timeout, |inner| inner.generation == generation)
+            .unwrap_or_else(|p| p.into_inner());
+        guard.generation
+    }
+
+    /// A snapshot of sizes, positions and counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.lock().stats()
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> PathBuf {
+        self.lock().dir.clone()
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = inner.sync() {
+            log::warn!("final spool sync failed: {e}");
+        }
+    }
+}
+
+/// Reads and checks one segment at open. Returns `None` when the segment holds no record (it
+/// is then removed).
+fn scan_segment(
+    id: u64,
+    path: PathBuf,
+    is_last: bool,
+    max_record: usize,
+    prev_seq: &mut Option<u64>,
+    gap_open: &mut bool,
+    found: &mut DropCounts,
+) -> Result<Option<Segment>, SpoolError> {
+    let buf = fs::read(&path).map_err(|e| SpoolError::io("read segment", &path, e))?;
+    let mut seg = Segment {
+        id,
+        path,
+        len: buf.len() as u64,
+        first_seq: None,
+        last_seq: None,
+        n_records: 0,
+        damaged: false,
+    };
+    match frame::check_header(&buf) {
+        HeaderCheck::Valid => {}
+        HeaderCheck::Short => {
+            // An interrupted segment creation: it can hold no record.
+            log::warn!(
+                "segment {}: {} bytes, shorter than a header; removed",
+                seg.path.display(),
+                buf.len()
+            );
+            remove_quietly(&seg.path);
+            return Ok(None);
+        }
+        HeaderCheck::NewerVersion(version) => {
+            return Err(SpoolError::UnsupportedVersion {
+                path: seg.path,
+                version,
+            })
+        }
+        HeaderCheck::BadMagic => {
+            // The frames carry their own checksums, so a damaged header costs nothing more.
+            log::warn!(
+                "segment {}: damaged header at offset 0; reading its frames anyway",
+                seg.path.display()
+            );
+            seg.damaged = true;
+        }
+    }
+
+    let mut off = HEADER_LEN;
+    loop {
+        match frame::decode_at(&buf, off, max_record) {
+            Ok(None) => break,
+            Ok(Some(f)) => {
+                if *gap_open {
+                    // Records between the last good one and this one were in the damage.
+                    let lost = prev_seq.map_or(0, |p| f.seq.saturating_sub(p + 1));
+                    found.corrupt_records += lost;
+                    if lost > 0 {
+                        log::warn!(
+                            "segment {}: {lost} records lost to damage before seq {}",
+                            seg.path.display(),
+                            f.seq
+                        );
+                    }
+                    *gap_open = false;
+                }
+                seg.first_seq.get_or_insert(f.seq);
+                seg.last_seq = Some(f.seq);
+                seg.n_records += 1;
+                *prev_seq = Some(f.seq);
+                off = f.end;
+            }
+            Err(damage) => {
+                seg.damaged = true;
+                let after = prev_seq.unwrap_or(0);
+                match frame::resync(&buf, off + 1, after, max_record) {
+                    Some(next) => {
+                        log::warn!(
+                            "segment {}: {damage} at offset {off}; skipped {} bytes to the next \
+                             valid frame",
+                            seg.path.display(),
+                            next - off
+                        );
+                        found.corrupt_bytes += (next - off) as u64;
+                        *gap_open = true;
+                        off = next;
+                    }
+                    None if is_last => {
+                        log::warn!(
+                            "segment {}: {damage} at offset {off}; torn tail of {} bytes truncated",
+                            seg.path.display(),
+                            buf.len() - off
+                        );
+                        found.corrupt_bytes += (buf.len() - off) as u64;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&seg.path)
+                            .map_err(|e| SpoolError::io("open segment", &seg.path, e))?;
+                        f.set_len(off as u64)
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| SpoolError::io("truncate segment", &seg.path, e))?;
+                        seg.len = off as u64;
+                        break;
+                    }
+                    None => {
+                        log::warn!(
+                            "segment {}: {damage} at offset {off}; the remaining {} bytes of the \
+                             segment are skipped",
+                            seg.path.display(),
+                            buf.len() - off
+                        );
+                        found.corrupt_bytes += (buf.len() - off) as u64;
+                        *gap_open = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if seg.n_records == 0 {
+        log::warn!("segment {}: no valid record; removed", seg.path.display());
+        remove_quietly(&seg.path);
+        return Ok(None);
+    }
+    Ok(Some(seg))
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Counts, by reading it, what a segment about to be dropped still holds above `acked`.
+fn count_unacked(seg: &Segment, acked: u64, max_record: usize) -> DropCounts {
+    let mut counts = DropCounts::default();
+    if seg.last_seq.is_some_and(|l| l <= acked) {
+        return counts;
+    }
+    let buf = match fs::read(&seg.path) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("read segment {} to count its loss: {e}", seg.path.display());
+            // Fall back to the segment's own totals.
+            counts.records = seg.n_records;
+            counts.bytes = seg.len;
+            return counts;
+        }
+    };
+    let mut off = HEADER_LEN;
+    let mut last = 0;
+    while off < buf.len() {
+        match frame::decode_at(&buf, off, max_record) {
+            Ok(Some(f)) => {
+                if f.seq > acked {
+                    counts.records += 1;
+                    counts.bytes += (f.end - off) as u64;
+                    counts.by_source[frame::source_tag(f.source) as usize] += 1;
+                }
+                last = f.seq;
+                off = f.end;
+            }
+            Ok(None) => break,
+            Err(_) => match frame::resync(&buf, off + 1, last, max_record) {
+                Some(next) => off = next,
+                None => break,
+            },
+        }
+    }
+    counts
+}
+
+impl Inner {
+    fn max_record(&self) -> usize {
+        self.opts.effective_max_record() as usize
+    }
+
+    fn cursor_state(&self) -> CursorState {
+        CursorState {
+            acked: self.acked,
+            next_seq: self.next_seq,
+        }
+    }
+
+    fn write_cursor(&self) -> Result<(), SpoolError> {
+        cursor::write(&self.dir, &self.cursor_state())
+            .map_err(|e| SpoolError::io("write cursor", &self.dir.join(cursor::FILE_NAME), e))
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let n_pending = self
+            .segments
+            .iter()
+            .map(|s| match (s.first_seq, s.last_seq) {
+                (Some(f), Some(l)) if f > self.acked => s.n_records.min(l - f + 1),
+                (Some(_), Some(l)) if l > self.acked => l - self.acked,
+                _ => 0,
+            })
+            .sum();
+        SpoolStats {
+            n_segments: self.segments.len(),
+            bytes: self.total_bytes,
+            next_seq: self.next_seq,
+            acked_seq: self.acked,
+            n_pending,
+            lost: self.lost,
+            n_dead_letters: self.n_dead_letters,
+        }
+    }
+
+    fn count_loss(&mut self, counts: &DropCounts) {
+        self.unreported.add(counts);
+        self.lost.add(counts);
+    }
+
+    fn append(&mut self, payload: &Payload) -> Result<u64, SpoolError> {
+        let seq = self.next_seq;
+        let agent = self.opts.agent.clone();
+        let render = |dropped: &DropCounts| {
+            let stamp = AgentStamp {
+                agent: &agent,
+                seq,
+                dropped: (!dropped.is_empty()).then(|| dropped.to_json()),
+            };
+            render_record(payload, &stamp)
+        };
+        let mut body = render(&self.unreported);
+        let limit = self.opts.effective_max_record();
+        if body.len() as u64 > limit {
+            self.count_loss(&DropCounts {
+                oversized: 1,
+                ..DropCounts::default()
+            });
+            return Err(SpoolError::TooLarge {
+                bytes: body.len() as u64,
+                limit,
+            });
+        }
+
+        let need = (FRAME_HEADER_LEN + body.len()) as u64 + DROP_REPORT_RESERVE;
+        if self.make_room(need) {
+            // Something was dropped for this very payload: it carries the report.
+            body = render(&self.unreported);
+        }
+        let frame = frame::encode_frame(seq, payload.source, body.as_bytes());
+        match self.write_frame(&frame) {
+            Ok(()) => {}
+            Err(e) => {
+                self.count_loss(&DropCounts {
+                    write_errors: 1,
+                    ..DropCounts::default()
+                });
+                self.write_error_streak += 1;
+                if self.write_error_streak == 1 {
+                    log::error!("spool write failed, payload dropped: {e}");
+                } else {
+                    log::debug!("spool write failed again, payload dropped: {e}");
+                }
+                return Err(e);
+            }
+        }
+        if self.write_error_streak > 0 {
+            log::info!(
+                "spool writes work again after {} failed appends",
+                self.write_error_streak
+            );
+            self.write_error_streak = 0;
+        }
+
+        // The report went out inside this payload.
+        self.unreported = DropCounts::default();
+        let seg = self
+            .segments
+            .back_mut()
+            .expect("write_frame leaves an active segment");
+        seg.len += frame.len() as u64;
+        seg.first_seq.get_or_insert(seq);
+        seg.last_seq = Some(seq);
+        seg.n_records += 1;
+        self.total_bytes += frame.len() as u64;
+        self.next_seq = seq + 1;
+        self.dirty = true;
+        self.generation += 1;
+        Ok(seq)
+    }
+
+    /// Drops the oldest segments until `need` more bytes fit under `max_bytes`. Returns whether
+    /// unacknowledged records were dropped.
+    fn make_room(&mut self, need: u64) -> bool {
+        let mut dropped_any = false;
+        while self.total_bytes + need > self.opts.max_bytes && !self.segments.is_empty() {
+            let is_active = self.segments.len() == 1 && self.active.is_some();
+            if is_active {
+                // The bound is smaller than one segment plus this record: start over.
+                self.active = None;
+            }
+            let Some(seg) = self.segments.pop_front() else {
+                break;
+            };
+            let counts = count_unacked(&seg, self.acked, self.max_record());
+            self.total_bytes = self.total_bytes.saturating_sub(seg.len);
+            remove_quietly(&seg.path);
+            if self.reader.seg_id == seg.id {
+                self.reader.file = None;
+                self.reader.peeked = None;
+                self.reader.seg_id = self.segments.front().map_or(seg.id + 1, |s| s.id);
+                self.reader.offset = HEADER_LEN as u64;
+            }
+            if counts.records > 0 {
+                log::warn!(
+                    "spool over {} bytes: dropped segment {} with {} unacknowledged records \
+                     ({} bytes)",
+                    self.opts.max_bytes,
+                    seg.path.display(),
+                    counts.records,
+                    counts.bytes
+                );
+                self.count_loss(&counts);
+                dropped_any = true;
+            }
+            // Records up to the segment's end can never be sent now.
+            if let Some(last) = seg.last_seq {
+                self.acked = self.acked.max(last);
+            }
+        }
+        dropped_any
+    }
+
+    /// Writes one encoded frame to the active segment, rotating first when it is full.
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), SpoolError> {
+        let seg_limit = self.opts.effective_segment_bytes();
+        let rotate = match (self.active.as_ref(), self.segments.back()) {
+            (Some(_), Some(seg)) => seg.n_records > 0 && seg.len + frame.len() as u64 > seg_limit,
+            _ => true,
+        };
+        if rotate {
+            self.seal_active();
+            self.create_segment()?;
+        }
+        let seg = self.segments.back().expect("an active segment exists");
+        let old_len = seg.len;
+        let path = seg.path.clone();
+        let file = self.active.as_mut().expect("an active segment is open");
+        if let Err(e) = file.write_all(frame) {
+            // Remove a partial frame so the segment ends on a frame boundary again. If even
+            // that fails, stop appending to this segment: the reader skips the damage.
+            if file.set_len(old_len).is_err() {
+                self.active = None;
+                if let Some(seg) = self.segments.back_mut() {
+                    if let Ok(m) = fs::metadata(&seg.path) {
+                        self.total_bytes = self.total_bytes - seg.len + m.len();
+                        seg.len = m.len();
+                    }
+                }
+            }
+            return Err(SpoolError::io("write segment", &path, e));
+        }
+        Ok(())
+    }
+
+    /// Stops appending to the current segment; it becomes sealed (durable via fsync).
+    fn seal_active(&mut self) {
+        if let Some(file) = self.active.take() {
+            if let Err(e) = file.sync_data() {
+                log::warn!("sync sealed segment: {e}");
+            }
+        }
+    }
+
+    fn create_segment(&mut self) -> Result<(), SpoolError> {
+        let id = self.next_seg_id;
+        let path = self.dir.join(Segment::name(id));
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| SpoolError::io("create segment", &path, e))?;
+        if let Err(e) = file.write_all(&frame::encode_header()) {
+            drop(file);
+            remove_quietly(&path);
+            return Err(SpoolError::io("write segment header", &path, e));
+        }
+        // Make the new name durable, so records fsynced into it later are findable.
+        if let Err(e) = cursor::sync_dir(&self.dir) {
+            log::warn!("sync spool directory {}: {e}", self.dir.display());
+        }
+        self.total_bytes += HEADER_LEN as u64;
+        self.segments.push_back(Segment {
+            id,
+            path,
+            len: HEADER_LEN as u64,
+            first_seq: None,
+            last_seq: None,
+            n_records: 0,
+            damaged: false,
+        });
+        self.next_seg_id = id + 1;
+        self.active = Some(file);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.dirty {
+            if let (Some(file), Some(seg)) = (self.active.as_ref(), self.segments.back()) {
+                file.sync_data()
+                    .map_err(|e| SpoolError::io("sync segment", &seg.path, e))?;
+            }
+            self.dirty = false;
+        }
+        self.write_cursor()
+    }
+
+    fn peek(&mut self) -> Result<Option<Record>, SpoolError> {
+        let max_record = self.max_record();
+        loop {
+            // Find the reader's segment, or the next one if it was deleted.
+            let Some(idx) = self
+                .segments
+                .iter()
+                .position(|s| s.id >= self.reader.seg_id)
+            else {
+                return Ok(None);
+            };
+            if self.segments[idx].id != self.reader.seg_id {
+                self.reader.seg_id = self.segments[idx].id;
+                self.reader.offset = HEADER_LEN as u64;
+            }
+            let is_last = idx + 1 == self.segments.len();
+            let (seg_id, seg_len) = (self.segments[idx].id, self.segments[idx].len);
+            let seg_path = self.segments[idx].path.clone();
+
+            if self.reader.offset >= seg_len {
+                if is_last {
+                    return Ok(None);
+                }
+                self.reader.seg_id = self.segments[idx + 1].id;
+                self.reader.offset = HEADER_LEN as u64;
+                continue;
+            }
+
+            let file = match &self.reader.file {
+                Some((id, f)) if *id == seg_id => f,
+                _ => {
+                    let f = File::open(&seg_path)
+                        .map_err(|e| SpoolError::io("open segment", &seg_path, e))?;
+                    &self.reader.file.insert((seg_id, f)).1
+                }
+            };
+            let off = self.reader.offset;
+            match read_frame_at(file, off, seg_len, max_record) {
+                Ok(Ok((seq, source, body, end))) => {
+                    self.reader.last_seq = seq;
+                    if seq <= self.acked {
+                        self.reader.offset = end;
+                        continue;
+                    }
+                    self.reader.peeked = Some((seq, end));
+                    let body = String::from_utf8(body)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    return Ok(Some(Record { seq, source, body }));
+                }
+                Ok(Err(damage)) => {
+                    let next = self.skip_damage(idx, off, &damage.to_string(), max_record)?;
+                    // Without a valid frame after the damage, the rest of the segment is skipped;
+                    // in the active segment later appends land past it, at the old length.
+                    self.reader.offset = next.unwrap_or(seg_len);
+                }
+                Err(e) => return Err(SpoolError::io("read segment", &seg_path, e)),
+            }
+        }
+    }
+
+    /// Finds the next valid frame after damage at `off` in segment `idx`; logs and (once per
+    /// segment) counts what is skipped.
+    fn skip_damage(
+        &mut self,
+        idx: usize,
+        off: u64,
+        damage: &str,
+        max_record: usize,
+    ) -> Result<Option<u64>, SpoolError> {
+        let seg = &self.segments[idx];
+        let mut rest = vec![0u8; (seg.len - off) as usize];
+        let file =
+            File::open(&seg.path).map_err(|e| SpoolError::io("open segment", &seg.path, e))?;
+        file.read_exact_at(&mut rest, off)
+            .map_err(|e| SpoolError::io("read segment", &seg.path, e))?;
+        let next = frame::resync(&rest, 1, self.reader.last_seq, max_record);
+        let skipped = next.unwrap_or(rest.len()) as u64;
+        log::warn!(
+            "segment {}: {damage} at offset {off}; skipping {skipped} bytes",
+            seg.path.display()
+        );
+        if !seg.damaged {
+            let mut counts = DropCounts {
+                corrupt_bytes: skipped,
+                ..DropCounts::default()
+            };
+            if let Some(n) = next {
+                if let Ok(Some(f)) = frame::decode_at(&rest, n, max_record) {
+                    counts.corrupt_records = f.seq.saturating_sub(self.reader.last_seq + 1);
+                }
+            }
+            self.segments[idx].damaged = true;
+            self.count_loss(&counts);
+        }
+        Ok(next.map(|n| off + n as u64))
+    }
+
+    fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if let Some((peeked, end)) = self.reader.peeked.take() {
+            if peeked == seq {
+                self.reader.offset = end;
+            }
+        }
+        self.acked = self.acked.max(seq);
+        let saved = self.write_cursor();
+        if saved.is_ok() {
+            // Deleting only after the cursor is durable: a crash in between re-sends nothing
+            // that was deleted, because the cursor already says it was acknowledged.
+            self.delete_acked_segments();
+        }
+        saved
+    }
+
+    /// Deletes sealed segments at the front whose every record is acknowledged.
+    fn delete_acked_segments(&mut self) {
+        while let Some(seg) = self.segments.front() {
+            let sealed = self.segments.len() > 1 || self.active.is_none();
+            let done = seg.last_seq.map_or(true, |l| l <= self.acked);
+            if !(sealed && done) {
+                break;
+            }
+            let seg = self.segments.pop_front().expect("front exists");
+            self.total_bytes = self.total_bytes.saturating_sub(seg.len);
+            if self
+                .reader
+                .file
+                .as_ref()
+                .is_some_and(|(id, _)| *id == seg.id)
+            {
+                self.reader.file = None;
+            }
+            remove_quietly(&seg.path);
+            log::debug!("segment {} fully acknowledged; removed", seg.path.display());
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        record: &Record,
+        body: &str,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), SpoolError> {
+        let path = self.dir.join(DEAD_LETTER_FILE);
+        if fs::metadata(&path).is_ok_and(|m| m.len() >= self.opts.dead_letter_max_bytes) {
+            let old = self.dir.join(format!("{DEAD_LETTER_FILE}.1"));
+            if let Err(e) = fs::rename(&path, &old) {
+                log::warn!("rotate dead-letter file {}: {e}", path.display());
+            }
+        }
+        let line = Json::object()
+            .field("at", crate::payload::unix_now())
+            .field("seq", record.seq)
+            .field("source", record.source.as_str())
+            .field("status", u64::from(status))
+            .field("answer", answer)
+            .field("payload", body)
+            .to_json_string();
+        let result = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(format!("{line}\n").as_bytes())?;
+                f.sync_data()
+            });
+        self.n_dead_letters += 1;
+        result.map_err(|e| SpoolError::io("write dead letter", &path, e))
+    }
+}
+
+/// Reads the frame at `off` through `file` without trusting its length before checking it.
+/// The outer error is an I/O failure; the inner one is damage.
+#[allow(clippy::type_complexity)] // a one-off internal result, clearer inline than named
+fn read_frame_at(
+    file: &File,
+    off: u64,
+    seg_len: u64,
+    max_record: usize,
+) -> io::Result<Result<(u64, Source, Vec<u8>, u64), frame::Damage>> {
+    if off + FRAME_HEADER_LEN as u64 > seg_len {
+        return Ok(Err(frame::Damage::Truncated));
+    }
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    file.read_exact_at(&mut h, off)?;
+    let header = frame::FrameHeader::parse(&h);
+    if let Err(d) = header.check(max_record) {
+        return Ok(Err(d));
+    }
+    let end = off + header.frame_len() as u64;
+    if end > seg_len {
+        return Ok(Err(frame::Damage::Truncated));
+    }
+    let mut body = vec![0u8; header.len as usize];
+    file.read_exact_at(&mut body, off + FRAME_HEADER_LEN as u64)?;
+    if !header.verifies(&body) {
+        return Ok(Err(frame::Damage::Checksum));
+    }
+    let source = frame::source_from_tag(header.tag).unwrap_or(Source::SystemMetrics);
+    Ok(Ok((header.seq, source, body, end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bv-spool-unit-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn payload(n: i64) -> Payload {
+        Payload {
+            source: Source::PgLog,
+            collected_at: 1_700_000_000.0 + n as f64,
+            correlation_id: None,
+            data: Json::object().field("n", n),
+        }
+    }
+
+    fn opts(dir: &Path) -> SpoolOptions {
+        let mut o = SpoolOptions::new(dir);
+        o.agent = AgentInfo {
+            version: "t".into(),
+            host: "h".into(),
+        };
+        o
+    }
+
+    #[test]
+    fn append_peek_ack_in_order_and_seq_survives_reopen() {
+        let dir = temp_dir("order");
+        {
+            let spool = Spool::open(opts(&dir)).unwrap();
+            assert_eq!(spool.append(&payload(1)).unwrap(), 1);
+            assert_eq!(spool.append(&payload(2)).unwrap(), 2);
+            let r = spool.peek().unwrap().unwrap();
+            assert_eq!(r.seq, 1);
+            assert!(r.body.contains("\"seq\":1"));
+            // Peeking again without an ack returns the same record.
+            assert_eq!(spool.peek().unwrap().unwrap().seq, 1);
+            spool.ack(1).unwrap();
+            assert_eq!(spool.peek().unwrap().unwrap().seq, 2);
+        }
+        let spool = Spool::open(opts(&dir)).unwrap();
+        assert_eq!(spool.peek().unwrap().unwrap().seq, 2);
+        assert_eq!(spool.append(&payload(3)).unwrap(), 3);
+        spool.ack(2).unwrap();
+        spool.ack(3).unwrap();
+        assert_eq!(spool.peek().unwrap(), None);
+        drop(spool);
+        // Everything acknowledged: the old segments are gone, the numbering is not.
+        let spool = Spool::open(opts(&dir)).unwrap();
+        assert_eq!(spool.stats().n_segments, 0);
+        assert_eq!(spool.append(&payload(4)).unwrap(), 4);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = temp_dir("lock");
+        let first = Spool::open(opts(&dir)).unwrap();
+        let second = Spool::open(opts(&dir));
+        assert!(
+            matches!(second, Err(SpoolError::Locked { .. })),
+            "{second:?}"
+        );
+        drop(first);
+        assert!(Spool::open(opts(&dir)).is_ok());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_rotate_and_acked_ones_are_deleted() {
+        let dir = temp_dir("rotate");
+        let mut o = opts(&dir);
+        o.segment_bytes = 4096;
+        let spool = Spool::open(o).unwrap();
+        for n in 0..100 {
+            spool.append(&payload(n)).unwrap();
+        }
+        let before = spool.stats();
+        assert!(before.n_segments > 2, "{before:?}");
+        assert_eq!(before.n_pending, 100);
+        for seq in 1..=100 {
+            assert_eq!(spool.peek().unwrap().unwrap().seq, seq);
+            spool.ack(seq).unwrap();
+        }
+        let after = spool.stats();
+        assert_eq!(after.n_segments, 1, "only the active segment stays");
+        assert_eq!(after.n_pending, 0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused_and_reported() {
+        let dir = temp_dir("oversized");
+        let mut o = opts(&dir);
+        o.max_record_bytes = 600;
+        let spool = Spool::open(o).unwrap();
+        let mut big = payload(1);
+        big.data = Json::object().field("x", "y".repeat(1000));
+        assert!(matches!(
+            spool.append(&big),
+            Err(SpoolError::TooLarge { .. })
+        ));
+        spool.append(&payload(2)).unwrap();
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!(r.seq, 1, "a refused payload consumes no sequence number");
+        assert!(r.body.contains("\"oversized\":1"), "{}", r.body);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
