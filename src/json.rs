@@ -233,4 +233,70 @@ mod tests {
             .field("a", Option::<i64>::None);
         assert_eq!(v.to_json_string(), r#"{"b":1,"a":null}"#);
     }
+
+    /// A tiny xorshift PRNG, so the property tests need no dependency and repeat exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A character biased towards the ones that need escaping.
+        fn char(&mut self) -> char {
+            let pick = self.next() % 10;
+            let cp = match pick {
+                0 => (self.next() % 0x20) as u32,
+                1 => ['"', '\\', '/', '\u{7f}', '\u{2028}', '\u{2029}'][(self.next() % 6) as usize]
+                    as u32,
+                2 => 0x80 + (self.next() % 0x780) as u32,
+                3 => 0x1_0000 + (self.next() % 0xF_0000) as u32,
+                4 => 0xE000 + (self.next() % 0x2000) as u32,
+                _ => 0x20 + (self.next() % 0x5f) as u32,
+            };
+            char::from_u32(cp).unwrap_or('?')
+        }
+
+        fn string(&mut self) -> String {
+            let n = (self.next() % 40) as usize;
+            (0..n).map(|_| self.char()).collect()
+        }
+    }
+
+    #[test]
+    fn random_strings_round_trip_through_a_real_parser() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..5000 {
+            let s = rng.string();
+            let text = Json::from(s.as_str()).to_json_string();
+            let parsed: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+            assert_eq!(parsed.as_str(), Some(s.as_str()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn random_objects_with_random_keys_and_floats_parse() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..500 {
+            let mut obj = Json::object();
+            for _ in 0..(rng.next() % 8) {
+                let key = rng.string();
+                let value = match rng.next() % 4 {
+                    0 => Json::Float(f64::from_bits(rng.next())),
+                    1 => Json::Int(rng.next() as i64),
+                    2 => Json::UInt(rng.next()),
+                    _ => Json::Str(rng.string()),
+                };
+                obj.push(&key, value);
+            }
+            let text = obj.to_json_string();
+            let parsed: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+            assert!(parsed.is_object(), "{text}");
+        }
+    }
 }

@@ -387,8 +387,14 @@ mod tests {
             let n = (next() % 200) as usize;
             let buf: Vec<u8> = (0..n).map(|_| next() as u8).collect();
             let off = (next() % 50) as usize;
-            let _ = decode_at(&buf, off, 64);
-            let _ = resync(&buf, off, next() % 10, 64);
+            if let Ok(Some(f)) = decode_at(&buf, off, 64) {
+                assert!(f.end <= buf.len() && !f.body.is_empty());
+            }
+            let after = next() % 10;
+            if let Some(at) = resync(&buf, off, after, 64) {
+                let f = decode_at(&buf, at, 64).unwrap().unwrap();
+                assert!(f.seq > after, "resync only lands on a newer, valid frame");
+            }
         }
     }
 }
