@@ -104,8 +104,6 @@ pub struct AgentStamp<'a> {
     pub agent: &'a AgentInfo,
     /// The payload's sequence number: +1 per payload, never reused, survives restarts.
     pub seq: u64,
-    /// What the spool dropped since the previous payload, when anything was (`data.agent.dropped`).
-    pub dropped: Option<Json>,
 }
 
 /// The longest `project` the listener accepts, in characters.
@@ -124,8 +122,9 @@ pub fn check_project(project: &str) -> Result<(), String> {
 
 /// Renders the envelope of `payload` without its `project`: the text the spool stores.
 ///
-/// Field order: `timestamp`, `source`, `data` (with `data.agent` last), then `correlation_id`
-/// only when the payload has one (the listener rejects a null). A `data` that is not an object
+/// Field order: `timestamp`, `source`, `correlation_id` only when the payload has one (the
+/// listener rejects a null), then `data` with `data.agent` last. That order makes the text end
+/// in `}}}` (agent, data, envelope), which [`with_dropped`] relies on. A `data` that is not an object
 /// (a collector bug) is wrapped as `{"value": ...}` so the listener still accepts it, and a
 /// non-finite or non-positive `collected_at` is replaced by the current time so `timestamp` is
 /// always a number.
@@ -147,24 +146,36 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
     };
     // `data.agent` belongs to the delivery path alone.
     fields.retain(|(k, _)| k != "agent");
-    let mut agent = Json::object()
+    let agent = Json::object()
         .field("version", stamp.agent.version.as_str())
         .field("host", stamp.agent.host.as_str())
         .field("seq", stamp.seq)
         .field("collected_at", collected_at);
-    if let Some(dropped) = &stamp.dropped {
-        agent.push("dropped", dropped.clone());
-    }
     fields.push(("agent".to_string(), agent));
 
     let mut envelope = Json::object()
         .field("timestamp", collected_at)
-        .field("source", payload.source.as_str())
-        .field("data", Json::Object(fields));
+        .field("source", payload.source.as_str());
     if let Some(id) = &payload.correlation_id {
         envelope.push("correlation_id", id.as_str());
     }
+    envelope.push("data", Json::Object(fields));
     envelope.to_json_string()
+}
+
+/// Adds `data.agent.dropped` to a stored record (output of [`render_record`]) at send time, so
+/// a loss report travels with the next payload actually delivered and cannot be lost with a
+/// dropped record. A text not ending in `}}}` is returned unchanged.
+pub fn with_dropped(record: &str, dropped: &Json) -> String {
+    let Some(head) = record.strip_suffix("}}}") else {
+        return record.to_string();
+    };
+    let mut out = String::with_capacity(record.len() + 256);
+    out.push_str(head);
+    out.push_str(",\"dropped\":");
+    dropped.write_to(&mut out);
+    out.push_str("}}}");
+    out
 }
 
 /// The HTTP body for a stored record: `{"project":...,` followed by the stored envelope.
@@ -221,7 +232,6 @@ mod tests {
         let stamp = AgentStamp {
             agent: &info,
             seq: 9,
-            dropped: None,
         };
         let record = render_record(&sample(Some("bitville-abc")), &stamp);
         let body = envelope_body("shop", &record);
@@ -247,13 +257,18 @@ mod tests {
         let stamp = AgentStamp {
             agent: &info,
             seq: 1,
-            dropped: Some(Json::object().field("records", 3u64)),
         };
         let mut p = sample(None);
         p.data = Json::Array(vec![]);
         p.collected_at = f64::NAN;
-        let v: serde_json::Value =
-            serde_json::from_str(&envelope_body("p", &render_record(&p, &stamp))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&envelope_body(
+            "p",
+            &with_dropped(
+                &render_record(&p, &stamp),
+                &Json::object().field("records", 3u64),
+            ),
+        ))
+        .unwrap();
         assert!(v.get("correlation_id").is_none());
         assert!(v["timestamp"].as_f64().unwrap() > 1_600_000_000.0);
         assert!(v["data"]["value"].is_array());

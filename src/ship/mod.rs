@@ -22,7 +22,7 @@ pub mod pacer;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::payload::{check_project, envelope_body};
@@ -327,6 +327,27 @@ pub struct ShipStats {
     pub n_config_errors: u64,
 }
 
+/// What the shipper did and where its breaker stands, readable from other threads (for the
+/// agent's own metrics, and for tests) through [`StatusHandle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipStatus {
+    /// The counters.
+    pub stats: ShipStats,
+    /// The breaker's state after the last request.
+    pub breaker: breaker::State,
+}
+
+/// A cloneable, thread-safe view of a running shipper's [`ShipStatus`].
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Mutex<ShipStatus>>);
+
+impl StatusHandle {
+    /// The latest status (updated after every request).
+    pub fn get(&self) -> ShipStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The shipper: owns the HTTP client, the pacer and the breaker. Run it on its own thread.
 #[derive(Debug)]
 pub struct Shipper {
@@ -339,6 +360,7 @@ pub struct Shipper {
     last_config_log: Option<Instant>,
     last_spool_error_log: Option<Instant>,
     stats: ShipStats,
+    published: StatusHandle,
 }
 
 impl Shipper {
@@ -349,17 +371,28 @@ impl Shipper {
             log::warn!("listener api_key is empty: the listener will answer 401");
         }
         let client = Client::new(&opts)?;
+        let breaker = Breaker::new(opts.breaker_failures, opts.breaker_reset);
+        let published = StatusHandle(Arc::new(Mutex::new(ShipStatus {
+            stats: ShipStats::default(),
+            breaker: breaker.state(),
+        })));
         Ok(Shipper {
             spool,
             project: opts.project,
             client,
-            breaker: Breaker::new(opts.breaker_failures, opts.breaker_reset),
+            breaker,
             pacer: Pacer::new(opts.max_requests_per_minute),
             config_error_retry: opts.config_error_retry,
             last_config_log: None,
             last_spool_error_log: None,
             stats: ShipStats::default(),
+            published,
         })
+    }
+
+    /// A handle other threads can read this shipper's status through, also while it runs.
+    pub fn status_handle(&self) -> StatusHandle {
+        self.published.clone()
     }
 
     /// What the shipper did so far.
@@ -409,6 +442,10 @@ impl Shipper {
                 continue;
             }
             self.deliver(&record);
+            *self.published.0.lock().unwrap_or_else(|p| p.into_inner()) = ShipStatus {
+                stats: self.stats.clone(),
+                breaker: self.breaker.state(),
+            };
         }
         log::info!("shipper stopped");
     }
@@ -432,7 +469,14 @@ impl Shipper {
             Ok(()) => {
                 self.stats.n_sent += 1;
                 log::debug!("delivered seq {} ({})", record.seq, record.source.as_str());
-                self.ack(record.seq);
+                if let Err(e) = self.spool.ack(record) {
+                    // The listener has the payload; the worst case is a duplicate after a
+                    // restart.
+                    log::warn!(
+                        "seq {} delivered but not marked in the cursor: {e}",
+                        record.seq
+                    );
+                }
             }
             Err(e) if !e.is_retryable() => {
                 // Permanent for this payload: set it aside so it never blocks the queue.
@@ -446,10 +490,9 @@ impl Shipper {
                     record.source.as_str()
                 );
                 if let Err(dl) = self.spool.dead_letter(record, &body, status, answer) {
-                    log::error!("seq {} is lost: {dl}", record.seq);
+                    log::error!("seq {} not kept as a dead letter: {dl}", record.seq);
                 }
                 self.stats.n_dead_letters += 1;
-                self.ack(record.seq);
             }
             Err(ShipError::RateLimited { retry_after, .. }) => {
                 self.stats.n_rate_limited += 1;
@@ -477,13 +520,6 @@ impl Shipper {
                 self.stats.n_failures += 1;
                 log::warn!("seq {} not delivered: {e}", record.seq);
             }
-        }
-    }
-
-    fn ack(&mut self, seq: u64) {
-        if let Err(e) = self.spool.ack(seq) {
-            // The listener has the payload; the worst case is a duplicate after a restart.
-            log::warn!("seq {seq} delivered but not marked in the cursor: {e}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! The acknowledged cursor: the highest sequence number the listener acknowledged, and the next
-//! sequence number to assign, in one small text file replaced atomically.
+//! The acknowledged cursor: the highest sequence number the listener acknowledged, the next
+//! sequence number to assign, and the losses not yet reported to the listener, in one small
+//! text file replaced atomically.
 //!
 //! Invariants: the file is never written in place. A new version is written to `cursor.tmp`,
 //! fsynced, renamed over `cursor`, and the directory is fsynced, so after a crash the file is
@@ -23,7 +24,13 @@ pub struct CursorState {
     pub acked: u64,
     /// The next sequence number to assign (so numbering survives an empty spool).
     pub next_seq: u64,
+    /// Loss counters not yet delivered in a payload (see `DropCounts`); kept here so that a
+    /// restart does not forget them.
+    pub unreported: [u64; UNREPORTED_LEN],
 }
+
+/// How many loss counters the cursor keeps.
+pub const UNREPORTED_LEN: usize = 10;
 
 /// Parses the cursor text; `None` when it is not a cursor this build wrote.
 pub fn parse(text: &str) -> Option<CursorState> {
@@ -33,26 +40,41 @@ pub fn parse(text: &str) -> Option<CursorState> {
     }
     let mut acked = None;
     let mut next_seq = None;
+    let mut unreported = [0u64; UNREPORTED_LEN];
     for line in lines {
         let (key, value) = line.split_once(' ')?;
-        let value: u64 = value.trim().parse().ok()?;
         match key {
-            "acked" => acked = Some(value),
-            "next_seq" => next_seq = Some(value),
+            "acked" => acked = Some(value.trim().parse().ok()?),
+            "next_seq" => next_seq = Some(value.trim().parse().ok()?),
+            "unreported" => {
+                let values: Vec<u64> = value
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                if values.len() != UNREPORTED_LEN {
+                    return None;
+                }
+                unreported.copy_from_slice(&values);
+            }
             _ => return None,
         }
     }
     Some(CursorState {
         acked: acked?,
         next_seq: next_seq?,
+        unreported,
     })
 }
 
 /// The file text for `state`.
 pub fn render(state: &CursorState) -> String {
+    let unreported: Vec<String> = state.unreported.iter().map(u64::to_string).collect();
     format!(
-        "{FIRST_LINE}\nacked {}\nnext_seq {}\n",
-        state.acked, state.next_seq
+        "{FIRST_LINE}\nacked {}\nnext_seq {}\nunreported {}\n",
+        state.acked,
+        state.next_seq,
+        unreported.join(" ")
     )
 }
 
@@ -99,8 +121,16 @@ mod tests {
         let s = CursorState {
             acked: 41,
             next_seq: 77,
+            unreported: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         };
         assert_eq!(parse(&render(&s)), Some(s));
+        // Without the loss line (nothing to report) it still reads.
+        let bare = parse("bitville-spool-cursor 1\nacked 1\nnext_seq 2\n").unwrap();
+        assert_eq!(bare.unreported, [0; UNREPORTED_LEN]);
+        assert_eq!(
+            parse("bitville-spool-cursor 1\nacked 1\nnext_seq 2\nunreported 1 2\n"),
+            None
+        );
         assert_eq!(parse(""), None);
         assert_eq!(
             parse("bitville-spool-cursor 1\nacked x\nnext_seq 2\n"),

@@ -11,8 +11,10 @@
 //! Invariants:
 //! - A record never spans segments; segments existing at open are never appended to again.
 //! - Only whole segments are deleted: when every record in them is acknowledged, or when the
-//!   size bound forces the oldest out (counted and reported in the next payload's
-//!   `data.agent.dropped`).
+//!   size bound forces the oldest out (counted, and reported as `data.agent.dropped` in the
+//!   next payload delivered: the report is added when a record is handed to the shipper and
+//!   cleared only when the listener acknowledged it, so it cannot be lost with a dropped record
+//!   or a restart — it is kept in the cursor file).
 //! - Sequence numbers are assigned only to records actually written, increase by one per
 //!   record, and never go backwards across restarts (recovered from the segments and the cursor).
 //! - Nothing here panics on what it reads from disk; damage is truncated (a torn tail) or skipped
@@ -37,7 +39,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::json::Json;
-use crate::payload::{render_record, AgentInfo, AgentStamp, Payload, Source};
+use crate::payload::{render_record, with_dropped, AgentInfo, AgentStamp, Payload, Source};
 
 use cursor::CursorState;
 use frame::{HeaderCheck, FRAME_HEADER_LEN, HEADER_LEN};
@@ -46,8 +48,6 @@ use frame::{HeaderCheck, FRAME_HEADER_LEN, HEADER_LEN};
 pub const LOCK_FILE: &str = "lock";
 /// The dead-letter file's name: one JSON line per payload the listener rejected for good.
 pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
-/// Room kept free for the `dropped` report a payload may carry, when making space.
-const DROP_REPORT_RESERVE: u64 = 1024;
 
 /// Where the spool lives and how big it may grow.
 #[derive(Debug, Clone)]
@@ -193,11 +193,14 @@ pub struct Record {
     pub seq: u64,
     /// The listener source.
     pub source: Source,
-    /// The envelope without `project` (see [`crate::payload::envelope_body`]).
+    /// The envelope without `project` (see [`crate::payload::envelope_body`]), including
+    /// `data.agent.dropped` when `report` is not empty.
     pub body: String,
+    /// The loss report this body carries; acknowledging the record clears it.
+    pub report: DropCounts,
 }
 
-/// Losses not yet reported in a payload; stamped as `data.agent.dropped` into the next one.
+/// Losses not yet reported to the listener; sent as `data.agent.dropped` with the next payload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {
     /// Unacknowledged records removed because the spool reached `max_bytes`.
@@ -217,8 +220,45 @@ pub struct DropCounts {
 }
 
 impl DropCounts {
-    fn is_empty(&self) -> bool {
+    /// Whether nothing was lost.
+    pub fn is_empty(&self) -> bool {
         *self == DropCounts::default()
+    }
+
+    fn to_array(self) -> [u64; cursor::UNREPORTED_LEN] {
+        let [a, b, c, d] = self.by_source;
+        [
+            self.records,
+            self.bytes,
+            a,
+            b,
+            c,
+            d,
+            self.write_errors,
+            self.oversized,
+            self.corrupt_records,
+            self.corrupt_bytes,
+        ]
+    }
+
+    fn from_array(v: [u64; cursor::UNREPORTED_LEN]) -> DropCounts {
+        DropCounts {
+            records: v[0],
+            bytes: v[1],
+            by_source: [v[2], v[3], v[4], v[5]],
+            write_errors: v[6],
+            oversized: v[7],
+            corrupt_records: v[8],
+            corrupt_bytes: v[9],
+        }
+    }
+
+    fn subtract(&mut self, delivered: &DropCounts) {
+        let mut mine = self.to_array();
+        for (m, d) in mine.iter_mut().zip(delivered.to_array()) {
+            *m = m.saturating_sub(d);
+        }
+        *self = DropCounts::from_array(mine);
     }
 
     fn add(&mut self, other: &DropCounts) {
@@ -464,7 +504,13 @@ impl Spool {
             acked,
             reader,
             total_bytes,
-            unreported: found,
+            unreported: {
+                let mut u = saved.map_or_else(DropCounts::default, |c| {
+                    DropCounts::from_array(c.unreported)
+                });
+                u.add(&found);
+                u
+            },
             lost: found,
             n_dead_letters: 0,
             write_error_streak: 0,
@@ -523,16 +569,21 @@ impl Spool {
         self.lock().peek()
     }
 
-    /// Marks every record up to `seq` acknowledged, persists the cursor and deletes segments
-    /// that are now fully acknowledged. An error means only the cursor could not be saved:
-    /// after a restart those records would be sent again.
-    pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
-        self.lock().ack(seq)
+    /// The listener stored `record`: marks every record up to its seq acknowledged, clears the
+    /// loss report it carried, persists the cursor and deletes segments that are now fully
+    /// acknowledged. An error means only the cursor could not be saved: after a restart those
+    /// records would be sent again.
+    pub fn ack(&self, record: &Record) -> Result<(), SpoolError> {
+        let mut inner = self.lock();
+        inner.unreported.subtract(&record.report);
+        inner.ack(record.seq)
     }
 
-    /// Appends `record` with the listener's `status` and `answer` to the dead-letter file
-    /// (fsynced). The caller acknowledges the record afterwards either way, so one rejected
-    /// payload never blocks the queue.
+    /// The listener rejected `record` for good: appends it (the `body` sent, the listener's
+    /// `status` and `answer`) to the dead-letter file, fsynced, then acknowledges it so one
+    /// rejected payload never blocks the queue. Its loss report stays pending for the next
+    /// payload. If the dead letter cannot be written the record is acknowledged anyway (and
+    /// the error returned): it can never be delivered.
     pub fn dead_letter(
         &self,
         record: &Record,
@@ -540,7 +591,10 @@ impl Spool {
         status: u16,
         answer: &str,
     ) -> Result<(), SpoolError> {
-        self.lock().dead_letter(record, body, status, answer)
+        let mut inner = self.lock();
+        let written = inner.dead_letter(record, body, status, answer);
+        let acked = inner.ack(record.seq);
+        written.and(acked)
     }
 
     /// A counter that increases with every successful append.
@@ -763,6 +817,7 @@ impl Inner {
         CursorState {
             acked: self.acked,
             next_seq: self.next_seq,
+            unreported: self.unreported.to_array(),
         }
     }
 
@@ -799,16 +854,11 @@ impl Inner {
 
     fn append(&mut self, payload: &Payload) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        let agent = self.opts.agent.clone();
-        let render = |dropped: &DropCounts| {
-            let stamp = AgentStamp {
-                agent: &agent,
-                seq,
-                dropped: (!dropped.is_empty()).then(|| dropped.to_json()),
-            };
-            render_record(payload, &stamp)
+        let stamp = AgentStamp {
+            agent: &self.opts.agent,
+            seq,
         };
-        let mut body = render(&self.unreported);
+        let body = render_record(payload, &stamp);
         let limit = self.opts.effective_max_record();
         if body.len() as u64 > limit {
             self.count_loss(&DropCounts {
@@ -821,11 +871,8 @@ impl Inner {
             });
         }
 
-        let need = (FRAME_HEADER_LEN + body.len()) as u64 + DROP_REPORT_RESERVE;
-        if self.make_room(need) {
-            // Something was dropped for this very payload: it carries the report.
-            body = render(&self.unreported);
-        }
+        // Room for the frame and, should the segment rotate, a new header.
+        self.make_room((FRAME_HEADER_LEN + body.len() + HEADER_LEN) as u64);
         let frame = frame::encode_frame(seq, payload.source, body.as_bytes());
         match self.write_frame(&frame) {
             Ok(()) => {}
@@ -851,8 +898,6 @@ impl Inner {
             self.write_error_streak = 0;
         }
 
-        // The report went out inside this payload.
-        self.unreported = DropCounts::default();
         let seg = self
             .segments
             .back_mut()
@@ -868,10 +913,8 @@ impl Inner {
         Ok(seq)
     }
 
-    /// Drops the oldest segments until `need` more bytes fit under `max_bytes`. Returns whether
-    /// unacknowledged records were dropped.
-    fn make_room(&mut self, need: u64) -> bool {
-        let mut dropped_any = false;
+    /// Drops the oldest segments until `need` more bytes fit under `max_bytes`.
+    fn make_room(&mut self, need: u64) {
         while self.total_bytes + need > self.opts.max_bytes && !self.segments.is_empty() {
             let is_active = self.segments.len() == 1 && self.active.is_some();
             if is_active {
@@ -900,14 +943,12 @@ impl Inner {
                     counts.bytes
                 );
                 self.count_loss(&counts);
-                dropped_any = true;
             }
             // Records up to the segment's end can never be sent now.
             if let Some(last) = seg.last_seq {
                 self.acked = self.acked.max(last);
             }
         }
-        dropped_any
     }
 
     /// Writes one encoded frame to the active segment, rotating first when it is full.
@@ -1040,9 +1081,18 @@ impl Inner {
                         continue;
                     }
                     self.reader.peeked = Some((seq, end));
-                    let body = String::from_utf8(body)
+                    let mut body = String::from_utf8(body)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    return Ok(Some(Record { seq, source, body }));
+                    let report = self.unreported;
+                    if !report.is_empty() {
+                        body = with_dropped(&body, &report.to_json());
+                    }
+                    return Ok(Some(Record {
+                        seq,
+                        source,
+                        body,
+                        report,
+                    }));
                 }
                 Ok(Err(damage)) => {
                     let next = self.skip_damage(idx, off, &damage.to_string(), max_record)?;
@@ -1238,14 +1288,16 @@ mod tests {
             assert!(r.body.contains("\"seq\":1"));
             // Peeking again without an ack returns the same record.
             assert_eq!(spool.peek().unwrap().unwrap().seq, 1);
-            spool.ack(1).unwrap();
+            spool.ack(&r).unwrap();
             assert_eq!(spool.peek().unwrap().unwrap().seq, 2);
         }
         let spool = Spool::open(opts(&dir)).unwrap();
         assert_eq!(spool.peek().unwrap().unwrap().seq, 2);
         assert_eq!(spool.append(&payload(3)).unwrap(), 3);
-        spool.ack(2).unwrap();
-        spool.ack(3).unwrap();
+        for _ in 0..2 {
+            let r = spool.peek().unwrap().unwrap();
+            spool.ack(&r).unwrap();
+        }
         assert_eq!(spool.peek().unwrap(), None);
         drop(spool);
         // Everything acknowledged: the old segments are gone, the numbering is not.
@@ -1282,8 +1334,9 @@ mod tests {
         assert!(before.n_segments > 2, "{before:?}");
         assert_eq!(before.n_pending, 100);
         for seq in 1..=100 {
-            assert_eq!(spool.peek().unwrap().unwrap().seq, seq);
-            spool.ack(seq).unwrap();
+            let r = spool.peek().unwrap().unwrap();
+            assert_eq!(r.seq, seq);
+            spool.ack(&r).unwrap();
         }
         let after = spool.stats();
         assert_eq!(after.n_segments, 1, "only the active segment stays");
@@ -1307,6 +1360,20 @@ mod tests {
         let r = spool.peek().unwrap().unwrap();
         assert_eq!(r.seq, 1, "a refused payload consumes no sequence number");
         assert!(r.body.contains("\"oversized\":1"), "{}", r.body);
+        assert_eq!(r.report.oversized, 1);
+        // The report is cleared only by an acknowledgement, and survives a restart until then.
+        drop(spool);
+        let spool = Spool::open(opts(&dir)).unwrap();
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!(r.report.oversized, 1);
+        spool.ack(&r).unwrap();
+        spool.append(&payload(3)).unwrap();
+        let r = spool.peek().unwrap().unwrap();
+        assert!(
+            r.report.is_empty() && !r.body.contains("dropped"),
+            "{}",
+            r.body
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
