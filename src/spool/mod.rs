@@ -518,10 +518,11 @@ impl Spool {
             generation: 0,
             _lock: lock,
         };
-        inner.delete_acked_segments();
-        if let Err(e) = inner.write_cursor() {
+        let saved = inner.write_cursor();
+        if let Err(e) = &saved {
             log::warn!("{e}");
         }
+        inner.delete_acked_segments(saved.is_err());
         let stats = inner.stats();
         log::info!(
             "spool {}: {} segments, {} bytes, {} records pending, next seq {}",
@@ -960,22 +961,38 @@ impl Inner {
         };
         if rotate {
             self.seal_active();
-            self.create_segment()?;
+            let empty_leftover = self
+                .segments
+                .back()
+                .is_some_and(|s| s.n_records == 0 && s.len == HEADER_LEN as u64);
+            if empty_leftover {
+                // A segment left with only its header by a failed write: reuse it, so a long
+                // disk-full spell does not leave one empty file per failed append.
+                let seg = self.segments.back().expect("checked above");
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(|e| SpoolError::io("reopen segment", &seg.path, e))?;
+                self.active = Some(file);
+            } else {
+                self.create_segment()?;
+            }
         }
         let seg = self.segments.back().expect("an active segment exists");
         let old_len = seg.len;
         let path = seg.path.clone();
         let file = self.active.as_mut().expect("an active segment is open");
         if let Err(e) = file.write_all(frame) {
-            // Remove a partial frame so the segment ends on a frame boundary again. If even
-            // that fails, stop appending to this segment: the reader skips the damage.
-            if file.set_len(old_len).is_err() {
-                self.active = None;
-                if let Some(seg) = self.segments.back_mut() {
-                    if let Ok(m) = fs::metadata(&seg.path) {
-                        self.total_bytes = self.total_bytes - seg.len + m.len();
-                        seg.len = m.len();
-                    }
+            // Remove a partial frame so the segment ends on a frame boundary again, and start
+            // a new segment next time: a file-size limit (EFBIG) is per file, and after an I/O
+            // error this file is in doubt. If even the truncation fails, the reader skips the
+            // partial frame as damage.
+            let trimmed = file.set_len(old_len).is_ok();
+            self.active = None;
+            if !trimmed {
+                if let (Some(seg), Ok(m)) = (self.segments.back_mut(), fs::metadata(&path)) {
+                    self.total_bytes = self.total_bytes - seg.len + m.len();
+                    seg.len = m.len();
                 }
             }
             return Err(SpoolError::io("write segment", &path, e));
@@ -1150,20 +1167,23 @@ impl Inner {
         }
         self.acked = self.acked.max(seq);
         let saved = self.write_cursor();
-        if saved.is_ok() {
-            // Deleting only after the cursor is durable: a crash in between re-sends nothing
-            // that was deleted, because the cursor already says it was acknowledged.
-            self.delete_acked_segments();
-        }
+        // Acknowledged records may go even when the cursor could not be saved: they were
+        // delivered, and on a full disk deleting them is what frees space. Only the segment
+        // with the newest sequence number stays then, because with a stale cursor it is what
+        // keeps the numbering from going backwards after a restart.
+        self.delete_acked_segments(saved.is_err());
         saved
     }
 
-    /// Deletes sealed segments at the front whose every record is acknowledged.
-    fn delete_acked_segments(&mut self) {
+    /// Deletes sealed segments at the front whose every record is acknowledged, keeping the
+    /// one holding the newest sequence number when `keep_newest`.
+    fn delete_acked_segments(&mut self, keep_newest: bool) {
         while let Some(seg) = self.segments.front() {
             let sealed = self.segments.len() > 1 || self.active.is_none();
             let done = seg.last_seq.map_or(true, |l| l <= self.acked);
-            if !(sealed && done) {
+            let holds_newest = seg.last_seq.is_some()
+                && self.segments.iter().skip(1).all(|s| s.last_seq.is_none());
+            if !(sealed && done) || (keep_newest && holds_newest) {
                 break;
             }
             let seg = self.segments.pop_front().expect("front exists");
