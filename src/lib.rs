@@ -3,6 +3,6 @@
 //! ARCHITECTURE.md for the map and the invariants.
 
 pub mod config;
-pub mod pool;
 pub mod json;
 pub mod payload;
+pub mod pool;
