@@ -2,6 +2,7 @@
 //! ships it to the Bitville listener. Modules are declared in the order data flows; see
 //! ARCHITECTURE.md for the map and the invariants.
 
+pub mod cli;
 pub mod config;
 pub mod json;
 pub mod payload;
