@@ -7,3 +7,6 @@ pub mod config;
 pub mod json;
 pub mod payload;
 pub mod pool;
+pub mod schedule;
+pub mod shutdown;
+pub mod signals;
