@@ -19,13 +19,14 @@ pub const EXIT_DATABASE: i32 = 4;
 
 /// The help text.
 pub const USAGE: &str = "\
-usage: bitville-pg-agent [-c PATH] [--check-config | --version | --help]
+usage: bitville-pg-agent [-c PATH] [--pid-file PATH] [--check-config | --version | --help]
 
 Watches a PostgreSQL server and its host and ships what it sees to the Bitville listener.
 
 options:
   -c, --config PATH   configuration file (default: $BITVILLE_PG_CONFIG_PATH,
                       else /etc/bitville/postgres-agent.ini)
+      --pid-file PATH write the process id to PATH while running
       --check-config  load and validate the configuration, print it with secrets
                       masked, and exit
   -V, --version       print the version and exit
@@ -53,6 +54,8 @@ pub enum Mode {
 pub struct Cli {
     /// `-c PATH`, if given.
     pub config: Option<PathBuf>,
+    /// `--pid-file PATH`, if given.
+    pub pid_file: Option<PathBuf>,
     /// The mode.
     pub mode: Mode,
 }
@@ -60,6 +63,7 @@ pub struct Cli {
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     let mut config = None;
+    let mut pid_file = None;
     let mut mode: Option<Mode> = None;
     let mut args = args.into_iter();
     let mut set_mode = |m: Mode, flag: &str| match &mode {
@@ -80,6 +84,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             a if a.starts_with("--config=") => {
                 config = Some(PathBuf::from(&a["--config=".len()..]))
             }
+            "--pid-file" => {
+                let path = args.next().ok_or_else(|| format!("{arg} needs a path"))?;
+                pid_file = Some(PathBuf::from(path));
+            }
             "--check-config" => set_mode(Mode::CheckConfig, &arg)?,
             "-V" | "--version" => set_mode(Mode::Version, &arg)?,
             "-h" | "--help" => set_mode(Mode::Help, &arg)?,
@@ -91,6 +99,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     }
     Ok(Cli {
         config,
+        pid_file,
         mode: mode.unwrap_or(Mode::Run),
     })
 }
@@ -109,6 +118,7 @@ mod tests {
             p(&[]).unwrap(),
             Cli {
                 config: None,
+                pid_file: None,
                 mode: Mode::Run
             }
         );

@@ -273,6 +273,13 @@ pub const KEYS: &[KeySpec] = &[
         "info",
         "agent log level: error, warn, info, debug or trace"
     ),
+    key!(
+        "log",
+        "file",
+        ["BITVILLE_PG_LOG_FILE"],
+        "",
+        "append the agent's log to this file (reopened on SIGHUP); empty: standard error"
+    ),
 ];
 
 /// Environment variables with the agent's prefix that are not configuration keys.
@@ -478,6 +485,8 @@ pub struct BufferConfig {
 pub struct LogConfig {
     /// Level. Defaults to info.
     pub level: log::LevelFilter,
+    /// File the log is appended to; `None` means standard error.
+    pub file: Option<PathBuf>,
 }
 
 /// The whole, validated configuration.
@@ -819,7 +828,10 @@ impl Config {
             collection,
             listener,
             buffer,
-            log: LogConfig { level },
+            log: LogConfig {
+                level,
+                file: r.optional_path("log", "file"),
+            },
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod json;
+pub mod logging;
 pub mod payload;
 pub mod pool;
 pub mod schedule;

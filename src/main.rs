@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use bitville_pg_agent::cli::{self, Mode};
 use bitville_pg_agent::config;
+use bitville_pg_agent::logging;
 use bitville_pg_agent::pool::Pool;
 
 fn main() -> ExitCode {
@@ -44,7 +45,10 @@ fn run() -> i32 {
         println!("\n; configuration is valid");
         return cli::EXIT_OK;
     }
-    init_logging(loaded.config.log.level);
+    if let Err(e) = logging::init(loaded.config.log.level, loaded.config.log.file.as_deref()) {
+        eprintln!("bitville-pg-agent: cannot start logging: {e}");
+        return cli::EXIT_CONFIG;
+    }
     for w in &loaded.warnings {
         log::warn!("{w}");
     }
@@ -56,20 +60,11 @@ fn run() -> i32 {
             return cli::EXIT_DATABASE;
         }
     }
-    cli::EXIT_OK
-}
-
-fn init_logging(level: log::LevelFilter) {
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        // The driver and HTTP client are chatty at debug level; their warnings still show.
-        .with_module_level("tokio_postgres", log::LevelFilter::Warn)
-        .with_module_level("postgres", log::LevelFilter::Warn)
-        .with_module_level("ureq", log::LevelFilter::Warn)
-        .with_module_level("ureq_proto", log::LevelFilter::Warn)
-        .with_module_level("rustls", log::LevelFilter::Warn);
-    if let Err(e) = logger.init() {
-        eprintln!("bitville-pg-agent: cannot start logging: {e}");
+    if let Some(pid_file) = &cli.pid_file {
+        if let Err(e) = logging::write_pid_file(pid_file) {
+            log::error!("cannot write pid file {}: {e}", pid_file.display());
+            return cli::EXIT_FAILURE;
+        }
     }
+    cli::EXIT_OK
 }
