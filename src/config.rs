@@ -276,7 +276,7 @@ pub const KEYS: &[KeySpec] = &[
     key!(
         "log",
         "file",
-        ["BITVILLE_PG_LOG_FILE"],
+        ["BITVILLE_PG_LOG_FILE", "BITVILLE_PG_FILE"],
         "",
         "append the agent's log to this file (reopened on SIGHUP); empty: standard error"
     ),
