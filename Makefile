@@ -4,7 +4,16 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release deps test demo lint regenerate clean
+.PHONY: all build release static deps test demo lint regenerate install uninstall clean
+
+MUSL_TARGET := x86_64-unknown-linux-musl
+STATIC_BIN := target/$(MUSL_TARGET)/release/bitville-pg-agent
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+STATEDIR ?= /var/lib/bitville-postgres-agent
+LOGDIR ?= /var/log/bitville
+RUN_AS ?= bitville
+SYSTEMD_DIR ?= /lib/systemd/system
 
 all: build
 
@@ -13,6 +22,18 @@ build:
 
 release:
 	$(CARGO) build --release
+
+# The static musl binary for minimal and air-gapped hosts. Needs the rustup target and Debian's
+# musl-tools (ring compiles C with musl-gcc); both are installed here when missing and possible.
+static:
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET) \
+	  || { echo "cannot add the $(MUSL_TARGET) target: run 'rustup target add $(MUSL_TARGET)'"; exit 1; }
+	@command -v musl-gcc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq musl-tools >/dev/null; } \
+	  || { echo "musl-gcc missing: run 'sudo apt-get install musl-tools'"; exit 1; }
+	$(CARGO) build --release --target $(MUSL_TARGET)
+	@if ldd $(STATIC_BIN) 2>&1 | grep -q "not a dynamic executable\|statically linked"; then \
+	  echo "$(STATIC_BIN): static, $$(stat -c %s $(STATIC_BIN)) bytes"; \
+	else echo "$(STATIC_BIN) is dynamically linked:"; ldd $(STATIC_BIN); exit 1; fi
 
 # The tests and the demo start a throwaway PostgreSQL server (with pg_stat_statements, which
 # Debian ships in the server package). Installed here when missing, as root; otherwise say how.
@@ -42,6 +63,42 @@ lint:
 # Rewrites etc/postgres-agent.ini.example from the key table in src/config.rs.
 regenerate:
 	BITVILLE_REGENERATE=1 $(CARGO) test --lib the_shipped_example_lists_every_key
+
+# Installs the binary (the static one when it was built), the example configuration, the init
+# scripts and the state, spool and log directories. PREFIX and DESTDIR as usual; RUN_AS is the
+# OS user the agent runs as (created when installing as root onto this system).
+install:
+	@bin=$(STATIC_BIN); [ -x "$$bin" ] || bin=target/release/bitville-pg-agent; \
+	  [ -x "$$bin" ] || { echo "build first: make static (or make release)"; exit 1; }; \
+	  install -D -m 0755 "$$bin" $(DESTDIR)$(BINDIR)/bitville-pg-agent
+	install -D -m 0644 etc/postgres-agent.ini.example $(DESTDIR)$(SYSCONFDIR)/bitville/postgres-agent.ini.example
+	@[ -e $(DESTDIR)$(SYSCONFDIR)/bitville/postgres-agent.ini ] || \
+	  install -m 0640 etc/postgres-agent.ini.example $(DESTDIR)$(SYSCONFDIR)/bitville/postgres-agent.ini
+	install -D -m 0644 etc/monitor-role.sql $(DESTDIR)$(PREFIX)/share/bitville-pg-agent/monitor-role.sql
+	sed 's|/usr/local/bin|$(BINDIR)|g' etc/init.d/bitville-pg-agent > etc/.init.tmp && \
+	  install -D -m 0755 etc/.init.tmp $(DESTDIR)$(SYSCONFDIR)/init.d/bitville-pg-agent && rm -f etc/.init.tmp
+	sed 's|/usr/local/bin|$(BINDIR)|g' etc/openrc/bitville-pg-agent > etc/.openrc.tmp && \
+	  install -D -m 0755 etc/.openrc.tmp $(DESTDIR)$(PREFIX)/share/bitville-pg-agent/openrc/bitville-pg-agent && rm -f etc/.openrc.tmp
+	sed 's|/usr/local/bin|$(BINDIR)|g' etc/systemd/bitville-pg-agent.service > etc/.unit.tmp && \
+	  install -D -m 0644 etc/.unit.tmp $(DESTDIR)$(SYSTEMD_DIR)/bitville-pg-agent.service && rm -f etc/.unit.tmp
+	install -D -m 0644 etc/logrotate.d/bitville-pg-agent $(DESTDIR)$(SYSCONFDIR)/logrotate.d/bitville-pg-agent
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! id $(RUN_AS) >/dev/null 2>&1; then \
+	  echo "creating system user $(RUN_AS)"; \
+	  useradd --system --no-create-home --shell /usr/sbin/nologin --groups adm $(RUN_AS) 2>/dev/null \
+	  || adduser -S -D -H -G adm $(RUN_AS); fi
+	install -d -m 0750 $(DESTDIR)$(STATEDIR) $(DESTDIR)$(STATEDIR)/state $(DESTDIR)$(STATEDIR)/buffer $(DESTDIR)$(LOGDIR)
+	@if [ "$$(id -u)" = 0 ] && id $(RUN_AS) >/dev/null 2>&1; then \
+	  chown -R $(RUN_AS) $(DESTDIR)$(STATEDIR) $(DESTDIR)$(LOGDIR); \
+	  chgrp $(RUN_AS) $(DESTDIR)$(SYSCONFDIR)/bitville/postgres-agent.ini; fi
+	@echo "installed; edit $(SYSCONFDIR)/bitville/postgres-agent.ini, then: $(SYSCONFDIR)/init.d/bitville-pg-agent start"
+
+# Removes what install put in place, except the configuration and the collected data.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/bitville-pg-agent $(DESTDIR)$(SYSCONFDIR)/init.d/bitville-pg-agent \
+	  $(DESTDIR)$(SYSTEMD_DIR)/bitville-pg-agent.service $(DESTDIR)$(SYSCONFDIR)/logrotate.d/bitville-pg-agent \
+	  $(DESTDIR)$(SYSCONFDIR)/bitville/postgres-agent.ini.example
+	rm -rf $(DESTDIR)$(PREFIX)/share/bitville-pg-agent
+	@echo "kept $(SYSCONFDIR)/bitville/postgres-agent.ini, $(STATEDIR) and $(LOGDIR); remove them by hand if wanted"
 
 clean:
 	$(CARGO) clean
