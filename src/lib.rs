@@ -9,5 +9,6 @@ pub mod logging;
 pub mod payload;
 pub mod pool;
 pub mod schedule;
+pub mod selfstats;
 pub mod shutdown;
 pub mod signals;
