@@ -12,3 +12,4 @@ pub mod schedule;
 pub mod selfstats;
 pub mod shutdown;
 pub mod signals;
+pub mod status;
