@@ -51,7 +51,8 @@ pub struct ShipperOptions {
     /// A PEM file of CAs to trust instead of the system roots (private CAs, self-signed
     /// listeners). Verification always stays on.
     pub ca_file: Option<PathBuf>,
-    /// Overall bound of one request, connect to last byte of the answer. Defaults to 10 s.
+    /// Overall bound of one request, connect to last byte of the answer. Defaults to 5 s (the
+    /// Python agent's value and `[listener] timeout_s`'s default).
     pub timeout: Duration,
     /// Bound of connecting (TCP and TLS handshake); capped at `timeout`. Defaults to 5 s.
     pub connect_timeout: Duration,
@@ -77,7 +78,7 @@ impl ShipperOptions {
             api_key: api_key.to_string(),
             project: project.to_string(),
             ca_file: None,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
             connect_timeout: http::DEFAULT_CONNECT_TIMEOUT,
             max_requests_per_minute: 60,
             breaker_failures: 5,

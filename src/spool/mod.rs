@@ -988,7 +988,8 @@ impl Inner {
             // error this file is in doubt. If even the truncation fails, the reader skips the
             // partial frame as damage.
             let trimmed = file.set_len(old_len).is_ok();
-            self.active = None;
+            // Records already in this segment still get their fsync.
+            self.seal_active();
             if !trimmed {
                 if let (Some(seg), Ok(m)) = (self.segments.back_mut(), fs::metadata(&path)) {
                     self.total_bytes = self.total_bytes - seg.len + m.len();
