@@ -438,18 +438,21 @@ impl Spool {
         ids.sort_unstable();
 
         let saved = match cursor::read(&dir) {
-            Ok(c) => c,
+            Ok(Some(c)) => Some(c),
+            Ok(None) => {
+                if !ids.is_empty() {
+                    log::warn!(
+                        "spool {}: no cursor; every record still in the spool will be sent again",
+                        dir.display()
+                    );
+                }
+                None
+            }
             Err(reason) => {
                 log::warn!("{reason}; every record still in the spool will be sent again");
                 None
             }
         };
-        if saved.is_none() && !ids.is_empty() {
-            log::warn!(
-                "spool {}: no cursor; every record still in the spool will be sent again",
-                dir.display()
-            );
-        }
 
         let max_record = opts.effective_max_record() as usize;
         let mut segments = VecDeque::new();
@@ -544,12 +547,12 @@ impl Spool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `payload`, stamping `data.agent` (version, host, the next sequence number, and
-    /// `dropped` when something was lost since the previous payload). Returns the sequence
-    /// number.
+    /// Appends `payload`, stamping `data.agent` (version, host, the next sequence number,
+    /// collected_at). Returns the sequence number. The record is in the page cache when this
+    /// returns (it survives the process being killed); [`Spool::sync`] makes it durable.
     ///
-    /// On error the payload is dropped and counted (reported in the next payload that makes
-    /// it); the spool stays usable and the next call tries again.
+    /// On error the payload is dropped and counted (reported with the next payload delivered);
+    /// it takes no sequence number, the spool stays usable and the next call tries again.
     pub fn append(&self, payload: &Payload) -> Result<u64, SpoolError> {
         let result = self.lock().append(payload);
         if result.is_ok() {
