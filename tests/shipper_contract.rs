@@ -380,7 +380,13 @@ fn refused_connections_count_as_failures_and_open_the_breaker() {
         2,
         "the open breaker stops further tries"
     );
+    let last_error = running_status_error(&shipper);
+    assert!(last_error.starts_with("cannot connect"), "{last_error}");
     assert_eq!(spool.stats().n_pending, 1);
+}
+
+fn running_status_error(shipper: &Shipper) -> String {
+    shipper.status_handle().get().last_error.unwrap_or_default()
 }
 
 #[test]
@@ -398,6 +404,10 @@ fn tls_failures_count_as_failures_and_verification_stays_on() {
     assert!(running.wait_status(|s| matches!(s.breaker, State::Open { .. })));
     let shipper = running.stop();
     assert_eq!(shipper.stats().n_failures, 1);
+    // The plain listener hangs up on the ClientHello, so this is a transport failure during
+    // the handshake; certificate failures proper are in tests/shipper_tls.rs.
+    let last_error = running_status_error(&shipper);
+    assert!(last_error.contains(&url), "{last_error}");
     assert!(l.stored().is_empty());
     assert_eq!(spool.stats().n_pending, 1);
 
@@ -427,6 +437,8 @@ fn a_hanging_listener_times_out_and_does_not_block_shutdown() {
     // the timeout ends that request.
     let shipper = running.stop();
     assert!(shipper.stats().n_failures >= 1);
+    let last_error = running_status_error(&shipper);
+    assert!(last_error.contains("timed out"), "{last_error}");
     assert_eq!(
         spool.peek().unwrap().map(|r| r.seq),
         Some(1),

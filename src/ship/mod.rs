@@ -336,6 +336,8 @@ pub struct ShipStatus {
     pub stats: ShipStats,
     /// The breaker's state after the last request.
     pub breaker: breaker::State,
+    /// The last request's error, `None` after a success (for status output and tests).
+    pub last_error: Option<String>,
 }
 
 /// A cloneable, thread-safe view of a running shipper's [`ShipStatus`].
@@ -376,6 +378,7 @@ impl Shipper {
         let published = StatusHandle(Arc::new(Mutex::new(ShipStatus {
             stats: ShipStats::default(),
             breaker: breaker.state(),
+            last_error: None,
         })));
         Ok(Shipper {
             spool,
@@ -442,17 +445,18 @@ impl Shipper {
                 sleep_unless_stopped(STOP_CHECK, stop);
                 continue;
             }
-            self.deliver(&record);
+            let last_error = self.deliver(&record);
             *self.published.0.lock().unwrap_or_else(|p| p.into_inner()) = ShipStatus {
                 stats: self.stats.clone(),
                 breaker: self.breaker.state(),
+                last_error,
             };
         }
         log::info!("shipper stopped");
     }
 
-    /// Sends one record and acts on the answer.
-    fn deliver(&mut self, record: &Record) {
+    /// Sends one record and acts on the answer; returns the error text, if any.
+    fn deliver(&mut self, record: &Record) -> Option<String> {
         let body = envelope_body(&self.project, &record.body);
         let result = self
             .client
@@ -465,6 +469,7 @@ impl Shipper {
             Err(e) => e.outcome(),
         };
         self.breaker.record(outcome, end);
+        let error_text = result.as_ref().err().map(ToString::to_string);
 
         match result {
             Ok(()) => {
@@ -522,6 +527,7 @@ impl Shipper {
                 log::warn!("seq {} not delivered: {e}", record.seq);
             }
         }
+        error_text
     }
 
     fn log_spool_error(&mut self, e: &SpoolError) {
@@ -620,9 +626,15 @@ mod tests {
 
     #[test]
     fn stop_ends_a_long_sleep_early() {
-        let stop = AtomicBool::new(true);
-        // With stop already set, an hour-long sleep returns at the first check.
-        sleep_unless_stopped(Duration::from_secs(3600), &stop);
-        assert!(stop.load(Ordering::Relaxed));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper_stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            sleep_unless_stopped(Duration::from_secs(3600), &sleeper_stop);
+            let _ = tx.send(());
+        });
+        stop.store(true, Ordering::Relaxed);
+        // A liveness bound a minute long against an hour-long sleep, not a speed claim.
+        assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok());
     }
 }
