@@ -130,11 +130,19 @@ impl Client {
         };
         if let Some(p) = &proxy {
             // Host and port only: a proxy URL may carry credentials.
-            log::info!(
-                "using proxy {}:{} from the environment (NO_PROXY honoured)",
-                p.host(),
-                p.port()
-            );
+            if p.is_no_proxy(&uri) {
+                log::info!(
+                    "proxy {}:{} from the environment is bypassed for the listener (NO_PROXY)",
+                    p.host(),
+                    p.port()
+                );
+            } else {
+                log::info!(
+                    "sending through proxy {}:{} from the environment",
+                    p.host(),
+                    p.port()
+                );
+            }
         }
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(opts.timeout))
