@@ -4,5 +4,7 @@
 
 pub mod config;
 pub mod pool;
+pub mod normalize;
+pub mod collect;
 pub mod json;
 pub mod payload;
