@@ -2,9 +2,9 @@
 //! ships it to the Bitville listener. Modules are declared in the order data flows; see
 //! ARCHITECTURE.md for the map and the invariants.
 
-pub mod config;
-pub mod pool;
-pub mod normalize;
 pub mod collect;
+pub mod config;
 pub mod json;
+pub mod normalize;
 pub mod payload;
+pub mod pool;

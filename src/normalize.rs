@@ -380,7 +380,10 @@ mod tests {
 
     #[test]
     fn masks_prefixed_literals_but_not_identifiers_ending_in_e() {
-        assert_eq!(norm("SELECT B'101', X'1F', N'x', U&'d\\0061'"), "SELECT ?, ?, ?, ?");
+        assert_eq!(
+            norm("SELECT B'101', X'1F', N'x', U&'d\\0061'"),
+            "SELECT ?, ?, ?, ?"
+        );
         // `type'..'` is an identifier followed by a literal, not an E'' string.
         assert_eq!(norm("SELECT date'2024-01-01'"), "SELECT date?");
     }
@@ -464,7 +467,10 @@ mod tests {
     #[test]
     fn extracts_correlation_id_like_the_python_pattern() {
         let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
-        assert_eq!(extract_correlation_id(&format!("bitville-{id}"), "bitville-"), Some(id));
+        assert_eq!(
+            extract_correlation_id(&format!("bitville-{id}"), "bitville-"),
+            Some(id)
+        );
         assert_eq!(
             extract_correlation_id(&format!("php bitville-{id}-extra"), "bitville-"),
             Some(id)
@@ -474,8 +480,14 @@ mod tests {
             extract_correlation_id(&format!("bitville-{}", id.to_uppercase()), "bitville-"),
             None
         );
-        assert_eq!(extract_correlation_id("bitville-monitor", "bitville-"), None);
-        assert_eq!(extract_correlation_id("bitville-0f8fad5b", "bitville-"), None);
+        assert_eq!(
+            extract_correlation_id("bitville-monitor", "bitville-"),
+            None
+        );
+        assert_eq!(
+            extract_correlation_id("bitville-0f8fad5b", "bitville-"),
+            None
+        );
         // A first false match does not hide a later true one.
         assert_eq!(
             extract_correlation_id(&format!("bitville-x bitville-{id}"), "bitville-"),
