@@ -437,10 +437,8 @@ impl HostCollector {
 
         let Some(stat) = stat else {
             // Without /proc/stat there is no baseline; report only what stands alone.
-            if self.prev.is_none() {
-                return None;
-            }
-            self.prev = None;
+            // Forget the baseline: the next good reading starts a new one.
+            self.prev.take()?;
             let mut data = Json::object();
             self.push_instant(&mut data, paths, &mut errors);
             data.push("errors", Json::Array(errors));
@@ -452,9 +450,7 @@ impl HostCollector {
             disks,
             nets,
         };
-        let Some(prev) = self.prev.replace(cur) else {
-            return None;
-        };
+        let prev = self.prev.replace(cur)?;
         let cur = self.prev.as_ref().expect("just stored");
         let interval_s = cur.at.duration_since(prev.at).as_secs_f64();
         let mut data = Json::object().field("interval_s", interval_s);

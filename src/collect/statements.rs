@@ -1,0 +1,978 @@
+//! pg_stat_statements as per-interval deltas: what each statement cost since the previous
+//! interval, not since the last reset.
+//!
+//! Each interval: read the counters without texts (`pg_stat_statements(showtext := false)`),
+//! subtract the baseline per (userid, dbid, queryid, toplevel), ship the top N changed entries by
+//! delta execution time plus one `other` row summing the rest, fetch texts only for the shipped
+//! entries not already known, and persist the new baseline in the state directory.
+//!
+//! Invariants:
+//! - No delta is ever negative. An entry whose counters went backwards was reset or evicted and
+//!   re-added: it ships its current counters (all counted since the baseline) with a `status`
+//!   saying so. A global reset (`pg_stat_statements_info.stats_reset` moved, PG14+) marks the
+//!   whole interval. PG17+ `stats_since` tells a re-added entry from a continuing one.
+//! - Column differences between versions live in one table, [`COLUMNS`], keyed by the installed
+//!   extension version (which decides the columns, not the server version).
+//! - The baseline file is replaced atomically (temp file, fsync, rename, fsync of the directory),
+//!   so a crash leaves the old or the new baseline, never a torn one; an unreadable or foreign
+//!   baseline is ignored (the first interval is then only a baseline again).
+//! - A missing or unloaded extension is one warning with the fix; the collector then stays quiet
+//!   and re-checks every `recheck` (5 minutes), never every cycle.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{unix_secs, CollectError};
+use crate::json::Json;
+use crate::normalize::QueryText;
+use crate::payload::{unix_now, Payload, Source};
+
+const COLLECTOR: &str = "statements";
+
+/// An extension version, `(1, 10)` for "1.10".
+pub type ExtVersion = (u32, u32);
+
+/// Parses `extversion` ("1.10") into a comparable pair.
+pub fn parse_ext_version(s: &str) -> Option<ExtVersion> {
+    let (a, b) = s.trim().split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+const V_ANY: ExtVersion = (0, 0);
+const V_NONE: ExtVersion = (u32::MAX, 0);
+/// PostgreSQL 13: `total_time` → `total_exec_time`, planning and WAL counters added.
+const V_PG13: ExtVersion = (1, 8);
+/// PostgreSQL 14: `toplevel` in the key, `pg_stat_statements_info`.
+const V_PG14: ExtVersion = (1, 9);
+/// PostgreSQL 15: temp block I/O times.
+const V_PG15: ExtVersion = (1, 10);
+/// PostgreSQL 17: `blk_*_time` → `shared_blk_*_time`, `stats_since`.
+const V_PG17: ExtVersion = (1, 11);
+
+/// One shipped counter and the column that holds it in a range of extension versions.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// The name in the payload (stable across versions; the Python agent's names).
+    pub name: &'static str,
+    /// The column in `pg_stat_statements(...)` for these versions.
+    pub column: &'static str,
+    /// First extension version with this column.
+    pub since: ExtVersion,
+    /// First extension version without it (renamed or dropped).
+    pub until: ExtVersion,
+    /// Whether the counter is an integer (written without a fraction).
+    pub integer: bool,
+}
+
+const fn col(
+    name: &'static str,
+    column: &'static str,
+    since: ExtVersion,
+    until: ExtVersion,
+    integer: bool,
+) -> Column {
+    Column {
+        name,
+        column,
+        since,
+        until,
+        integer,
+    }
+}
+
+/// The version map: every counter shipped, per extension version (PG12 ships 1.7, PG13 1.8,
+/// PG14 1.9, PG15 and PG16 1.10, PG17 1.11, PG18 1.12).
+pub const COLUMNS: &[Column] = &[
+    col("calls", "calls", V_ANY, V_NONE, true),
+    col("total_exec_time", "total_time", V_ANY, V_PG13, false),
+    col("total_exec_time", "total_exec_time", V_PG13, V_NONE, false),
+    col("rows", "rows", V_ANY, V_NONE, true),
+    col("shared_blks_hit", "shared_blks_hit", V_ANY, V_NONE, true),
+    col("shared_blks_read", "shared_blks_read", V_ANY, V_NONE, true),
+    col(
+        "shared_blks_dirtied",
+        "shared_blks_dirtied",
+        V_ANY,
+        V_NONE,
+        true,
+    ),
+    col(
+        "shared_blks_written",
+        "shared_blks_written",
+        V_ANY,
+        V_NONE,
+        true,
+    ),
+    col("local_blks_hit", "local_blks_hit", V_ANY, V_NONE, true),
+    col("local_blks_read", "local_blks_read", V_ANY, V_NONE, true),
+    col(
+        "local_blks_dirtied",
+        "local_blks_dirtied",
+        V_ANY,
+        V_NONE,
+        true,
+    ),
+    col(
+        "local_blks_written",
+        "local_blks_written",
+        V_ANY,
+        V_NONE,
+        true,
+    ),
+    col("temp_blks_read", "temp_blks_read", V_ANY, V_NONE, true),
+    col(
+        "temp_blks_written",
+        "temp_blks_written",
+        V_ANY,
+        V_NONE,
+        true,
+    ),
+    col("blk_read_time", "blk_read_time", V_ANY, V_PG17, false),
+    col(
+        "blk_read_time",
+        "shared_blk_read_time",
+        V_PG17,
+        V_NONE,
+        false,
+    ),
+    col("blk_write_time", "blk_write_time", V_ANY, V_PG17, false),
+    col(
+        "blk_write_time",
+        "shared_blk_write_time",
+        V_PG17,
+        V_NONE,
+        false,
+    ),
+    col(
+        "temp_blk_read_time",
+        "temp_blk_read_time",
+        V_PG15,
+        V_NONE,
+        false,
+    ),
+    col(
+        "temp_blk_write_time",
+        "temp_blk_write_time",
+        V_PG15,
+        V_NONE,
+        false,
+    ),
+    col("plans", "plans", V_PG13, V_NONE, true),
+    col("total_plan_time", "total_plan_time", V_PG13, V_NONE, false),
+    col("wal_records", "wal_records", V_PG13, V_NONE, true),
+    col("wal_fpi", "wal_fpi", V_PG13, V_NONE, true),
+    col("wal_bytes", "wal_bytes", V_PG13, V_NONE, true),
+];
+
+/// The shipped counter names, in payload order (one slot each).
+const SLOTS: [&str; 22] = [
+    "calls",
+    "total_exec_time",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "shared_blks_dirtied",
+    "shared_blks_written",
+    "local_blks_hit",
+    "local_blks_read",
+    "local_blks_dirtied",
+    "local_blks_written",
+    "temp_blks_read",
+    "temp_blks_written",
+    "blk_read_time",
+    "blk_write_time",
+    "temp_blk_read_time",
+    "temp_blk_write_time",
+    "plans",
+    "total_plan_time",
+    "wal_records",
+    "wal_fpi",
+    "wal_bytes",
+];
+const N_SLOTS: usize = SLOTS.len();
+const CALLS: usize = 0;
+const EXEC_TIME: usize = 1;
+
+/// What an extension version offers beyond the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `toplevel` is part of the entry key (PG14+).
+    pub toplevel: bool,
+    /// `pg_stat_statements_info` exists (PG14+).
+    pub info: bool,
+    /// Per-entry `stats_since` (PG17+).
+    pub stats_since: bool,
+}
+
+/// The features of extension version `v`.
+pub fn features(v: ExtVersion) -> Features {
+    Features {
+        toplevel: v >= V_PG14,
+        info: v >= V_PG14,
+        stats_since: v >= V_PG17,
+    }
+}
+
+/// For each slot, the column that holds it in version `v` (`None`: the version lacks it).
+pub fn columns_for(v: ExtVersion) -> [Option<&'static Column>; N_SLOTS] {
+    let mut out = [None; N_SLOTS];
+    for (slot, name) in SLOTS.iter().enumerate() {
+        out[slot] = COLUMNS
+            .iter()
+            .find(|c| c.name == *name && c.since <= v && v < c.until);
+    }
+    out
+}
+
+/// The counters query for version `v` in `schema`: key columns, `stats_since`, then every slot
+/// as float8 (NULL where the version lacks it), so decoding is uniform.
+fn counters_sql(schema: &str, v: ExtVersion) -> String {
+    let f = features(v);
+    let mut sql = String::from("SELECT userid, dbid, queryid, ");
+    sql.push_str(if f.toplevel { "toplevel, " } else { "true, " });
+    sql.push_str(if f.stats_since {
+        "stats_since"
+    } else {
+        "NULL::timestamptz"
+    });
+    for c in columns_for(v) {
+        match c {
+            Some(c) => {
+                let _ = write!(sql, ", {}::float8", c.column);
+            }
+            None => sql.push_str(", NULL::float8"),
+        }
+    }
+    let _ = write!(
+        sql,
+        " FROM {}.pg_stat_statements(false) WHERE queryid IS NOT NULL",
+        quote_ident(schema)
+    );
+    sql
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// An entry's identity.
+pub type Key = (u32, u32, i64, bool);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    v: [f64; N_SLOTS],
+    stats_since: Option<f64>,
+}
+
+/// The counters at one moment: what the next interval is subtracted from.
+#[derive(Debug, Clone, PartialEq)]
+struct Baseline {
+    taken_at: f64,
+    ext_version: ExtVersion,
+    stats_reset: Option<f64>,
+    dealloc: Option<i64>,
+    entries: HashMap<Key, Entry>,
+}
+
+const BASELINE_FILE: &str = "pg_stat_statements.baseline";
+const BASELINE_MAGIC: &str = "bitville-pgss-baseline 1";
+
+impl Baseline {
+    fn write_to(&self, out: &mut String) {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(out, "{BASELINE_MAGIC}");
+        let _ = writeln!(out, "taken_at {}", self.taken_at);
+        let _ = writeln!(
+            out,
+            "ext_version {}.{}",
+            self.ext_version.0, self.ext_version.1
+        );
+        let _ = writeln!(out, "stats_reset {}", opt(self.stats_reset));
+        let _ = writeln!(
+            out,
+            "dealloc {}",
+            self.dealloc.map_or("-".to_string(), |d| d.to_string())
+        );
+        let _ = writeln!(out, "slots {}", SLOTS.join(","));
+        for (k, e) in &self.entries {
+            let _ = write!(
+                out,
+                "{} {} {} {} {}",
+                k.0,
+                k.1,
+                k.2,
+                u8::from(k.3),
+                opt(e.stats_since)
+            );
+            for v in e.v {
+                // f64 Display round-trips exactly; NaN marks a counter the version lacks.
+                let _ = write!(out, " {v}");
+            }
+            out.push('\n');
+        }
+    }
+
+    fn parse(text: &str) -> Option<Baseline> {
+        let mut lines = text.lines();
+        if lines.next()? != BASELINE_MAGIC {
+            return None;
+        }
+        let mut field = |name: &str| -> Option<String> {
+            let line = lines.next()?;
+            line.strip_prefix(name)?
+                .strip_prefix(' ')
+                .map(str::to_string)
+        };
+        let opt_f = |s: &str| {
+            if s == "-" {
+                Some(None)
+            } else {
+                s.parse().ok().map(Some)
+            }
+        };
+        let taken_at: f64 = field("taken_at")?.parse().ok()?;
+        let ext_version = parse_ext_version(&field("ext_version")?)?;
+        let stats_reset = opt_f(&field("stats_reset")?)?;
+        let dealloc_s = field("dealloc")?;
+        let dealloc = if dealloc_s == "-" {
+            None
+        } else {
+            Some(dealloc_s.parse().ok()?)
+        };
+        if field("slots")? != SLOTS.join(",") {
+            return None;
+        }
+        let mut entries = HashMap::new();
+        for line in lines {
+            let mut f = line.split(' ');
+            let key: Key = (
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                f.next()? == "1",
+            );
+            let stats_since = opt_f(f.next()?)?;
+            let mut v = [f64::NAN; N_SLOTS];
+            for slot in v.iter_mut() {
+                *slot = f.next()?.parse().ok()?;
+            }
+            entries.insert(key, Entry { v, stats_since });
+        }
+        Some(Baseline {
+            taken_at,
+            ext_version,
+            stats_reset,
+            dealloc,
+            entries,
+        })
+    }
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Why the collector is not collecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// Not checked yet.
+    Unknown,
+    /// Installed and loaded.
+    Available,
+    /// `CREATE EXTENSION` was not run in the connected database.
+    NotInstalled,
+    /// Installed but not in `shared_preload_libraries` (server restart needed).
+    NotLoaded,
+}
+
+impl Availability {
+    fn fix(&self) -> &'static str {
+        match self {
+            Availability::NotInstalled => {
+                "add pg_stat_statements to shared_preload_libraries (restart) and run \
+                 CREATE EXTENSION pg_stat_statements in the monitored database"
+            }
+            Availability::NotLoaded => {
+                "add pg_stat_statements to shared_preload_libraries in postgresql.conf and \
+                 restart PostgreSQL"
+            }
+            _ => "",
+        }
+    }
+}
+
+/// Settings of the statements collector.
+#[derive(Debug, Clone)]
+pub struct StatementsConfig {
+    /// Where the baseline is persisted (the agent's state directory).
+    pub state_dir: PathBuf,
+    /// Entries shipped individually per interval. Defaults to 100.
+    pub top_n: usize,
+    /// Rendering of the (already normalized) texts: mode and length. Defaults to normalized,
+    /// 1000 characters.
+    pub query_text: QueryText,
+    /// How long to wait before checking a missing extension again. Defaults to 5 minutes.
+    pub recheck: Duration,
+}
+
+impl StatementsConfig {
+    /// Defaults with the baseline in `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> StatementsConfig {
+        StatementsConfig {
+            state_dir: state_dir.into(),
+            top_n: 100,
+            query_text: QueryText::default(),
+            recheck: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Turns pg_stat_statements into per-interval delta payloads.
+#[derive(Debug)]
+pub struct StatementsCollector {
+    cfg: StatementsConfig,
+    baseline: Option<Baseline>,
+    availability: Availability,
+    recheck_at: Option<Instant>,
+    texts: HashMap<(u32, i64), Option<String>>,
+    file_buf: String,
+}
+
+struct Delta {
+    key: Key,
+    d: [f64; N_SLOTS],
+    status: &'static str,
+}
+
+impl StatementsCollector {
+    /// A collector that starts from the baseline persisted in `cfg.state_dir`, if there is a
+    /// readable one.
+    pub fn new(cfg: StatementsConfig) -> StatementsCollector {
+        let path = cfg.state_dir.join(BASELINE_FILE);
+        let baseline = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let b = Baseline::parse(&text);
+                if b.is_none() {
+                    log::warn!(
+                        "statements collector: ignoring unreadable baseline {}",
+                        path.display()
+                    );
+                }
+                b
+            }
+            Err(_) => None,
+        };
+        StatementsCollector {
+            cfg,
+            baseline,
+            availability: Availability::Unknown,
+            recheck_at: None,
+            texts: HashMap::new(),
+            file_buf: String::new(),
+        }
+    }
+
+    /// Whether the extension was usable at the last check.
+    pub fn availability(&self) -> &Availability {
+        &self.availability
+    }
+
+    /// The persisted baseline's path.
+    pub fn baseline_path(&self) -> PathBuf {
+        self.cfg.state_dir.join(BASELINE_FILE)
+    }
+
+    fn set_unavailable(&mut self, a: Availability, detail: &str) {
+        if self.availability != a {
+            log::warn!(
+                "statements collector: pg_stat_statements unavailable ({detail}); fix: {}; \
+                 other collectors keep working, re-checking every {} s",
+                a.fix(),
+                self.cfg.recheck.as_secs()
+            );
+        }
+        self.availability = a;
+        self.recheck_at = Some(Instant::now() + self.cfg.recheck);
+    }
+
+    /// Closes an interval: returns the `pg_stat_statements` payload with the deltas since the
+    /// previous call (or since the persisted baseline), or `None` when this call only took the
+    /// baseline or the extension is unavailable (then it is checked again after `recheck`).
+    pub fn collect(
+        &mut self,
+        client: &mut postgres::Client,
+    ) -> Result<Option<Payload>, CollectError> {
+        if let Some(at) = self.recheck_at {
+            if Instant::now() < at {
+                return Ok(None);
+            }
+        }
+        let row = client
+            .query_opt(
+                "SELECT e.extversion, n.nspname, now() FROM pg_extension e \
+                 JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 WHERE e.extname = 'pg_stat_statements'",
+                &[],
+            )
+            .map_err(CollectError::query(COLLECTOR, "extension"))?;
+        let Some(row) = row else {
+            self.set_unavailable(Availability::NotInstalled, "extension not created");
+            return Ok(None);
+        };
+        let ext_text: String = row.get(0);
+        let schema: String = row.get(1);
+        let now = unix_secs(row.get::<_, SystemTime>(2));
+        let Some(version) = parse_ext_version(&ext_text) else {
+            self.set_unavailable(Availability::NotInstalled, "unparseable extension version");
+            return Ok(None);
+        };
+        let feats = features(version);
+        let sql = counters_sql(&schema, version);
+        let rows = match client.query_typed(&sql, &[]) {
+            Ok(rows) => rows,
+            // object_not_in_prerequisite_state: "must be loaded via shared_preload_libraries".
+            Err(e) if e.code().map(|c| c.code()) == Some("55000") => {
+                self.set_unavailable(Availability::NotLoaded, "not in shared_preload_libraries");
+                return Ok(None);
+            }
+            Err(e) => return Err(CollectError::query(COLLECTOR, "counters")(e)),
+        };
+        if self.availability != Availability::Available
+            && self.availability != Availability::Unknown
+        {
+            log::info!("statements collector: pg_stat_statements available again");
+        }
+        self.availability = Availability::Available;
+        self.recheck_at = None;
+
+        let (stats_reset, dealloc) = if feats.info {
+            let r = client
+                .query_one(
+                    &format!(
+                        "SELECT dealloc, stats_reset FROM {}.pg_stat_statements_info",
+                        quote_ident(&schema)
+                    ),
+                    &[],
+                )
+                .map_err(CollectError::query(COLLECTOR, "info"))?;
+            (
+                r.get::<_, Option<SystemTime>>(1).map(unix_secs),
+                r.get::<_, Option<i64>>(0),
+            )
+        } else {
+            (None, None)
+        };
+
+        let mut entries: HashMap<Key, Entry> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let (Ok(userid), Ok(dbid), Ok(queryid), Ok(toplevel)) = (
+                r.try_get::<_, u32>(0),
+                r.try_get::<_, u32>(1),
+                r.try_get::<_, i64>(2),
+                r.try_get::<_, bool>(3),
+            ) else {
+                continue;
+            };
+            let stats_since = r
+                .try_get::<_, Option<SystemTime>>(4)
+                .ok()
+                .flatten()
+                .map(unix_secs);
+            let mut v = [f64::NAN; N_SLOTS];
+            for (i, slot) in v.iter_mut().enumerate() {
+                if let Ok(Some(x)) = r.try_get::<_, Option<f64>>(5 + i) {
+                    *slot = x;
+                }
+            }
+            entries.insert((userid, dbid, queryid, toplevel), Entry { v, stats_since });
+        }
+        drop(rows);
+        let current = Baseline {
+            taken_at: now,
+            ext_version: version,
+            stats_reset,
+            dealloc,
+            entries,
+        };
+
+        let payload = match self.baseline.take() {
+            Some(prev) if prev.ext_version == version && now > prev.taken_at => {
+                Some(self.build_payload(client, &schema, &prev, &current)?)
+            }
+            Some(_) => {
+                log::info!(
+                    "statements collector: extension version or clock changed; new baseline"
+                );
+                None
+            }
+            None => None,
+        };
+        self.persist(&current)?;
+        self.baseline = Some(current);
+        Ok(payload)
+    }
+
+    fn persist(&mut self, b: &Baseline) -> Result<(), CollectError> {
+        self.file_buf.clear();
+        b.write_to(&mut self.file_buf);
+        let path = self.baseline_path();
+        let res = write_atomically(&path, self.file_buf.as_bytes());
+        // The text of 5,000 entries is about a megabyte: do not keep it between intervals.
+        self.file_buf = String::new();
+        res.map_err(|source| CollectError::State {
+            collector: COLLECTOR,
+            path,
+            source,
+        })
+    }
+
+    fn build_payload(
+        &mut self,
+        client: &mut postgres::Client,
+        schema: &str,
+        prev: &Baseline,
+        cur: &Baseline,
+    ) -> Result<Payload, CollectError> {
+        let global_reset = match (prev.stats_reset, cur.stats_reset) {
+            (Some(p), Some(c)) => c > p,
+            _ => false,
+        };
+        let mut deltas: Vec<Delta> = Vec::new();
+        let mut n_backwards = 0u64;
+        for (key, e) in &cur.entries {
+            let (d, status) = entry_delta(prev.entries.get(key), e, global_reset);
+            if status == "reset" && !global_reset {
+                n_backwards += 1;
+            }
+            if d[CALLS] > 0.0 || d.iter().any(|x| *x > 0.0) {
+                deltas.push(Delta {
+                    key: *key,
+                    d,
+                    status,
+                });
+            }
+        }
+        deltas.sort_by(|a, b| {
+            b.d[EXEC_TIME]
+                .total_cmp(&a.d[EXEC_TIME])
+                .then(a.key.cmp(&b.key))
+        });
+        let n_changed = deltas.len();
+        let rest = if deltas.len() > self.cfg.top_n {
+            deltas.split_off(self.cfg.top_n)
+        } else {
+            Vec::new()
+        };
+        self.fetch_texts(client, schema, &deltas)?;
+
+        let cols = columns_for(cur.ext_version);
+        let mut statements = Vec::with_capacity(deltas.len());
+        for d in &deltas {
+            let text = self.texts.get(&(d.key.1, d.key.2)).cloned().flatten();
+            let mut o = Json::object()
+                .field("queryid", d.key.2.to_string())
+                .field("userid", d.key.0)
+                .field("dbid", d.key.1)
+                .field("toplevel", d.key.3)
+                .field("status", d.status);
+            push_counters(&mut o, &d.d, &cols);
+            o.push("query", text);
+            statements.push(o);
+        }
+        let mut other = [0.0; N_SLOTS];
+        for d in &rest {
+            for (o, x) in other.iter_mut().zip(d.d.iter()) {
+                if x.is_finite() {
+                    *o += x;
+                }
+            }
+        }
+        let mut other_json = Json::object().field("n_statements", rest.len());
+        push_counters(&mut other_json, &other, &cols);
+
+        let reset = if global_reset {
+            Json::object()
+                .field("detected", true)
+                .field("how", "stats_reset")
+                .field("stats_reset", cur.stats_reset)
+        } else if n_backwards > 0 {
+            Json::object()
+                .field("detected", true)
+                .field("how", "counters_backwards")
+                .field("n_entries", n_backwards)
+        } else {
+            Json::object().field("detected", false)
+        };
+        let dealloc = match (prev.dealloc, cur.dealloc) {
+            (Some(p), Some(c)) if c >= p && !global_reset => Json::from(c - p),
+            (_, Some(c)) => Json::from(c),
+            _ => Json::Null,
+        };
+        let data = Json::object()
+            .field("interval_start", prev.taken_at)
+            .field("interval_end", cur.taken_at)
+            .field("interval_s", cur.taken_at - prev.taken_at)
+            .field(
+                "extension_version",
+                format!("{}.{}", cur.ext_version.0, cur.ext_version.1),
+            )
+            .field("n_entries", cur.entries.len())
+            .field("n_changed", n_changed)
+            .field("count", statements.len())
+            .field("reset", reset)
+            .field("evicted", dealloc)
+            .field("statements", Json::Array(statements))
+            .field("other", other_json);
+        Ok(Payload {
+            source: Source::PgStatStatements,
+            collected_at: unix_now(),
+            correlation_id: None,
+            data,
+        })
+    }
+
+    /// Fetches texts only for shipped entries whose text is not known yet, and forgets texts of
+    /// entries no longer shipped (memory stays bounded by `top_n`).
+    fn fetch_texts(
+        &mut self,
+        client: &mut postgres::Client,
+        schema: &str,
+        shipped: &[Delta],
+    ) -> Result<(), CollectError> {
+        let mut kept: HashMap<(u32, i64), Option<String>> = HashMap::with_capacity(shipped.len());
+        let mut missing: Vec<i64> = Vec::new();
+        for d in shipped {
+            let k = (d.key.1, d.key.2);
+            match self.texts.remove(&k) {
+                Some(t) => {
+                    kept.insert(k, t);
+                }
+                None => {
+                    if !kept.contains_key(&k) {
+                        missing.push(d.key.2);
+                    }
+                }
+            }
+        }
+        self.texts = kept;
+        if missing.is_empty() || self.cfg.query_text.mode == crate::normalize::QueryTextMode::None {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT dbid, queryid, query FROM {}.pg_stat_statements(true) \
+                     WHERE queryid = ANY($1)",
+                    quote_ident(schema)
+                ),
+                &[&missing],
+            )
+            .map_err(CollectError::query(COLLECTOR, "texts"))?;
+        let mut buf = String::new();
+        for r in &rows {
+            let (Ok(dbid), Ok(qid)) = (r.try_get::<_, u32>(0), r.try_get::<_, i64>(1)) else {
+                continue;
+            };
+            let text: Option<&str> = r.try_get(2).ok().flatten();
+            let rendered = text.and_then(|t| {
+                self.cfg
+                    .query_text
+                    .render_into(t, &mut buf)
+                    .then(|| buf.clone())
+            });
+            self.texts.insert((dbid, qid), rendered);
+        }
+        Ok(())
+    }
+}
+
+fn push_counters(o: &mut Json, d: &[f64; N_SLOTS], cols: &[Option<&'static Column>; N_SLOTS]) {
+    for (i, name) in SLOTS.iter().enumerate() {
+        let v = match cols[i] {
+            None => Json::Null,
+            Some(c) if c.integer => Json::UInt(d[i].max(0.0).round() as u64),
+            Some(_) => Json::Float(d[i].max(0.0)),
+        };
+        o.push(name, v);
+        if i == EXEC_TIME {
+            let mean = if d[CALLS] > 0.0 {
+                d[EXEC_TIME] / d[CALLS]
+            } else {
+                0.0
+            };
+            o.push("mean_exec_time", mean.max(0.0));
+        }
+    }
+}
+
+/// The delta of one entry and how it was computed: `continuing`, `new` (not in the baseline),
+/// `readded` (evicted and re-added: `stats_since` moved) or `reset` (counters went backwards, or
+/// a global reset). Never negative: a counter the version lacks (NaN) stays NaN.
+fn entry_delta(
+    prev: Option<&Entry>,
+    cur: &Entry,
+    global_reset: bool,
+) -> ([f64; N_SLOTS], &'static str) {
+    if global_reset {
+        return (cur.v, "reset");
+    }
+    let Some(p) = prev else {
+        return (cur.v, "new");
+    };
+    if let (Some(ps), Some(cs)) = (p.stats_since, cur.stats_since) {
+        if cs > ps {
+            return (cur.v, "readded");
+        }
+    }
+    if cur
+        .v
+        .iter()
+        .zip(p.v.iter())
+        .any(|(c, p)| c.is_finite() && p.is_finite() && c < p)
+    {
+        return (cur.v, "reset");
+    }
+    let mut d = [f64::NAN; N_SLOTS];
+    for ((d, c), p) in d.iter_mut().zip(cur.v.iter()).zip(p.v.iter()) {
+        *d = c - p;
+    }
+    (d, "continuing")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(calls: f64, time: f64) -> Entry {
+        let mut v = [0.0; N_SLOTS];
+        v[CALLS] = calls;
+        v[EXEC_TIME] = time;
+        Entry {
+            v,
+            stats_since: None,
+        }
+    }
+
+    #[test]
+    fn version_map_renames_by_extension_version() {
+        let pg12 = columns_for((1, 7));
+        assert_eq!(pg12[EXEC_TIME].unwrap().column, "total_time");
+        assert!(pg12[SLOTS.iter().position(|s| *s == "wal_bytes").unwrap()].is_none());
+        let pg13 = columns_for((1, 8));
+        assert_eq!(pg13[EXEC_TIME].unwrap().column, "total_exec_time");
+        let read = SLOTS.iter().position(|s| *s == "blk_read_time").unwrap();
+        assert_eq!(columns_for((1, 10))[read].unwrap().column, "blk_read_time");
+        assert_eq!(
+            columns_for((1, 11))[read].unwrap().column,
+            "shared_blk_read_time"
+        );
+        assert_eq!(
+            columns_for((1, 12))[read].unwrap().column,
+            "shared_blk_read_time"
+        );
+        assert!(!features((1, 8)).toplevel);
+        assert!(features((1, 9)).toplevel && features((1, 9)).info);
+        assert!(features((1, 11)).stats_since);
+        // From PG15 on every slot has a column.
+        assert_eq!(
+            columns_for((1, 10)).iter().filter(|c| c.is_none()).count(),
+            0
+        );
+        let sql = counters_sql("pub\"lic", (1, 7));
+        assert!(sql.contains("total_time::float8"), "{sql}");
+        assert!(
+            sql.contains("FROM \"pub\"\"lic\".pg_stat_statements(false)"),
+            "{sql}"
+        );
+        assert_eq!(parse_ext_version("1.10"), Some((1, 10)));
+        assert_eq!(parse_ext_version("x"), None);
+    }
+
+    #[test]
+    fn deltas_are_never_negative() {
+        let (d, s) = entry_delta(Some(&entry(10.0, 5.0)), &entry(15.0, 7.5), false);
+        assert_eq!((d[CALLS], d[EXEC_TIME], s), (5.0, 2.5, "continuing"));
+        let (d, s) = entry_delta(Some(&entry(10.0, 5.0)), &entry(3.0, 1.0), false);
+        assert_eq!((d[CALLS], s), (3.0, "reset"));
+        let (d, s) = entry_delta(None, &entry(3.0, 1.0), false);
+        assert_eq!((d[CALLS], s), (3.0, "new"));
+        let (d, s) = entry_delta(Some(&entry(1.0, 1.0)), &entry(30.0, 1.0), true);
+        assert_eq!((d[CALLS], s), (30.0, "reset"));
+        let mut old = entry(100.0, 9.0);
+        old.stats_since = Some(10.0);
+        let mut readded = entry(200.0, 9.0);
+        readded.stats_since = Some(20.0);
+        let (d, s) = entry_delta(Some(&old), &readded, false);
+        assert_eq!((d[CALLS], s), (200.0, "readded"));
+    }
+
+    #[test]
+    fn baseline_round_trips_and_rejects_foreign_files() {
+        let mut entries = HashMap::new();
+        let mut e = entry(500.0, 0.1 + 0.2);
+        e.v[N_SLOTS - 1] = f64::NAN;
+        e.stats_since = Some(1_700_000_000.25);
+        entries.insert((10, 5, -42, true), e);
+        entries.insert((10, 5, 7, false), entry(1.0, 2.0));
+        let b = Baseline {
+            taken_at: 1_700_000_100.5,
+            ext_version: (1, 10),
+            stats_reset: None,
+            dealloc: Some(3),
+            entries,
+        };
+        let mut text = String::new();
+        b.write_to(&mut text);
+        let back = Baseline::parse(&text).unwrap();
+        assert_eq!(back.taken_at, b.taken_at);
+        assert_eq!(back.dealloc, Some(3));
+        let e2 = back.entries[&(10, 5, -42, true)];
+        assert_eq!(e2.v[EXEC_TIME], 0.1 + 0.2, "exact round trip");
+        assert!(e2.v[N_SLOTS - 1].is_nan());
+        assert_eq!(e2.stats_since, Some(1_700_000_000.25));
+        assert_eq!(back.entries.len(), 2);
+        assert!(Baseline::parse("something else\n").is_none());
+        assert!(Baseline::parse(&text.replace("calls,", "calls2,")).is_none());
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = std::env::temp_dir().join(format!("bv-stmts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = dir.join("sub/state");
+        write_atomically(&p, b"one").unwrap();
+        write_atomically(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert!(!p.with_extension("tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn counters_json_uses_stable_names_and_nulls_for_missing() {
+        let mut d = [0.0; N_SLOTS];
+        d[CALLS] = 4.0;
+        d[EXEC_TIME] = 10.0;
+        let mut o = Json::object();
+        push_counters(&mut o, &d, &columns_for((1, 7)));
+        assert_eq!(o.get("calls"), Some(&Json::UInt(4)));
+        assert_eq!(o.get("mean_exec_time"), Some(&Json::Float(2.5)));
+        assert_eq!(o.get("wal_bytes"), Some(&Json::Null));
+        assert_eq!(o.get("blk_read_time"), Some(&Json::Float(0.0)));
+    }
+}
