@@ -40,6 +40,16 @@ impl QueryTextMode {
     }
 }
 
+impl From<crate::config::QueryTextMode> for QueryTextMode {
+    fn from(m: crate::config::QueryTextMode) -> QueryTextMode {
+        match m {
+            crate::config::QueryTextMode::Full => QueryTextMode::Full,
+            crate::config::QueryTextMode::Normalized => QueryTextMode::Normalized,
+            crate::config::QueryTextMode::None => QueryTextMode::None,
+        }
+    }
+}
+
 /// Default maximum length of a shipped query text, in characters.
 pub const DEFAULT_MAX_CHARS: usize = 1000;
 
@@ -65,6 +75,14 @@ impl Default for QueryText {
 }
 
 impl QueryText {
+    /// The `query_text` and `query_max_chars` settings of `[collection]`.
+    pub fn from_collection(c: &crate::config::CollectionConfig) -> QueryText {
+        QueryText {
+            mode: c.query_text.into(),
+            max_chars: c.query_max_chars,
+        }
+    }
+
     /// Renders `sql` into `out` (cleared first) according to the mode, then truncates.
     /// Returns false (and leaves `out` empty) when the mode is `none`.
     pub fn render_into(&self, sql: &str, out: &mut String) -> bool {

@@ -26,7 +26,7 @@ use super::locks::{self, LockWaiter};
 use super::procfs::{self, ProcReader};
 use super::{unix_secs, CollectError};
 use crate::json::Json;
-use crate::normalize::{CorrelationPattern, QueryText, QueryTextMode};
+use crate::normalize::{CorrelationPattern, QueryText};
 use crate::payload::{unix_now, Payload, Source};
 
 const COLLECTOR: &str = "activity";
@@ -81,14 +81,7 @@ impl ActivityConfig {
     /// The sampler settings from the agent's `[collection]` configuration, defaults elsewhere.
     pub fn from_collection(c: &crate::config::CollectionConfig) -> ActivityConfig {
         ActivityConfig {
-            query_text: QueryText {
-                mode: match c.query_text {
-                    crate::config::QueryTextMode::Full => QueryTextMode::Full,
-                    crate::config::QueryTextMode::Normalized => QueryTextMode::Normalized,
-                    crate::config::QueryTextMode::None => QueryTextMode::None,
-                },
-                max_chars: c.query_max_chars,
-            },
+            query_text: QueryText::from_collection(c),
             correlation: CorrelationPattern {
                 prefix: c.correlation_prefix.clone(),
             },
@@ -633,7 +626,15 @@ impl ActivitySampler {
                 .field("max_blocked", peak.n_blocked)
                 .field("max_depth", peak.max_depth)
                 .field("peak", snapshot_json(peak))
-                .field("last", snapshot_json(last)),
+                // The latest snapshot only when it differs from the peak, to keep payloads small.
+                .field(
+                    "last",
+                    if last.at == peak.at {
+                        Json::Null
+                    } else {
+                        snapshot_json(last)
+                    },
+                ),
             _ => Json::object()
                 .field("n_snapshots", 0u32)
                 .field("max_blocked", 0u32)
