@@ -488,3 +488,59 @@ fn the_monitor_role_script_is_idempotent_and_limits_the_role() {
     assert!(coll.collect(&mut c).unwrap().is_none());
     assert!(coll.collect(&mut c).unwrap().is_some());
 }
+
+#[test]
+fn parallel_workers_fold_into_their_leader() {
+    let pg = TestPg::start();
+    let mut admin = pg.admin();
+    admin
+        .batch_execute("CREATE TABLE par AS SELECT g FROM generate_series(1, 2000) g; ANALYZE par;")
+        .unwrap();
+    let mut app = app_session(&pg, &format!("bitville-{UUID}"));
+    app.batch_execute(
+        "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; \
+         SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2",
+    )
+    .unwrap();
+    let plan: Vec<String> = app
+        .query(
+            "EXPLAIN SELECT count(*) FROM par WHERE pg_sleep(0.002) IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains("Gather")), "{plan:?}");
+    let pool = Pool::new(&pg.db_config());
+    let mut sampler = ActivitySampler::new(ActivityConfig::default());
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        app.query_one(
+            "SELECT count(*) FROM par WHERE pg_sleep(0.002) IS NOT NULL",
+            &[],
+        )
+        .unwrap();
+        tx.send(()).unwrap();
+    });
+    sample_until_done(&mut sampler, &pool, &rx);
+    worker.join().unwrap();
+    let payloads = sampler.finish_interval();
+    let sessions = array(&payloads[0].data, "sessions");
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.get("backend_type") != Some(&Json::Str("parallel worker".into()))),
+        "{}",
+        payloads[0].data.to_json_string()
+    );
+    let leader = sessions
+        .iter()
+        .find(|s| s.get("correlation_id") == Some(&Json::Str(UUID.into())))
+        .unwrap();
+    assert!(
+        num(leader, "parallel_worker_samples") >= 1.0,
+        "{}",
+        leader.to_json_string()
+    );
+}

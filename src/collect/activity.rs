@@ -31,13 +31,25 @@ use crate::payload::{unix_now, Payload, Source};
 
 const COLLECTOR: &str = "activity";
 
-/// The per-second query. Rows: one per non-idle session that is not the agent.
-const SAMPLE_SQL: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
+/// The per-second query. Rows: one per non-idle session that is not the agent. Column 13 is
+/// `leader_pid` (PostgreSQL 13+; NULL before), so parallel workers fold into their leader.
+const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query FROM pg_stat_activity \
+     query, leader_pid FROM pg_stat_activity \
      WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
+
+/// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
+const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
+     wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
+     query, NULL::int FROM pg_stat_activity \
+     WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
+     AND application_name IS DISTINCT FROM 'bitville-monitor' \
+     AND backend_type IS DISTINCT FROM 'walsender'";
+
+/// `pg_stat_activity.leader_pid` exists from PostgreSQL 13.
+const LEADER_PID_SINCE: u32 = 130000;
 
 /// Most errors kept per interval for the summary (the count is always exact).
 const MAX_ERRORS_KEPT: usize = 5;
@@ -135,6 +147,7 @@ struct Execution {
     io_seen: bool,
     rss_bytes: u64,
     lock: Option<LockSeen>,
+    n_worker_samples: u32,
     round: u64,
 }
 
@@ -200,6 +213,7 @@ impl Execution {
             .field("write_bytes", self.io_seen.then_some(self.write_bytes))
             .field("rss_bytes", self.os_seen.then_some(self.rss_bytes))
             .field("lock", lock)
+            .field("parallel_worker_samples", self.n_worker_samples)
             .field("query", self.query.as_deref())
             .field("correlation_id", self.correlation_id.as_deref())
     }
@@ -225,7 +239,6 @@ impl Execution {
 #[derive(Debug, Clone, Copy)]
 struct PidTrack {
     round: u64,
-    key: ExecKey,
     start_ticks: u64,
     cpu_ticks: u64,
     io: Option<procfs::PidIo>,
@@ -270,12 +283,19 @@ pub struct ActivitySampler {
     n_samples: u32,
     n_failed: u32,
     n_left_out: u64,
-    n_procfs_denied: u64,
     errors: Vec<Json>,
     locks: LockAgg,
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
+    current: HashMap<i32, ExecKey>,
     text_buf: String,
+}
+
+/// The leader of a parallel worker row (`None` for every other session).
+fn worker_leader(row: &postgres::Row) -> Option<i32> {
+    let pid: i32 = row.get(0);
+    let leader: Option<i32> = row.get(13);
+    leader.filter(|l| *l != pid)
 }
 
 fn micros(t: Option<SystemTime>) -> i64 {
@@ -304,11 +324,11 @@ impl ActivitySampler {
             n_samples: 0,
             n_failed: 0,
             n_left_out: 0,
-            n_procfs_denied: 0,
             errors: Vec::new(),
             locks: LockAgg::default(),
             last_lock_query: None,
             version_num: None,
+            current: HashMap::new(),
             text_buf: String::new(),
         }
     }
@@ -336,73 +356,52 @@ impl ActivitySampler {
     }
 
     fn sample_inner(&mut self, client: &mut postgres::Client) -> Result<SampleStats, CollectError> {
+        let version = match self.version_num {
+            Some(v) => v,
+            None => {
+                let v = super::server_version_num(client, COLLECTOR)?;
+                self.version_num = Some(v);
+                v
+            }
+        };
+        let sql = if version >= LEADER_PID_SINCE {
+            SAMPLE_SQL_13
+        } else {
+            SAMPLE_SQL_12
+        };
         let rows = client
-            .query_typed(SAMPLE_SQL, &[])
+            .query_typed(sql, &[])
             .map_err(CollectError::query(COLLECTOR, "sample"))?;
         self.round += 1;
         self.n_samples += 1;
+        self.current.clear();
         let mut stats = SampleStats {
             n_rows: rows.len(),
             ..SampleStats::default()
         };
+        // Leaders first, so that a parallel worker's CPU can be charged to its leader's
+        // execution in the second pass.
         let mut now = None;
         for row in &rows {
-            let pid: i32 = row.get(0);
-            let server_now: SystemTime = row.get(1);
-            let now_s = unix_secs(server_now);
-            now = Some(now_s);
-            let query_start: Option<SystemTime> = row.get(2);
-            let key = (pid, micros(query_start));
-            let wait_type: Option<&str> = row.get(5);
-            let wait_event: Option<&str> = row.get(6);
-            if wait_type == Some("Lock") {
-                stats.n_lock_waits += 1;
+            if worker_leader(row).is_none() {
+                now = Some(self.absorb_row(row, &mut stats));
             }
-            if !self.execs.contains_key(&key) {
-                self.make_room();
-                let exec = self.new_execution(row, pid, now_s, query_start);
-                self.execs.insert(key, exec);
-            }
-            let round = self.round;
-            let Some(exec) = self.execs.get_mut(&key) else {
-                continue;
-            };
-            exec.last_seen = now_s;
-            exec.n_seen += 1;
-            exec.round = round;
-            let state: Option<&str> = row.get(4);
-            let state = state.unwrap_or("");
-            if exec.state != state {
-                exec.state.clear();
-                exec.state.push_str(state);
-            }
-            set_opt(&mut exec.wait_event_type, wait_type);
-            set_opt(&mut exec.wait_event, wait_event);
-            if let (Some(t), Some(e)) = (wait_type, wait_event) {
-                match exec.waits.iter_mut().find(|w| w.kind == t && w.event == e) {
-                    Some(w) => w.count += 1,
-                    None => exec.waits.push(WaitSeen {
-                        kind: t.to_string(),
-                        event: e.to_string(),
-                        count: 1,
-                    }),
+        }
+        for row in &rows {
+            if let Some(leader) = worker_leader(row) {
+                if !self.fold_worker(row, leader) {
+                    now = Some(self.absorb_row(row, &mut stats));
                 }
-            }
-            if self.cfg.read_procfs {
-                Self::account_os(&mut self.proc, &mut self.tracks, exec, key, round);
             }
         }
         // Tracks are only valid between consecutive samples: a pid that went idle and came back
         // may have run many short queries meanwhile, which must not be charged to the next one.
         let round = self.round;
         self.tracks.retain(|_, t| t.round == round);
-        if self.proc.io_refused() {
-            self.n_procfs_denied += 1;
-        }
-        if let Some(now) = now {
-            self.interval_start.get_or_insert(now);
-            self.last_sample_at = Some(now);
-        }
+        // An empty sample carries no server time; the agent runs on the same host.
+        let now = now.unwrap_or_else(unix_now);
+        self.interval_start.get_or_insert(now);
+        self.last_sample_at = Some(now);
         if stats.n_lock_waits > 0 {
             let due = self
                 .last_lock_query
@@ -410,7 +409,7 @@ impl ActivitySampler {
             if due {
                 self.last_lock_query = Some(Instant::now());
                 stats.lock_snapshot = true;
-                if let Err(e) = self.lock_snapshot(client, now.unwrap_or_else(unix_now)) {
+                if let Err(e) = self.lock_snapshot(client, version, now) {
                     // The activity sample itself succeeded; only the lock tree is missing, which
                     // the summary's `errors` says.
                     log::debug!("{e}");
@@ -422,14 +421,78 @@ impl ActivitySampler {
         Ok(stats)
     }
 
+    /// Adds one session row to its execution; returns the server time of the sample.
+    fn absorb_row(&mut self, row: &postgres::Row, stats: &mut SampleStats) -> f64 {
+        let pid: i32 = row.get(0);
+        let now_s = unix_secs(row.get::<_, SystemTime>(1));
+        let query_start: Option<SystemTime> = row.get(2);
+        let key = (pid, micros(query_start));
+        let wait_type: Option<&str> = row.get(5);
+        let wait_event: Option<&str> = row.get(6);
+        if wait_type == Some("Lock") {
+            stats.n_lock_waits += 1;
+        }
+        if !self.execs.contains_key(&key) {
+            self.make_room();
+            let exec = self.new_execution(row, pid, now_s, query_start);
+            self.execs.insert(key, exec);
+        }
+        self.current.insert(pid, key);
+        let round = self.round;
+        let Some(exec) = self.execs.get_mut(&key) else {
+            return now_s;
+        };
+        exec.last_seen = now_s;
+        exec.n_seen += 1;
+        exec.round = round;
+        let state: Option<&str> = row.get(4);
+        let state = state.unwrap_or("");
+        if exec.state != state {
+            exec.state.clear();
+            exec.state.push_str(state);
+        }
+        set_opt(&mut exec.wait_event_type, wait_type);
+        set_opt(&mut exec.wait_event, wait_event);
+        if let (Some(t), Some(e)) = (wait_type, wait_event) {
+            match exec.waits.iter_mut().find(|w| w.kind == t && w.event == e) {
+                Some(w) => w.count += 1,
+                None => exec.waits.push(WaitSeen {
+                    kind: t.to_string(),
+                    event: e.to_string(),
+                    count: 1,
+                }),
+            }
+        }
+        if self.cfg.read_procfs {
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, round);
+        }
+        now_s
+    }
+
+    /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
+    /// was not in this sample (the worker is then reported on its own).
+    fn fold_worker(&mut self, row: &postgres::Row, leader: i32) -> bool {
+        let Some(key) = self.current.get(&leader).copied() else {
+            return false;
+        };
+        let Some(exec) = self.execs.get_mut(&key) else {
+            return false;
+        };
+        let pid: i32 = row.get(0);
+        exec.n_worker_samples += 1;
+        if self.cfg.read_procfs {
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, self.round);
+        }
+        true
+    }
+
     fn account_os(
         proc: &mut ProcReader,
         tracks: &mut HashMap<i32, PidTrack>,
         exec: &mut Execution,
-        key: ExecKey,
+        pid: i32,
         round: u64,
     ) {
-        let pid = key.0;
         let Some(s) = proc.sample(pid) else {
             tracks.remove(&pid);
             return;
@@ -453,7 +516,6 @@ impl ActivitySampler {
             pid,
             PidTrack {
                 round,
-                key,
                 start_ticks: s.stat.start_ticks,
                 cpu_ticks: s.stat.cpu_ticks,
                 io: s.io,
@@ -505,6 +567,7 @@ impl ActivitySampler {
             io_seen: false,
             rss_bytes: 0,
             lock: None,
+            n_worker_samples: 0,
             round: 0,
         }
     }
@@ -534,26 +597,18 @@ impl ActivitySampler {
     fn lock_snapshot(
         &mut self,
         client: &mut postgres::Client,
+        version: u32,
         now: f64,
     ) -> Result<(), CollectError> {
-        let version = match self.version_num {
-            Some(v) => v,
-            None => {
-                let v = super::server_version_num(client, "locks")?;
-                self.version_num = Some(v);
-                v
-            }
-        };
         let waiters = locks::query_waiters(client, version)?;
         if waiters.is_empty() {
             return Ok(());
         }
         self.note_lock_waits(&waiters);
         let trees = locks::build_trees(&waiters);
-        let (execs, tracks) = (&self.execs, &self.tracks);
+        let (execs, current) = (&self.execs, &self.current);
         let json = locks::trees_json(&trees, &waiters, |pid| {
-            let t = tracks.get(&pid)?;
-            execs.get(&t.key).map(|e| e.session_json(now))
+            execs.get(current.get(&pid)?).map(|e| e.session_json(now))
         });
         let snap = LockSnapshot {
             at: now,
@@ -576,10 +631,10 @@ impl ActivitySampler {
 
     fn note_lock_waits(&mut self, waiters: &[LockWaiter]) {
         for w in waiters {
-            let Some(t) = self.tracks.get(&w.pid) else {
+            let Some(key) = self.current.get(&w.pid) else {
                 continue;
             };
-            let Some(e) = self.execs.get_mut(&t.key) else {
+            let Some(e) = self.execs.get_mut(key) else {
                 continue;
             };
             let seen = e.lock.get_or_insert_with(|| LockSeen {
@@ -835,6 +890,7 @@ mod tests {
             io_seen: false,
             rss_bytes: 0,
             lock: None,
+            n_worker_samples: 0,
             round: 0,
         }
     }
