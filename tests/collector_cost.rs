@@ -108,7 +108,9 @@ fn the_sampler_sees_every_active_session_every_second() {
             .port(pg.port())
             .user("postgres")
             .dbname("postgres")
-            .application_name(&format!("bitville-00000000-0000-4000-8000-0000000000{i:02}"))
+            .application_name(&format!(
+                "bitville-00000000-0000-4000-8000-0000000000{i:02}"
+            ))
             .connect(postgres::NoTls)
             .unwrap();
         let tx = tx.clone();
@@ -143,7 +145,11 @@ fn the_sampler_sees_every_active_session_every_second() {
         s.join().unwrap();
     }
     assert_eq!(num(&payloads[0].data, "count"), n_sessions as f64);
-    assert_eq!(payloads.len(), 1 + n_sessions, "one correlated payload per session");
+    assert_eq!(
+        payloads.len(),
+        1 + n_sessions,
+        "one correlated payload per session"
+    );
     per_sample.sort_unstable();
     eprintln!(
         "COST sampler: {} rows per sample, median {} us per sample (max {} us), finish_interval \
