@@ -738,32 +738,39 @@ impl StatementsCollector {
             (Some(p), Some(c)) => c > p,
             _ => false,
         };
-        let mut deltas: Vec<Delta> = Vec::new();
+        // Pass 1 keeps a small record per changed entry; the full counter deltas are recomputed
+        // for the few shipped ones, so 5,000 entries never move 5,000 arrays around.
+        let mut changed: Vec<(f64, Key)> = Vec::new();
         let mut n_backwards = 0u64;
         for (key, e) in &cur.entries {
             let (d, status) = entry_delta(prev.entries.get(key), e, global_reset);
             if status == "reset" && !global_reset {
                 n_backwards += 1;
             }
-            if d[CALLS] > 0.0 || d.iter().any(|x| *x > 0.0) {
-                deltas.push(Delta {
+            if d.iter().any(|x| *x > 0.0) {
+                changed.push((d[EXEC_TIME], *key));
+            }
+        }
+        let by_time_desc = |a: &(f64, Key), b: &(f64, Key)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let n_changed = changed.len();
+        let top_n = self.cfg.top_n.min(changed.len());
+        if top_n > 0 && top_n < changed.len() {
+            changed.select_nth_unstable_by(top_n - 1, by_time_desc);
+        }
+        let (top, rest) = changed.split_at_mut(top_n);
+        top.sort_unstable_by(by_time_desc);
+        let deltas: Vec<Delta> = top
+            .iter()
+            .map(|(_, key)| {
+                let (d, status) =
+                    entry_delta(prev.entries.get(key), &cur.entries[key], global_reset);
+                Delta {
                     key: *key,
                     d,
                     status,
-                });
-            }
-        }
-        deltas.sort_by(|a, b| {
-            b.d[EXEC_TIME]
-                .total_cmp(&a.d[EXEC_TIME])
-                .then(a.key.cmp(&b.key))
-        });
-        let n_changed = deltas.len();
-        let rest = if deltas.len() > self.cfg.top_n {
-            deltas.split_off(self.cfg.top_n)
-        } else {
-            Vec::new()
-        };
+                }
+            })
+            .collect();
         self.fetch_texts(client, schema, &deltas)?;
 
         let cols = columns_for(cur.ext_version);
@@ -781,8 +788,9 @@ impl StatementsCollector {
             statements.push(o);
         }
         let mut other = [0.0; N_SLOTS];
-        for d in &rest {
-            for (o, x) in other.iter_mut().zip(d.d.iter()) {
+        for (_, key) in rest.iter() {
+            let (d, _) = entry_delta(prev.entries.get(key), &cur.entries[key], global_reset);
+            for (o, x) in other.iter_mut().zip(d.iter()) {
                 if x.is_finite() {
                     *o += x;
                 }
