@@ -395,37 +395,38 @@ impl Reader<'_> {
     }
 }
 
-fn put_opt_f64(out: &mut Vec<u8>, v: Option<f64>) {
-    out.push(u8::from(v.is_some()));
-    out.extend_from_slice(&v.unwrap_or(0.0).to_le_bytes());
+fn put_opt_f64(out: &mut impl std::io::Write, v: Option<f64>) -> std::io::Result<()> {
+    out.write_all(&[u8::from(v.is_some())])?;
+    out.write_all(&v.unwrap_or(0.0).to_le_bytes())
 }
 
 impl Baseline {
     /// The binary form: magic, header, the slot names (a baseline written with other slots is
     /// not used), then fixed-size entries. Binary because formatting 100,000 floats as text
     /// costs more CPU than the rest of the cycle.
-    fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(BASELINE_MAGIC);
-        out.extend_from_slice(&self.taken_at.to_le_bytes());
-        out.extend_from_slice(&self.ext_version.0.to_le_bytes());
-        out.extend_from_slice(&self.ext_version.1.to_le_bytes());
-        put_opt_f64(out, self.stats_reset);
-        put_opt_f64(out, self.dealloc.map(|d| d as f64));
+    fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(BASELINE_MAGIC)?;
+        out.write_all(&self.taken_at.to_le_bytes())?;
+        out.write_all(&self.ext_version.0.to_le_bytes())?;
+        out.write_all(&self.ext_version.1.to_le_bytes())?;
+        put_opt_f64(out, self.stats_reset)?;
+        put_opt_f64(out, self.dealloc.map(|d| d as f64))?;
         let slots = SLOTS.join(",");
-        out.extend_from_slice(&(slots.len() as u32).to_le_bytes());
-        out.extend_from_slice(slots.as_bytes());
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.write_all(&(slots.len() as u32).to_le_bytes())?;
+        out.write_all(slots.as_bytes())?;
+        out.write_all(&(self.entries.len() as u64).to_le_bytes())?;
         for (k, e) in &self.entries {
-            out.extend_from_slice(&k.0.to_le_bytes());
-            out.extend_from_slice(&k.1.to_le_bytes());
-            out.extend_from_slice(&k.2.to_le_bytes());
-            out.push(u8::from(k.3));
-            put_opt_f64(out, e.stats_since);
+            out.write_all(&k.0.to_le_bytes())?;
+            out.write_all(&k.1.to_le_bytes())?;
+            out.write_all(&k.2.to_le_bytes())?;
+            out.write_all(&[u8::from(k.3)])?;
+            put_opt_f64(out, e.stats_since)?;
             for v in e.v {
                 // Bit-exact; NaN marks a counter the version lacks.
-                out.extend_from_slice(&v.to_le_bytes());
+                out.write_all(&v.to_le_bytes())?;
             }
         }
+        Ok(())
     }
 
     fn parse(bytes: &[u8]) -> Option<Baseline> {
@@ -471,12 +472,22 @@ impl Baseline {
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |w| w.write_all(data))
+}
+
+/// [`write_atomically`] with the content streamed by `fill` through a small buffer, so a large
+/// file never needs its own allocation.
+fn write_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -715,11 +726,9 @@ impl StatementsCollector {
     }
 
     fn persist(&mut self, b: &Baseline) -> Result<(), CollectError> {
-        // About 230 bytes per entry: built, written and freed at once rather than kept.
-        let mut buf = Vec::with_capacity(64 + b.entries.len() * 232);
-        b.write_to(&mut buf);
+        // About 230 bytes per entry, streamed through a 64 KiB buffer rather than built whole.
         let path = self.baseline_path();
-        let res = write_atomically(&path, &buf);
+        let res = write_atomically_with(&path, |w| b.write_to(w));
         res.map_err(|source| CollectError::State {
             collector: COLLECTOR,
             path,
@@ -1083,7 +1092,7 @@ mod tests {
             entries,
         };
         let mut bytes = Vec::new();
-        b.write_to(&mut bytes);
+        b.write_to(&mut bytes).unwrap();
         let back = Baseline::parse(&bytes).unwrap();
         assert_eq!(back.taken_at, b.taken_at);
         assert_eq!(back.dealloc, Some(3));
