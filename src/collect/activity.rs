@@ -398,6 +398,7 @@ impl ActivitySampler {
         // may have run many short queries meanwhile, which must not be charged to the next one.
         let round = self.round;
         self.tracks.retain(|_, t| t.round == round);
+        self.proc.end_round();
         // An empty sample carries no server time; the agent runs on the same host.
         let now = now.unwrap_or_else(unix_now);
         self.interval_start.get_or_insert(now);

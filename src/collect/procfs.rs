@@ -10,8 +10,9 @@
 //! file open per pid per second. `/proc/<pid>/io` needs the agent to run as the PostgreSQL OS
 //! user or with CAP_SYS_PTRACE; `stat` is world-readable.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -125,19 +126,39 @@ pub fn ticks_to_ms(ticks: u64) -> u64 {
 /// and a refused open per pid per second is wasted work.
 const IO_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Reads `/proc/<pid>` files with reused buffers.
+/// Most pids whose files are kept open between samples (two descriptors each); beyond that,
+/// files are opened and closed per read, which is slower but bounded.
+const MAX_OPEN_PIDS: usize = 128;
+
+#[derive(Debug)]
+struct OpenPid {
+    stat: std::fs::File,
+    io: Option<std::fs::File>,
+    round: u64,
+}
+
+/// Reads `/proc/<pid>` files with reused buffers. The files of the pids sampled in the last
+/// round stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
+/// saves an open and a close per file per second.
 #[derive(Debug)]
 pub struct ProcReader {
     root: PathBuf,
     path: String,
-    buf: String,
+    buf: Vec<u8>,
     io_refused_at: Option<Instant>,
+    open: HashMap<i32, OpenPid>,
+    round: u64,
 }
 
 impl Default for ProcReader {
     fn default() -> Self {
         ProcReader::new()
     }
+}
+
+/// One `pread` at offset 0; `stat` and `io` are far shorter than the buffer.
+fn pread(f: &std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    f.read_at(buf, 0)
 }
 
 impl ProcReader {
@@ -151,8 +172,10 @@ impl ProcReader {
         ProcReader {
             root: root.into(),
             path: String::with_capacity(64),
-            buf: String::with_capacity(1024),
+            buf: vec![0; 4096],
             io_refused_at: None,
+            open: HashMap::new(),
+            round: 0,
         }
     }
 
@@ -161,12 +184,35 @@ impl ProcReader {
         self.io_refused_at.is_some()
     }
 
-    fn read(&mut self, pid: i32, file: &str) -> std::io::Result<()> {
+    /// Closes the files of pids not sampled since the previous call. Call once per sampling
+    /// round, after the round's [`ProcReader::sample`] calls.
+    pub fn end_round(&mut self) {
+        let round = self.round;
+        self.open.retain(|_, o| o.round == round);
+        self.round += 1;
+    }
+
+    fn open_file(&mut self, pid: i32, file: &str) -> std::io::Result<std::fs::File> {
         self.path.clear();
         let _ = write!(self.path, "{}/{pid}/{file}", self.root.display());
-        self.buf.clear();
-        std::fs::File::open(&self.path)?.read_to_string(&mut self.buf)?;
-        Ok(())
+        std::fs::File::open(&self.path)
+    }
+
+    fn io_allowed(&mut self) -> bool {
+        match self.io_refused_at {
+            Some(at) if at.elapsed() < IO_RETRY_AFTER => false,
+            Some(_) => {
+                self.io_refused_at = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn note_io_error(&mut self, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            self.io_refused_at = Some(Instant::now());
+        }
     }
 
     /// Reads `stat` and, when permitted, `io` of `pid`. `None` when the pid is gone or is not a
@@ -175,31 +221,64 @@ impl ProcReader {
         if pid <= 0 {
             return None;
         }
-        self.read(pid, "stat").ok()?;
-        let stat = parse_stat(&self.buf)?;
+        let round = self.round;
+        // A cached file whose process exited fails to read (ESRCH): reopen once, which finds
+        // the new process if the pid was reused, or nothing.
+        let mut cached = self.open.remove(&pid);
+        let stat = match cached.as_ref().map(|o| pread(&o.stat, &mut self.buf)) {
+            Some(Ok(n)) => Some(n),
+            _ => {
+                cached = None;
+                None
+            }
+        };
+        let (n, mut entry) = match (stat, cached) {
+            (Some(n), Some(entry)) => (n, Some(entry)),
+            _ => {
+                let f = self.open_file(pid, "stat").ok()?;
+                let n = pread(&f, &mut self.buf).ok()?;
+                let keep = self.open.len() < MAX_OPEN_PIDS;
+                (
+                    n,
+                    keep.then_some(OpenPid {
+                        stat: f,
+                        io: None,
+                        round,
+                    }),
+                )
+            }
+        };
+        let text = String::from_utf8_lossy(&self.buf[..n]);
+        let stat = parse_stat(&text)?;
         if !stat.is_postgres {
             return None;
         }
-        let io = self.sample_io(pid);
-        Some(PidSample { stat, io })
-    }
-
-    fn sample_io(&mut self, pid: i32) -> Option<PidIo> {
-        if let Some(at) = self.io_refused_at {
-            if at.elapsed() < IO_RETRY_AFTER {
-                return None;
-            }
-            self.io_refused_at = None;
-        }
-        match self.read(pid, "io") {
-            Ok(()) => parse_io(&self.buf),
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    self.io_refused_at = Some(Instant::now());
+        let io = if self.io_allowed() {
+            let file = match entry.as_mut().and_then(|e| e.io.take()) {
+                Some(f) => Ok(f),
+                None => self.open_file(pid, "io"),
+            };
+            match file.and_then(|f| pread(&f, &mut self.buf).map(|n| (f, n))) {
+                Ok((f, n)) => {
+                    let parsed = std::str::from_utf8(&self.buf[..n]).ok().and_then(parse_io);
+                    if let Some(e) = entry.as_mut() {
+                        e.io = Some(f);
+                    }
+                    parsed
                 }
-                None
+                Err(e) => {
+                    self.note_io_error(&e);
+                    None
+                }
             }
+        } else {
+            None
+        };
+        if let Some(mut e) = entry {
+            e.round = round;
+            self.open.insert(pid, e);
         }
+        Some(PidSample { stat, io })
     }
 }
 
@@ -263,6 +342,13 @@ mod tests {
         assert_eq!(s.io, None, "no io file: unavailable");
         std::fs::write(dir.join("10/io"), "read_bytes: 1\nwrite_bytes: 2\n").unwrap();
         assert_eq!(r.sample(10).unwrap().io.map(|i| i.write_bytes), Some(2));
+        r.end_round();
+        // A cached file is re-read in place: new content shows without reopening.
+        std::fs::write(dir.join("10/stat"), STAT.replace(" 1234 56 ", " 2000 56 ")).unwrap();
+        assert_eq!(r.sample(10).unwrap().stat.cpu_ticks, 2056);
+        r.end_round();
+        r.end_round();
+        assert!(r.open.is_empty(), "files of pids not sampled are closed");
         assert_eq!(r.sample(11), None, "not a postgres process");
         assert_eq!(r.sample(12), None, "gone");
         assert_eq!(r.sample(-1), None);
