@@ -6,3 +6,4 @@ pub mod config;
 pub mod pool;
 pub mod json;
 pub mod payload;
+pub mod logtail;
