@@ -18,6 +18,7 @@ pub mod prefix;
 pub mod csvlog;
 pub mod jsonlog;
 pub mod parse;
+pub mod tail;
 
 pub use entry::{Entry, Level};
 pub use parse::{EntryParser, Format, ParseStats};

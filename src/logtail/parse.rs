@@ -113,6 +113,8 @@ pub struct EntryParser {
     mid_line: bool,
     /// The record in progress (csv/json) started at `pending_start`.
     record_open: bool,
+    /// Where the line being fed in pieces started.
+    line_start: u64,
     stats: ParseStats,
 }
 
@@ -137,6 +139,7 @@ impl EntryParser {
             pending_start: 0,
             mid_line: false,
             record_open: false,
+            line_start: 0,
             stats: ParseStats::default(),
         }
     }
@@ -177,7 +180,14 @@ impl EntryParser {
     /// Where the first byte not yet emitted as part of an entry starts (an entry or record in
     /// progress), or `None` when everything fed so far has been emitted or dropped.
     pub fn pending_start(&self) -> Option<u64> {
-        (self.pending.is_some() || self.record_open).then_some(self.pending_start)
+        if self.pending.is_some() || self.record_open {
+            Some(self.pending_start)
+        } else if self.mid_line {
+            // A line fed in pieces that belongs to no entry: resume at its start.
+            Some(self.line_start)
+        } else {
+            None
+        }
     }
 
     /// True when nothing is waiting to be completed.
@@ -191,6 +201,9 @@ impl EntryParser {
     pub fn push(&mut self, bytes: &[u8], start: u64, line_end: bool, out: &mut Vec<Entry>) {
         let continues = self.mid_line;
         self.mid_line = !line_end;
+        if !continues {
+            self.line_start = start;
+        }
         if line_end {
             self.stats.n_lines += 1;
         }
