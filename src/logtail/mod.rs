@@ -2,11 +2,12 @@
 //! payloads.
 //!
 //! Data path: [`discover`] picks the file and format from the server's settings (or the
-//! configured `log_path`) → [`tail::Tailer`] follows it across rotations and hands out complete
-//! lines with their file offsets → [`parse::EntryParser`] assembles entries (stderr with any
-//! `log_line_prefix`, csvlog, jsonlog) → [`feed::LogFeed`] batches them per interval and builds the
-//! payloads → the caller appends them to the spool, then calls `commit` so the position file says
-//! where the next start resumes.
+//! configured `log_path`) → [`tail::Tailer`] follows it across rotations and hands complete lines
+//! with their file offsets to [`parse::EntryParser`], which assembles entries (stderr with any
+//! `log_line_prefix` via [`prefix`], [`csvlog`], [`jsonlog`]) → [`feed::LogFeed`] batches them per
+//! interval and [`build`] makes the payloads → the caller appends them to the spool, then calls
+//! `commit` so the position file says where the next start resumes. [`analyze`] runs the same
+//! parser over a whole file for `--analyze-log`.
 //!
 //! Invariants: the log is only read, never written; a missing or unreadable file is a warning and
 //! a retry, never a panic; memory is bounded (line cap, entry cap, batch cap); the persisted
@@ -19,6 +20,16 @@ pub mod csvlog;
 pub mod jsonlog;
 pub mod parse;
 pub mod tail;
+pub mod discover;
+pub mod normalize_stub;
+pub mod build;
+pub mod feed;
+pub mod analyze;
 
+pub use analyze::{analyze_log, LogAnalysis};
+pub use build::{PayloadOptions, QueryText};
+pub use discover::{discover, LogSource, NoLog, ServerLogSettings, SETTINGS_QUERY};
 pub use entry::{Entry, Level};
+pub use feed::{FeedConfig, Flush, LogFeed};
 pub use parse::{EntryParser, Format, ParseStats};
+pub use tail::{Follow, Position, TailConfig, TailError, Tailer};
