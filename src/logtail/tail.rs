@@ -84,21 +84,21 @@ impl FilePattern {
             name.push('.');
             name.push_str(format.extension());
         }
-        let mut parts = vec![String::new()];
+        let mut parts = Vec::new();
+        let mut cur = String::new();
         let mut chars = name.chars();
         while let Some(c) = chars.next() {
             if c != '%' {
-                parts.last_mut().map(|p| p.push(c));
+                cur.push(c);
                 continue;
             }
             match chars.next() {
-                Some('%') => {
-                    parts.last_mut().map(|p| p.push('%'));
-                }
-                Some(_) => parts.push(String::new()),
+                Some('%') => cur.push('%'),
+                Some(_) => parts.push(std::mem::take(&mut cur)),
                 None => {}
             }
         }
+        parts.push(cur);
         FilePattern { parts }
     }
 
