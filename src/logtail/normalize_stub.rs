@@ -5,8 +5,8 @@
 //!
 //! It replaces string literals (`'...'` with `''` escapes, `E'...'` with backslash escapes,
 //! dollar quotes `$tag$...$tag$`) and numeric literals with `?`, leaving identifiers, `$1`
-//! parameters, comments and keywords alone. Invariants: never panics, output never longer than
-//! input plus one byte per literal, never keeps a literal's text.
+//! parameters, comments and keywords alone. Invariants: never panics, the output is never
+//! longer than the input (each literal becomes one `?`), never keeps a literal's text.
 
 /// The query with its string and numeric literals replaced by `?`.
 pub fn normalize_literals(sql: &str) -> String {
