@@ -217,13 +217,20 @@ mod tests {
 
     #[test]
     fn non_finite_floats_become_null() {
-        let v = Json::Array(vec![f64::NAN.into(), f64::INFINITY.into(), 1.5.into(), 2.0.into()]);
+        let v = Json::Array(vec![
+            f64::NAN.into(),
+            f64::INFINITY.into(),
+            1.5.into(),
+            2.0.into(),
+        ]);
         assert_eq!(v.to_json_string(), "[null,null,1.5,2.0]");
     }
 
     #[test]
     fn objects_keep_insertion_order() {
-        let v = Json::object().field("b", 1i64).field("a", Option::<i64>::None);
+        let v = Json::object()
+            .field("b", 1i64)
+            .field("a", Option::<i64>::None);
         assert_eq!(v.to_json_string(), r#"{"b":1,"a":null}"#);
     }
 }

@@ -2,8 +2,15 @@
 //! ships it to the Bitville listener. Modules are declared in the order data flows; see
 //! ARCHITECTURE.md for the map and the invariants.
 
+pub mod cli;
 pub mod config;
-pub mod pool;
 pub mod json;
+pub mod logging;
 pub mod payload;
+pub mod pool;
+pub mod schedule;
+pub mod selfstats;
+pub mod shutdown;
+pub mod signals;
+pub mod status;
 pub mod logtail;

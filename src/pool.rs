@@ -1,1 +1,616 @@
-//! Connection pool (placeholder).
+//! The connection pool: the only way the agent talks to PostgreSQL.
+//!
+//! A fixed-size pool guarded by a `Mutex` and a `Condvar`. Connections are opened lazily,
+//! reused, and every one is opened with the same safe session settings: application_name
+//! `bitville-monitor`, `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`
+//! and `default_transaction_read_only=on`, a connect timeout and TCP keepalives.
+//!
+//! Invariants:
+//! - `open == idle + checked_out <= max` at every moment, where `checked_out` also counts slots
+//!   reserved by a thread that is connecting. A slot is reserved before the lock is released to
+//!   connect, so replacing broken connections can never exceed the cap.
+//! - The lock is held only to pop, push and count: connecting, probing and dropping a client
+//!   (which closes its socket) happen outside it.
+//! - [`Pool::acquire`] never waits longer than the acquire timeout.
+//! - A client whose connection broke is dropped, never returned to the idle list.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::DatabaseConfig;
+
+/// The application_name of every agent session; the agent excludes these from what it reports.
+pub const APPLICATION_NAME: &str = "bitville-monitor";
+
+/// An idle connection unused for longer than this is probed before it is handed out: the server
+/// may have been restarted or the backend terminated meanwhile. Shorter idle times skip the probe
+/// (it costs a round trip) and rely on [`Pool::with_client`]'s retry instead.
+const PROBE_AFTER_IDLE: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection could not be had.
+#[derive(Debug)]
+pub enum PoolError {
+    /// Every connection stayed in use for the whole acquire timeout.
+    Timeout {
+        /// How long `acquire` waited.
+        waited: Duration,
+        /// The pool's cap.
+        max: usize,
+    },
+    /// Opening a new connection failed.
+    Connect(ConnectError),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Timeout { waited, max } => write!(
+                f,
+                "no database connection free after {:.1} s (all {max} in use)",
+                waited.as_secs_f64()
+            ),
+            PoolError::Connect(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// What kind of failure a connection attempt met, so the operator gets the right fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens there, or the host is unreachable.
+    ServerDown,
+    /// The password was wrong or authentication failed.
+    Authentication,
+    /// No pg_hba.conf entry, or the role does not exist or may not log in.
+    NotAuthorized,
+    /// The database does not exist.
+    NoSuchDatabase,
+    /// The server has no free connection slot (or the role's CONNECTION LIMIT is reached).
+    TooManyConnections,
+    /// The server is starting up or shutting down.
+    NotReady,
+    /// More sessions named `bitville-monitor` exist than the cap allows (another agent instance
+    /// or a leak): the agent refuses to add one.
+    TooManyAgentSessions,
+    /// Anything else.
+    Other,
+}
+
+/// A failed connection attempt, with a message that says what to check.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The classified failure.
+    pub failure: ConnectFailure,
+    /// Where the agent tried to connect (`host:port` or the socket path), as user@db.
+    pub target: String,
+    /// The driver's or server's message.
+    pub detail: String,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.failure {
+            ConnectFailure::ServerDown => {
+                "the server is not reachable (is it running, and are host and port right?)"
+            }
+            ConnectFailure::Authentication => "authentication failed (wrong password?)",
+            ConnectFailure::NotAuthorized => {
+                "the server refused the role (no pg_hba.conf entry, or no such role?)"
+            }
+            ConnectFailure::NoSuchDatabase => "the database does not exist",
+            ConnectFailure::TooManyConnections => "the server has no free connection slot",
+            ConnectFailure::NotReady => "the server is starting up or shutting down",
+            ConnectFailure::TooManyAgentSessions => {
+                "refusing to open another connection: too many bitville-monitor sessions on the server \
+                 (another agent instance running?)"
+            }
+            ConnectFailure::Other => "cannot connect",
+        };
+        write!(f, "{}: {what}: {}", self.target, self.detail)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Counters describing the pool, for the agent's own metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The cap.
+    pub max: usize,
+    /// Connections open now (idle + in use).
+    pub size: usize,
+    /// Open and idle.
+    pub idle: usize,
+    /// Handed out (or being connected).
+    pub in_use: usize,
+    /// `acquire` calls that had to wait for a connection.
+    pub waits: u64,
+    /// `acquire` calls that gave up after the acquire timeout.
+    pub acquire_timeouts: u64,
+    /// Connections opened since start.
+    pub connections_opened: u64,
+    /// Broken connections discarded (and replaced on demand).
+    pub connections_replaced: u64,
+}
+
+struct Idle {
+    client: postgres::Client,
+    since: Instant,
+}
+
+struct State {
+    idle: Vec<Idle>,
+    /// Handed out plus reserved for a connect in progress.
+    checked_out: usize,
+    /// When a connection was last found broken: idle connections returned before then may be
+    /// dead too (a server restart or a mass `pg_terminate_backend`), so they are probed.
+    broken_seen: Option<Instant>,
+    stats: PoolStats,
+}
+
+struct Inner {
+    pg: postgres::Config,
+    target: String,
+    max: usize,
+    acquire_timeout: Duration,
+    state: Mutex<State>,
+    returned: Condvar,
+}
+
+/// A fixed-size pool of connections to the monitored server. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Builds the driver configuration with typed setters: a password with spaces, quotes or `=`
+/// cannot inject options the way a formatted connection string could.
+pub fn driver_config(db: &DatabaseConfig) -> postgres::Config {
+    let mut pg = postgres::Config::new();
+    pg.host(&db.host)
+        .port(db.port)
+        .user(&db.user)
+        .dbname(&db.dbname)
+        .application_name(APPLICATION_NAME)
+        .options(&session_options(db))
+        .connect_timeout(db.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if !db.password.is_empty() {
+        pg.password(db.password.expose());
+    }
+    pg
+}
+
+/// The `options` startup parameter: the session settings that keep every agent query harmless.
+pub fn session_options(db: &DatabaseConfig) -> String {
+    format!(
+        "-c statement_timeout={} -c lock_timeout={} -c default_transaction_read_only=on \
+         -c idle_in_transaction_session_timeout={}",
+        db.statement_timeout.as_millis(),
+        db.lock_timeout.as_millis(),
+        db.idle_in_transaction_timeout.as_millis()
+    )
+}
+
+fn describe_target(db: &DatabaseConfig) -> String {
+    let place = if db.host.starts_with('/') {
+        format!("{}/.s.PGSQL.{}", db.host.trim_end_matches('/'), db.port)
+    } else {
+        format!("{}:{}", db.host, db.port)
+    };
+    format!("{}@{} on {place}", db.user, db.dbname)
+}
+
+/// Whether `err` means the connection itself is unusable (rather than the statement failing).
+pub fn is_connection_error(err: &postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    match err.as_db_error() {
+        // I/O and protocol errors carry no server error.
+        None => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now: the backend is going away.
+        Some(db) => {
+            matches!(db.code().code(), "57P01" | "57P02" | "57P03")
+                || db.code().code().starts_with("08")
+        }
+    }
+}
+
+fn classify(err: &postgres::Error) -> ConnectFailure {
+    match err.code().map(|c| c.code()) {
+        Some("28P01") => ConnectFailure::Authentication,
+        Some("28000") => ConnectFailure::NotAuthorized,
+        Some("3D000") => ConnectFailure::NoSuchDatabase,
+        Some("53300") => ConnectFailure::TooManyConnections,
+        Some("57P03") => ConnectFailure::NotReady,
+        Some(_) => ConnectFailure::Other,
+        None => {
+            let text = err.to_string().to_ascii_lowercase();
+            let source = std::error::Error::source(err)
+                .map(|s| s.to_string().to_ascii_lowercase())
+                .unwrap_or_default();
+            let both = format!("{text} {source}");
+            if both.contains("refused")
+                || both.contains("no such file")
+                || both.contains("timed out")
+                || both.contains("unreachable")
+                || both.contains("failed to lookup")
+                || both.contains("error connecting")
+            {
+                ConnectFailure::ServerDown
+            } else if both.contains("password") {
+                ConnectFailure::Authentication
+            } else {
+                ConnectFailure::Other
+            }
+        }
+    }
+}
+
+fn error_detail(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(err) {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
+    }
+}
+
+impl Pool {
+    /// A pool for `db`; no connection is opened until the first [`Pool::acquire`].
+    pub fn new(db: &DatabaseConfig) -> Pool {
+        let max = db.pool_max_size.clamp(1, crate::config::MAX_POOL_SIZE);
+        Pool {
+            inner: Arc::new(Inner {
+                pg: driver_config(db),
+                target: describe_target(db),
+                max,
+                acquire_timeout: db.acquire_timeout,
+                state: Mutex::new(State {
+                    idle: Vec::with_capacity(max),
+                    checked_out: 0,
+                    broken_seen: None,
+                    stats: PoolStats {
+                        max,
+                        ..PoolStats::default()
+                    },
+                }),
+                returned: Condvar::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves only counters behind; they stay consistent
+        // because every update is a single statement, so a poisoned lock is still usable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens one connection (outside the pool) to check the server: returns its version string.
+    /// Used at start so a wrong password, a missing database or a stopped server is reported
+    /// clearly before anything else runs.
+    pub fn check(&self) -> Result<String, ConnectError> {
+        let mut client = self.connect()?;
+        let row = client
+            .query_one("SELECT version()", &[])
+            .map_err(|e| self.connect_error(&e))?;
+        Ok(row.get(0))
+    }
+
+    fn connect_error(&self, err: &postgres::Error) -> ConnectError {
+        ConnectError {
+            failure: classify(err),
+            target: self.inner.target.clone(),
+            detail: error_detail(err),
+        }
+    }
+
+    /// Opens a connection, then counts the agent's sessions on the server (this one included)
+    /// and closes it again if there are more than the cap: another agent instance on the same
+    /// server, or leaked sessions, must not push the total higher.
+    fn connect(&self) -> Result<postgres::Client, ConnectError> {
+        let mut client = self
+            .inner
+            .pg
+            .connect(postgres::NoTls)
+            .map_err(|e| self.connect_error(&e))?;
+        let sessions: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&APPLICATION_NAME],
+            )
+            .map_err(|e| self.connect_error(&e))?
+            .get(0);
+        if sessions > self.inner.max as i64 {
+            return Err(ConnectError {
+                failure: ConnectFailure::TooManyAgentSessions,
+                target: self.inner.target.clone(),
+                detail: format!("{sessions} sessions, at most {} allowed", self.inner.max),
+            });
+        }
+        Ok(client)
+    }
+
+    /// Takes a connection: an idle one, a new one while below the cap, or the next one returned.
+    /// Gives up with [`PoolError::Timeout`] after the acquire timeout.
+    pub fn acquire(&self) -> Result<PooledClient, PoolError> {
+        self.acquire_within(self.inner.acquire_timeout)
+    }
+
+    /// [`Pool::acquire`] with an explicit longest wait.
+    pub fn acquire_within(&self, timeout: Duration) -> Result<PooledClient, PoolError> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut waited = false;
+        let mut state = self.lock();
+        loop {
+            if let Some(idle) = state.idle.pop() {
+                state.checked_out += 1;
+                let suspect = state.broken_seen.is_some_and(|t| idle.since <= t);
+                drop(state);
+                let mut client = idle.client;
+                let needs_probe = suspect || idle.since.elapsed() >= PROBE_AFTER_IDLE;
+                let healthy =
+                    !client.is_closed() && (!needs_probe || client.is_valid(PROBE_TIMEOUT).is_ok());
+                if healthy {
+                    return Ok(self.guard(client));
+                }
+                // Dropping a broken client may block on its socket: keep the lock released.
+                drop(client);
+                state = self.lock();
+                state.checked_out -= 1;
+                state.stats.connections_replaced += 1;
+                state.broken_seen = Some(Instant::now());
+                continue;
+            }
+            if state.idle.len() + state.checked_out < self.inner.max {
+                // Reserve the slot first so concurrent replacements cannot exceed the cap.
+                state.checked_out += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(client) => {
+                        self.lock().stats.connections_opened += 1;
+                        Ok(self.guard(client))
+                    }
+                    Err(e) => {
+                        let mut state = self.lock();
+                        state.checked_out -= 1;
+                        drop(state);
+                        self.inner.returned.notify_one();
+                        Err(PoolError::Connect(e))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                state.stats.acquire_timeouts += 1;
+                return Err(PoolError::Timeout {
+                    waited: now - start,
+                    max: self.inner.max,
+                });
+            }
+            if !waited {
+                waited = true;
+                state.stats.waits += 1;
+            }
+            // Spurious wakeups are fine: the loop re-checks everything against the deadline.
+            state = self
+                .inner
+                .returned
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn guard(&self, client: postgres::Client) -> PooledClient {
+        PooledClient {
+            client: Some(client),
+            pool: self.clone(),
+            broken: false,
+        }
+    }
+
+    /// Runs `f` with a pooled connection. When `f` fails because the connection itself broke
+    /// (server restart, terminated backend), the connection is discarded and `f` runs once more on
+    /// a fresh one; monitoring queries are read-only, so the retry is harmless.
+    pub fn with_client<T>(
+        &self,
+        mut f: impl FnMut(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, QueryError> {
+        let mut attempt = 0;
+        loop {
+            let mut client = self.acquire().map_err(QueryError::Pool)?;
+            match f(&mut client) {
+                Ok(v) => return Ok(v),
+                Err(e) if is_connection_error(&e) && attempt == 0 => {
+                    client.mark_broken();
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        client.mark_broken();
+                    }
+                    return Err(QueryError::Query(e));
+                }
+            }
+        }
+    }
+
+    /// The pool's counters now.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        let mut stats = state.stats;
+        stats.idle = state.idle.len();
+        stats.in_use = state.checked_out;
+        stats.size = stats.idle + stats.in_use;
+        debug_assert!(stats.size <= stats.max);
+        stats
+    }
+
+    /// Closes every idle connection (on shutdown). Connections in use close when returned.
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop(idle);
+    }
+
+    fn give_back(&self, client: postgres::Client, broken: bool) {
+        if broken || client.is_closed() {
+            drop(client);
+            let mut state = self.lock();
+            state.checked_out -= 1;
+            state.stats.connections_replaced += 1;
+            state.broken_seen = Some(Instant::now());
+        } else {
+            let mut state = self.lock();
+            state.checked_out -= 1;
+            state.idle.push(Idle {
+                client,
+                since: Instant::now(),
+            });
+            debug_assert!(state.idle.len() + state.checked_out <= self.inner.max);
+        }
+        self.inner.returned.notify_one();
+    }
+}
+
+/// An error from [`Pool::with_client`].
+#[derive(Debug)]
+pub enum QueryError {
+    /// No connection could be had.
+    Pool(PoolError),
+    /// The query failed (after one retry if the connection broke).
+    Query(postgres::Error),
+}
+
+impl QueryError {
+    /// The SQLSTATE of a failed query, if the server sent one (`57014` statement timeout,
+    /// `55P03` lock timeout, `25006` read-only transaction).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            QueryError::Query(e) => e.code().map(|c| c.code()),
+            QueryError::Pool(_) => None,
+        }
+    }
+
+    /// Whether the query was cancelled by `statement_timeout` or `lock_timeout`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.sqlstate(), Some("57014") | Some("55P03"))
+    }
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::Pool(e) => e.fmt(f),
+            QueryError::Query(e) => match e.as_db_error() {
+                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+                None => write!(f, "{}", error_detail(e)),
+            },
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+/// A connection borrowed from the pool; it goes back (or, if broken, is discarded) on drop.
+pub struct PooledClient {
+    client: Option<postgres::Client>,
+    pool: Pool,
+    broken: bool,
+}
+
+impl PooledClient {
+    /// Marks the connection as unusable so it is closed instead of reused.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl Deref for PooledClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.client.as_ref().expect("client present until drop")
+    }
+}
+
+impl DerefMut for PooledClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.client.as_mut().expect("client present until drop")
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.pool.give_back(client, self.broken);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn db(password: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            host: "/tmp/nowhere".into(),
+            port: 1,
+            dbname: "postgres".into(),
+            user: "u".into(),
+            password: Secret::new(password),
+            statement_timeout: Duration::from_millis(5000),
+            lock_timeout: Duration::from_millis(100),
+            idle_in_transaction_timeout: Duration::from_millis(10_000),
+            connect_timeout: Duration::from_secs(1),
+            acquire_timeout: Duration::from_millis(200),
+            pool_max_size: 9,
+        }
+    }
+
+    #[test]
+    fn session_options_carry_every_safety_setting() {
+        let opts = session_options(&db(""));
+        assert_eq!(
+            opts,
+            "-c statement_timeout=5000 -c lock_timeout=100 -c default_transaction_read_only=on \
+             -c idle_in_transaction_session_timeout=10000"
+        );
+    }
+
+    #[test]
+    fn a_password_is_passed_verbatim_not_parsed() {
+        let pw = "a b' -c statement_timeout=0 =\"";
+        let pg = driver_config(&db(pw));
+        assert_eq!(pg.get_password(), Some(pw.as_bytes()));
+        assert_eq!(pg.get_options(), Some(session_options(&db("")).as_str()));
+    }
+
+    #[test]
+    fn the_cap_is_enforced_even_if_config_asks_more() {
+        assert_eq!(Pool::new(&db("")).stats().max, 5);
+    }
+
+    #[test]
+    fn a_dead_server_is_reported_as_down_and_frees_the_slot() {
+        let pool = Pool::new(&db(""));
+        match pool.acquire() {
+            Err(PoolError::Connect(e)) => {
+                assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}");
+                assert!(e.to_string().contains("/tmp/nowhere/.s.PGSQL.1"), "{e}");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        assert_eq!(pool.stats().in_use, 0);
+    }
+}
