@@ -14,16 +14,8 @@ use crate::payload::{Payload, Source};
 use super::entry::{timestamp_to_unix, Entry, Level};
 use super::parse::{Format, ParseStats};
 
-/// What query text log payloads carry (same option as the activity collector).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryText {
-    /// Statements as written, literals included.
-    Full,
-    /// Literals replaced by placeholders (the default).
-    Normalized,
-    /// No statement text at all.
-    None,
-}
+/// What query text log payloads carry: the agent-wide `[collection] query_text` option.
+pub use crate::config::QueryTextMode as QueryText;
 
 /// How payloads are built.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +25,9 @@ pub struct PayloadOptions {
     /// The literal normalizer. Defaults to the stub in `normalize_stub`; the lead replaces it
     /// with `crate::normalize`'s function.
     pub normalize: fn(&str) -> String,
+    /// Longest query text shipped, in characters (longer ones end in `...[truncated]`).
+    /// Defaults to 1000.
+    pub max_query_chars: usize,
     /// Most entries per summary payload. Defaults to 500.
     pub max_entries_per_payload: usize,
     /// Most correlated payloads per batch (each is one HTTP request against the listener's rate
@@ -45,8 +40,20 @@ impl Default for PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
             normalize: super::normalize_stub::normalize_literals,
+            max_query_chars: 1000,
             max_entries_per_payload: 500,
             max_correlated: 100,
+        }
+    }
+}
+
+impl PayloadOptions {
+    /// The options the agent's `[collection]` settings ask for (query text mode and length).
+    pub fn from_collection(c: &crate::config::CollectionConfig) -> PayloadOptions {
+        PayloadOptions {
+            query_text: c.query_text,
+            max_query_chars: c.query_max_chars,
+            ..PayloadOptions::default()
         }
     }
 }
@@ -117,11 +124,12 @@ pub fn build_payloads(
 /// One entry as JSON; absent fields are left out to keep payloads small.
 pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
     let text = |s: &str| -> Option<String> {
-        match opts.query_text {
-            QueryText::Full => Some(s.to_string()),
-            QueryText::Normalized => Some((opts.normalize)(s)),
-            QueryText::None => None,
-        }
+        let t = match opts.query_text {
+            QueryText::Full => s.to_string(),
+            QueryText::Normalized => (opts.normalize)(s),
+            QueryText::None => return None,
+        };
+        Some(cut_chars(t, opts.max_query_chars))
     };
     let mut o = Json::object();
     let mut put = |k: &str, v: Option<Json>| {
@@ -166,6 +174,15 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         put("truncated", Some(Json::Bool(true)));
     }
     o
+}
+
+/// `s` cut to `max` characters, marked the way the other collectors mark it.
+fn cut_chars(mut s: String, max: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push_str("...[truncated]");
+    }
+    s
 }
 
 #[cfg(test)]
@@ -220,6 +237,9 @@ mod tests {
         let ps = build_payloads(&es, &stats, &origin, &none, 100.0);
         assert_eq!(ps[1].data.get("query"), None);
         assert!(!ps[0].data.to_json_string().contains("secret"));
+        let short = PayloadOptions { max_query_chars: 8, ..PayloadOptions::default() };
+        let ps = build_payloads(&es, &stats, &origin, &short, 100.0);
+        assert_eq!(ps[1].data.get("query"), Some(&Json::from("SELECT *...[truncated]")));
     }
 
     #[test]
