@@ -16,8 +16,17 @@ fn sample_log(target_bytes: usize) -> Vec<u8> {
     let mut i = 0u64;
     while out.len() < target_bytes {
         let pid = 1000 + i % 97;
-        let ts = format!("2024-05-01 12:{:02}:{:02}.{:03} UTC", (i / 60000) % 60, (i / 1000) % 60, i % 1000);
-        let app = if i % 3 == 0 { "bitville-0123abcd-0123-4567-89ab-0123456789ab" } else { "psql" };
+        let ts = format!(
+            "2024-05-01 12:{:02}:{:02}.{:03} UTC",
+            (i / 60000) % 60,
+            (i / 1000) % 60,
+            i % 1000
+        );
+        let app = if i % 3 == 0 {
+            "bitville-0123abcd-0123-4567-89ab-0123456789ab"
+        } else {
+            "psql"
+        };
         let _ = match i % 10 {
             0..=5 => writeln!(
                 out,
@@ -43,7 +52,10 @@ fn sample_log(target_bytes: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let mb: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let mb: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64);
     let data = sample_log(mb * 1024 * 1024);
     let size = data.len() as f64 / 1e6;
 
@@ -90,5 +102,10 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
-    println!("tailer: {:.1} MB in {:.3} s = {:.1} MB/s ({n} entries)", size, secs, size / secs);
+    println!(
+        "tailer: {:.1} MB in {:.3} s = {:.1} MB/s ({n} entries)",
+        size,
+        secs,
+        size / secs
+    );
 }

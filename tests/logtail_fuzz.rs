@@ -33,7 +33,14 @@ impl Rng {
 /// A value PostgreSQL could write for each escape.
 fn render(esc: char, rng: &mut Rng) -> String {
     match esc {
-        'a' => rng.pick(&["psql", "bitville-0123abcd-0123-4567-89ab-0123456789ab", "my app", ""]).to_string(),
+        'a' => rng
+            .pick(&[
+                "psql",
+                "bitville-0123abcd-0123-4567-89ab-0123456789ab",
+                "my app",
+                "",
+            ])
+            .to_string(),
         'u' => rng.pick(&["alice", "bob_2", "[unknown]"]).to_string(),
         'd' => rng.pick(&["shop", "db-1"]).to_string(),
         'r' => rng.pick(&["10.0.0.1(5432)", "[local]"]).to_string(),
@@ -58,9 +65,19 @@ fn render(esc: char, rng: &mut Rng) -> String {
 #[test]
 fn random_prefixes_parse_the_lines_they_describe() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let escapes = ['a', 'u', 'd', 'r', 'h', 'b', 'p', 'P', 't', 'm', 'n', 'i', 'e', 'c', 'l', 's', 'v', 'x', 'Q'];
+    let escapes = [
+        'a', 'u', 'd', 'r', 'h', 'b', 'p', 'P', 't', 'm', 'n', 'i', 'e', 'c', 'l', 's', 'v', 'x',
+        'Q',
+    ];
     let seps = [" ", " [", "] ", "@", ":", "|", " - ", ",", "="];
-    let levels = [Level::Log, Level::Error, Level::Warning, Level::Fatal, Level::Detail, Level::Statement];
+    let levels = [
+        Level::Log,
+        Level::Error,
+        Level::Warning,
+        Level::Fatal,
+        Level::Detail,
+        Level::Statement,
+    ];
     for round in 0..3000 {
         let n = 1 + rng.below(6);
         let mut prefix = String::new();
@@ -89,11 +106,21 @@ fn random_prefixes_parse_the_lines_they_describe() {
         line.push_str(":  the message ");
         line.push_str(&round.to_string());
         let p = PrefixParser::new(&prefix);
-        let m = p.parse(line.as_bytes()).unwrap_or_else(|| panic!("prefix {prefix:?} line {line:?}"));
+        let m = p
+            .parse(line.as_bytes())
+            .unwrap_or_else(|| panic!("prefix {prefix:?} line {line:?}"));
         assert_eq!(m.level, level, "prefix {prefix:?} line {line:?}");
-        assert_eq!(&line[m.message_start..], format!("the message {round}"), "prefix {prefix:?}");
+        assert_eq!(
+            &line[m.message_start..],
+            format!("the message {round}"),
+            "prefix {prefix:?}"
+        );
         if n_pid == 1 {
-            assert_eq!(m.captures.get(b'p', line.as_bytes()), Some(&b"4242"[..]), "prefix {prefix:?} line {line:?}");
+            assert_eq!(
+                m.captures.get(b'p', line.as_bytes()),
+                Some(&b"4242"[..]),
+                "prefix {prefix:?} line {line:?}"
+            );
         }
     }
 }
@@ -102,13 +129,29 @@ fn random_prefixes_parse_the_lines_they_describe() {
 fn random_bytes_never_panic_and_respect_the_cap() {
     let mut rng = Rng(42);
     let alphabet: &[u8] = b"\n\n\t\"\",,{}[]:\\\\u0a LOG:  ERROR:  DETAIL:  2024-05-01 12:00:00.1 UTC [1] duration: 1 ms  statement: $$'' bitville-\xff\xc3\x28\r";
-    let prefixes = ["%m [%p] ", "%t %q%u@%d %a ", "%a%u%d", "%", "%-5%", "%q%q", "", "[%l-1] %c %x %v %e ", "%m:%r:%u@%d:[%p]:"];
+    let prefixes = [
+        "%m [%p] ",
+        "%t %q%u@%d %a ",
+        "%a%u%d",
+        "%",
+        "%-5%",
+        "%q%q",
+        "",
+        "[%l-1] %c %x %v %e ",
+        "%m:%r:%u@%d:[%p]:",
+    ];
     let mut key_buf = Vec::new();
     let mut scratch = Vec::new();
     for round in 0..400 {
         let len = rng.below(4000);
         let mut bytes: Vec<u8> = (0..len)
-            .map(|_| if rng.below(3) == 0 { rng.next() as u8 } else { *rng.pick(alphabet) })
+            .map(|_| {
+                if rng.below(3) == 0 {
+                    rng.next() as u8
+                } else {
+                    *rng.pick(alphabet)
+                }
+            })
             .collect();
         if round % 50 == 0 {
             // A giant line, to hit the entry cap.
@@ -121,7 +164,11 @@ fn random_bytes_never_panic_and_respect_the_cap() {
             let mut off = 0u64;
             for piece in bytes.split_inclusive(|&b| b == b'\n') {
                 let end = piece.last() == Some(&b'\n');
-                let body = if end { &piece[..piece.len() - 1] } else { piece };
+                let body = if end {
+                    &piece[..piece.len() - 1]
+                } else {
+                    piece
+                };
                 // Sometimes in pieces, as the tailer does with overlong lines.
                 if body.len() > 10 && rng.below(4) == 0 {
                     let cut = rng.below(body.len());
@@ -135,7 +182,11 @@ fn random_bytes_never_panic_and_respect_the_cap() {
             }
             p.flush(&mut out);
             for e in &out {
-                assert!(e.size() <= MAX_ENTRY_BYTES, "{format:?} entry of {} bytes", e.size());
+                assert!(
+                    e.size() <= MAX_ENTRY_BYTES,
+                    "{format:?} entry of {} bytes",
+                    e.size()
+                );
                 assert!(e.level.is_some_and(Level::is_primary));
             }
         }

@@ -42,11 +42,18 @@ impl Drop for TempDir {
 }
 
 fn line(i: usize) -> String {
-    format!("2024-05-01 12:00:00.000 UTC [{}] LOG:  line {i:06}\n", 100 + i % 7)
+    format!(
+        "2024-05-01 12:00:00.000 UTC [{}] LOG:  line {i:06}\n",
+        100 + i % 7
+    )
 }
 
 fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
@@ -137,7 +144,10 @@ fn rename_rotation_while_writing_loses_and_repeats_nothing() {
     let dir = TempDir::new("rename");
     let log = dir.path().join("postgresql.log");
     append(&log, &line(0));
-    let tailer = Tailer::new(config(Follow::Path(log.clone()), Some(dir.path())), parser());
+    let tailer = Tailer::new(
+        config(Follow::Path(log.clone()), Some(dir.path())),
+        parser(),
+    );
     let total = 3000;
     let log2 = log.clone();
     let got = run_concurrently(tailer, total, move |seen| {
@@ -159,7 +169,10 @@ fn copytruncate_while_writing_reads_the_rest_from_the_copy() {
     let dir = TempDir::new("copytruncate");
     let log = dir.path().join("postgresql.log");
     append(&log, &line(0));
-    let tailer = Tailer::new(config(Follow::Path(log.clone()), Some(dir.path())), parser());
+    let tailer = Tailer::new(
+        config(Follow::Path(log.clone()), Some(dir.path())),
+        parser(),
+    );
     let total = 3000;
     let log2 = log.clone();
     let lock = Arc::new(Mutex::new(()));
@@ -171,7 +184,11 @@ fn copytruncate_while_writing_reads_the_rest_from_the_copy() {
                 // window between the two, which copytruncate itself cannot.
                 let _g = lock.lock().unwrap();
                 fs::copy(&log2, log2.with_extension(format!("log.{i}"))).unwrap();
-                OpenOptions::new().write(true).truncate(true).open(&log2).unwrap();
+                OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&log2)
+                    .unwrap();
             }
             let _g = lock.lock().unwrap();
             append(&log2, &line(i));
@@ -192,9 +209,16 @@ fn new_file_rotation_in_a_directory_and_via_current_logfiles() {
         fs::write(&current, "stderr log/postgresql-0000.log\n").unwrap();
         let pattern = FilePattern::from_log_filename("postgresql-%H%M.log", Format::Stderr);
         let follow = if use_current {
-            Follow::CurrentLogfiles { data_dir: dir.path().to_path_buf(), format: Format::Stderr, fallback: None }
+            Follow::CurrentLogfiles {
+                data_dir: dir.path().to_path_buf(),
+                format: Format::Stderr,
+                fallback: None,
+            }
         } else {
-            Follow::Directory { dir: logdir.clone(), pattern }
+            Follow::Directory {
+                dir: logdir.clone(),
+                pattern,
+            }
         };
         let state = dir.path().join("state");
         let tailer = Tailer::new(config(follow, Some(&state)), parser());
@@ -270,7 +294,14 @@ fn restart_inside_a_multi_line_entry_delivers_it_once_whole() {
     let mut cfg = config(Follow::Path(log.clone()), Some(dir.path()));
     // The entry in progress is only emitted when the next one starts.
     cfg.settle = Duration::from_secs(3600);
-    append(&log, &format!("{}{}", line(0), "2024-05-01 12:00:00.000 UTC [9] LOG:  statement: SELECT 1,\n"));
+    append(
+        &log,
+        &format!(
+            "{}{}",
+            line(0),
+            "2024-05-01 12:00:00.000 UTC [9] LOG:  statement: SELECT 1,\n"
+        ),
+    );
     let mut t = Tailer::new(cfg.clone(), parser());
     assert_same(&drain(&mut t, true), &expected(1));
     drop(t);

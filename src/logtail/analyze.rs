@@ -46,7 +46,11 @@ pub struct LogAnalysis {
 
 /// Parses `path` as `format` (guessed from the extension when `None`) with `prefix` (the
 /// PostgreSQL default `%m [%p] ` when `None`).
-pub fn analyze_log(path: &Path, format: Option<Format>, prefix: Option<&str>) -> Result<LogAnalysis, String> {
+pub fn analyze_log(
+    path: &Path,
+    format: Option<Format>,
+    prefix: Option<&str>,
+) -> Result<LogAnalysis, String> {
     std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let format = format.unwrap_or_else(|| Format::guess_from_path(path));
     let prefix = prefix.unwrap_or(DEFAULT_PREFIX);
@@ -92,7 +96,11 @@ impl LogAnalysis {
         }
         if let Some(d) = e.duration_ms {
             self.durations_ms.push(d);
-            let pos = self.slowest.iter().position(|s| s.duration_ms < Some(d)).unwrap_or(self.slowest.len());
+            let pos = self
+                .slowest
+                .iter()
+                .position(|s| s.duration_ms < Some(d))
+                .unwrap_or(self.slowest.len());
             if pos < 5 {
                 self.slowest.insert(pos, e);
                 self.slowest.truncate(5);
@@ -114,9 +122,25 @@ impl fmt::Display for LogAnalysis {
             writeln!(f, "warning:     {w}")?;
         }
         writeln!(f, "lines:       {}", self.n_lines)?;
-        writeln!(f, "entries:     {} ({} truncated, {} with a correlation ID)", self.n_entries, self.n_truncated, self.n_correlated)?;
-        let sev: Vec<String> = self.severities.iter().map(|(l, n)| format!("{} {n}", l.as_str())).collect();
-        writeln!(f, "severities:  {}", if sev.is_empty() { "-".to_string() } else { sev.join(", ") })?;
+        writeln!(
+            f,
+            "entries:     {} ({} truncated, {} with a correlation ID)",
+            self.n_entries, self.n_truncated, self.n_correlated
+        )?;
+        let sev: Vec<String> = self
+            .severities
+            .iter()
+            .map(|(l, n)| format!("{} {n}", l.as_str()))
+            .collect();
+        writeln!(
+            f,
+            "severities:  {}",
+            if sev.is_empty() {
+                "-".to_string()
+            } else {
+                sev.join(", ")
+            }
+        )?;
         let d = &self.durations_ms;
         if d.is_empty() {
             writeln!(f, "durations:   none")?;
@@ -133,7 +157,12 @@ impl fmt::Display for LogAnalysis {
                 d.iter().sum::<f64>()
             )?;
             for e in &self.slowest {
-                let q: String = e.query().unwrap_or(e.message.as_str()).chars().take(100).collect();
+                let q: String = e
+                    .query()
+                    .unwrap_or(e.message.as_str())
+                    .chars()
+                    .take(100)
+                    .collect();
                 writeln!(
                     f,
                     "  {:>12.3} ms  pid {}  {}  {}",
@@ -178,6 +207,8 @@ mod tests {
         let text = a.to_string();
         assert!(text.contains("severities:  LOG 2, ERROR 1"), "{text}");
         assert!(text.contains("at byte 0: garbage first"), "{text}");
-        assert!(analyze_log(Path::new("/nonexistent/x.log"), None, None).unwrap_err().contains("/nonexistent/x.log"));
+        assert!(analyze_log(Path::new("/nonexistent/x.log"), None, None)
+            .unwrap_err()
+            .contains("/nonexistent/x.log"));
     }
 }

@@ -78,7 +78,12 @@ pub fn build_payloads(
     let mut out = Vec::new();
     let per = opts.max_entries_per_payload.max(1);
     let n_chunks = entries.len().div_ceil(per).max(1);
-    for (i, chunk) in entries.chunks(per).chain(std::iter::once(&[][..])).take(n_chunks).enumerate() {
+    for (i, chunk) in entries
+        .chunks(per)
+        .chain(std::iter::once(&[][..]))
+        .take(n_chunks)
+        .enumerate()
+    {
         let mut counts: Vec<(Level, u64)> = Vec::new();
         for e in chunk {
             let level = e.level.unwrap_or(Level::Log);
@@ -88,35 +93,74 @@ pub fn build_payloads(
             }
         }
         counts.sort();
-        let severity_counts =
-            Json::Object(counts.iter().map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n))).collect());
+        let severity_counts = Json::Object(
+            counts
+                .iter()
+                .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
+                .collect(),
+        );
         let mut data = Json::object()
             .field("kind", "log_entries")
             .field("file", origin.file.clone())
             .field("format", origin.format.as_str())
             .field("count", chunk.len())
             .field("severity_counts", severity_counts)
-            .field("correlated", chunk.iter().filter(|e| e.correlation_id.is_some()).count())
-            .field("truncated_entries", chunk.iter().filter(|e| e.truncated).count());
+            .field(
+                "correlated",
+                chunk.iter().filter(|e| e.correlation_id.is_some()).count(),
+            )
+            .field(
+                "truncated_entries",
+                chunk.iter().filter(|e| e.truncated).count(),
+            );
         if i == 0 {
             // Batch-wide counts go in the first part only, so summing parts stays right.
             data.push("lines_read", stats.n_lines);
             data.push("parse_failures", stats.n_unparsed);
             if !stats.samples.is_empty() {
-                let samples: Vec<Json> = stats.samples.iter().take(5).map(|(_, s)| Json::from(s.as_str())).collect();
+                let samples: Vec<Json> = stats
+                    .samples
+                    .iter()
+                    .take(5)
+                    .map(|(_, s)| Json::from(s.as_str()))
+                    .collect();
                 data.push("unparsed_samples", samples);
             }
         }
         data.push("part", i + 1);
         data.push("parts", n_chunks);
-        data.push("entries", chunk.iter().map(|e| entry_json(e, opts)).collect::<Vec<_>>());
-        out.push(Payload { source: Source::PgLog, collected_at, correlation_id: None, data });
+        data.push(
+            "entries",
+            chunk
+                .iter()
+                .map(|e| entry_json(e, opts))
+                .collect::<Vec<_>>(),
+        );
+        out.push(Payload {
+            source: Source::PgLog,
+            collected_at,
+            correlation_id: None,
+            data,
+        });
     }
-    for e in entries.iter().filter(|e| e.correlation_id.is_some()).take(opts.max_correlated) {
+    for e in entries
+        .iter()
+        .filter(|e| e.correlation_id.is_some())
+        .take(opts.max_correlated)
+    {
         let mut data = entry_json(e, opts);
         data.push("kind", "log_correlated");
-        let at = e.timestamp.as_deref().and_then(timestamp_to_unix).unwrap_or(collected_at);
-        out.push(Payload { source: Source::PgLog, collected_at: at, correlation_id: e.correlation_id.clone(), data });
+        let at = e
+            .timestamp
+            .as_deref()
+            .and_then(timestamp_to_unix)
+            .unwrap_or(collected_at);
+        out.push(Payload {
+            source: Source::PgLog,
+            collected_at: at,
+            correlation_id: e.correlation_id.clone(),
+            data,
+        });
     }
     out
 }
@@ -138,17 +182,32 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         }
     };
     put("timestamp", e.timestamp.as_deref().map(Json::from));
-    put("ts", e.timestamp.as_deref().and_then(timestamp_to_unix).map(Json::Float));
-    put("severity", Some(e.level.map_or("LOG", Level::as_str).into()));
+    put(
+        "ts",
+        e.timestamp
+            .as_deref()
+            .and_then(timestamp_to_unix)
+            .map(Json::Float),
+    );
+    put(
+        "severity",
+        Some(e.level.map_or("LOG", Level::as_str).into()),
+    );
     put("pid", e.pid.map(Json::from));
     put("user", e.user.as_deref().map(Json::from));
     put("database", e.database.as_deref().map(Json::from));
-    put("application_name", e.application_name.as_deref().map(Json::from));
+    put(
+        "application_name",
+        e.application_name.as_deref().map(Json::from),
+    );
     put("remote_host", e.remote_host.as_deref().map(Json::from));
     put("session_id", e.session_id.as_deref().map(Json::from));
     put("backend_type", e.backend_type.as_deref().map(Json::from));
     put("sqlstate", e.sqlstate.as_deref().map(Json::from));
-    put("correlation_id", e.correlation_id.as_deref().map(Json::from));
+    put(
+        "correlation_id",
+        e.correlation_id.as_deref().map(Json::from),
+    );
     let message = match opts.query_text {
         QueryText::Full => e.message.as_str(),
         _ => e.message_head(),
@@ -156,8 +215,14 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
     put("message", Some(message.into()));
     put("duration_ms", e.duration_ms.map(Json::Float));
     put("query", e.query().and_then(text).map(Json::from));
-    put("statement", e.statement.as_deref().and_then(text).map(Json::from));
-    put("internal_query", e.internal_query.as_deref().and_then(text).map(Json::from));
+    put(
+        "statement",
+        e.statement.as_deref().and_then(text).map(Json::from),
+    );
+    put(
+        "internal_query",
+        e.internal_query.as_deref().and_then(text).map(Json::from),
+    );
     let detail = e.detail.as_deref().and_then(|d| {
         // Bind parameter values are literals too.
         if d.starts_with("parameters: ") || d.starts_with("Parameters: ") {
@@ -208,52 +273,96 @@ mod tests {
     #[test]
     fn summary_and_correlated_payloads() {
         let mut es = vec![
-            entry("duration: 1500.5 ms  statement: SELECT * FROM t WHERE a = 'secret'", Some(ID), Level::Log),
+            entry(
+                "duration: 1500.5 ms  statement: SELECT * FROM t WHERE a = 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
             entry("checkpoint starting", None, Level::Log),
             entry("oops", None, Level::Error),
         ];
         es[2].detail = Some("parameters: $1 = 'secret'".into());
-        let stats = ParseStats { n_lines: 4, n_entries: 3, n_unparsed: 1, samples: vec![(0, "junk".into())] };
-        let origin = Origin { file: Some("/x/pg.log".into()), format: Format::Stderr };
+        let stats = ParseStats {
+            n_lines: 4,
+            n_entries: 3,
+            n_unparsed: 1,
+            samples: vec![(0, "junk".into())],
+        };
+        let origin = Origin {
+            file: Some("/x/pg.log".into()),
+            format: Format::Stderr,
+        };
         let ps = build_payloads(&es, &stats, &origin, &PayloadOptions::default(), 100.0);
         assert_eq!(ps.len(), 2);
         let text = ps[0].data.to_json_string();
         assert!(!text.contains("secret"), "{text}");
         assert!(!text.contains("\"agent\""));
-        assert!(text.contains(r#""severity_counts":{"LOG":2,"ERROR":1}"#), "{text}");
+        assert!(
+            text.contains(r#""severity_counts":{"LOG":2,"ERROR":1}"#),
+            "{text}"
+        );
         assert!(text.contains(r#""parse_failures":1"#));
         assert_eq!(ps[0].correlation_id, None);
         let c = &ps[1];
         assert_eq!(c.correlation_id.as_deref(), Some(ID));
         assert_eq!(c.collected_at, 1714564800.5);
         assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(1500.5)));
-        assert_eq!(c.data.get("query"), Some(&Json::from("SELECT * FROM t WHERE a = ?")));
-        assert_eq!(c.data.get("message"), Some(&Json::from("duration: 1500.5 ms  statement:")));
+        assert_eq!(
+            c.data.get("query"),
+            Some(&Json::from("SELECT * FROM t WHERE a = ?"))
+        );
+        assert_eq!(
+            c.data.get("message"),
+            Some(&Json::from("duration: 1500.5 ms  statement:"))
+        );
 
-        let full = PayloadOptions { query_text: QueryText::Full, ..PayloadOptions::default() };
+        let full = PayloadOptions {
+            query_text: QueryText::Full,
+            ..PayloadOptions::default()
+        };
         let ps = build_payloads(&es, &stats, &origin, &full, 100.0);
         assert!(ps[0].data.to_json_string().contains("secret"));
-        let none = PayloadOptions { query_text: QueryText::None, ..PayloadOptions::default() };
+        let none = PayloadOptions {
+            query_text: QueryText::None,
+            ..PayloadOptions::default()
+        };
         let ps = build_payloads(&es, &stats, &origin, &none, 100.0);
         assert_eq!(ps[1].data.get("query"), None);
         assert!(!ps[0].data.to_json_string().contains("secret"));
-        let short = PayloadOptions { max_query_chars: 8, ..PayloadOptions::default() };
+        let short = PayloadOptions {
+            max_query_chars: 8,
+            ..PayloadOptions::default()
+        };
         let ps = build_payloads(&es, &stats, &origin, &short, 100.0);
-        assert_eq!(ps[1].data.get("query"), Some(&Json::from("SELECT *...[truncated]")));
+        assert_eq!(
+            ps[1].data.get("query"),
+            Some(&Json::from("SELECT *...[truncated]"))
+        );
     }
 
     #[test]
     fn chunks_and_empty_batches() {
-        let es: Vec<Entry> = (0..5).map(|i| entry(&format!("m{i}"), None, Level::Log)).collect();
-        let opts = PayloadOptions { max_entries_per_payload: 2, ..PayloadOptions::default() };
-        let origin = Origin { file: None, format: Format::Csv };
+        let es: Vec<Entry> = (0..5)
+            .map(|i| entry(&format!("m{i}"), None, Level::Log))
+            .collect();
+        let opts = PayloadOptions {
+            max_entries_per_payload: 2,
+            ..PayloadOptions::default()
+        };
+        let origin = Origin {
+            file: None,
+            format: Format::Csv,
+        };
         let ps = build_payloads(&es, &ParseStats::default(), &origin, &opts, 1.0);
         assert_eq!(ps.len(), 3);
         assert_eq!(ps[2].data.get("count"), Some(&Json::UInt(1)));
         assert_eq!(ps[2].data.get("parts"), Some(&Json::UInt(3)));
         assert_eq!(ps[1].data.get("parse_failures"), None);
         // No entries but parse failures: one payload still reports them.
-        let stats = ParseStats { n_unparsed: 3, ..ParseStats::default() };
+        let stats = ParseStats {
+            n_unparsed: 3,
+            ..ParseStats::default()
+        };
         let ps = build_payloads(&[], &stats, &origin, &opts, 1.0);
         assert_eq!(ps.len(), 1);
         assert_eq!(ps[0].data.get("parse_failures"), Some(&Json::UInt(3)));

@@ -90,7 +90,10 @@ impl CsvRecord {
                     continue;
                 }
                 // Copy the run up to the next quote in one go.
-                let run = bytes[i..].iter().position(|&b| b == b'"').unwrap_or(bytes.len() - i);
+                let run = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'"')
+                    .unwrap_or(bytes.len() - i);
                 self.push_range(bytes, i, i + run);
                 i += run;
                 if i < bytes.len() {
@@ -156,7 +159,11 @@ impl CsvRecord {
             let v = f(i);
             (!v.is_empty()).then(|| lossy(v))
         };
-        let num = |i: usize| std::str::from_utf8(f(i)).ok().and_then(|s| s.parse::<u64>().ok());
+        let num = |i: usize| {
+            std::str::from_utf8(f(i))
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
         let level = Level::from_word(f(col::SEVERITY))?;
         if !level.is_primary() {
             return None;
@@ -174,7 +181,9 @@ impl CsvRecord {
             vxid: opt(col::VXID),
             txid: num(col::TXID),
             backend_type: opt(col::BACKEND_TYPE),
-            query_id: std::str::from_utf8(f(col::QUERY_ID)).ok().and_then(|s| s.parse().ok()),
+            query_id: std::str::from_utf8(f(col::QUERY_ID))
+                .ok()
+                .and_then(|s| s.parse().ok()),
             level: Some(level),
             sqlstate: opt(col::SQLSTATE),
             ..Entry::default()
@@ -269,7 +278,10 @@ mod tests {
         assert_eq!(e.level, Some(Level::Error));
         assert_eq!(e.sqlstate.as_deref(), Some("42P01"));
         assert_eq!(e.message, "relation \"nope\" does not exist");
-        assert_eq!(e.statement.as_deref(), Some("SELECT *\nFROM nope\nWHERE a = ',x'"));
+        assert_eq!(
+            e.statement.as_deref(),
+            Some("SELECT *\nFROM nope\nWHERE a = ',x'")
+        );
         assert_eq!(e.backend_type.as_deref(), Some("client backend"));
         assert_eq!(e.query_id, Some(-4711));
         assert_eq!(

@@ -47,7 +47,9 @@ impl ServerLogSettings {
             let v = Some(value.to_string());
             match name {
                 "log_destination" => s.log_destination = v,
-                "logging_collector" => s.logging_collector = Some(matches!(value, "on" | "true" | "1")),
+                "logging_collector" => {
+                    s.logging_collector = Some(matches!(value, "on" | "true" | "1"))
+                }
                 "log_directory" => s.log_directory = v,
                 "log_filename" => s.log_filename = v,
                 "data_directory" => s.data_directory = v,
@@ -62,7 +64,8 @@ impl ServerLogSettings {
     /// cannot be read, e.g. the agent's user may not enter the data directory).
     pub fn read_current_logfiles(&mut self) {
         if let Some(dir) = &self.data_directory {
-            self.current_logfiles = std::fs::read_to_string(Path::new(dir).join("current_logfiles")).ok();
+            self.current_logfiles =
+                std::fs::read_to_string(Path::new(dir).join("current_logfiles")).ok();
         }
     }
 }
@@ -94,9 +97,14 @@ impl std::error::Error for NoLog {}
 
 /// Picks the log to tail. `log_path` (a file or a directory) overrides discovery.
 pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result<LogSource, NoLog> {
-    let prefix = settings.log_line_prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let prefix = settings
+        .log_line_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
     let formats = destinations(settings.log_destination.as_deref());
-    let best = [Format::Json, Format::Csv, Format::Stderr].into_iter().find(|f| formats.contains(f));
+    let best = [Format::Json, Format::Csv, Format::Stderr]
+        .into_iter()
+        .find(|f| formats.contains(f));
     if let Some(path) = log_path {
         if path.is_dir() {
             let format = best.unwrap_or(Format::Stderr);
@@ -110,7 +118,10 @@ pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result
                     format.as_str(),
                     path.display()
                 ),
-                follow: Follow::Directory { dir: path.to_path_buf(), pattern },
+                follow: Follow::Directory {
+                    dir: path.to_path_buf(),
+                    pattern,
+                },
                 format,
                 prefix,
             });
@@ -125,7 +136,8 @@ pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result
     }
     let Some(dest) = settings.log_destination.as_deref() else {
         return Err(NoLog(
-            "log_destination could not be read from the server; set log_path to the log file".into(),
+            "log_destination could not be read from the server; set log_path to the log file"
+                .into(),
         ));
     };
     let Some(format) = best else {
@@ -144,7 +156,10 @@ pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result
         ));
     }
     let log_dir = settings.log_directory.as_deref().unwrap_or("log");
-    let filename = settings.log_filename.as_deref().unwrap_or("postgresql-%Y-%m-%d_%H%M%S.log");
+    let filename = settings
+        .log_filename
+        .as_deref()
+        .unwrap_or("postgresql-%Y-%m-%d_%H%M%S.log");
     let pattern = FilePattern::from_log_filename(filename, format);
     let data_dir = settings.data_directory.as_deref().map(PathBuf::from);
     let abs_dir = if Path::new(log_dir).is_absolute() {
@@ -169,7 +184,11 @@ pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result
                     format.as_str(),
                     data_dir.display()
                 ),
-                follow: Follow::CurrentLogfiles { data_dir, format, fallback: Some((dir, pattern)) },
+                follow: Follow::CurrentLogfiles {
+                    data_dir,
+                    format,
+                    fallback: Some((dir, pattern)),
+                },
                 format,
                 prefix,
             })
@@ -189,7 +208,11 @@ pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result
 
 /// The file formats in a `log_destination` value.
 fn destinations(value: Option<&str>) -> Vec<Format> {
-    value.unwrap_or("").split(',').filter_map(Format::from_destination).collect()
+    value
+        .unwrap_or("")
+        .split(',')
+        .filter_map(Format::from_destination)
+        .collect()
 }
 
 #[cfg(test)]
@@ -211,12 +234,17 @@ mod tests {
     #[test]
     fn prefers_structured_formats_and_follows_current_logfiles() {
         let mut s = settings("stderr,csvlog", true);
-        s.current_logfiles = Some("stderr log/postgresql-Mon.log\ncsvlog log/postgresql-Mon.csv\n".into());
+        s.current_logfiles =
+            Some("stderr log/postgresql-Mon.log\ncsvlog log/postgresql-Mon.csv\n".into());
         let src = discover(&s, None).unwrap();
         assert_eq!(src.format, Format::Csv);
         assert_eq!(src.prefix, "%m [%p] %q%a ");
         match &src.follow {
-            Follow::CurrentLogfiles { data_dir, format, fallback } => {
+            Follow::CurrentLogfiles {
+                data_dir,
+                format,
+                fallback,
+            } => {
                 assert_eq!(data_dir, Path::new("/var/lib/pg/data"));
                 assert_eq!(*format, Format::Csv);
                 let (dir, pattern) = fallback.as_ref().unwrap();
@@ -225,8 +253,15 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(src.description.contains("/var/lib/pg/data/log/postgresql-Mon.csv"));
-        assert_eq!(discover(&settings("jsonlog,csvlog", true), None).unwrap().format, Format::Json);
+        assert!(src
+            .description
+            .contains("/var/lib/pg/data/log/postgresql-Mon.csv"));
+        assert_eq!(
+            discover(&settings("jsonlog,csvlog", true), None)
+                .unwrap()
+                .format,
+            Format::Json
+        );
     }
 
     #[test]
@@ -239,7 +274,10 @@ mod tests {
         assert!(e.0.contains("log_destination"));
         let mut hidden = settings("stderr", true);
         hidden.data_directory = None;
-        assert!(discover(&hidden, None).unwrap_err().0.contains("pg_read_all_settings"));
+        assert!(discover(&hidden, None)
+            .unwrap_err()
+            .0
+            .contains("pg_read_all_settings"));
         hidden.log_directory = Some("/var/log/pg".into());
         let src = discover(&hidden, None).unwrap();
         assert!(matches!(src.follow, Follow::Directory { .. }));

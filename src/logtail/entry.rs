@@ -143,7 +143,10 @@ impl Level {
 pub fn parse_level(s: &[u8]) -> Option<(Level, usize)> {
     // Fast rejection: every level word starts with one of these capitals.
     match s.first() {
-        Some(b'D' | b'L' | b'I' | b'N' | b'W' | b'E' | b'F' | b'P' | b'H' | b'C' | b'S' | b'Q' | b'B') => {}
+        Some(
+            b'D' | b'L' | b'I' | b'N' | b'W' | b'E' | b'F' | b'P' | b'H' | b'C' | b'S' | b'Q'
+            | b'B',
+        ) => {}
         _ => return None,
     }
     let colon = s.iter().take(10).position(|&b| b == b':')?;
@@ -348,7 +351,10 @@ impl Entry {
                 .application_name
                 .as_deref()
                 .and_then(|a| find_correlation_id(a, correlation_prefix))
-                .or_else(|| self.query().and_then(|q| find_correlation_id(q, correlation_prefix)))
+                .or_else(|| {
+                    self.query()
+                        .and_then(|q| find_correlation_id(q, correlation_prefix))
+                })
                 .or_else(|| {
                     self.statement
                         .as_deref()
@@ -379,7 +385,9 @@ fn verbose_sqlstate(msg: &[u8]) -> Option<&str> {
         return None;
     }
     let code = &msg[..5];
-    if code.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    if code
+        .iter()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
         && code.iter().any(u8::is_ascii_digit)
     {
         std::str::from_utf8(code).ok()
@@ -461,7 +469,10 @@ pub fn timestamp_to_unix(ts: &str) -> Option<f64> {
     let b = ts.as_bytes();
     if b.len() < 19 || b[4] != b'-' {
         // `%n`: seconds since the epoch with milliseconds.
-        return ts.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        return ts
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0);
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = b.get(r)?;
@@ -484,7 +495,10 @@ pub fn timestamp_to_unix(ts: &str) -> Option<f64> {
         while at < b.len() && b[at].is_ascii_digit() {
             at += 1;
         }
-        frac = ts.get(start - 1..at).and_then(|f| format!("0{f}").parse().ok()).unwrap_or(0.0);
+        frac = ts
+            .get(start - 1..at)
+            .and_then(|f| format!("0{f}").parse().ok())
+            .unwrap_or(0.0);
     }
     let zone = ts.get(at..)?.trim();
     let offset = zone_offset(zone)?;
@@ -537,7 +551,10 @@ mod tests {
         assert_eq!(parse_level(b"LOG:  hello"), Some((Level::Log, 6)));
         assert_eq!(parse_level(b"ERROR:  x"), Some((Level::Error, 8)));
         assert_eq!(parse_level(b"DEBUG3:  x"), Some((Level::Debug(3), 9)));
-        assert_eq!(parse_level(b"STATEMENT:  select"), Some((Level::Statement, 12)));
+        assert_eq!(
+            parse_level(b"STATEMENT:  select"),
+            Some((Level::Statement, 12))
+        );
         assert_eq!(parse_level(b"LOGX:  x"), None);
         assert_eq!(parse_level(b"LOG:x"), None);
         assert_eq!(parse_level(b"log:  x"), None);
@@ -574,7 +591,10 @@ mod tests {
         // 37 id characters: not a correlation ID.
         assert_eq!(find_correlation_id(&format!("{id}0"), "bitville-"), None);
         assert_eq!(find_correlation_id("bitville-monitor", "bitville-"), None);
-        assert_eq!(find_correlation_id("bitville-0123ABCD-0123-4567-89ab-0123456789ab", "bitville-"), None);
+        assert_eq!(
+            find_correlation_id("bitville-0123ABCD-0123-4567-89ab-0123456789ab", "bitville-"),
+            None
+        );
         let custom = "req-0123abcd-0123-4567-89ab-0123456789ab";
         assert_eq!(find_correlation_id(custom, "req-"), Some(custom));
     }
@@ -603,7 +623,11 @@ mod tests {
             application_name: Some("bitville-0123abcd-0123-4567-89ab-0123456789ab".into()),
             ..Entry::default()
         };
-        e.append(Part::Message, "", b"00000: duration: 2.5 ms  statement: SELECT 1");
+        e.append(
+            Part::Message,
+            "",
+            b"00000: duration: 2.5 ms  statement: SELECT 1",
+        );
         e.finish(DEFAULT_CORRELATION_PREFIX);
         assert_eq!(e.sqlstate.as_deref(), Some("00000"));
         assert_eq!(e.duration_ms, Some(2.5));
@@ -618,9 +642,18 @@ mod tests {
     #[test]
     fn timestamps_convert_when_the_zone_is_known() {
         assert_eq!(timestamp_to_unix("1970-01-01 00:00:00 UTC"), Some(0.0));
-        assert_eq!(timestamp_to_unix("2024-05-01 12:00:00.250 UTC"), Some(1714564800.25));
-        assert_eq!(timestamp_to_unix("2024-05-01 14:00:00 +02"), Some(1714564800.0));
-        assert_eq!(timestamp_to_unix("2024-05-01 08:30:00 -03:30"), Some(1714564800.0));
+        assert_eq!(
+            timestamp_to_unix("2024-05-01 12:00:00.250 UTC"),
+            Some(1714564800.25)
+        );
+        assert_eq!(
+            timestamp_to_unix("2024-05-01 14:00:00 +02"),
+            Some(1714564800.0)
+        );
+        assert_eq!(
+            timestamp_to_unix("2024-05-01 08:30:00 -03:30"),
+            Some(1714564800.0)
+        );
         assert_eq!(timestamp_to_unix("1714564800.123"), Some(1714564800.123));
         assert_eq!(timestamp_to_unix("2024-05-01 12:00:00 CEST"), None);
         assert_eq!(timestamp_to_unix("garbage"), None);

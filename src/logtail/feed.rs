@@ -30,7 +30,11 @@ pub struct FeedConfig {
 
 impl Default for FeedConfig {
     fn default() -> FeedConfig {
-        FeedConfig { interval: Duration::from_secs(60), max_batch: 2000, payload: PayloadOptions::default() }
+        FeedConfig {
+            interval: Duration::from_secs(60),
+            max_batch: 2000,
+            payload: PayloadOptions::default(),
+        }
     }
 }
 
@@ -93,7 +97,9 @@ impl LogFeed {
             }
         }
         let due = now.duration_since(self.last_flush) >= self.cfg.interval;
-        let something = !self.entries.is_empty() || self.stats.n_unparsed > 0 || self.position != self.committed;
+        let something = !self.entries.is_empty()
+            || self.stats.n_unparsed > 0
+            || self.position != self.committed;
         if due && something {
             return Some(self.flush(now));
         }
@@ -117,7 +123,10 @@ impl LogFeed {
             };
             build_payloads(&entries, &stats, &origin, &self.cfg.payload, unix_now())
         };
-        Flush { payloads, position: self.position.clone() }
+        Flush {
+            payloads,
+            position: self.position.clone(),
+        }
     }
 
     /// Persists the position of `flush`: call it once its payloads are in the spool.
@@ -163,19 +172,31 @@ mod tests {
         tc.settle = Duration::ZERO;
         let tailer = Tailer::new(tc.clone(), EntryParser::new(Format::Stderr, "%m [%p] "));
         let t0 = Instant::now();
-        let cfg = FeedConfig { interval: Duration::from_secs(60), max_batch: 3, ..FeedConfig::default() };
+        let cfg = FeedConfig {
+            interval: Duration::from_secs(60),
+            max_batch: 3,
+            ..FeedConfig::default()
+        };
         let mut feed = LogFeed::new(tailer, cfg, t0);
         // Full batch: flushed at once (one tailer batch may overshoot the cap).
         let fl = feed.poll(t0).expect("batch full");
-        assert_eq!(fl.payloads[0].data.get("count"), Some(&crate::json::Json::UInt(5)));
+        assert_eq!(
+            fl.payloads[0].data.get("count"),
+            Some(&crate::json::Json::UInt(5))
+        );
         feed.commit(&fl).unwrap();
         // A smaller batch waits for the interval.
         for i in 5..7 {
             writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  m{i}").unwrap();
         }
         assert!(feed.poll(t0 + Duration::from_secs(1)).is_none());
-        let fl = feed.poll(t0 + Duration::from_secs(61)).expect("interval over");
-        assert_eq!(fl.payloads[0].data.get("count"), Some(&crate::json::Json::UInt(2)));
+        let fl = feed
+            .poll(t0 + Duration::from_secs(61))
+            .expect("interval over");
+        assert_eq!(
+            fl.payloads[0].data.get("count"),
+            Some(&crate::json::Json::UInt(2))
+        );
         feed.commit(&fl).unwrap();
         // Nothing new: no flush even when due.
         assert!(feed.poll(t0 + Duration::from_secs(200)).is_none());
@@ -185,7 +206,10 @@ mod tests {
         let mut feed = LogFeed::new(tailer, cfg, t0);
         let fl = feed.flush_after_poll(t0);
         let text = fl.payloads[0].data.to_json_string();
-        assert!(text.contains("\"m7\"") && !text.contains("\"m6\""), "{text}");
+        assert!(
+            text.contains("\"m7\"") && !text.contains("\"m6\""),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

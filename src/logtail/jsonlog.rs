@@ -88,7 +88,10 @@ pub fn parse_flat_object(
                     b"true" => Value::Bool(true),
                     b"false" => Value::Bool(false),
                     b"null" => Value::Null,
-                    _ if tok.iter().all(|c| c.is_ascii_digit() || b"+-.eE".contains(c)) => {
+                    _ if tok
+                        .iter()
+                        .all(|c| c.is_ascii_digit() || b"+-.eE".contains(c)) =>
+                    {
                         Value::Num(tok)
                     }
                     _ => return Err(JsonError::Syntax(start)),
@@ -148,7 +151,9 @@ fn skip_nested(line: &[u8], mut i: usize) -> Option<usize> {
 fn read_string(line: &[u8], mut i: usize, out: &mut Vec<u8>) -> (usize, bool) {
     out.clear();
     loop {
-        let run = line[i.min(line.len())..].iter().position(|&c| c == b'"' || c == b'\\');
+        let run = line[i.min(line.len())..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\');
         let Some(run) = run else {
             out.extend_from_slice(&line[i.min(line.len())..]);
             return (line.len(), false);
@@ -179,7 +184,9 @@ fn read_string(line: &[u8], mut i: usize, out: &mut Vec<u8>) -> (usize, bool) {
                 if (0xD800..0xDC00).contains(&cp) {
                     // A high surrogate must be followed by `\uDC00`..`\uDFFF`.
                     if line.get(i..i + 2) == Some(b"\\u") {
-                        if let Some(lo) = hex4(line, i + 2).filter(|lo| (0xDC00..0xE000).contains(lo)) {
+                        if let Some(lo) =
+                            hex4(line, i + 2).filter(|lo| (0xDC00..0xE000).contains(lo))
+                        {
                             i += 6;
                             cp = 0x10000 + ((cp - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
                         }
@@ -215,7 +222,11 @@ pub fn parse_line(
             Value::Bool(_) | Value::Null => return,
         };
         let opt = || (!text.is_empty()).then(|| lossy(text));
-        let num = || std::str::from_utf8(text).ok().and_then(|s| s.parse::<i64>().ok());
+        let num = || {
+            std::str::from_utf8(text)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+        };
         match key {
             b"timestamp" => e.timestamp = opt(),
             b"user" => e.user = opt(),

@@ -14,17 +14,17 @@
 //! position only ever covers entries that were handed to the caller, so a clean restart neither
 //! loses nor repeats a line (after `kill -9`, at-least-once).
 
-pub mod entry;
-pub mod prefix;
-pub mod csvlog;
-pub mod jsonlog;
-pub mod parse;
-pub mod tail;
-pub mod discover;
-pub mod normalize_stub;
-pub mod build;
-pub mod feed;
 pub mod analyze;
+pub mod build;
+pub mod csvlog;
+pub mod discover;
+pub mod entry;
+pub mod feed;
+pub mod jsonlog;
+pub mod normalize_stub;
+pub mod parse;
+pub mod prefix;
+pub mod tail;
 
 pub use analyze::{analyze_log, LogAnalysis};
 pub use build::{PayloadOptions, QueryText};

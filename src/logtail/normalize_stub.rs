@@ -40,14 +40,23 @@ pub fn normalize_literals(sql: &str) -> String {
             Some((i, j))
         } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
             // A comment: copy it as is.
-            i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p);
+            i = b[i..]
+                .iter()
+                .position(|&x| x == b'\n')
+                .map_or(b.len(), |p| i + p);
             continue;
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = b[i + 2..].windows(2).position(|w| w == b"*/").map_or(b.len(), |p| i + 2 + p + 2);
+            i = b[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(b.len(), |p| i + 2 + p + 2);
             continue;
         } else if c == b'"' {
             // A quoted identifier: copy it as is.
-            i = b[i + 1..].iter().position(|&x| x == b'"').map_or(b.len(), |p| i + 1 + p + 1);
+            i = b[i + 1..]
+                .iter()
+                .position(|&x| x == b'"')
+                .map_or(b.len(), |p| i + 1 + p + 1);
             continue;
         } else {
             None
@@ -98,10 +107,19 @@ mod tests {
 
     #[test]
     fn literals_go_identifiers_stay() {
-        assert_eq!(n("SELECT * FROM t1 WHERE a = 'x''y' AND b = 42"), "SELECT * FROM t1 WHERE a = ? AND b = ?");
-        assert_eq!(n("SELECT E'a\\'b', 1.5e3, $1, col2"), "SELECT ?, ?, $1, col2");
+        assert_eq!(
+            n("SELECT * FROM t1 WHERE a = 'x''y' AND b = 42"),
+            "SELECT * FROM t1 WHERE a = ? AND b = ?"
+        );
+        assert_eq!(
+            n("SELECT E'a\\'b', 1.5e3, $1, col2"),
+            "SELECT ?, ?, $1, col2"
+        );
         assert_eq!(n("SELECT $$x'y$$, $f$ 1 $f$"), "SELECT ?, ?");
-        assert_eq!(n("/* bitville-1 */ SELECT \"a1'\" -- 'c' 9\n, 7"), "/* bitville-1 */ SELECT \"a1'\" -- 'c' 9\n, ?");
+        assert_eq!(
+            n("/* bitville-1 */ SELECT \"a1'\" -- 'c' 9\n, 7"),
+            "/* bitville-1 */ SELECT \"a1'\" -- 'c' 9\n, ?"
+        );
         assert_eq!(n("$1 = 'secret', $2 = '3'"), "$1 = ?, $2 = ?");
         assert_eq!(n("unterminated 'abc"), "unterminated ?");
     }

@@ -98,9 +98,17 @@ impl ParseStats {
 }
 
 enum Kind {
-    Stderr { prefix: PrefixParser, part: Part },
+    Stderr {
+        prefix: PrefixParser,
+        part: Part,
+    },
     Csv(CsvRecord),
-    Json { line: Vec<u8>, key_buf: Vec<u8>, scratch: Vec<u8>, truncated: bool },
+    Json {
+        line: Vec<u8>,
+        key_buf: Vec<u8>,
+        scratch: Vec<u8>,
+        truncated: bool,
+    },
 }
 
 /// A stateful parser for one format, fed physical lines (or pieces of very long lines).
@@ -123,7 +131,10 @@ impl EntryParser {
     /// correlation prefix is [`DEFAULT_CORRELATION_PREFIX`] until set.
     pub fn new(format: Format, prefix: &str) -> EntryParser {
         let kind = match format {
-            Format::Stderr => Kind::Stderr { prefix: PrefixParser::new(prefix), part: Part::Message },
+            Format::Stderr => Kind::Stderr {
+                prefix: PrefixParser::new(prefix),
+                part: Part::Message,
+            },
             Format::Csv => Kind::Csv(CsvRecord::new()),
             Format::Json => Kind::Json {
                 line: Vec::new(),
@@ -234,7 +245,9 @@ impl EntryParser {
                     Some(m) => {
                         let line_pid = m.captures.get(b'p', bytes).and_then(parse_u32);
                         match &mut self.pending {
-                            Some(e) if line_pid.is_none() || e.pid.is_none() || e.pid == line_pid => {
+                            Some(e)
+                                if line_pid.is_none() || e.pid.is_none() || e.pid == line_pid =>
+                            {
                                 // A DETAIL/HINT/... line: Part::of is Some for every secondary
                                 // level.
                                 let p = Part::of(m.level).unwrap_or(Part::Detail);
@@ -273,7 +286,12 @@ impl EntryParser {
                     self.record_open = rec.in_progress();
                 }
             }
-            Kind::Json { line, key_buf, scratch, truncated } => {
+            Kind::Json {
+                line,
+                key_buf,
+                scratch,
+                truncated,
+            } => {
                 if !continues {
                     line.clear();
                     *truncated = false;
@@ -322,7 +340,9 @@ impl EntryParser {
                         self.stats.n_entries += 1;
                         out.push(e);
                     }
-                    None => self.stats.unparsed(self.pending_start, b"(unterminated csv record)"),
+                    None => self
+                        .stats
+                        .unparsed(self.pending_start, b"(unterminated csv record)"),
                 }
             }
         }
@@ -356,7 +376,9 @@ fn entry_from_prefix(m: &PrefixMatch, line: &[u8]) -> Entry {
     let g = |esc: u8| m.captures.get(esc, line);
     // Empty or `[unknown]` (connection not yet authenticated) means "not known".
     let text = |esc: u8| {
-        g(esc).filter(|v| !v.is_empty() && *v != b"[unknown]").map(lossy)
+        g(esc)
+            .filter(|v| !v.is_empty() && *v != b"[unknown]")
+            .map(lossy)
     };
     let mut e = Entry {
         timestamp: text(b'm').or_else(|| text(b't')).or_else(|| text(b'n')),
@@ -376,7 +398,11 @@ fn entry_from_prefix(m: &PrefixMatch, line: &[u8]) -> Entry {
         sqlstate: text(b'e'),
         ..Entry::default()
     };
-    e.append(Part::Message, "", line.get(m.message_start..).unwrap_or(b""));
+    e.append(
+        Part::Message,
+        "",
+        line.get(m.message_start..).unwrap_or(b""),
+    );
     e
 }
 
@@ -420,10 +446,16 @@ mod tests {
         let es = parse_all(&mut p, STDERR.as_bytes());
         assert_eq!(es.len(), 5);
         assert_eq!(es[0].user, None);
-        assert_eq!(es[0].message, "database system is ready to accept connections");
+        assert_eq!(
+            es[0].message,
+            "database system is ready to accept connections"
+        );
         let e = &es[1];
         assert_eq!(e.level, Some(Level::Error));
-        assert_eq!(e.statement.as_deref(), Some("SELECT *\n  FROM nope\n  WHERE x = 1"));
+        assert_eq!(
+            e.statement.as_deref(),
+            Some("SELECT *\n  FROM nope\n  WHERE x = 1")
+        );
         assert_eq!(
             e.correlation_id.as_deref(),
             Some("bitville-0123abcd-0123-4567-89ab-0123456789ab")
@@ -431,7 +463,10 @@ mod tests {
         assert_eq!(es[2].duration_ms, Some(1500.25));
         assert_eq!(es[2].query(), Some("SELECT pg_sleep(1.5)"));
         assert_eq!(es[2].application_name.as_deref(), Some("psql"));
-        assert_eq!(es[3].context.as_deref(), Some("PL/pgSQL function f() line 3 at RETURN"));
+        assert_eq!(
+            es[3].context.as_deref(),
+            Some("PL/pgSQL function f() line 3 at RETURN")
+        );
         assert_eq!(es[3].hint.as_deref(), Some("don't"));
         assert_eq!(es[4].message, "odd \\xff byte");
         assert_eq!(p.stats().n_unparsed, 0);
@@ -447,7 +482,12 @@ mod tests {
         assert_eq!(p.pending_start(), Some(0));
         p.push(b"\tmore", 40, true, &mut out);
         assert!(out.is_empty());
-        p.push(b"2024-05-01 12:00:00.2 UTC [1] LOG:  two", 46, true, &mut out);
+        p.push(
+            b"2024-05-01 12:00:00.2 UTC [1] LOG:  two",
+            46,
+            true,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].message, "one\nmore");
         assert_eq!(p.pending_start(), Some(46));
@@ -472,7 +512,12 @@ mod tests {
     fn long_lines_arrive_in_pieces() {
         let mut p = EntryParser::new(Format::Stderr, "%m [%p] ");
         let mut out = Vec::new();
-        p.push(b"2024-05-01 12:00:00.1 UTC [1] LOG:  statement: SELECT 'aaa", 0, false, &mut out);
+        p.push(
+            b"2024-05-01 12:00:00.1 UTC [1] LOG:  statement: SELECT 'aaa",
+            0,
+            false,
+            &mut out,
+        );
         p.push(b"bbb'", 60, true, &mut out);
         p.flush(&mut out);
         assert_eq!(out[0].query(), Some("SELECT 'aaabbb'"));

@@ -112,7 +112,9 @@ impl PrefixParser {
                 i += 1;
             }
             while i < b.len() && b[i].is_ascii_digit() {
-                pad = pad.saturating_mul(10).saturating_add(i32::from(b[i] - b'0'));
+                pad = pad
+                    .saturating_mul(10)
+                    .saturating_add(i32::from(b[i] - b'0'));
                 i += 1;
             }
             if neg {
@@ -129,14 +131,22 @@ impl PrefixParser {
                 _ => match ESCAPES.iter().position(|&e| e == esc) {
                     Some(slot) => {
                         flush_lit(&mut items, &mut lit);
-                        items.push(Item::Field { esc, slot: slot as u8, pad });
+                        items.push(Item::Field {
+                            esc,
+                            slot: slot as u8,
+                            pad,
+                        });
                     }
                     None => unknown.push(esc as char),
                 },
             }
         }
         flush_lit(&mut items, &mut lit);
-        let has = |e: u8| items.iter().any(|it| matches!(it, Item::Field { esc, .. } if *esc == e));
+        let has = |e: u8| {
+            items
+                .iter()
+                .any(|it| matches!(it, Item::Field { esc, .. } if *esc == e))
+        };
         let mut warnings = Vec::new();
         if !has(b'm') && !has(b't') && !has(b'n') {
             warnings.push(format!(
@@ -160,7 +170,11 @@ impl PrefixParser {
                 "log_line_prefix {prefix:?} has escapes PostgreSQL ignores: {unknown:?}"
             ));
         }
-        PrefixParser { items, source: prefix.to_string(), warnings }
+        PrefixParser {
+            items,
+            source: prefix.to_string(),
+            warnings,
+        }
     }
 
     /// The prefix this parser was built from.
@@ -175,7 +189,9 @@ impl PrefixParser {
 
     /// True when the prefix captures escape `esc`.
     pub fn has(&self, esc: u8) -> bool {
-        self.items.iter().any(|it| matches!(it, Item::Field { esc: e, .. } if *e == esc))
+        self.items
+            .iter()
+            .any(|it| matches!(it, Item::Field { esc: e, .. } if *e == esc))
     }
 
     /// Matches one physical line (without its newline). `Some` when the line starts a record:
@@ -188,7 +204,11 @@ impl PrefixParser {
         let mut caps = Captures::default();
         let mut budget = STEP_BUDGET;
         let (level, message_start) = self.match_from(line, 0, 0, &mut caps, &mut budget)?;
-        Some(PrefixMatch { captures: caps, level, message_start })
+        Some(PrefixMatch {
+            captures: caps,
+            level,
+            message_start,
+        })
     }
 
     fn match_from(
@@ -250,7 +270,8 @@ impl PrefixParser {
                             end += hit;
                             if end >= min_end && line[end..].starts_with(next) {
                                 caps.put(*slot, pos, end, line);
-                                if let Some(r) = self.match_from(line, item + 1, end, caps, budget) {
+                                if let Some(r) = self.match_from(line, item + 1, end, caps, budget)
+                                {
                                     return Some(r);
                                 }
                                 if *budget == 0 {
@@ -288,7 +309,10 @@ fn flush_lit(items: &mut Vec<Item>, lit: &mut Vec<u8>) {
 
 /// Escapes whose value has a shape that can be scanned without looking at what follows.
 fn is_fixed(esc: u8) -> bool {
-    matches!(esc, b't' | b'm' | b's' | b'n' | b'p' | b'l' | b'x' | b'Q' | b'c' | b'e' | b'P' | b'v')
+    matches!(
+        esc,
+        b't' | b'm' | b's' | b'n' | b'p' | b'l' | b'x' | b'Q' | b'c' | b'e' | b'P' | b'v'
+    )
 }
 
 /// The end of a fixed-shape value of escape `esc` starting at `pos`; `None` when the bytes do not
@@ -312,7 +336,11 @@ fn scan_fixed(esc: u8, line: &[u8], pos: usize) -> Option<usize> {
             Some(end)
         }
         b'p' | b'l' | b'x' => digits(pos),
-        b'Q' => digits(if line.get(pos) == Some(&b'-') { pos + 1 } else { pos }),
+        b'Q' => digits(if line.get(pos) == Some(&b'-') {
+            pos + 1
+        } else {
+            pos
+        }),
         // Empty when the process has no parallel leader.
         b'P' => Some(digits(pos).unwrap_or(pos)),
         b'c' => {
@@ -331,7 +359,9 @@ fn scan_fixed(esc: u8, line: &[u8], pos: usize) -> Option<usize> {
         }
         b'e' => {
             let code = line.get(pos..pos + 5)?;
-            code.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()).then_some(pos + 5)
+            code.iter()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+                .then_some(pos + 5)
         }
         // `backendid/lxid`, or nothing outside a transaction-capable process.
         b'v' => match digits(pos) {
@@ -347,7 +377,11 @@ fn scan_timestamp(line: &[u8], pos: usize, millis: bool) -> Option<usize> {
     const SHAPE: &[u8; 19] = b"0000-00-00 00:00:00";
     let s = line.get(pos..pos + 19)?;
     for (c, want) in s.iter().zip(SHAPE) {
-        let ok = if *want == b'0' { c.is_ascii_digit() } else { c == want };
+        let ok = if *want == b'0' {
+            c.is_ascii_digit()
+        } else {
+            c == want
+        };
         if !ok {
             return None;
         }
@@ -371,7 +405,8 @@ fn scan_timestamp(line: &[u8], pos: usize, millis: bool) -> Option<usize> {
         let mut e = z;
         // Zone abbreviations are letters, digits and signs (`UTC`, `CEST`, `+0530`); anything
         // else is the next literal.
-        while e < line.len() && (line[e].is_ascii_alphanumeric() || matches!(line[e], b'+' | b'-')) {
+        while e < line.len() && (line[e].is_ascii_alphanumeric() || matches!(line[e], b'+' | b'-'))
+        {
             e += 1;
         }
         if e > z && e - z <= 32 {
@@ -386,7 +421,9 @@ mod tests {
     use super::*;
 
     fn field<'a>(m: &PrefixMatch, esc: u8, line: &'a str) -> Option<&'a str> {
-        m.captures.get(esc, line.as_bytes()).map(|b| std::str::from_utf8(b).unwrap())
+        m.captures
+            .get(esc, line.as_bytes())
+            .map(|b| std::str::from_utf8(b).unwrap())
     }
 
     #[test]
@@ -422,7 +459,9 @@ mod tests {
 
     #[test]
     fn every_escape_and_padding() {
-        let p = PrefixParser::new("%t|%-10a|%u|%d|%r|%h|%b|%p|%P|%n|%i|%e|%c|%l|%s|%v|%x|%Q|%%|%5p|%z ");
+        let p = PrefixParser::new(
+            "%t|%-10a|%u|%d|%r|%h|%b|%p|%P|%n|%i|%e|%c|%l|%s|%v|%x|%Q|%%|%5p|%z ",
+        );
         let line = "2024-05-01 12:00:00 CEST|app       |bob|db1|10.0.0.1(5432)|10.0.0.1|client backend|77||1714564800.123|SELECT|42P01|66323f00.4d|3|2024-05-01 11:59:00 CEST|3/17|0|-123|%|   77| ERROR:  relation \"x\" does not exist";
         let m = p.parse(line.as_bytes()).expect("matches");
         assert_eq!(m.level, Level::Error);

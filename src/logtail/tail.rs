@@ -104,14 +104,22 @@ impl FilePattern {
 
     /// Any file with the format's extension (`*.log`, `*.csv`, `*.json`).
     pub fn any(format: Format) -> FilePattern {
-        FilePattern { parts: vec![String::new(), format!(".{}", format.extension())] }
+        FilePattern {
+            parts: vec![String::new(), format!(".{}", format.extension())],
+        }
     }
 
     /// True when `name` matches (literal parts in order, anything between them).
     pub fn matches(&self, name: &str) -> bool {
-        let Some((first, rest)) = self.parts.split_first() else { return true };
-        let Some(mut s) = name.strip_prefix(first.as_str()) else { return false };
-        let Some((last, middle)) = rest.split_last() else { return s.is_empty() };
+        let Some((first, rest)) = self.parts.split_first() else {
+            return true;
+        };
+        let Some(mut s) = name.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            return s.is_empty();
+        };
         for part in middle {
             match s.find(part.as_str()) {
                 Some(i) => s = &s[i + part.len()..],
@@ -373,7 +381,10 @@ impl Tailer {
                 }
                 Drain::Failed(e) => {
                     let path = self.current_path().map(|p| p.display().to_string());
-                    self.warn_once(format!("reading log file {}: {e}", path.unwrap_or_default()));
+                    self.warn_once(format!(
+                        "reading log file {}: {e}",
+                        path.unwrap_or_default()
+                    ));
                     self.close_for_retry();
                     break;
                 }
@@ -400,26 +411,45 @@ impl Tailer {
         if position.is_some() {
             self.last_position = position.clone();
         }
-        Batch { entries: out, position: self.last_position.clone(), more }
+        Batch {
+            entries: out,
+            position: self.last_position.clone(),
+            more,
+        }
     }
 
     /// Persists `position` (from a batch whose entries are safely in the spool) atomically:
     /// written to a temporary file, synced, renamed over the position file, directory synced.
     /// Without a state directory this only returns `Ok`.
     pub fn commit(&mut self, position: &Position) -> Result<(), TailError> {
-        let Some(path) = self.position_path() else { return Ok(()) };
+        let Some(path) = self.position_path() else {
+            return Ok(());
+        };
         let mut text = String::from("bitville-logtail 1\n");
-        let mark = |m: &Mark| format!("{} {} {} {} {:016x}", m.dev, m.ino, m.offset, m.fp_len, m.fp);
+        let mark = |m: &Mark| {
+            format!(
+                "{} {} {} {} {:016x}",
+                m.dev, m.ino, m.offset, m.fp_len, m.fp
+            )
+        };
         let p = position;
-        let pm = Mark { dev: p.dev, ino: p.ino, offset: p.offset, fp_len: p.fp_len, fp: p.fp };
+        let pm = Mark {
+            dev: p.dev,
+            ino: p.ino,
+            offset: p.offset,
+            fp_len: p.fp_len,
+            fp: p.fp,
+        };
         // A path with a newline cannot be written on one line; the inode still finds the file.
         let shown = p.path.to_string_lossy().replace('\n', "?");
         text.push_str(&format!("pos {} {}\n", mark(&pm), shown));
         for f in &self.finished {
             text.push_str(&format!("done {}\n", mark(f)));
         }
-        write_atomically(&path, text.as_bytes())
-            .map_err(|source| TailError::Position { path: path.clone(), source })
+        write_atomically(&path, text.as_bytes()).map_err(|source| TailError::Position {
+            path: path.clone(),
+            source,
+        })
     }
 
     /// The position after everything handed out so far.
@@ -441,7 +471,11 @@ impl Tailer {
         match &self.cfg.follow {
             Follow::Path(p) => Some(p.clone()),
             Follow::Directory { dir, pattern } => newest_in(dir, pattern),
-            Follow::CurrentLogfiles { data_dir, format, fallback } => {
+            Follow::CurrentLogfiles {
+                data_dir,
+                format,
+                fallback,
+            } => {
                 let listing = data_dir.join("current_logfiles");
                 match std::fs::read_to_string(&listing) {
                     Ok(text) => current_logfile(&text, *format).map(|rel| data_dir.join(rel)),
@@ -476,13 +510,17 @@ impl Tailer {
                 let what = match &self.cfg.follow {
                     Follow::Path(p) => p.display().to_string(),
                     Follow::Directory { dir, .. } => format!("a log file in {}", dir.display()),
-                    Follow::CurrentLogfiles { data_dir, format, .. } => format!(
+                    Follow::CurrentLogfiles {
+                        data_dir, format, ..
+                    } => format!(
                         "the {} file named in {}/current_logfiles",
                         format.as_str(),
                         data_dir.display()
                     ),
                 };
-                self.warn_once(format!("no log file to tail yet: {what} not found; retrying"));
+                self.warn_once(format!(
+                    "no log file to tail yet: {what} not found; retrying"
+                ));
                 false
             }
         }
@@ -494,14 +532,20 @@ impl Tailer {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
-                self.warn_once(format!("opening log file {}: {e}; retrying", path.display()));
+                self.warn_once(format!(
+                    "opening log file {}: {e}; retrying",
+                    path.display()
+                ));
                 return false;
             }
         };
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
-                self.warn_once(format!("reading metadata of {}: {e}; retrying", path.display()));
+                self.warn_once(format!(
+                    "reading metadata of {}: {e}; retrying",
+                    path.display()
+                ));
                 return false;
             }
         };
@@ -537,7 +581,10 @@ impl Tailer {
         };
         let mut file = file;
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            self.warn_once(format!("seeking {} to offset {offset}: {e}; retrying", path.display()));
+            self.warn_once(format!(
+                "seeking {} to offset {offset}: {e}; retrying",
+                path.display()
+            ));
             return false;
         }
         log::info!(
@@ -564,7 +611,13 @@ impl Tailer {
     /// Keeps the position and closes the file, so the next poll reopens it and resumes there.
     fn close_for_retry(&mut self) {
         if let Some(p) = self.position() {
-            let m = Mark { dev: p.dev, ino: p.ino, offset: p.offset, fp_len: p.fp_len, fp: p.fp };
+            let m = Mark {
+                dev: p.dev,
+                ino: p.ino,
+                offset: p.offset,
+                fp_len: p.fp_len,
+                fp: p.fp,
+            };
             self.resume = Some((p.path, m));
         }
         self.parser.discard();
@@ -583,8 +636,15 @@ impl Tailer {
         self.parser.flush(out);
         let end = o.consumed();
         let fp_len = o.head.len();
-        let mark = Mark { dev: o.dev, ino: o.ino, offset: end, fp_len: fp_len as u32, fp: fnv1a(&o.head) };
-        self.finished.retain(|m| (m.dev, m.ino) != (mark.dev, mark.ino));
+        let mark = Mark {
+            dev: o.dev,
+            ino: o.ino,
+            offset: end,
+            fp_len: fp_len as u32,
+            fp: fnv1a(&o.head),
+        };
+        self.finished
+            .retain(|m| (m.dev, m.ino) != (mark.dev, mark.ino));
         self.finished.push(mark);
         if self.finished.len() > MAX_FINISHED {
             self.finished.remove(0);
@@ -611,7 +671,9 @@ impl Tailer {
         let max_bytes = self.cfg.max_batch_bytes.max(1);
         let max_line = self.cfg.max_line.max(64);
         let chunk = self.cfg.read_chunk.max(4096);
-        let Some(o) = self.open.as_mut() else { return Drain::Eof };
+        let Some(o) = self.open.as_mut() else {
+            return Drain::Eof;
+        };
         loop {
             // Feed every complete line in the buffer.
             while o.pos < o.buf.len() {
@@ -664,7 +726,8 @@ impl Tailer {
                     let skip = (have - read_from) as usize;
                     let data = &o.buf[len..len + n];
                     let take = (FINGERPRINT_LEN - o.head.len()).min(n.saturating_sub(skip));
-                    o.head.extend_from_slice(&data[skip.min(n)..skip.min(n) + take]);
+                    o.head
+                        .extend_from_slice(&data[skip.min(n)..skip.min(n) + take]);
                 }
             }
         }
@@ -673,7 +736,9 @@ impl Tailer {
     /// True when the open file shrank below what was read, or its first bytes changed (truncated
     /// and written again past our offset before we looked).
     fn truncated(&self) -> bool {
-        let Some(o) = self.open.as_ref() else { return false };
+        let Some(o) = self.open.as_ref() else {
+            return false;
+        };
         match o.file.metadata() {
             Ok(m) if m.len() < o.read_end() => return true,
             Ok(_) => {}
@@ -695,7 +760,9 @@ impl Tailer {
         if self.truncated() {
             return Check::Truncated;
         }
-        let Some(o) = self.open.as_ref() else { return Check::Gone };
+        let Some(o) = self.open.as_ref() else {
+            return Check::Gone;
+        };
         let (dev, ino) = (o.dev, o.ino);
         match self.target() {
             None => Check::Gone,
@@ -712,7 +779,8 @@ impl Tailer {
     fn handle_truncation(&mut self, out: &mut Vec<Entry>) {
         let Some(o) = self.open.as_mut() else { return };
         let consumed = o.consumed();
-        if let Some((path, file, dev, ino)) = find_copy(&o.path, &o.head, consumed, (o.dev, o.ino)) {
+        if let Some((path, file, dev, ino)) = find_copy(&o.path, &o.head, consumed, (o.dev, o.ino))
+        {
             log::info!(
                 "log file {} was truncated at offset {consumed}; reading the rest from its copy {}",
                 o.path.display(),
@@ -790,7 +858,10 @@ fn find_by_identity(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
             return Some(path.to_path_buf());
         }
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         if let Ok(m) = entry.metadata() {
             if m.is_file() && m.dev() == dev && m.ino() == ino {
@@ -803,18 +874,28 @@ fn find_by_identity(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
 
 /// A copy of a truncated file next to it: same first bytes, at least `min_len` long, another
 /// inode.
-fn find_copy(path: &Path, head: &[u8], min_len: u64, not: (u64, u64)) -> Option<(PathBuf, File, u64, u64)> {
+fn find_copy(
+    path: &Path,
+    head: &[u8],
+    min_len: u64,
+    not: (u64, u64),
+) -> Option<(PathBuf, File, u64, u64)> {
     if head.is_empty() {
         return None;
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut best: Option<(std::time::SystemTime, PathBuf, File, u64, u64)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let Ok(m) = entry.metadata() else { continue };
         if !m.is_file() || (m.dev(), m.ino()) == not || m.len() < min_len {
             continue;
         }
-        let Ok(f) = File::open(entry.path()) else { continue };
+        let Ok(f) = File::open(entry.path()) else {
+            continue;
+        };
         let mut first = vec![0u8; head.len()];
         if read_at_full(&f, &mut first, 0).ok() != Some(head.len()) || first != head {
             continue;
@@ -948,7 +1029,10 @@ mod tests {
     #[test]
     fn current_logfiles_lines() {
         let text = "stderr log/postgresql-2024.log\ncsvlog log/postgresql-2024.csv\n";
-        assert_eq!(current_logfile(text, Format::Csv), Some(PathBuf::from("log/postgresql-2024.csv")));
+        assert_eq!(
+            current_logfile(text, Format::Csv),
+            Some(PathBuf::from("log/postgresql-2024.csv"))
+        );
         assert_eq!(current_logfile(text, Format::Json), None);
     }
 
@@ -965,12 +1049,31 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_rejects_garbage() {
-        let text = "bitville-logtail 1\npos 1 2 3 4 00000000000000ff /var/log/a b.log\ndone 5 6 7 8 0a\n";
+        let text =
+            "bitville-logtail 1\npos 1 2 3 4 00000000000000ff /var/log/a b.log\ndone 5 6 7 8 0a\n";
         let (resume, done) = parse_state(text).unwrap();
         let (path, m) = resume.unwrap();
         assert_eq!(path, PathBuf::from("/var/log/a b.log"));
-        assert_eq!(m, Mark { dev: 1, ino: 2, offset: 3, fp_len: 4, fp: 255 });
-        assert_eq!(done, vec![Mark { dev: 5, ino: 6, offset: 7, fp_len: 8, fp: 10 }]);
+        assert_eq!(
+            m,
+            Mark {
+                dev: 1,
+                ino: 2,
+                offset: 3,
+                fp_len: 4,
+                fp: 255
+            }
+        );
+        assert_eq!(
+            done,
+            vec![Mark {
+                dev: 5,
+                ino: 6,
+                offset: 7,
+                fp_len: 8,
+                fp: 10
+            }]
+        );
         assert!(parse_state("bitville-logtail 2\n").is_none());
         assert!(parse_state("bitville-logtail 1\npos 1 2\n").is_none());
     }
