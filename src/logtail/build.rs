@@ -76,14 +76,13 @@ pub fn build_payloads(
     collected_at: f64,
 ) -> Vec<Payload> {
     let mut out = Vec::new();
-    let per = opts.max_entries_per_payload.max(1);
-    let n_chunks = entries.len().div_ceil(per).max(1);
-    for (i, chunk) in entries
-        .chunks(per)
-        .chain(std::iter::once(&[][..]))
-        .take(n_chunks)
-        .enumerate()
-    {
+    let chunks = split(
+        entries,
+        opts.max_entries_per_payload.max(1),
+        MAX_PAYLOAD_TEXT,
+    );
+    let n_chunks = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
         let mut counts: Vec<(Level, u64)> = Vec::new();
         for e in chunk {
             let level = e.level.unwrap_or(Level::Log);
@@ -241,6 +240,29 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
     o
 }
 
+/// Most entry text per summary payload: far below the listener's 128 MiB body limit, and small
+/// enough for one quick request.
+const MAX_PAYLOAD_TEXT: usize = 4 * 1024 * 1024;
+
+/// `entries` in consecutive chunks of at most `per` entries and about `max_bytes` of text (a
+/// single entry is never split); one empty chunk when there are no entries.
+fn split(entries: &[Entry], per: usize, max_bytes: usize) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        if i > start && (i - start >= per || bytes + e.size() > max_bytes) {
+            out.push(&entries[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += e.size();
+    }
+    if start < entries.len() || out.is_empty() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
 /// `s` cut to `max` characters, marked the way the other collectors mark it.
 fn cut_chars(mut s: String, max: usize) -> String {
     if let Some((i, _)) = s.char_indices().nth(max) {
@@ -358,6 +380,13 @@ mod tests {
         assert_eq!(ps[2].data.get("count"), Some(&Json::UInt(1)));
         assert_eq!(ps[2].data.get("parts"), Some(&Json::UInt(3)));
         assert_eq!(ps[1].data.get("parse_failures"), None);
+        // Text size splits too, never inside an entry.
+        let big: Vec<Entry> = (0..3)
+            .map(|_| entry(&"x".repeat(60_000), None, Level::Log))
+            .collect();
+        assert_eq!(split(&big, 500, 100_000).len(), 3);
+        assert_eq!(split(&big, 500, 10).len(), 3);
+        assert_eq!(split(&big, 500, 1 << 20).len(), 1);
         // No entries but parse failures: one payload still reports them.
         let stats = ParseStats {
             n_unparsed: 3,

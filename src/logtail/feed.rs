@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crate::payload::{unix_now, Payload};
 
 use super::build::{build_payloads, Origin, PayloadOptions};
+use super::discover::LogSource;
 use super::entry::Entry;
-use super::parse::ParseStats;
-use super::tail::{Position, TailError, Tailer};
+use super::parse::{EntryParser, ParseStats};
+use super::tail::{Position, TailConfig, TailError, Tailer};
 
 /// How the feed batches.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +25,9 @@ pub struct FeedConfig {
     pub interval: Duration,
     /// A batch this big is flushed at once. Defaults to 2000 entries.
     pub max_batch: usize,
+    /// A batch holding this much entry text is flushed at once (bounds memory whatever the
+    /// entries' size). Defaults to 8 MiB.
+    pub max_batch_bytes: usize,
     /// How payloads are built.
     pub payload: PayloadOptions,
 }
@@ -33,6 +37,7 @@ impl Default for FeedConfig {
         FeedConfig {
             interval: Duration::from_secs(60),
             max_batch: 2000,
+            max_batch_bytes: 8 * 1024 * 1024,
             payload: PayloadOptions::default(),
         }
     }
@@ -53,6 +58,7 @@ pub struct LogFeed {
     tailer: Tailer,
     cfg: FeedConfig,
     entries: Vec<Entry>,
+    held_bytes: usize,
     stats: ParseStats,
     position: Option<Position>,
     committed: Option<Position>,
@@ -66,11 +72,36 @@ impl LogFeed {
             tailer,
             cfg,
             entries: Vec::new(),
+            held_bytes: 0,
             stats: ParseStats::default(),
             position: None,
             committed: None,
             last_flush: now,
         }
+    }
+
+    /// The feed the agent runs for what discovery found, with the `[collection]` settings: the
+    /// interval, the query text mode and length, the correlation prefix, and the position file
+    /// in the state directory. Logs which file is tailed, in which format, and what the prefix
+    /// lacks.
+    pub fn from_source(
+        src: &LogSource,
+        collection: &crate::config::CollectionConfig,
+        now: Instant,
+    ) -> LogFeed {
+        log::info!("server log: {}", src.description);
+        let parser = EntryParser::new(src.format, &src.prefix)
+            .with_correlation_prefix(&collection.correlation_prefix);
+        for w in parser.warnings() {
+            log::warn!("{w}");
+        }
+        let tail = TailConfig::new(src.follow.clone(), Some(collection.state_dir.clone()));
+        let cfg = FeedConfig {
+            interval: collection.interval,
+            payload: PayloadOptions::from_collection(collection),
+            ..FeedConfig::default()
+        };
+        LogFeed::new(Tailer::new(tail, parser), cfg, now)
     }
 
     /// The tailer (current file, parser warnings).
@@ -84,12 +115,13 @@ impl LogFeed {
         let max = self.cfg.max_batch.max(1);
         loop {
             let batch = self.tailer.poll();
+            self.held_bytes += batch.entries.iter().map(Entry::size).sum::<usize>();
             self.entries.extend(batch.entries);
             merge(&mut self.stats, self.tailer.take_stats());
             if batch.position.is_some() {
                 self.position = batch.position;
             }
-            if self.entries.len() >= max {
+            if self.entries.len() >= max || self.held_bytes >= self.cfg.max_batch_bytes {
                 return Some(self.flush(now));
             }
             if !batch.more {
@@ -113,6 +145,7 @@ impl LogFeed {
     pub fn flush(&mut self, now: Instant) -> Flush {
         self.last_flush = now;
         let entries = std::mem::take(&mut self.entries);
+        self.held_bytes = 0;
         let stats = std::mem::take(&mut self.stats);
         let payloads = if entries.is_empty() && stats.n_unparsed == 0 {
             Vec::new()
@@ -154,8 +187,8 @@ fn merge(into: &mut ParseStats, more: ParseStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logtail::parse::{EntryParser, Format};
-    use crate::logtail::tail::{Follow, TailConfig};
+    use crate::logtail::parse::Format;
+    use crate::logtail::tail::Follow;
     use std::io::Write;
 
     #[test]
