@@ -364,3 +364,38 @@ fn overlong_lines_are_bounded_and_marked() {
     assert_eq!(b.entries[0].message.len(), 64 * 1024);
     assert_eq!(b.entries[1].message, "line 000001");
 }
+
+#[test]
+fn a_reused_file_name_resumes_where_it_was_finished() {
+    // postgresql-%a.log without log_truncate_on_rotation: a week later the server appends to
+    // the file it finished before.
+    let dir = TempDir::new("reuse");
+    let mon = dir.path().join("postgresql-Mon.log");
+    let tue = dir.path().join("postgresql-Tue.log");
+    let pattern = FilePattern::from_log_filename("postgresql-%a.log", Format::Stderr);
+    let follow = Follow::Directory { dir: dir.path().to_path_buf(), pattern };
+    let mut t = Tailer::new(config(follow, Some(dir.path())), parser());
+    append(&mon, &line(0));
+    assert_same(&drain(&mut t, true), &expected(1));
+    std::thread::sleep(Duration::from_millis(20));
+    append(&tue, &line(1));
+    assert_same(&drain(&mut t, true), &expected(2)[1..]);
+    std::thread::sleep(Duration::from_millis(20));
+    append(&mon, &line(2));
+    assert_same(&drain(&mut t, true), &expected(3)[2..]);
+}
+
+#[test]
+fn a_saved_file_that_is_gone_means_reading_the_current_one_from_its_start() {
+    let dir = TempDir::new("gone");
+    let log = dir.path().join("postgresql.log");
+    append(&log, &line(0));
+    let cfg = config(Follow::Path(log.clone()), Some(dir.path()));
+    let mut t = Tailer::new(cfg.clone(), parser());
+    assert_same(&drain(&mut t, true), &expected(1));
+    drop(t);
+    fs::remove_file(&log).unwrap();
+    append(&log, &(1..3).map(line).collect::<String>());
+    let mut t = Tailer::new(cfg, parser());
+    assert_same(&drain(&mut t, true), &expected(3)[1..]);
+}
