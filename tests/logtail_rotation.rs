@@ -373,7 +373,10 @@ fn a_reused_file_name_resumes_where_it_was_finished() {
     let mon = dir.path().join("postgresql-Mon.log");
     let tue = dir.path().join("postgresql-Tue.log");
     let pattern = FilePattern::from_log_filename("postgresql-%a.log", Format::Stderr);
-    let follow = Follow::Directory { dir: dir.path().to_path_buf(), pattern };
+    let follow = Follow::Directory {
+        dir: dir.path().to_path_buf(),
+        pattern,
+    };
     let mut t = Tailer::new(config(follow, Some(dir.path())), parser());
     append(&mon, &line(0));
     assert_same(&drain(&mut t, true), &expected(1));
