@@ -51,6 +51,50 @@ fn sample_log(target_bytes: usize) -> Vec<u8> {
     out
 }
 
+/// The same entries as csvlog or jsonlog lines (one line per entry; multi-line texts escaped or
+/// quoted as PostgreSQL does).
+fn structured(stderr: &[u8], format: Format) -> Vec<u8> {
+    let mut p = EntryParser::new(Format::Stderr, PREFIX);
+    let mut entries = Vec::new();
+    let mut off = 0u64;
+    for line in stderr.split(|&b| b == b'\n') {
+        p.push(line, off, true, &mut entries);
+        off += line.len() as u64 + 1;
+    }
+    p.flush(&mut entries);
+    let mut out = Vec::with_capacity(stderr.len() * 2);
+    for e in &entries {
+        let level = e.level.map_or("LOG", |l| l.as_str());
+        let ts = e.timestamp.as_deref().unwrap_or("");
+        let app = e.application_name.as_deref().unwrap_or("");
+        let pid = e.pid.unwrap_or(0);
+        let _ = match format {
+            Format::Csv => {
+                let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                writeln!(
+                    out,
+                    "{ts},\"app_user\",\"shop\",{pid},\"[local]\",66323f00.1092,1,\"SELECT\",{ts},3/17,0,{level},00000,{},{},,,,,{},,,{},\"client backend\",,0",
+                    q(&e.message),
+                    e.detail.as_deref().map(q).unwrap_or_default(),
+                    e.statement.as_deref().map(q).unwrap_or_default(),
+                    q(app)
+                )
+            }
+            _ => {
+                let j = |s: &str| bitville_pg_agent::json::Json::from(s).to_json_string();
+                writeln!(
+                    out,
+                    "{{\"timestamp\":{},\"user\":\"app_user\",\"dbname\":\"shop\",\"pid\":{pid},\"remote_host\":\"[local]\",\"session_id\":\"66323f00.1092\",\"line_num\":1,\"ps\":\"SELECT\",\"error_severity\":\"{level}\",\"message\":{},\"application_name\":{},\"backend_type\":\"client backend\",\"query_id\":0}}",
+                    j(ts),
+                    j(&e.message),
+                    j(app)
+                )
+            }
+        };
+    }
+    out
+}
+
 fn main() {
     let mb: usize = std::env::args()
         .nth(1)
@@ -83,6 +127,31 @@ fn main() {
         size / best.as_secs_f64(),
         n_entries / 3
     );
+
+    // csvlog and jsonlog parsers on the same entries' shape.
+    for (format, text) in [
+        (Format::Csv, structured(&data, Format::Csv)),
+        (Format::Json, structured(&data, Format::Json)),
+    ] {
+        let mut p = EntryParser::new(format, "");
+        let mut out = Vec::with_capacity(1024);
+        let start = Instant::now();
+        let mut off = 0u64;
+        let mut n = 0;
+        for line in text.split(|&b| b == b'\n') {
+            p.push(line, off, true, &mut out);
+            off += line.len() as u64 + 1;
+            n += out.len();
+            out.clear();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let mb = text.len() as f64 / 1e6;
+        println!(
+            "{}: {mb:.1} MB in {secs:.3} s = {:.1} MB/s ({n} entries)",
+            format.as_str(),
+            mb / secs
+        );
+    }
 
     // The tailer over a file (page cache), in batches, as the agent runs it.
     let path = std::env::temp_dir().join(format!("logtail-throughput-{}.log", std::process::id()));
