@@ -44,6 +44,9 @@ impl Default for FeedConfig {
 }
 
 /// Payloads to append to the spool, and the position to commit after that.
+///
+/// When the append fails, keep this flush and retry appending it before polling again: a later
+/// flush's position also covers this one's entries, so committing it would skip them.
 #[derive(Debug)]
 pub struct Flush {
     /// The `pg_log` payloads (may be empty when only the position moved, e.g. past
