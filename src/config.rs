@@ -273,6 +273,13 @@ pub const KEYS: &[KeySpec] = &[
         "info",
         "agent log level: error, warn, info, debug or trace"
     ),
+    key!(
+        "log",
+        "file",
+        ["BITVILLE_PG_LOG_FILE", "BITVILLE_PG_FILE"],
+        "",
+        "append the agent's log to this file (reopened on SIGHUP); empty: standard error"
+    ),
 ];
 
 /// Environment variables with the agent's prefix that are not configuration keys.
@@ -478,6 +485,8 @@ pub struct BufferConfig {
 pub struct LogConfig {
     /// Level. Defaults to info.
     pub level: log::LevelFilter,
+    /// File the log is appended to; `None` means standard error.
+    pub file: Option<PathBuf>,
 }
 
 /// The whole, validated configuration.
@@ -819,7 +828,10 @@ impl Config {
             collection,
             listener,
             buffer,
-            log: LogConfig { level },
+            log: LogConfig {
+                level,
+                file: r.optional_path("log", "file"),
+            },
         })
     }
 
@@ -1008,6 +1020,27 @@ pub fn describe(raw: &RawConfig) -> String {
     out
 }
 
+/// The example configuration file (`etc/postgres-agent.ini.example`): every key, its default
+/// and what it does. A test keeps the shipped file identical to this.
+pub fn example_ini() -> String {
+    let mut out = String::from(
+        "; bitville-pg-agent configuration. Every key is optional; shown values are the defaults.\n\
+         ; Every key can be overridden from the environment: BITVILLE_PG_<KEY> (upper case),\n\
+         ; or the Python agent's names (BITVILLE_PG_DB_HOST, BITVILLE_PG_LISTENER_API_KEY, ...).\n\
+         ; Priority: environment, then this file, then the defaults.\n",
+    );
+    let mut section = "";
+    for spec in KEYS {
+        if spec.section != section {
+            section = spec.section;
+            out.push_str(&format!("\n[{section}]\n"));
+        }
+        out.push_str(&format!("; {} (env: {})\n", spec.doc, spec.env.join(", ")));
+        out.push_str(&format!("{} = {}\n", spec.key, spec.default));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1045,6 +1078,26 @@ mod tests {
                 assert!(seen.insert(*name), "{name} used twice");
             }
         }
+    }
+
+    #[test]
+    fn the_shipped_example_lists_every_key_with_its_default() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/etc/postgres-agent.ini.example"
+        );
+        if std::env::var_os("BITVILLE_REGENERATE").is_some() {
+            std::fs::write(path, example_ini()).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            shipped,
+            example_ini(),
+            "run `make regenerate` after changing config::KEYS"
+        );
+        let (c, w) = from_text(&shipped, &[]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.database.port, 5432);
     }
 
     #[test]

@@ -2,9 +2,17 @@
 //! ships it to the Bitville listener. Modules are declared in the order data flows; see
 //! ARCHITECTURE.md for the map and the invariants.
 
+pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod json;
+pub mod logging;
+pub mod logtail;
 pub mod normalize;
 pub mod payload;
 pub mod pool;
+pub mod schedule;
+pub mod selfstats;
+pub mod shutdown;
+pub mod signals;
+pub mod status;

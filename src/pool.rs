@@ -74,6 +74,9 @@ pub enum ConnectFailure {
     TooManyConnections,
     /// The server is starting up or shutting down.
     NotReady,
+    /// More sessions named `bitville-monitor` exist than the cap allows (another agent instance
+    /// or a leak): the agent refuses to add one.
+    TooManyAgentSessions,
     /// Anything else.
     Other,
 }
@@ -102,6 +105,10 @@ impl fmt::Display for ConnectError {
             ConnectFailure::NoSuchDatabase => "the database does not exist",
             ConnectFailure::TooManyConnections => "the server has no free connection slot",
             ConnectFailure::NotReady => "the server is starting up or shutting down",
+            ConnectFailure::TooManyAgentSessions => {
+                "refusing to open another connection: too many bitville-monitor sessions on the server \
+                 (another agent instance running?)"
+            }
             ConnectFailure::Other => "cannot connect",
         };
         write!(f, "{}: {what}: {}", self.target, self.detail)
@@ -306,11 +313,30 @@ impl Pool {
         }
     }
 
+    /// Opens a connection, then counts the agent's sessions on the server (this one included)
+    /// and closes it again if there are more than the cap: another agent instance on the same
+    /// server, or leaked sessions, must not push the total higher.
     fn connect(&self) -> Result<postgres::Client, ConnectError> {
-        self.inner
+        let mut client = self
+            .inner
             .pg
             .connect(postgres::NoTls)
-            .map_err(|e| self.connect_error(&e))
+            .map_err(|e| self.connect_error(&e))?;
+        let sessions: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&APPLICATION_NAME],
+            )
+            .map_err(|e| self.connect_error(&e))?
+            .get(0);
+        if sessions > self.inner.max as i64 {
+            return Err(ConnectError {
+                failure: ConnectFailure::TooManyAgentSessions,
+                target: self.inner.target.clone(),
+                detail: format!("{sessions} sessions, at most {} allowed", self.inner.max),
+            });
+        }
+        Ok(client)
     }
 
     /// Takes a connection: an idle one, a new one while below the cap, or the next one returned.

@@ -238,3 +238,44 @@ fn the_start_check_says_what_is_wrong() {
     assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}");
     assert!(!e.to_string().contains(common::MONITOR_PASSWORD));
 }
+
+#[test]
+fn the_pool_refuses_to_add_sessions_when_another_agent_already_holds_five() {
+    let pg = TestPg::start();
+    let other_agent: Vec<postgres::Client> = (0..5)
+        .map(|_| {
+            let mut c = pg.admin();
+            c.batch_execute("SET application_name = 'bitville-monitor'")
+                .unwrap();
+            c
+        })
+        .collect();
+    let pool = Pool::new(&pg.db_config());
+    match pool.acquire() {
+        Err(PoolError::Connect(e)) => {
+            assert_eq!(e.failure, ConnectFailure::TooManyAgentSessions, "{e}");
+            assert!(
+                e.to_string().contains("6 sessions, at most 5 allowed"),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a sixth agent session was opened"),
+    }
+    // The refused session was closed by the client; its backend exits asynchronously.
+    let mut admin = pg.admin();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pg.agent_sessions(&mut admin) > 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        pg.agent_sessions(&mut admin),
+        5,
+        "the refused session was closed"
+    );
+    drop(other_agent);
+    assert!(
+        pool.acquire().is_ok(),
+        "once the other sessions are gone the pool connects"
+    );
+}

@@ -272,40 +272,48 @@ impl TestPg {
         &self.bin
     }
 
+    /// The `postgres` command for this server, its output appended to the server log.
+    fn server_command(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.server_log())
+            .unwrap();
+        chown_to_server_user(&self.server_log());
+        let mut cmd = command_as_server_user(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.dir);
+        let mut settings = vec![
+            ("listen_addresses".to_string(), "127.0.0.1".to_string()),
+            ("fsync".into(), "off".into()),
+            ("max_connections".into(), "60".into()),
+            ("logging_collector".into(), "off".into()),
+        ];
+        if !self.builder.no_statements {
+            settings.push((
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ));
+            settings.push(("pg_stat_statements.track".into(), "all".into()));
+        }
+        settings.extend(self.builder.settings.iter().cloned());
+        for (k, v) in &settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd
+    }
+
     fn launch(&mut self) {
         for attempt in 0..5 {
             self.port = free_port();
-            let log = std::fs::File::create(self.server_log()).unwrap();
-            chown_to_server_user(&self.server_log());
-            let mut cmd = command_as_server_user(self.bin.join("postgres"));
-            cmd.arg("-D")
-                .arg(self.data_dir())
-                .arg("-p")
-                .arg(self.port.to_string())
-                .arg("-k")
-                .arg(&self.dir);
-            let mut settings = vec![
-                ("listen_addresses".to_string(), "127.0.0.1".to_string()),
-                ("fsync".into(), "off".into()),
-                ("max_connections".into(), "60".into()),
-                ("logging_collector".into(), "off".into()),
-            ];
-            if !self.builder.no_statements {
-                settings.push((
-                    "shared_preload_libraries".into(),
-                    "pg_stat_statements".into(),
-                ));
-                settings.push(("pg_stat_statements.track".into(), "all".into()));
-            }
-            settings.extend(self.builder.settings.iter().cloned());
-            for (k, v) in &settings {
-                cmd.arg("-c").arg(format!("{k}={v}"));
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            let child = cmd.spawn().expect("spawn postgres");
-            self.child = Some(child);
+            self.child = Some(self.server_command().spawn().expect("spawn postgres"));
             if self.wait_ready() {
                 return;
             }
@@ -439,41 +447,12 @@ impl TestPg {
     /// Stops and starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.stop();
-        let port = self.port;
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.server_log())
-            .unwrap();
-        let mut cmd = command_as_server_user(self.bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(&self.dir);
-        cmd.args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=60",
-        ]);
-        if !self.builder.no_statements {
-            cmd.args([
-                "-c",
-                "shared_preload_libraries=pg_stat_statements",
-                "-c",
-                "pg_stat_statements.track=all",
-            ]);
-        }
-        for (k, v) in &self.builder.settings {
-            cmd.arg("-c").arg(format!("{k}={v}"));
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn postgres"));
+        self.start_again();
+    }
+
+    /// Starts a stopped server again on the same port and data directory.
+    pub fn start_again(&mut self) {
+        self.child = Some(self.server_command().spawn().expect("spawn postgres"));
         assert!(
             self.wait_ready(),
             "postgres did not come back; see {}",

@@ -1,0 +1,51 @@
+//! The agent's own log: `log` + `simple_logger`, UTC timestamps, to standard error or a file.
+//!
+//! With `[log] file`, the file is opened for appending and put in place of standard error
+//! (`dup2`), so everything that writes to stderr (the logger, a panic message) lands in it.
+//! [`reopen`] repeats that after logrotate moved the file away (on SIGHUP).
+
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Starts logging at `level`, to `file` if given (else standard error).
+pub fn init(level: log::LevelFilter, file: Option<&Path>) -> std::io::Result<()> {
+    if let Some(path) = file {
+        reopen(path)?;
+    }
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        // The driver and HTTP client are chatty below warn.
+        .with_module_level("tokio_postgres", log::LevelFilter::Warn)
+        .with_module_level("postgres", log::LevelFilter::Warn)
+        .with_module_level("ureq", log::LevelFilter::Warn)
+        .with_module_level("ureq_proto", log::LevelFilter::Warn)
+        .with_module_level("rustls", log::LevelFilter::Warn);
+    logger.init().map_err(std::io::Error::other)
+}
+
+/// Changes the level of a running logger (configuration reload).
+pub fn set_level(level: log::LevelFilter) {
+    log::set_max_level(level);
+}
+
+/// Opens `path` for appending and makes it the process's standard error.
+pub fn reopen(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // SAFETY: both descriptors are valid; dup2 atomically replaces fd 2.
+    let rc = unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes the process id to `path` (for init scripts).
+pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
+}
