@@ -120,6 +120,14 @@ fn is_ident_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
+/// `sql` with every string and numeric literal replaced by `?` (see [`normalize_into`]); the
+/// `fn(&str) -> String` the log payload builder takes.
+pub fn normalize(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    normalize_into(sql, &mut out);
+    out
+}
+
 /// Appends `sql` to `out` with every string and numeric literal replaced by `?`.
 ///
 /// Recognised: `'...'` (with `''`), `E'...'` (with backslash escapes), `B'..'`, `X'..'`, `N'..'`,
@@ -378,6 +386,11 @@ mod tests {
         let mut out = String::new();
         normalize_into(s, &mut out);
         out
+    }
+
+    #[test]
+    fn normalize_allocates_the_same_text() {
+        assert_eq!(normalize("SELECT 'a', 1"), norm("SELECT 'a', 1"));
     }
 
     #[test]
