@@ -288,14 +288,21 @@ pub struct ActivitySampler {
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
     current: HashMap<i32, ExecKey>,
+    leaders_by_start: HashMap<i64, ExecKey>,
     text_buf: String,
 }
 
-/// The leader of a parallel worker row (`None` for every other session).
-fn worker_leader(row: &postgres::Row) -> Option<i32> {
+/// For a parallel worker row, its leader: `Some(Some(pid))` from `leader_pid` (PostgreSQL 13+),
+/// `Some(None)` when only the backend type says it is a worker (PostgreSQL 12). `None` for every
+/// other session.
+fn worker_leader(row: &postgres::Row) -> Option<Option<i32>> {
     let pid: i32 = row.get(0);
     let leader: Option<i32> = row.get(13);
-    leader.filter(|l| *l != pid)
+    if let Some(l) = leader.filter(|l| *l != pid) {
+        return Some(Some(l));
+    }
+    let backend_type: Option<&str> = row.get(11);
+    (backend_type == Some("parallel worker")).then_some(None)
 }
 
 fn micros(t: Option<SystemTime>) -> i64 {
@@ -329,6 +336,7 @@ impl ActivitySampler {
             last_lock_query: None,
             version_num: None,
             current: HashMap::new(),
+            leaders_by_start: HashMap::new(),
             text_buf: String::new(),
         }
     }
@@ -375,6 +383,7 @@ impl ActivitySampler {
         self.round += 1;
         self.n_samples += 1;
         self.current.clear();
+        self.leaders_by_start.clear();
         let mut stats = SampleStats {
             n_rows: rows.len(),
             ..SampleStats::default()
@@ -439,6 +448,9 @@ impl ActivitySampler {
             self.execs.insert(key, exec);
         }
         self.current.insert(pid, key);
+        if key.1 != i64::MIN && worker_leader(row).is_none() {
+            self.leaders_by_start.insert(key.1, key);
+        }
         let round = self.round;
         let Some(exec) = self.execs.get_mut(&key) else {
             return now_s;
@@ -472,8 +484,16 @@ impl ActivitySampler {
 
     /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
     /// was not in this sample (the worker is then reported on its own).
-    fn fold_worker(&mut self, row: &postgres::Row, leader: i32) -> bool {
-        let Some(key) = self.current.get(&leader).copied() else {
+    fn fold_worker(&mut self, row: &postgres::Row, leader: Option<i32>) -> bool {
+        // Without leader_pid (PostgreSQL 12), a worker shares its leader's query_start.
+        let key = match leader {
+            Some(l) => self.current.get(&l).copied(),
+            None => self
+                .leaders_by_start
+                .get(&micros(row.get::<_, Option<SystemTime>>(2)))
+                .copied(),
+        };
+        let Some(key) = key else {
             return false;
         };
         let Some(exec) = self.execs.get_mut(&key) else {
