@@ -155,3 +155,118 @@ pub fn server_version_num(
     let v: &str = row.get(0);
     Ok(v.trim().parse().unwrap_or(0))
 }
+
+/// Backs a collector off after repeated timeouts, counted in cycles (no clock inside, so every
+/// transition is testable): after two consecutive timeouts it skips 1 cycle, then 2, 4, ... up
+/// to `max_skip`; one success resets it. Other errors do not back off (they are not a sign of
+/// load). The daemon keeps one per collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    consecutive_timeouts: u32,
+    skip_remaining: u32,
+    max_skip: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(16)
+    }
+}
+
+impl Backoff {
+    /// A backoff that never skips more than `max_skip` cycles in a row.
+    pub fn new(max_skip: u32) -> Backoff {
+        Backoff {
+            consecutive_timeouts: 0,
+            skip_remaining: 0,
+            max_skip: max_skip.max(1),
+        }
+    }
+
+    /// Whether the collector runs this cycle; call exactly once per cycle.
+    pub fn should_run(&mut self) -> bool {
+        if self.skip_remaining > 0 {
+            self.skip_remaining -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Records how the cycle that ran went.
+    pub fn record<T>(&mut self, outcome: &Result<T, CollectError>) {
+        match outcome {
+            Ok(_) => self.record_outcome(false, true),
+            Err(e) => self.record_outcome(e.is_timeout(), false),
+        }
+    }
+
+    /// [`Backoff::record`] from plain facts: whether the cycle timed out, whether it succeeded.
+    pub fn record_outcome(&mut self, timed_out: bool, succeeded: bool) {
+        if succeeded {
+            self.consecutive_timeouts = 0;
+        } else if timed_out {
+            self.consecutive_timeouts = self.consecutive_timeouts.saturating_add(1);
+            if self.consecutive_timeouts >= 2 {
+                let exp = (self.consecutive_timeouts - 2).min(16);
+                self.skip_remaining = (1u32 << exp).min(self.max_skip);
+            }
+        }
+    }
+
+    /// Consecutive timeouts so far (for the payload's error report).
+    pub fn consecutive_timeouts(&self) -> u32 {
+        self.consecutive_timeouts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout() -> Result<(), CollectError> {
+        Err(CollectError::State {
+            collector: "t",
+            path: PathBuf::from("x"),
+            source: std::io::Error::other("not a timeout"),
+        })
+    }
+
+    #[test]
+    fn backoff_skips_only_after_repeated_timeouts() {
+        let mut b = Backoff::new(4);
+        // A non-timeout error never backs off.
+        b.record(&timeout());
+        assert!(b.should_run());
+        assert_eq!(b.consecutive_timeouts(), 0);
+        b.record(&Ok::<(), CollectError>(()));
+        assert!(b.should_run());
+
+        // One timeout: still runs. Then 1, 2, 4, 4 (capped) cycles skipped.
+        b.record_outcome(true, false);
+        assert!(b.should_run());
+        let mut skipped = Vec::new();
+        for _ in 0..4 {
+            b.record_outcome(true, false);
+            let mut n = 0;
+            while !b.should_run() {
+                n += 1;
+            }
+            skipped.push(n);
+        }
+        assert_eq!(skipped, vec![1, 2, 4, 4]);
+        assert_eq!(b.consecutive_timeouts(), 5);
+        b.record_outcome(false, true);
+        assert_eq!(b.consecutive_timeouts(), 0);
+        b.record_outcome(true, false);
+        assert!(b.should_run(), "a success resets the count");
+    }
+
+    #[test]
+    fn error_json_names_collector_and_file() {
+        let e = timeout().unwrap_err();
+        assert!(!e.is_timeout());
+        let j = e.to_json().to_json_string();
+        assert_eq!(j, r#"{"collector":"t","file":"x","error":"not a timeout"}"#);
+        assert_eq!(e.to_string(), "t collector: state file x: not a timeout");
+    }
+}
