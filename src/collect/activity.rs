@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::locks::{self, LockWaiter};
 use super::procfs::{self, ProcReader};
-use super::{unix_secs, CollectError};
+use super::{col, unix_secs, CollectError};
 use crate::json::Json;
 use crate::normalize::{CorrelationPattern, QueryText};
 use crate::payload::{unix_now, Payload, Source};
@@ -296,12 +296,12 @@ pub struct ActivitySampler {
 /// `Some(None)` when only the backend type says it is a worker (PostgreSQL 12). `None` for every
 /// other session.
 fn worker_leader(row: &postgres::Row) -> Option<Option<i32>> {
-    let pid: i32 = row.get(0);
-    let leader: Option<i32> = row.get(13);
-    if let Some(l) = leader.filter(|l| *l != pid) {
+    let pid: Option<i32> = col(row, 0);
+    let leader: Option<i32> = col(row, 13);
+    if let Some(l) = leader.filter(|l| Some(*l) != pid) {
         return Some(Some(l));
     }
-    let backend_type: Option<&str> = row.get(11);
+    let backend_type: Option<&str> = col(row, 11);
     (backend_type == Some("parallel worker")).then_some(None)
 }
 
@@ -393,13 +393,13 @@ impl ActivitySampler {
         let mut now = None;
         for row in &rows {
             if worker_leader(row).is_none() {
-                now = Some(self.absorb_row(row, &mut stats));
+                now = self.absorb_row(row, &mut stats).or(now);
             }
         }
         for row in &rows {
             if let Some(leader) = worker_leader(row) {
                 if !self.fold_worker(row, leader) {
-                    now = Some(self.absorb_row(row, &mut stats));
+                    now = self.absorb_row(row, &mut stats).or(now);
                 }
             }
         }
@@ -431,14 +431,17 @@ impl ActivitySampler {
         Ok(stats)
     }
 
-    /// Adds one session row to its execution; returns the server time of the sample.
-    fn absorb_row(&mut self, row: &postgres::Row, stats: &mut SampleStats) -> f64 {
-        let pid: i32 = row.get(0);
-        let now_s = unix_secs(row.get::<_, SystemTime>(1));
-        let query_start: Option<SystemTime> = row.get(2);
+    /// Adds one session row to its execution; returns the server time of the sample (`None`
+    /// for a row without pid or time, which is skipped).
+    fn absorb_row(&mut self, row: &postgres::Row, stats: &mut SampleStats) -> Option<f64> {
+        let (Some(pid), Some(now)) = (col::<i32>(row, 0), col::<SystemTime>(row, 1)) else {
+            return None;
+        };
+        let now_s = unix_secs(now);
+        let query_start: Option<SystemTime> = col(row, 2);
         let key = (pid, micros(query_start));
-        let wait_type: Option<&str> = row.get(5);
-        let wait_event: Option<&str> = row.get(6);
+        let wait_type: Option<&str> = col(row, 5);
+        let wait_event: Option<&str> = col(row, 6);
         if wait_type == Some("Lock") {
             stats.n_lock_waits += 1;
         }
@@ -453,12 +456,12 @@ impl ActivitySampler {
         }
         let round = self.round;
         let Some(exec) = self.execs.get_mut(&key) else {
-            return now_s;
+            return Some(now_s);
         };
         exec.last_seen = now_s;
         exec.n_seen += 1;
         exec.round = round;
-        let state: Option<&str> = row.get(4);
+        let state: Option<&str> = col(row, 4);
         let state = state.unwrap_or("");
         if exec.state != state {
             exec.state.clear();
@@ -479,7 +482,7 @@ impl ActivitySampler {
         if self.cfg.read_procfs {
             Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, round);
         }
-        now_s
+        Some(now_s)
     }
 
     /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
@@ -490,7 +493,7 @@ impl ActivitySampler {
             Some(l) => self.current.get(&l).copied(),
             None => self
                 .leaders_by_start
-                .get(&micros(row.get::<_, Option<SystemTime>>(2)))
+                .get(&micros(col::<SystemTime>(row, 2)))
                 .copied(),
         };
         let Some(key) = key else {
@@ -499,7 +502,9 @@ impl ActivitySampler {
         let Some(exec) = self.execs.get_mut(&key) else {
             return false;
         };
-        let pid: i32 = row.get(0);
+        let Some(pid) = col::<i32>(row, 0) else {
+            return true;
+        };
         exec.n_worker_samples += 1;
         if self.cfg.read_procfs {
             Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, self.round);
@@ -551,10 +556,10 @@ impl ActivitySampler {
         now: f64,
         query_start: Option<SystemTime>,
     ) -> Execution {
-        let xact_start: Option<SystemTime> = row.get(3);
-        let app: Option<&str> = row.get(9);
-        let client_addr: Option<IpAddr> = row.get(10);
-        let query: Option<&str> = row.get(12);
+        let xact_start: Option<SystemTime> = col(row, 3);
+        let app: Option<&str> = col(row, 9);
+        let client_addr: Option<IpAddr> = col(row, 10);
+        let query: Option<&str> = col(row, 12);
         let query = query.and_then(|q| {
             self.cfg
                 .query_text
@@ -572,11 +577,11 @@ impl ActivitySampler {
             wait_event_type: None,
             wait_event: None,
             waits: Vec::new(),
-            datname: row.get::<_, Option<&str>>(7).map(str::to_string),
-            usename: row.get::<_, Option<&str>>(8).map(str::to_string),
+            datname: col::<&str>(row, 7).map(str::to_string),
+            usename: col::<&str>(row, 8).map(str::to_string),
             application_name: app.map(str::to_string),
             client_addr: client_addr.map(|a| a.to_string()),
-            backend_type: row.get::<_, Option<&str>>(11).map(str::to_string),
+            backend_type: col::<&str>(row, 11).map(str::to_string),
             query,
             correlation_id: app
                 .and_then(|a| self.cfg.correlation.extract(a))

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::CollectError;
+use super::{col, CollectError};
 use crate::json::Json;
 
 /// One session waiting on a lock, as the server reports it.
@@ -58,13 +58,15 @@ pub fn query_waiters(
         .map_err(CollectError::query(COLLECTOR, "lock_waiters"))?;
     Ok(rows
         .iter()
-        .map(|r| LockWaiter {
-            pid: r.get(0),
-            blockers: r.get::<_, Option<Vec<i32>>>(1).unwrap_or_default(),
-            locktype: r.get(2),
-            mode: r.get(3),
-            relation: r.get(4),
-            wait_ms: r.get(5),
+        .filter_map(|r| {
+            Some(LockWaiter {
+                pid: col(r, 0)?,
+                blockers: col::<Vec<i32>>(r, 1).unwrap_or_default(),
+                locktype: col(r, 2),
+                mode: col(r, 3),
+                relation: col(r, 4),
+                wait_ms: col(r, 5),
+            })
         })
         .collect())
 }

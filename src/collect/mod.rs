@@ -144,6 +144,15 @@ pub fn unix_secs(t: SystemTime) -> f64 {
     }
 }
 
+/// Column `i` of `row`, `None` when NULL or of another type than expected: a row the server sent
+/// differently never panics the agent.
+pub(crate) fn col<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    i: usize,
+) -> Option<T> {
+    row.try_get::<_, Option<T>>(i).ok().flatten()
+}
+
 /// The server's `server_version_num` (e.g. 150004).
 pub fn server_version_num(
     client: &mut postgres::Client,
@@ -152,8 +161,8 @@ pub fn server_version_num(
     let row = client
         .query_one("SELECT current_setting('server_version_num')", &[])
         .map_err(CollectError::query(collector, "server_version"))?;
-    let v: &str = row.get(0);
-    Ok(v.trim().parse().unwrap_or(0))
+    let v: Option<&str> = col(&row, 0);
+    Ok(v.and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
 /// Backs a collector off after repeated timeouts, counted in cycles (no clock inside, so every

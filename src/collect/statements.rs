@@ -25,7 +25,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{unix_secs, CollectError};
+use super::{col as column_of, unix_secs, CollectError};
 use crate::json::Json;
 use crate::normalize::QueryText;
 use crate::payload::{unix_now, Payload, Source};
@@ -649,9 +649,9 @@ impl StatementsCollector {
             self.set_unavailable(Availability::NotInstalled, "extension not created");
             return Ok(None);
         };
-        let ext_text: String = row.get(0);
-        let schema: String = row.get(1);
-        let now = unix_secs(row.get::<_, SystemTime>(2));
+        let ext_text: String = column_of(&row, 0).unwrap_or_default();
+        let schema: String = column_of(&row, 1).unwrap_or_else(|| "public".to_string());
+        let now = column_of::<SystemTime>(&row, 2).map_or_else(unix_now, unix_secs);
         let Some(version) = parse_ext_version(&ext_text) else {
             self.set_unavailable(Availability::NotInstalled, "unparseable extension version");
             return Ok(None);
