@@ -553,3 +553,37 @@ fn parallel_workers_fold_into_their_leader() {
         leader.to_json_string()
     );
 }
+
+#[test]
+fn executions_over_the_cap_are_counted_not_kept() {
+    let pg = TestPg::start();
+    let pool = Pool::new(&pg.db_config());
+    let cfg = ActivityConfig {
+        max_executions: 2,
+        ..ActivityConfig::default()
+    };
+    let mut sampler = ActivitySampler::new(cfg);
+    let mut c = pool.acquire().unwrap();
+    let mut app = app_session(&pg, "app");
+    for _ in 0..8 {
+        let (tx, rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            app.batch_execute("SELECT pg_sleep(0.3)").unwrap();
+            tx.send(app).unwrap();
+        });
+        // Sample until the sleep is seen, then let it finish: one execution each round.
+        while sampler.sample(&mut c).unwrap().n_rows == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(sampler.n_executions() <= 4, "memory stays bounded");
+        app = rx.recv().unwrap();
+        worker.join().unwrap();
+    }
+    let payloads = sampler.finish_interval();
+    let data = &payloads[0].data;
+    let seen = num(data, "n_executions_seen");
+    assert!(seen >= 8.0, "{}", data.to_json_string());
+    assert_eq!(num(data, "count"), 2.0);
+    assert_eq!(num(data, "n_left_out"), seen - 2.0);
+    assert_eq!(array(data, "sessions").len(), 2);
+}

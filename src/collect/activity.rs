@@ -13,8 +13,10 @@
 //!   no function per row (`now()` and `pg_backend_pid()` are init-plans, evaluated once).
 //! - `pg_blocking_pids()` runs (in [`super::locks`]) only when a sample saw a session waiting on
 //!   a lock, and at most once per `lock_snapshot_min_gap`.
-//! - Memory is bounded: at most `2 * max_executions` executions are held; when full, the least
-//!   interesting executions no longer running are dropped and counted in `n_left_out`.
+//! - Memory is bounded: at most `2 * max_executions` executions are held (more only while more
+//!   sessions than that are running at once); when full, the least interesting executions no
+//!   longer running are dropped and counted in `n_left_out`.
+//! - A parallel worker's CPU and I/O are charged to its leader's execution.
 //! - Query texts are rendered (normalized, truncated) once, when an execution is first seen.
 //! - A failed sample is counted and named in the summary's `errors`; it never loses the interval.
 
@@ -289,6 +291,7 @@ pub struct ActivitySampler {
     version_num: Option<u32>,
     current: HashMap<i32, ExecKey>,
     leaders_by_start: HashMap<i64, ExecKey>,
+    room_check_at: usize,
     text_buf: String,
 }
 
@@ -337,6 +340,7 @@ impl ActivitySampler {
             version_num: None,
             current: HashMap::new(),
             leaders_by_start: HashMap::new(),
+            room_check_at: 0,
             text_buf: String::new(),
         }
     }
@@ -601,7 +605,7 @@ impl ActivitySampler {
     /// Keeps memory bounded: when full, drops the least interesting executions that are not
     /// running any more, down to `max_executions`.
     fn make_room(&mut self) {
-        let cap = self.cfg.max_executions.max(1) * 2;
+        let cap = (self.cfg.max_executions.max(1) * 2).max(self.room_check_at);
         if self.execs.len() < cap {
             return;
         }
@@ -618,6 +622,10 @@ impl ActivitySampler {
             self.execs.remove(&k);
             self.n_left_out += 1;
         }
+        // When most executions are still running nothing could go: the map may exceed the cap
+        // (it is bounded by max_connections then), and the next scan waits for a quarter more,
+        // so a server with hundreds of active sessions does not rescan on every new row.
+        self.room_check_at = self.execs.len() + self.cfg.max_executions.max(4) / 2;
     }
 
     fn lock_snapshot(
@@ -784,6 +792,7 @@ impl ActivitySampler {
         self.n_failed = 0;
         self.n_left_out = 0;
         self.locks = LockAgg::default();
+        self.room_check_at = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
         out
