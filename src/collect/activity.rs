@@ -69,7 +69,7 @@ pub struct ActivityConfig {
     /// Most executions listed per summary. Defaults to 200.
     pub max_executions: usize,
     /// Most correlated payloads per interval (one per correlation ID, longest first); the rest
-    /// stay in the summary only. Defaults to 20, so the listener's rate limit keeps room.
+    /// stay in the summary only. Defaults to 10, so the listener's rate limit (shared by every payload) keeps room.
     pub max_correlated: usize,
     /// Shortest time between two lock-tree queries. Defaults to 1 s.
     pub lock_snapshot_min_gap: Duration,
@@ -84,7 +84,7 @@ impl Default for ActivityConfig {
             query_text: QueryText::default(),
             correlation: CorrelationPattern::default(),
             max_executions: 200,
-            max_correlated: 20,
+            max_correlated: 10,
             lock_snapshot_min_gap: Duration::from_secs(1),
             read_procfs: true,
         }
