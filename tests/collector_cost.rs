@@ -153,10 +153,12 @@ fn the_sampler_sees_every_active_session_every_second() {
         s.join().unwrap();
     }
     assert_eq!(num(&payloads[0].data, "count"), n_sessions as f64);
+    // Correlated payloads are capped; the rest stays in the summary.
+    let cap = ActivityConfig::default().max_correlated.min(n_sessions);
+    assert_eq!(payloads.len(), 1 + cap, "capped correlated payloads");
     assert_eq!(
-        payloads.len(),
-        1 + n_sessions,
-        "one correlated payload per session"
+        num(&payloads[0].data, "with_correlation"),
+        n_sessions as f64
     );
     per_sample.sort_unstable();
     eprintln!(
