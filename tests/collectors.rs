@@ -587,3 +587,43 @@ fn executions_over_the_cap_are_counted_not_kept() {
     assert_eq!(num(data, "n_left_out"), seen - 2.0);
     assert_eq!(array(data, "sessions").len(), 2);
 }
+
+#[test]
+fn an_entry_dropped_and_recreated_is_marked_with_its_new_counts() {
+    let pg = TestPg::start();
+    let pool = Pool::new(&pg.db_config());
+    let state = TempDir::new("pgss-readd");
+    let mut app = app_session(&pg, "app");
+    let mut admin = pg.admin();
+    run_workload(&mut app, 10);
+    let mut coll = StatementsCollector::new(StatementsConfig::new(state.path()));
+    let mut c = pool.acquire().unwrap();
+    assert!(coll.collect(&mut c).unwrap().is_none());
+
+    // Drop only this entry (what eviction does), then run it again: fewer calls than the baseline.
+    let row = admin
+        .query_one(
+            "SELECT userid, dbid, queryid FROM pg_stat_statements WHERE query LIKE '%relpages >%'",
+            &[],
+        )
+        .unwrap();
+    let (userid, dbid, queryid): (u32, u32, i64) = (row.get(0), row.get(1), row.get(2));
+    admin
+        .execute(
+            "SELECT pg_stat_statements_reset($1, $2, $3)",
+            &[&userid, &dbid, &queryid],
+        )
+        .unwrap();
+    run_workload(&mut app, 3);
+    let p = coll.collect(&mut c).unwrap().unwrap();
+    let e = workload_entry(&p);
+    assert_eq!(num(e, "calls"), 3.0);
+    // PG17+ tells a re-added entry by its stats_since; before, its counters went backwards.
+    let expected = if pg.major_version() >= 17 {
+        "readded"
+    } else {
+        "reset"
+    };
+    assert_eq!(string(e, "status"), expected, "{}", e.to_json_string());
+    assert_no_negative(&p.data, "data");
+}
