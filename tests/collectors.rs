@@ -165,6 +165,22 @@ fn a_three_second_query_between_summaries_shows_duration_cpu_and_correlation() {
     assert_eq!(correlated[0].source, Source::PgStatActivity);
 }
 
+/// Waits (as long as it takes: no timed assertion) until every pid waits on a lock.
+fn wait_for_lock_waits(admin: &mut postgres::Client, pids: &[i32]) {
+    let pids = pids.to_vec();
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND wait_event_type = 'Lock'",
+            &[&pids],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        < pids.len() as i64
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_three_level_lock_chain_is_one_tree_rooted_at_the_first_holder() {
     let pg = TestPg::start();
@@ -187,35 +203,20 @@ fn a_three_level_lock_chain_is_one_tree_rooted_at_the_first_holder() {
     let mut c = app_session(&pg, "app-c");
     let c_pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     // C may only start once B holds row 2, or C would block on nothing.
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
-            &[&b_pid],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lock_waits(&mut admin, &[b_pid]);
     let c_thread = std::thread::spawn(move || {
         c.batch_execute("UPDATE chain SET v = 3 WHERE id = 2")
             .unwrap();
     });
+    wait_for_lock_waits(&mut admin, &[b_pid, c_pid]);
 
+    // The chain is in place and stays so until A rolls back: one sample must show all of it.
     let pool = Pool::new(&pg.db_config());
     let mut sampler = ActivitySampler::new(ActivityConfig::default());
     let mut client = pool.acquire().unwrap();
-    let mut tries = 0;
-    loop {
-        let stats = sampler.sample(&mut client).unwrap();
-        if stats.n_lock_waits == 2 && stats.lock_snapshot {
-            break;
-        }
-        tries += 1;
-        assert!(tries < 200, "the chain never showed up: {stats:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let stats = sampler.sample(&mut client).unwrap();
+    assert_eq!(stats.n_lock_waits, 2, "{stats:?}");
+    assert!(stats.lock_snapshot);
     drop(client);
     let payloads = sampler.finish_interval();
     a.batch_execute("ROLLBACK").unwrap();
