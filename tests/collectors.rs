@@ -628,3 +628,39 @@ fn an_entry_dropped_and_recreated_is_marked_with_its_new_counts() {
     assert_eq!(string(e, "status"), expected, "{}", e.to_json_string());
     assert_no_negative(&p.data, "data");
 }
+
+#[test]
+fn a_stale_or_unwritable_baseline_never_costs_data() {
+    let pg = TestPg::start();
+    let pool = Pool::new(&pg.db_config());
+    let mut app = app_session(&pg, "app");
+    let mut c = pool.acquire().unwrap();
+
+    // A persisted baseline older than max_baseline_age is not subtracted from.
+    let state = TempDir::new("pgss-stale");
+    let mut first = StatementsCollector::new(StatementsConfig::new(state.path()));
+    assert!(first.collect(&mut c).unwrap().is_none());
+    drop(first);
+    let mut cfg = StatementsConfig::new(state.path());
+    cfg.max_baseline_age = Duration::ZERO;
+    let mut stale = StatementsCollector::new(cfg);
+    run_workload(&mut app, 5);
+    assert!(stale.collect(&mut c).unwrap().is_none(), "new baseline");
+
+    // A state directory that cannot be written: the error names the file, the deltas still ship.
+    let blocker = TempDir::new("pgss-unwritable");
+    let file = blocker.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let mut coll = StatementsCollector::new(StatementsConfig::new(file.join("state")));
+    let err = coll.collect(&mut c).unwrap_err();
+    assert_eq!(err.collector(), "statements");
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+    run_workload(&mut app, 7);
+    let p = coll
+        .collect(&mut c)
+        .unwrap()
+        .expect("deltas despite the disk");
+    assert_eq!(num(workload_entry(&p), "calls"), 7.0);
+    let errors = array(&p.data, "errors");
+    assert_eq!(string(&errors[0], "collector"), "statements");
+}

@@ -566,6 +566,10 @@ pub struct StatementsConfig {
     pub query_text: QueryText,
     /// How long to wait before checking a missing extension again. Defaults to 5 minutes.
     pub recheck: Duration,
+    /// A (persisted) baseline older than this is not subtracted from: after a long stop the
+    /// first interval is a new baseline instead of one delta spanning the downtime. Defaults to
+    /// 1 hour.
+    pub max_baseline_age: Duration,
 }
 
 impl StatementsConfig {
@@ -585,6 +589,7 @@ impl StatementsConfig {
             top_n: 100,
             query_text: QueryText::default(),
             recheck: Duration::from_secs(300),
+            max_baseline_age: Duration::from_secs(3600),
         }
     }
 }
@@ -735,19 +740,43 @@ impl StatementsCollector {
         };
 
         let payload = match self.baseline.take() {
-            Some(prev) if prev.ext_version == version && now > prev.taken_at => {
-                Some(self.build_payload(client, &schema, &prev, &current)?)
+            Some(prev)
+                if prev.ext_version == version
+                    && now > prev.taken_at
+                    && now - prev.taken_at <= self.cfg.max_baseline_age.as_secs_f64() =>
+            {
+                match self.build_payload(client, &schema, &prev, &current) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        // Keep the old baseline: the next interval then covers both, so nothing
+                        // is lost.
+                        self.baseline = Some(prev);
+                        return Err(e);
+                    }
+                }
             }
             Some(_) => {
                 log::info!(
-                    "statements collector: extension version or clock changed; new baseline"
+                    "statements collector: baseline too old, or extension version or clock \
+                     changed; taking a new baseline"
                 );
                 None
             }
             None => None,
         };
-        self.persist(&current)?;
+        let persisted = self.persist(&current);
         self.baseline = Some(current);
+        let mut payload = payload;
+        if let Err(e) = persisted {
+            // The deltas are right whatever the disk says; only a restart would lose the
+            // interval. Say so in the log and in the payload rather than drop the data.
+            log::warn!("{e}");
+            if let Some(p) = payload.as_mut() {
+                p.data.push("errors", Json::Array(vec![e.to_json()]));
+            } else {
+                return Err(e);
+            }
+        }
         Ok(payload)
     }
 
