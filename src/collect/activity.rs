@@ -295,23 +295,65 @@ pub struct ActivitySampler {
     text_buf: String,
 }
 
-/// For a parallel worker row, its leader: `Some(Some(pid))` from `leader_pid` (PostgreSQL 13+),
-/// `Some(None)` when only the backend type says it is a worker (PostgreSQL 12). `None` for every
-/// other session.
-fn worker_leader(row: &postgres::Row) -> Option<Option<i32>> {
-    let pid: Option<i32> = col(row, 0);
-    let leader: Option<i32> = col(row, 13);
-    if let Some(l) = leader.filter(|l| Some(*l) != pid) {
-        return Some(Some(l));
-    }
-    let backend_type: Option<&str> = col(row, 11);
-    (backend_type == Some("parallel worker")).then_some(None)
+/// One row of the per-second query, decoded (strings borrowed from the driver's row).
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionRow<'a> {
+    pid: i32,
+    now: f64,
+    query_start: Option<f64>,
+    xact_start: Option<f64>,
+    state: Option<&'a str>,
+    wait_event_type: Option<&'a str>,
+    wait_event: Option<&'a str>,
+    datname: Option<&'a str>,
+    usename: Option<&'a str>,
+    application_name: Option<&'a str>,
+    client_addr: Option<IpAddr>,
+    backend_type: Option<&'a str>,
+    query: Option<&'a str>,
+    leader_pid: Option<i32>,
 }
 
-fn micros(t: Option<SystemTime>) -> i64 {
+impl<'a> SessionRow<'a> {
+    /// `None` for a row without pid or server time (never expected; skipped, not fatal).
+    fn decode(row: &'a postgres::Row) -> Option<SessionRow<'a>> {
+        Some(SessionRow {
+            pid: col(row, 0)?,
+            now: unix_secs(col(row, 1)?),
+            query_start: col::<SystemTime>(row, 2).map(unix_secs),
+            xact_start: col::<SystemTime>(row, 3).map(unix_secs),
+            state: col(row, 4),
+            wait_event_type: col(row, 5),
+            wait_event: col(row, 6),
+            datname: col(row, 7),
+            usename: col(row, 8),
+            application_name: col(row, 9),
+            client_addr: col(row, 10),
+            backend_type: col(row, 11),
+            query: col(row, 12),
+            leader_pid: col(row, 13),
+        })
+    }
+
+    /// For a parallel worker, its leader: `Some(Some(pid))` from `leader_pid` (PostgreSQL 13+),
+    /// `Some(None)` when only the backend type says it is a worker (PostgreSQL 12). `None` for
+    /// every other session.
+    fn worker_leader(&self) -> Option<Option<i32>> {
+        if let Some(l) = self.leader_pid.filter(|l| *l != self.pid) {
+            return Some(Some(l));
+        }
+        (self.backend_type == Some("parallel worker")).then_some(None)
+    }
+
+    fn key(&self) -> ExecKey {
+        (self.pid, micros(self.query_start))
+    }
+}
+
+fn micros(t: Option<f64>) -> i64 {
     match t {
         None => i64::MIN,
-        Some(t) => (unix_secs(t) * 1e6) as i64,
+        Some(t) => (t * 1e6) as i64,
     }
 }
 
@@ -384,38 +426,9 @@ impl ActivitySampler {
         let rows = client
             .query_typed(sql, &[])
             .map_err(CollectError::query(COLLECTOR, "sample"))?;
-        self.round += 1;
-        self.n_samples += 1;
-        self.current.clear();
-        self.leaders_by_start.clear();
-        let mut stats = SampleStats {
-            n_rows: rows.len(),
-            ..SampleStats::default()
-        };
-        // Leaders first, so that a parallel worker's CPU can be charged to its leader's
-        // execution in the second pass.
-        let mut now = None;
-        for row in &rows {
-            if worker_leader(row).is_none() {
-                now = self.absorb_row(row, &mut stats).or(now);
-            }
-        }
-        for row in &rows {
-            if let Some(leader) = worker_leader(row) {
-                if !self.fold_worker(row, leader) {
-                    now = self.absorb_row(row, &mut stats).or(now);
-                }
-            }
-        }
-        // Tracks are only valid between consecutive samples: a pid that went idle and came back
-        // may have run many short queries meanwhile, which must not be charged to the next one.
-        let round = self.round;
-        self.tracks.retain(|_, t| t.round == round);
-        self.proc.end_round();
-        // An empty sample carries no server time; the agent runs on the same host.
-        let now = now.unwrap_or_else(unix_now);
-        self.interval_start.get_or_insert(now);
-        self.last_sample_at = Some(now);
+        let decoded: Vec<SessionRow> = rows.iter().filter_map(SessionRow::decode).collect();
+        let (mut stats, now) = self.absorb(&decoded);
+        stats.n_rows = rows.len();
         if stats.n_lock_waits > 0 {
             let due = self
                 .last_lock_query
@@ -435,45 +448,71 @@ impl ActivitySampler {
         Ok(stats)
     }
 
-    /// Adds one session row to its execution; returns the server time of the sample (`None`
-    /// for a row without pid or time, which is skipped).
-    fn absorb_row(&mut self, row: &postgres::Row, stats: &mut SampleStats) -> Option<f64> {
-        let (Some(pid), Some(now)) = (col::<i32>(row, 0), col::<SystemTime>(row, 1)) else {
-            return None;
+    /// Aggregates one sample's rows: the part of [`Self::sample`] after the query, separate so
+    /// it can be tested without a server. Returns the sample's figures and its server time.
+    fn absorb(&mut self, rows: &[SessionRow]) -> (SampleStats, f64) {
+        self.round += 1;
+        self.n_samples += 1;
+        self.current.clear();
+        self.leaders_by_start.clear();
+        let mut stats = SampleStats {
+            n_rows: rows.len(),
+            ..SampleStats::default()
         };
-        let now_s = unix_secs(now);
-        let query_start: Option<SystemTime> = col(row, 2);
-        let key = (pid, micros(query_start));
-        let wait_type: Option<&str> = col(row, 5);
-        let wait_event: Option<&str> = col(row, 6);
-        if wait_type == Some("Lock") {
+        // Leaders first, so that a parallel worker's CPU can be charged to its leader's
+        // execution in the second pass.
+        for row in rows.iter().filter(|r| r.worker_leader().is_none()) {
+            self.absorb_row(row, &mut stats);
+        }
+        for row in rows {
+            if let Some(leader) = row.worker_leader() {
+                if !self.fold_worker(row, leader) {
+                    self.absorb_row(row, &mut stats);
+                }
+            }
+        }
+        // Tracks are only valid between consecutive samples: a pid that went idle and came back
+        // may have run many short queries meanwhile, which must not be charged to the next one.
+        let round = self.round;
+        self.tracks.retain(|_, t| t.round == round);
+        self.proc.end_round();
+        // An empty sample carries no server time; the agent runs on the same host.
+        let now = rows.first().map_or_else(unix_now, |r| r.now);
+        self.interval_start.get_or_insert(now);
+        self.last_sample_at = Some(now);
+        (stats, now)
+    }
+
+    /// Adds one session row to its execution.
+    fn absorb_row(&mut self, row: &SessionRow, stats: &mut SampleStats) {
+        let key = row.key();
+        if row.wait_event_type == Some("Lock") {
             stats.n_lock_waits += 1;
         }
         if !self.execs.contains_key(&key) {
             self.make_room();
-            let exec = self.new_execution(row, pid, now_s, query_start);
+            let exec = self.new_execution(row);
             self.execs.insert(key, exec);
         }
-        self.current.insert(pid, key);
-        if key.1 != i64::MIN && worker_leader(row).is_none() {
+        self.current.insert(row.pid, key);
+        if key.1 != i64::MIN && row.worker_leader().is_none() {
             self.leaders_by_start.insert(key.1, key);
         }
         let round = self.round;
         let Some(exec) = self.execs.get_mut(&key) else {
-            return Some(now_s);
+            return;
         };
-        exec.last_seen = now_s;
+        exec.last_seen = row.now;
         exec.n_seen += 1;
         exec.round = round;
-        let state: Option<&str> = col(row, 4);
-        let state = state.unwrap_or("");
+        let state = row.state.unwrap_or("");
         if exec.state != state {
             exec.state.clear();
             exec.state.push_str(state);
         }
-        set_opt(&mut exec.wait_event_type, wait_type);
-        set_opt(&mut exec.wait_event, wait_event);
-        if let (Some(t), Some(e)) = (wait_type, wait_event) {
+        set_opt(&mut exec.wait_event_type, row.wait_event_type);
+        set_opt(&mut exec.wait_event, row.wait_event);
+        if let (Some(t), Some(e)) = (row.wait_event_type, row.wait_event) {
             match exec.waits.iter_mut().find(|w| w.kind == t && w.event == e) {
                 Some(w) => w.count += 1,
                 None => exec.waits.push(WaitSeen {
@@ -484,20 +523,19 @@ impl ActivitySampler {
             }
         }
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, round);
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, round);
         }
-        Some(now_s)
     }
 
     /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
     /// was not in this sample (the worker is then reported on its own).
-    fn fold_worker(&mut self, row: &postgres::Row, leader: Option<i32>) -> bool {
+    fn fold_worker(&mut self, row: &SessionRow, leader: Option<i32>) -> bool {
         // Without leader_pid (PostgreSQL 12), a worker shares its leader's query_start.
         let key = match leader {
             Some(l) => self.current.get(&l).copied(),
             None => self
                 .leaders_by_start
-                .get(&micros(col::<SystemTime>(row, 2)))
+                .get(&micros(row.query_start))
                 .copied(),
         };
         let Some(key) = key else {
@@ -506,12 +544,9 @@ impl ActivitySampler {
         let Some(exec) = self.execs.get_mut(&key) else {
             return false;
         };
-        let Some(pid) = col::<i32>(row, 0) else {
-            return true;
-        };
         exec.n_worker_samples += 1;
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, pid, self.round);
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, self.round);
         }
         true
     }
@@ -553,41 +588,32 @@ impl ActivitySampler {
         );
     }
 
-    fn new_execution(
-        &mut self,
-        row: &postgres::Row,
-        pid: i32,
-        now: f64,
-        query_start: Option<SystemTime>,
-    ) -> Execution {
-        let xact_start: Option<SystemTime> = col(row, 3);
-        let app: Option<&str> = col(row, 9);
-        let client_addr: Option<IpAddr> = col(row, 10);
-        let query: Option<&str> = col(row, 12);
-        let query = query.and_then(|q| {
+    fn new_execution(&mut self, row: &SessionRow) -> Execution {
+        let query = row.query.and_then(|q| {
             self.cfg
                 .query_text
                 .render_into(q, &mut self.text_buf)
                 .then(|| self.text_buf.clone())
         });
         Execution {
-            pid,
-            query_start: query_start.map(unix_secs),
-            xact_start: xact_start.map(unix_secs),
-            first_seen: now,
-            last_seen: now,
+            pid: row.pid,
+            query_start: row.query_start,
+            xact_start: row.xact_start,
+            first_seen: row.now,
+            last_seen: row.now,
             n_seen: 0,
             state: String::new(),
             wait_event_type: None,
             wait_event: None,
             waits: Vec::new(),
-            datname: col::<&str>(row, 7).map(str::to_string),
-            usename: col::<&str>(row, 8).map(str::to_string),
-            application_name: app.map(str::to_string),
-            client_addr: client_addr.map(|a| a.to_string()),
-            backend_type: col::<&str>(row, 11).map(str::to_string),
+            datname: row.datname.map(str::to_string),
+            usename: row.usename.map(str::to_string),
+            application_name: row.application_name.map(str::to_string),
+            client_addr: row.client_addr.map(|a| a.to_string()),
+            backend_type: row.backend_type.map(str::to_string),
             query,
-            correlation_id: app
+            correlation_id: row
+                .application_name
                 .and_then(|a| self.cfg.correlation.extract(a))
                 .map(str::to_string),
             cpu_ticks: 0,
