@@ -533,10 +533,7 @@ impl ActivitySampler {
         // Without leader_pid (PostgreSQL 12), a worker shares its leader's query_start.
         let key = match leader {
             Some(l) => self.current.get(&l).copied(),
-            None => self
-                .leaders_by_start
-                .get(&micros(row.query_start))
-                .copied(),
+            None => self.leaders_by_start.get(&micros(row.query_start)).copied(),
         };
         let Some(key) = key else {
             return false;
@@ -954,6 +951,288 @@ mod tests {
             n_worker_samples: 0,
             round: 0,
         }
+    }
+
+    const UUID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const UUID_B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+
+    /// A directory laid out like /proc, removed on drop.
+    struct FakeProc(std::path::PathBuf);
+
+    impl FakeProc {
+        fn new(tag: &str) -> FakeProc {
+            let dir = std::env::temp_dir().join(format!("bv-act-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeProc(dir)
+        }
+
+        /// A postgres backend with `cpu` ticks of utime, started at `start`.
+        fn set(&self, pid: i32, cpu: u64, start: u64, io: Option<(u64, u64)>) {
+            let d = self.0.join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!(
+                    "{pid} (postgres) S 1 1 1 0 -1 0 0 0 0 0 {cpu} 0 0 0 20 0 1 0 {start} 1000 256 0\n"
+                ),
+            )
+            .unwrap();
+            if let Some((r, w)) = io {
+                std::fs::write(d.join("io"), format!("read_bytes: {r}\nwrite_bytes: {w}\n"))
+                    .unwrap();
+            }
+        }
+
+        fn sampler(&self, cfg: ActivityConfig) -> ActivitySampler {
+            ActivitySampler::with_proc(cfg, ProcReader::with_root(&self.0))
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn row(pid: i32, now: f64, query_start: f64) -> SessionRow<'static> {
+        SessionRow {
+            pid,
+            now,
+            query_start: Some(query_start),
+            xact_start: Some(query_start),
+            state: Some("active"),
+            datname: Some("app"),
+            usename: Some("u"),
+            application_name: Some("bitville-aaaaaaaa-0000-4000-8000-000000000001"),
+            backend_type: Some("client backend"),
+            query: Some("SELECT * FROM t WHERE id = 42"),
+            ..SessionRow::default()
+        }
+    }
+
+    fn sessions(payloads: &[Payload]) -> &[Json] {
+        match payloads[0].data.get("sessions") {
+            Some(Json::Array(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn field_f64(v: &Json, key: &str) -> f64 {
+        match v.get(key) {
+            Some(Json::UInt(u)) => *u as f64,
+            Some(Json::Int(i)) => *i as f64,
+            Some(Json::Float(f)) => *f,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cpu_and_io_are_charged_between_consecutive_samples_only() {
+        let p = FakeProc::new("cpu");
+        let mut s = p.sampler(ActivityConfig::default());
+        p.set(100, 100, 5, Some((0, 0)));
+        s.absorb(&[row(100, 1000.0, 999.0)]);
+        p.set(100, 150, 5, Some((4096, 8192)));
+        s.absorb(&[row(100, 1001.0, 999.0)]);
+        // The pid goes idle: its baseline is dropped, so the CPU it spends meanwhile is not
+        // charged to its next query.
+        s.absorb(&[]);
+        p.set(100, 300, 5, Some((10_000, 10_000)));
+        s.absorb(&[row(100, 1003.0, 1002.5)]);
+        p.set(100, 320, 5, Some((10_000, 10_000)));
+        s.absorb(&[row(100, 1004.0, 1002.5)]);
+        // The pid is reused by a new backend (another start time): no delta across it.
+        p.set(100, 10, 6, Some((0, 0)));
+        s.absorb(&[row(100, 1005.0, 1002.5)]);
+        let out = s.finish_interval();
+        let by_start = |qs: f64| {
+            sessions(&out)
+                .iter()
+                .find(|e| e.get("query_start") == Some(&Json::Float(qs)))
+                .unwrap()
+        };
+        let first = by_start(999.0);
+        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(50) as f64);
+        assert_eq!(field_f64(first, "read_bytes"), 4096.0);
+        assert_eq!(field_f64(first, "write_bytes"), 8192.0);
+        assert_eq!(field_f64(first, "n_samples"), 2.0);
+        assert_eq!(field_f64(first, "duration_ms"), 2000.0);
+        let second = by_start(1002.5);
+        assert_eq!(field_f64(second, "cpu_ms"), procfs::ticks_to_ms(20) as f64);
+        assert_eq!(field_f64(second, "n_samples"), 3.0);
+        assert_eq!(
+            first.get("query"),
+            Some(&Json::Str("SELECT * FROM t WHERE id = ?".into()))
+        );
+        assert_eq!(field_f64(&out[0].data, "n_samples"), 6.0);
+    }
+
+    #[test]
+    fn without_proc_figures_cpu_is_null_not_zero() {
+        let p = FakeProc::new("noproc");
+        let mut s = p.sampler(ActivityConfig::default());
+        s.absorb(&[row(7, 1000.0, 999.0)]);
+        s.absorb(&[row(7, 1001.0, 999.0)]);
+        let out = s.finish_interval();
+        assert_eq!(sessions(&out)[0].get("cpu_ms"), Some(&Json::Null));
+        assert_eq!(sessions(&out)[0].get("read_bytes"), Some(&Json::Null));
+    }
+
+    #[test]
+    fn parallel_workers_are_folded_by_leader_pid_or_query_start() {
+        let p = FakeProc::new("par");
+        let mut s = p.sampler(ActivityConfig::default());
+        let leader = row(200, 1000.0, 999.0);
+        let pg13_worker = SessionRow {
+            pid: 201,
+            leader_pid: Some(200),
+            backend_type: Some("parallel worker"),
+            ..row(201, 1000.0, 999.1)
+        };
+        let pg12_worker = SessionRow {
+            pid: 202,
+            backend_type: Some("parallel worker"),
+            ..row(202, 1000.0, 999.0)
+        };
+        for (pid, cpu) in [(200, 10), (201, 10), (202, 10)] {
+            p.set(pid, cpu, 1, None);
+        }
+        s.absorb(&[pg13_worker, pg12_worker, leader]);
+        for (pid, cpu) in [(200, 20), (201, 30), (202, 40)] {
+            p.set(pid, cpu, 1, None);
+        }
+        s.absorb(&[
+            SessionRow {
+                now: 1001.0,
+                ..pg13_worker
+            },
+            SessionRow {
+                now: 1001.0,
+                ..pg12_worker
+            },
+            SessionRow {
+                now: 1001.0,
+                ..leader
+            },
+        ]);
+        let out = s.finish_interval();
+        let all = sessions(&out);
+        assert_eq!(all.len(), 1, "workers are not executions of their own");
+        assert_eq!(field_f64(&all[0], "parallel_worker_samples"), 4.0);
+        assert_eq!(
+            field_f64(&all[0], "cpu_ms"),
+            procfs::ticks_to_ms(10 + 20 + 30) as f64
+        );
+    }
+
+    #[test]
+    fn waits_are_counted_and_the_last_state_wins() {
+        let p = FakeProc::new("waits");
+        let mut s = p.sampler(ActivityConfig {
+            read_procfs: false,
+            ..ActivityConfig::default()
+        });
+        let io = SessionRow {
+            wait_event_type: Some("IO"),
+            wait_event: Some("DataFileRead"),
+            ..row(9, 1000.0, 999.0)
+        };
+        let stats = s.absorb(&[io]).0;
+        assert_eq!(stats.n_lock_waits, 0);
+        s.absorb(&[SessionRow { now: 1001.0, ..io }]);
+        let lock = SessionRow {
+            now: 1002.0,
+            wait_event_type: Some("Lock"),
+            wait_event: Some("relation"),
+            state: Some("active"),
+            ..io
+        };
+        assert_eq!(s.absorb(&[lock]).0.n_lock_waits, 1);
+        s.absorb(&[SessionRow {
+            now: 1003.0,
+            state: Some("idle in transaction"),
+            wait_event_type: None,
+            wait_event: None,
+            ..io
+        }]);
+        let out = s.finish_interval();
+        let e = &sessions(&out)[0];
+        assert_eq!(
+            e.get("state"),
+            Some(&Json::Str("idle in transaction".into()))
+        );
+        assert_eq!(e.get("wait_event"), Some(&Json::Null));
+        let waits = e.get("wait_events").unwrap().to_json_string();
+        assert_eq!(
+            waits,
+            r#"[{"wait_event_type":"IO","wait_event":"DataFileRead","count":2},{"wait_event_type":"Lock","wait_event":"relation","count":1}]"#
+        );
+    }
+
+    #[test]
+    fn correlated_payloads_are_capped_longest_first() {
+        let p = FakeProc::new("corr");
+        let mut s = p.sampler(ActivityConfig {
+            max_correlated: 1,
+            read_procfs: false,
+            ..ActivityConfig::default()
+        });
+        let app_b = "bitville-bbbbbbbb-0000-4000-8000-000000000002";
+        s.absorb(&[
+            row(1, 1000.0, 999.0),
+            SessionRow {
+                application_name: Some(app_b),
+                ..row(2, 1000.0, 990.0)
+            },
+            SessionRow {
+                application_name: Some("plain"),
+                ..row(3, 1000.0, 900.0)
+            },
+        ]);
+        let out = s.finish_interval();
+        assert_eq!(out.len(), 2, "summary + one correlated payload");
+        assert_eq!(
+            out[1].correlation_id.as_deref(),
+            Some(UUID_B),
+            "the longest wins"
+        );
+        assert_eq!(field_f64(&out[1].data, "duration_ms"), 10_000.0);
+        assert_eq!(field_f64(&out[0].data, "with_correlation"), 2.0);
+        assert!(
+            out[0].data.to_json_string().contains(UUID_A),
+            "the rest stays in the summary"
+        );
+        // The next interval starts empty.
+        let next = s.finish_interval();
+        assert_eq!(next.len(), 1);
+        assert_eq!(field_f64(&next[0].data, "count"), 0.0);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_running_executions_are_kept() {
+        let p = FakeProc::new("cap");
+        let mut s = p.sampler(ActivityConfig {
+            max_executions: 2,
+            read_procfs: false,
+            ..ActivityConfig::default()
+        });
+        // pid 1 runs the whole time; pids 10.. each run one short query.
+        for i in 0..10 {
+            let t = 1000.0 + i as f64;
+            s.absorb(&[row(1, t, 999.0), row(10 + i, t, t - 0.5)]);
+            assert!(s.n_executions() <= 4, "round {i}: {}", s.n_executions());
+        }
+        let out = s.finish_interval();
+        let data = &out[0].data;
+        assert_eq!(field_f64(data, "n_executions_seen"), 11.0);
+        assert_eq!(field_f64(data, "count"), 2.0);
+        assert_eq!(field_f64(data, "n_left_out"), 9.0);
+        assert_eq!(
+            field_f64(&sessions(&out)[0], "pid"),
+            1.0,
+            "the long runner is kept"
+        );
     }
 
     #[test]
