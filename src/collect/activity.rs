@@ -1042,8 +1042,9 @@ mod tests {
         s.absorb(&[row(100, 1003.0, 1002.5)]);
         p.set(100, 320, 5, Some((10_000, 10_000)));
         s.absorb(&[row(100, 1004.0, 1002.5)]);
-        // The pid is reused by a new backend (another start time): no delta across it.
-        p.set(100, 10, 6, Some((0, 0)));
+        // The pid is reused by a new backend (another start time, more ticks than the old one
+        // had): no delta across it.
+        p.set(100, 1000, 6, Some((0, 0)));
         s.absorb(&[row(100, 1005.0, 1002.5)]);
         let out = s.finish_interval();
         let by_start = |qs: f64| {
