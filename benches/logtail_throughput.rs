@@ -1,5 +1,5 @@
 //! Measures how fast the log parser and the tailer read a stderr log (target: 50 MB/s on one
-//! core). Run with `cargo run --release --example logtail_throughput [MB]`.
+//! core). Run with `cargo bench --bench logtail_throughput -- [MB]` (part of `make bench`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -96,9 +96,10 @@ fn structured(stderr: &[u8], format: Format) -> Vec<u8> {
 }
 
 fn main() {
+    // `cargo bench` adds its own `--bench` argument: take the first number given.
     let mb: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(64);
     let data = sample_log(mb * 1024 * 1024);
     let size = data.len() as f64 / 1e6;
