@@ -3,9 +3,12 @@
 //! ARCHITECTURE.md for the map and the invariants.
 
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod json;
 pub mod logging;
+pub mod logtail;
+pub mod normalize;
 pub mod payload;
 pub mod pool;
 pub mod schedule;

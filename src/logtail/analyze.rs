@@ -1,0 +1,214 @@
+//! `--analyze-log FILE [--prefix '...']`: parses a whole file with the same parser the tailer
+//! uses and reports what it understood, so an operator can check a format before deploying.
+//!
+//! Invariants: the file is only read; memory stays bounded by the tailer's caps plus the
+//! durations list (8 bytes per entry with a duration) and five slowest entries.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::entry::{Entry, Level};
+use super::parse::{EntryParser, Format};
+use super::prefix::DEFAULT_PREFIX;
+use super::tail::{Follow, TailConfig, Tailer};
+
+/// What a file contained, as the parser understood it. `Display` prints the report.
+#[derive(Debug, Clone, Default)]
+pub struct LogAnalysis {
+    /// The file analysed.
+    pub file: PathBuf,
+    /// The format it was parsed as.
+    pub format: Option<Format>,
+    /// The prefix used (stderr).
+    pub prefix: String,
+    /// Prefix warnings (missing %m/%t, %p, %a).
+    pub warnings: Vec<String>,
+    /// Physical lines read.
+    pub n_lines: u64,
+    /// Entries parsed.
+    pub n_entries: u64,
+    /// Entries cut to the size cap.
+    pub n_truncated: u64,
+    /// Entries with a correlation ID.
+    pub n_correlated: u64,
+    /// Entries per severity.
+    pub severities: Vec<(Level, u64)>,
+    /// Every `duration: N ms`, sorted.
+    pub durations_ms: Vec<f64>,
+    /// The slowest entries (at most five), slowest first.
+    pub slowest: Vec<Entry>,
+    /// Lines that could not be parsed.
+    pub n_unparsed: u64,
+    /// The first unparsable lines: file offset and text.
+    pub unparsed_samples: Vec<(u64, String)>,
+}
+
+/// Parses `path` as `format` (guessed from the extension when `None`) with `prefix` (the
+/// PostgreSQL default `%m [%p] ` when `None`).
+pub fn analyze_log(
+    path: &Path,
+    format: Option<Format>,
+    prefix: Option<&str>,
+) -> Result<LogAnalysis, String> {
+    std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let format = format.unwrap_or_else(|| Format::guess_from_path(path));
+    let prefix = prefix.unwrap_or(DEFAULT_PREFIX);
+    let parser = EntryParser::new(format, prefix);
+    let mut cfg = TailConfig::new(Follow::Path(path.to_path_buf()), None);
+    cfg.start_at_end = false;
+    cfg.settle = Duration::ZERO;
+    let mut a = LogAnalysis {
+        file: path.to_path_buf(),
+        format: Some(format),
+        prefix: prefix.to_string(),
+        warnings: parser.warnings().to_vec(),
+        ..LogAnalysis::default()
+    };
+    let mut tailer = Tailer::new(cfg, parser);
+    loop {
+        let batch = tailer.poll();
+        if batch.entries.is_empty() && !batch.more {
+            break;
+        }
+        for e in batch.entries {
+            a.add(e);
+        }
+    }
+    let stats = tailer.take_stats();
+    a.n_lines = stats.n_lines;
+    a.n_unparsed = stats.n_unparsed;
+    a.unparsed_samples = stats.samples;
+    a.durations_ms.sort_by(f64::total_cmp);
+    a.severities.sort();
+    Ok(a)
+}
+
+impl LogAnalysis {
+    fn add(&mut self, e: Entry) {
+        self.n_entries += 1;
+        self.n_truncated += u64::from(e.truncated);
+        self.n_correlated += u64::from(e.correlation_id.is_some());
+        let level = e.level.unwrap_or(Level::Log);
+        match self.severities.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, n)) => *n += 1,
+            None => self.severities.push((level, 1)),
+        }
+        if let Some(d) = e.duration_ms {
+            self.durations_ms.push(d);
+            let pos = self
+                .slowest
+                .iter()
+                .position(|s| s.duration_ms < Some(d))
+                .unwrap_or(self.slowest.len());
+            if pos < 5 {
+                self.slowest.insert(pos, e);
+                self.slowest.truncate(5);
+            }
+        }
+    }
+}
+
+impl fmt::Display for LogAnalysis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let format = self.format.map_or("?", Format::as_str);
+        writeln!(f, "file:        {}", self.file.display())?;
+        if self.format == Some(Format::Stderr) {
+            writeln!(f, "format:      stderr, log_line_prefix '{}'", self.prefix)?;
+        } else {
+            writeln!(f, "format:      {format}")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning:     {w}")?;
+        }
+        writeln!(f, "lines:       {}", self.n_lines)?;
+        writeln!(
+            f,
+            "entries:     {} ({} truncated, {} with a correlation ID)",
+            self.n_entries, self.n_truncated, self.n_correlated
+        )?;
+        let sev: Vec<String> = self
+            .severities
+            .iter()
+            .map(|(l, n)| format!("{} {n}", l.as_str()))
+            .collect();
+        writeln!(
+            f,
+            "severities:  {}",
+            if sev.is_empty() {
+                "-".to_string()
+            } else {
+                sev.join(", ")
+            }
+        )?;
+        let d = &self.durations_ms;
+        if d.is_empty() {
+            writeln!(f, "durations:   none")?;
+        } else {
+            let pct = |p: f64| d[((d.len() - 1) as f64 * p).round() as usize];
+            writeln!(
+                f,
+                "durations:   {} (min {:.3} ms, median {:.3} ms, p95 {:.3} ms, max {:.3} ms, total {:.3} ms)",
+                d.len(),
+                d[0],
+                pct(0.5),
+                pct(0.95),
+                d[d.len() - 1],
+                d.iter().sum::<f64>()
+            )?;
+            for e in &self.slowest {
+                let q: String = e
+                    .query()
+                    .unwrap_or(e.message.as_str())
+                    .chars()
+                    .take(100)
+                    .collect();
+                writeln!(
+                    f,
+                    "  {:>12.3} ms  pid {}  {}  {}",
+                    e.duration_ms.unwrap_or(0.0),
+                    e.pid.map_or("-".to_string(), |p| p.to_string()),
+                    e.application_name.as_deref().unwrap_or("-"),
+                    q.replace('\n', " ")
+                )?;
+            }
+        }
+        writeln!(f, "unparsable:  {} lines", self.n_unparsed)?;
+        for (off, text) in &self.unparsed_samples {
+            writeln!(f, "  at byte {off}: {text}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_entries_durations_and_unparsable_lines() {
+        let path = std::env::temp_dir().join(format!("logtail-analyze-{}.log", std::process::id()));
+        std::fs::write(
+            &path,
+            "garbage first\n\
+             2024-05-01 12:00:00.000 UTC [1] LOG:  duration: 5.000 ms  statement: SELECT 1\n\
+             2024-05-01 12:00:00.000 UTC [1] LOG:  duration: 50.000 ms  statement: SELECT 2\n\
+             2024-05-01 12:00:00.000 UTC [2] ERROR:  boom\n\
+             2024-05-01 12:00:00.000 UTC [2] STATEMENT:  SELECT 3\n",
+        )
+        .unwrap();
+        let a = analyze_log(&path, None, None).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(a.n_lines, 5);
+        assert_eq!(a.n_entries, 3);
+        assert_eq!(a.n_unparsed, 1);
+        assert_eq!(a.durations_ms, vec![5.0, 50.0]);
+        assert_eq!(a.slowest[0].query(), Some("SELECT 2"));
+        let text = a.to_string();
+        assert!(text.contains("severities:  LOG 2, ERROR 1"), "{text}");
+        assert!(text.contains("at byte 0: garbage first"), "{text}");
+        assert!(analyze_log(Path::new("/nonexistent/x.log"), None, None)
+            .unwrap_err()
+            .contains("/nonexistent/x.log"));
+    }
+}

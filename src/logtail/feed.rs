@@ -1,0 +1,258 @@
+//! The log collector's loop body: polls the tailer, keeps entries until the collection interval
+//! ends or the batch is full, then hands out the payloads together with the position to commit
+//! once they are in the spool.
+//!
+//! Invariants: at most `max_batch` entries (plus one tailer batch) are held in memory; a
+//! [`Flush`]'s position covers exactly the entries of its payloads and the ones before, so
+//! committing it after the spool append can neither lose nor repeat an entry; time is passed in,
+//! so the interval logic is testable without sleeping.
+
+use std::time::{Duration, Instant};
+
+use crate::payload::{unix_now, Payload};
+
+use super::build::{build_payloads, Origin, PayloadOptions};
+use super::discover::LogSource;
+use super::entry::Entry;
+use super::parse::{EntryParser, ParseStats};
+use super::tail::{Position, TailConfig, TailError, Tailer};
+
+/// How the feed batches.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedConfig {
+    /// Payloads are built at least this often when there is something to send. Defaults to the
+    /// collection interval (60 s).
+    pub interval: Duration,
+    /// A batch this big is flushed at once. Defaults to 2000 entries.
+    pub max_batch: usize,
+    /// A batch holding this much entry text is flushed at once (bounds memory whatever the
+    /// entries' size). Defaults to 8 MiB.
+    pub max_batch_bytes: usize,
+    /// How payloads are built.
+    pub payload: PayloadOptions,
+}
+
+impl Default for FeedConfig {
+    fn default() -> FeedConfig {
+        FeedConfig {
+            interval: Duration::from_secs(60),
+            max_batch: 2000,
+            max_batch_bytes: 8 * 1024 * 1024,
+            payload: PayloadOptions::default(),
+        }
+    }
+}
+
+/// Payloads to append to the spool, and the position to commit after that.
+///
+/// When the append fails, keep this flush and retry appending it before polling again: a later
+/// flush's position also covers this one's entries, so committing it would skip them.
+#[derive(Debug)]
+pub struct Flush {
+    /// The `pg_log` payloads (may be empty when only the position moved, e.g. past
+    /// unparsable lines that were already reported).
+    pub payloads: Vec<Payload>,
+    /// The position after the entries of these payloads.
+    pub position: Option<Position>,
+}
+
+/// Tailer + batching + payload building.
+pub struct LogFeed {
+    tailer: Tailer,
+    cfg: FeedConfig,
+    entries: Vec<Entry>,
+    held_bytes: usize,
+    stats: ParseStats,
+    position: Option<Position>,
+    committed: Option<Position>,
+    last_flush: Instant,
+}
+
+impl LogFeed {
+    /// A feed over `tailer`; the first interval starts at `now`.
+    pub fn new(tailer: Tailer, cfg: FeedConfig, now: Instant) -> LogFeed {
+        LogFeed {
+            tailer,
+            cfg,
+            entries: Vec::new(),
+            held_bytes: 0,
+            stats: ParseStats::default(),
+            position: None,
+            committed: None,
+            last_flush: now,
+        }
+    }
+
+    /// The feed the agent runs for what discovery found, with the `[collection]` settings: the
+    /// interval, the query text mode and length, the correlation prefix, and the position file
+    /// in the state directory. Logs which file is tailed, in which format, and what the prefix
+    /// lacks.
+    pub fn from_source(
+        src: &LogSource,
+        collection: &crate::config::CollectionConfig,
+        now: Instant,
+    ) -> LogFeed {
+        log::info!("server log: {}", src.description);
+        let parser = EntryParser::new(src.format, &src.prefix)
+            .with_correlation_prefix(&collection.correlation_prefix);
+        for w in parser.warnings() {
+            log::warn!("{w}");
+        }
+        let tail = TailConfig::new(src.follow.clone(), Some(collection.state_dir.clone()));
+        let cfg = FeedConfig {
+            interval: collection.interval,
+            payload: PayloadOptions::from_collection(collection),
+            ..FeedConfig::default()
+        };
+        LogFeed::new(Tailer::new(tail, parser), cfg, now)
+    }
+
+    /// The tailer (current file, parser warnings).
+    pub fn tailer(&self) -> &Tailer {
+        &self.tailer
+    }
+
+    /// Reads what is new. Returns a [`Flush`] when the interval since the last flush has passed
+    /// (and there is something to send or a position to save) or the batch is full.
+    pub fn poll(&mut self, now: Instant) -> Option<Flush> {
+        let max = self.cfg.max_batch.max(1);
+        loop {
+            let batch = self.tailer.poll();
+            self.held_bytes += batch.entries.iter().map(Entry::size).sum::<usize>();
+            self.entries.extend(batch.entries);
+            merge(&mut self.stats, self.tailer.take_stats());
+            if batch.position.is_some() {
+                self.position = batch.position;
+            }
+            if self.entries.len() >= max || self.held_bytes >= self.cfg.max_batch_bytes {
+                return Some(self.flush(now));
+            }
+            if !batch.more {
+                break;
+            }
+        }
+        let due = now.duration_since(self.last_flush) >= self.cfg.interval;
+        let something = !self.entries.is_empty()
+            || self.stats.n_unparsed > 0
+            || self.position != self.committed;
+        if due && something {
+            return Some(self.flush(now));
+        }
+        if due {
+            self.last_flush = now;
+        }
+        None
+    }
+
+    /// Builds the payloads of everything held now, whatever the interval (shutdown, tests).
+    pub fn flush(&mut self, now: Instant) -> Flush {
+        self.last_flush = now;
+        let entries = std::mem::take(&mut self.entries);
+        self.held_bytes = 0;
+        let stats = std::mem::take(&mut self.stats);
+        let payloads = if entries.is_empty() && stats.n_unparsed == 0 {
+            Vec::new()
+        } else {
+            let origin = Origin {
+                file: self.tailer.current_path().map(|p| p.display().to_string()),
+                format: self.tailer.parser().format(),
+            };
+            build_payloads(&entries, &stats, &origin, &self.cfg.payload, unix_now())
+        };
+        Flush {
+            payloads,
+            position: self.position.clone(),
+        }
+    }
+
+    /// Persists the position of `flush`: call it once its payloads are in the spool.
+    pub fn commit(&mut self, flush: &Flush) -> Result<(), TailError> {
+        if let Some(p) = &flush.position {
+            self.tailer.commit(p)?;
+            self.committed = Some(p.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Adds `more` to `into` (samples capped).
+fn merge(into: &mut ParseStats, more: ParseStats) {
+    into.n_lines += more.n_lines;
+    into.n_entries += more.n_entries;
+    into.n_unparsed += more.n_unparsed;
+    for s in more.samples {
+        if into.samples.len() < 20 {
+            into.samples.push(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logtail::parse::Format;
+    use crate::logtail::tail::Follow;
+    use std::io::Write;
+
+    #[test]
+    fn flushes_on_interval_and_when_full_and_commits() {
+        let dir = std::env::temp_dir().join(format!("logtail-feed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("pg.log");
+        let mut f = std::fs::File::create(&log).unwrap();
+        for i in 0..5 {
+            writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  m{i}").unwrap();
+        }
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        tc.start_at_end = false;
+        tc.settle = Duration::ZERO;
+        let tailer = Tailer::new(tc.clone(), EntryParser::new(Format::Stderr, "%m [%p] "));
+        let t0 = Instant::now();
+        let cfg = FeedConfig {
+            interval: Duration::from_secs(60),
+            max_batch: 3,
+            ..FeedConfig::default()
+        };
+        let mut feed = LogFeed::new(tailer, cfg, t0);
+        // Full batch: flushed at once (one tailer batch may overshoot the cap).
+        let fl = feed.poll(t0).expect("batch full");
+        assert_eq!(
+            fl.payloads[0].data.get("count"),
+            Some(&crate::json::Json::UInt(5))
+        );
+        feed.commit(&fl).unwrap();
+        // A smaller batch waits for the interval.
+        for i in 5..7 {
+            writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  m{i}").unwrap();
+        }
+        assert!(feed.poll(t0 + Duration::from_secs(1)).is_none());
+        let fl = feed
+            .poll(t0 + Duration::from_secs(61))
+            .expect("interval over");
+        assert_eq!(
+            fl.payloads[0].data.get("count"),
+            Some(&crate::json::Json::UInt(2))
+        );
+        feed.commit(&fl).unwrap();
+        // Nothing new: no flush even when due.
+        assert!(feed.poll(t0 + Duration::from_secs(200)).is_none());
+        // A restart resumes after the committed entries.
+        writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  m7").unwrap();
+        let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] "));
+        let mut feed = LogFeed::new(tailer, cfg, t0);
+        let fl = feed.flush_after_poll(t0);
+        let text = fl.payloads[0].data.to_json_string();
+        assert!(
+            text.contains("\"m7\"") && !text.contains("\"m6\""),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    impl LogFeed {
+        fn flush_after_poll(&mut self, now: Instant) -> Flush {
+            let _ = self.poll(now);
+            self.flush(now)
+        }
+    }
+}

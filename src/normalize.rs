@@ -1,0 +1,534 @@
+//! Query text handling before anything leaves the server: literal masking, truncation, and the
+//! correlation ID found in `application_name`.
+//!
+//! Invariants: [`normalize_into`] never copies a string or numeric literal to its output (each
+//! becomes one `?`), keeps identifiers (`t1`), parameters (`$1`), quoted identifiers and
+//! comments as they are, and never panics whatever the input (an unterminated literal is masked to
+//! the end of the text). Truncation always cuts on a character boundary. Everything works on bytes
+//! and splits only at ASCII bytes, so no regex and no per-character allocation.
+
+/// What to ship of a query text (`query_text = full | normalized | none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryTextMode {
+    /// The text as PostgreSQL reports it (may contain customer data).
+    Full,
+    /// String and numeric literals replaced with `?`. Defaults to this.
+    #[default]
+    Normalized,
+    /// No text at all (`null` in payloads).
+    None,
+}
+
+impl QueryTextMode {
+    /// The mode named `name` (`full`, `normalized` or `none`, case-insensitive).
+    pub fn parse(name: &str) -> Option<QueryTextMode> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "full" => Some(QueryTextMode::Full),
+            "normalized" | "normalised" => Some(QueryTextMode::Normalized),
+            "none" => Some(QueryTextMode::None),
+            _ => None,
+        }
+    }
+
+    /// The configuration spelling of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryTextMode::Full => "full",
+            QueryTextMode::Normalized => "normalized",
+            QueryTextMode::None => "none",
+        }
+    }
+}
+
+impl From<crate::config::QueryTextMode> for QueryTextMode {
+    fn from(m: crate::config::QueryTextMode) -> QueryTextMode {
+        match m {
+            crate::config::QueryTextMode::Full => QueryTextMode::Full,
+            crate::config::QueryTextMode::Normalized => QueryTextMode::Normalized,
+            crate::config::QueryTextMode::None => QueryTextMode::None,
+        }
+    }
+}
+
+/// Default maximum length of a shipped query text, in characters.
+pub const DEFAULT_MAX_CHARS: usize = 1000;
+
+/// Appended to a text that was cut (the Python agent's marker, kept for dashboards).
+pub const TRUNCATION_MARKER: &str = "...[truncated]";
+
+/// How query texts are rendered: the mode and the length cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryText {
+    /// Full, normalized or none.
+    pub mode: QueryTextMode,
+    /// Maximum characters kept before [`TRUNCATION_MARKER`]; 0 means no limit.
+    pub max_chars: usize,
+}
+
+impl Default for QueryText {
+    fn default() -> Self {
+        QueryText {
+            mode: QueryTextMode::Normalized,
+            max_chars: DEFAULT_MAX_CHARS,
+        }
+    }
+}
+
+impl QueryText {
+    /// The `query_text` and `query_max_chars` settings of `[collection]`.
+    pub fn from_collection(c: &crate::config::CollectionConfig) -> QueryText {
+        QueryText {
+            mode: c.query_text.into(),
+            max_chars: c.query_max_chars,
+        }
+    }
+
+    /// Renders `sql` into `out` (cleared first) according to the mode, then truncates.
+    /// Returns false (and leaves `out` empty) when the mode is `none`.
+    pub fn render_into(&self, sql: &str, out: &mut String) -> bool {
+        out.clear();
+        match self.mode {
+            QueryTextMode::None => return false,
+            QueryTextMode::Full => out.push_str(sql),
+            QueryTextMode::Normalized => normalize_into(sql, out),
+        }
+        truncate_chars(out, self.max_chars);
+        true
+    }
+
+    /// Renders `sql` into a new string; `None` when the mode is `none`.
+    pub fn render(&self, sql: &str) -> Option<String> {
+        let mut out = String::new();
+        self.render_into(sql, &mut out).then_some(out)
+    }
+}
+
+/// Cuts `s` after `max_chars` characters and appends [`TRUNCATION_MARKER`]; 0 means no limit.
+pub fn truncate_chars(s: &mut String, max_chars: usize) {
+    if max_chars == 0 || s.len() <= max_chars {
+        // A string of at most `max_chars` bytes has at most that many characters.
+        return;
+    }
+    if let Some((cut, _)) = s.char_indices().nth(max_chars) {
+        s.truncate(cut);
+        s.push_str(TRUNCATION_MARKER);
+    }
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    // Bytes >= 0x80 belong to non-ASCII letters, which PostgreSQL allows in identifiers.
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// `sql` with every string and numeric literal replaced by `?` (see [`normalize_into`]); the
+/// `fn(&str) -> String` the log payload builder takes.
+pub fn normalize(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    normalize_into(sql, &mut out);
+    out
+}
+
+/// Appends `sql` to `out` with every string and numeric literal replaced by `?`.
+///
+/// Recognised: `'...'` (with `''`), `E'...'` (with backslash escapes), `B'..'`, `X'..'`, `N'..'`,
+/// `U&'..'`, dollar quotes `$tag$...$tag$`, integers, decimals, exponents, `0x..` and `1_000`.
+/// Kept: identifiers (`t1`, `col_2`), parameters (`$1`), `"quoted identifiers"`, comments.
+pub fn normalize_into(sql: &str, out: &mut String) {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    // Start of the run of bytes not yet copied; copying runs keeps the common path cheap.
+    let mut copied = 0;
+    while i < n {
+        let c = b[i];
+        let prev_ident = i > 0 && is_ident_byte(b[i - 1]);
+        match c {
+            b'\'' => {
+                out.push_str(&sql[copied..i]);
+                i = skip_quoted(b, i + 1, false);
+                out.push('?');
+                copied = i;
+            }
+            b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'
+                if !prev_ident && i + 1 < n && b[i + 1] == b'\'' =>
+            {
+                out.push_str(&sql[copied..i]);
+                i = skip_quoted(b, i + 2, c == b'e' || c == b'E');
+                out.push('?');
+                copied = i;
+            }
+            b'u' | b'U' if !prev_ident && i + 2 < n && b[i + 1] == b'&' && b[i + 2] == b'\'' => {
+                out.push_str(&sql[copied..i]);
+                i = skip_quoted(b, i + 3, false);
+                // A UESCAPE clause may follow; it is a literal too but carries no data.
+                out.push('?');
+                copied = i;
+            }
+            b'"' => {
+                // A quoted identifier: copied as it is, `""` included.
+                i = skip_until_quote(b, i + 1, b'"');
+            }
+            b'-' if i + 1 < n && b[i + 1] == b'-' => {
+                while i < n && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if i + 1 < n && b[i + 1] == b'*' => {
+                i = skip_block_comment(b, i + 2);
+            }
+            b'$' if !prev_ident => {
+                if let Some((body_end, tag_len)) = dollar_quote(b, i) {
+                    out.push_str(&sql[copied..i]);
+                    out.push('?');
+                    i = body_end + tag_len;
+                    copied = i;
+                } else {
+                    // `$1` (a parameter) or a stray dollar: keep the digits with it.
+                    i += 1;
+                    while i < n && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+            }
+            b'0'..=b'9' if !prev_ident => {
+                out.push_str(&sql[copied..i]);
+                i = skip_number(b, i);
+                out.push('?');
+                copied = i;
+            }
+            b'.' if !prev_ident && i + 1 < n && b[i + 1].is_ascii_digit() => {
+                out.push_str(&sql[copied..i]);
+                i = skip_number(b, i);
+                out.push('?');
+                copied = i;
+            }
+            _ => {
+                if is_ident_byte(c) {
+                    // Skip the whole word so digits inside it (`t1`) are never taken for numbers.
+                    while i < n && is_ident_byte(b[i]) {
+                        i += 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+    out.push_str(&sql[copied.min(n)..]);
+}
+
+/// Index just past the closing quote of a `'...'` body starting at `i` (or the end).
+fn skip_quoted(b: &[u8], mut i: usize, backslash_escapes: bool) -> usize {
+    let n = b.len();
+    while i < n {
+        match b[i] {
+            b'\\' if backslash_escapes => i += 2,
+            b'\'' if i + 1 < n && b[i + 1] == b'\'' => i += 2,
+            b'\'' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    n
+}
+
+fn skip_until_quote(b: &[u8], mut i: usize, q: u8) -> usize {
+    let n = b.len();
+    while i < n {
+        if b[i] == q {
+            if i + 1 < n && b[i + 1] == q {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
+    // PostgreSQL block comments nest.
+    let n = b.len();
+    let mut depth = 1usize;
+    while i < n {
+        if b[i] == b'/' && i + 1 < n && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && i + 1 < n && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    n
+}
+
+/// If a dollar quote opens at `start`, the index of its closing tag and the tag's length.
+/// An unterminated dollar quote runs to the end of the text (closing tag length 0).
+fn dollar_quote(b: &[u8], start: usize) -> Option<(usize, usize)> {
+    let n = b.len();
+    let mut j = start + 1;
+    if j < n && b[j].is_ascii_digit() {
+        return None;
+    }
+    while j < n && b[j] != b'$' {
+        if !(b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+            return None;
+        }
+        j += 1;
+    }
+    if j >= n {
+        return None;
+    }
+    let tag = &b[start..=j];
+    let mut k = j + 1;
+    while k + tag.len() <= n {
+        if b[k] == b'$' && &b[k..k + tag.len()] == tag {
+            return Some((k, tag.len()));
+        }
+        k += 1;
+    }
+    Some((n, 0))
+}
+
+fn skip_number(b: &[u8], mut i: usize) -> usize {
+    let n = b.len();
+    while i < n {
+        let c = b[i];
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            // An exponent sign belongs to the number: `1e-5`.
+            if (c == b'e' || c == b'E')
+                && i + 1 < n
+                && (b[i + 1] == b'+' || b[i + 1] == b'-')
+                && i + 2 < n
+                && b[i + 2].is_ascii_digit()
+            {
+                i += 2;
+            }
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// The correlation ID pattern: `<prefix>` followed by 36 characters of `[a-f0-9-]`, found
+/// anywhere in `application_name` (the Python agent's `bitville-([a-f0-9-]{36})`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationPattern {
+    /// The text before the ID. Defaults to `bitville-`.
+    pub prefix: String,
+}
+
+/// Default correlation prefix set by the PHP agent.
+pub const DEFAULT_CORRELATION_PREFIX: &str = "bitville-";
+
+/// Length of the ID after the prefix (a UUID with dashes).
+pub const CORRELATION_ID_LEN: usize = 36;
+
+impl Default for CorrelationPattern {
+    fn default() -> Self {
+        CorrelationPattern {
+            prefix: DEFAULT_CORRELATION_PREFIX.to_string(),
+        }
+    }
+}
+
+impl CorrelationPattern {
+    /// The first correlation ID in `application_name`, if any.
+    pub fn extract<'a>(&self, application_name: &'a str) -> Option<&'a str> {
+        extract_correlation_id(application_name, &self.prefix)
+    }
+}
+
+/// The first `<prefix>[a-f0-9-]{36}` in `text`, returning the 36 characters.
+pub fn extract_correlation_id<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let b = text.as_bytes();
+    let p = prefix.as_bytes();
+    if p.is_empty() && b.len() < CORRELATION_ID_LEN {
+        return None;
+    }
+    let mut from = 0;
+    while from + p.len() + CORRELATION_ID_LEN <= b.len() {
+        let at = from + find_bytes(&b[from..], p)?;
+        let id_start = at + p.len();
+        let id_end = id_start + CORRELATION_ID_LEN;
+        if id_end <= b.len()
+            && b[id_start..id_end]
+                .iter()
+                .all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b'-')
+        {
+            // All bytes are ASCII, so these are character boundaries.
+            return Some(&text[id_start..id_end]);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &str) -> String {
+        let mut out = String::new();
+        normalize_into(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn normalize_allocates_the_same_text() {
+        assert_eq!(normalize("SELECT 'a', 1"), norm("SELECT 'a', 1"));
+    }
+
+    #[test]
+    fn masks_string_literals_with_doubled_quotes() {
+        assert_eq!(
+            norm("SELECT * FROM users WHERE name = 'O''Brien' AND x = 'a'"),
+            "SELECT * FROM users WHERE name = ? AND x = ?"
+        );
+    }
+
+    #[test]
+    fn masks_escape_strings_with_backslashes() {
+        assert_eq!(norm(r"SELECT E'it\'s secret', 1"), "SELECT ?, ?");
+        assert_eq!(norm(r"SELECT e'a\\' , 'b'"), "SELECT ? , ?");
+        // Without E, a backslash is an ordinary character.
+        assert_eq!(norm(r"SELECT 'a\' , 'b'"), "SELECT ? , ?");
+    }
+
+    #[test]
+    fn masks_prefixed_literals_but_not_identifiers_ending_in_e() {
+        assert_eq!(
+            norm("SELECT B'101', X'1F', N'x', U&'d\\0061'"),
+            "SELECT ?, ?, ?, ?"
+        );
+        // `type'..'` is an identifier followed by a literal, not an E'' string.
+        assert_eq!(norm("SELECT date'2024-01-01'"), "SELECT date?");
+    }
+
+    #[test]
+    fn masks_dollar_quotes_and_keeps_parameters() {
+        assert_eq!(
+            norm("SELECT $$secret$$, $tag$a $$ b$tag$, $1, $23"),
+            "SELECT ?, ?, $1, $23"
+        );
+        assert_eq!(norm("SELECT $x$never closed"), "SELECT ?");
+    }
+
+    #[test]
+    fn masks_numbers_but_not_identifiers() {
+        assert_eq!(
+            norm("SELECT t1.c2, 42, -3.5, .5, 1e-5, 0x1F, 1_000 FROM t1 WHERE id IN (1,2)"),
+            "SELECT t1.c2, ?, -?, ?, ?, ?, ? FROM t1 WHERE id IN (?,?)"
+        );
+    }
+
+    #[test]
+    fn keeps_quoted_identifiers_and_comments() {
+        assert_eq!(
+            norm(r#"SELECT "col ""1""" FROM "t'2" /* a 'b' /* nested 3 */ */ -- it's 5"#),
+            r#"SELECT "col ""1""" FROM "t'2" /* a 'b' /* nested 3 */ */ -- it's 5"#
+        );
+        assert_eq!(norm("SELECT 1 -- x\n, 2"), "SELECT ? -- x\n, ?");
+    }
+
+    #[test]
+    fn unterminated_literals_are_masked_to_the_end() {
+        assert_eq!(norm("SELECT 'abc"), "SELECT ?");
+        assert_eq!(norm("SELECT E'abc\\"), "SELECT ?");
+        assert_eq!(norm("'"), "?");
+        assert_eq!(norm(""), "");
+    }
+
+    #[test]
+    fn non_ascii_text_survives() {
+        assert_eq!(norm("SELECT 'ünïcode' AS größe, 5"), "SELECT ? AS größe, ?");
+    }
+
+    #[test]
+    fn truncates_on_char_boundary_with_marker() {
+        let mut s = "ééééé".to_string();
+        truncate_chars(&mut s, 3);
+        assert_eq!(s, format!("ééé{TRUNCATION_MARKER}"));
+        let mut short = "abc".to_string();
+        truncate_chars(&mut short, 3);
+        assert_eq!(short, "abc");
+        let mut unlimited = "abcdef".to_string();
+        truncate_chars(&mut unlimited, 0);
+        assert_eq!(unlimited, "abcdef");
+    }
+
+    #[test]
+    fn render_applies_mode_then_truncation() {
+        let qt = QueryText {
+            mode: QueryTextMode::Normalized,
+            max_chars: 10,
+        };
+        assert_eq!(
+            qt.render("SELECT 'x', 12345").as_deref(),
+            Some("SELECT ?, ...[truncated]")
+        );
+        let none = QueryText {
+            mode: QueryTextMode::None,
+            max_chars: 10,
+        };
+        assert_eq!(none.render("SELECT 1"), None);
+        let full = QueryText {
+            mode: QueryTextMode::Full,
+            max_chars: 0,
+        };
+        assert_eq!(full.render("SELECT 'x'").as_deref(), Some("SELECT 'x'"));
+        assert_eq!(QueryTextMode::parse(" None "), Some(QueryTextMode::None));
+        assert_eq!(QueryTextMode::parse("raw"), None);
+    }
+
+    #[test]
+    fn extracts_correlation_id_like_the_python_pattern() {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert_eq!(
+            extract_correlation_id(&format!("bitville-{id}"), "bitville-"),
+            Some(id)
+        );
+        assert_eq!(
+            extract_correlation_id(&format!("php bitville-{id}-extra"), "bitville-"),
+            Some(id)
+        );
+        // Upper case is outside [a-f0-9-], like the regex.
+        assert_eq!(
+            extract_correlation_id(&format!("bitville-{}", id.to_uppercase()), "bitville-"),
+            None
+        );
+        assert_eq!(
+            extract_correlation_id("bitville-monitor", "bitville-"),
+            None
+        );
+        assert_eq!(
+            extract_correlation_id("bitville-0f8fad5b", "bitville-"),
+            None
+        );
+        // A first false match does not hide a later true one.
+        assert_eq!(
+            extract_correlation_id(&format!("bitville-x bitville-{id}"), "bitville-"),
+            Some(id)
+        );
+        let custom = CorrelationPattern {
+            prefix: "acme:".into(),
+        };
+        assert_eq!(custom.extract(&format!("acme:{id}")), Some(id));
+        assert_eq!(custom.extract(&format!("bitville-{id}")), None);
+        assert_eq!(extract_correlation_id("bitville-ü", "bitville-"), None);
+    }
+}
