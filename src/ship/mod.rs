@@ -313,6 +313,30 @@ pub fn classify_reply(url: &str, reply: http::Reply, now: SystemTime) -> Result<
     }
 }
 
+/// What [`Shipper::run`] watches to know it should return.
+pub trait StopSignal {
+    /// Whether a stop was requested.
+    fn is_stopped(&self) -> bool;
+}
+
+impl StopSignal for AtomicBool {
+    fn is_stopped(&self) -> bool {
+        self.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: StopSignal + ?Sized> StopSignal for Arc<T> {
+    fn is_stopped(&self) -> bool {
+        (**self).is_stopped()
+    }
+}
+
+impl StopSignal for crate::shutdown::Shutdown {
+    fn is_stopped(&self) -> bool {
+        crate::shutdown::Shutdown::is_stopped(self)
+    }
+}
+
 /// Counters of what the shipper did since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShipStats {
@@ -409,12 +433,12 @@ impl Shipper {
         self.breaker.state()
     }
 
-    /// Ships until `stop` is set: oldest record first, paced, behind the breaker. Returns
-    /// within about 100 ms of `stop`, or after the request in flight ends (bounded by the
-    /// timeout).
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Ships until `stop` is set (an `AtomicBool` or the daemon's `Shutdown`): oldest record
+    /// first, paced, behind the breaker. Returns within about 100 ms of `stop`, or after the
+    /// request in flight ends (bounded by the timeout).
+    pub fn run<S: StopSignal + ?Sized>(&mut self, stop: &S) {
         log::info!("shipper started for {}", self.client.url());
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_stopped() {
             let now = Instant::now();
             let wait = self.pacer.wait(now);
             if !wait.is_zero() {
@@ -553,10 +577,10 @@ impl LastLogged for Option<Instant> {
 }
 
 /// Sleeps `total`, in slices, returning early once `stop` is set.
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+fn sleep_unless_stopped<S: StopSignal + ?Sized>(total: Duration, stop: &S) {
     let deadline = Instant::now() + total;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return;
         }
         let now = Instant::now();
@@ -622,6 +646,15 @@ mod tests {
         let text = format!("{o:?}");
         assert!(!text.contains("s3cret-key"), "{text}");
         assert!(text.contains("***"));
+    }
+
+    #[test]
+    fn the_daemon_shutdown_token_is_a_stop_signal() {
+        let token = crate::shutdown::Shutdown::new();
+        assert!(!StopSignal::is_stopped(&token));
+        token.stop();
+        assert!(StopSignal::is_stopped(&token));
+        assert!(StopSignal::is_stopped(&Arc::new(AtomicBool::new(true))));
     }
 
     #[test]
