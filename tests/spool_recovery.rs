@@ -391,3 +391,28 @@ fn sigkill_during_appends_loses_no_appended_record() {
     assert!(rest.windows(2).all(|w| w[1] == w[0] + 1));
     assert!(*rest.last().unwrap() >= reported_max);
 }
+
+#[test]
+fn a_huge_foreign_file_named_like_a_segment_is_not_read() {
+    let dir = temp_dir("huge");
+    spool_with(&dir, 3);
+    let n_before = segments(&dir).len();
+    let huge = dir.join("seg-00000000000000000099.spool");
+    // Sparse: costs no disk, but reading it into memory would cost a gigabyte.
+    fs::File::create(&huge)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    let spool = Spool::open(options(&dir)).unwrap();
+    assert_eq!(spool.stats().n_segments, n_before);
+    assert_eq!(drain(&spool), vec![1, 2, 3]);
+    // New segments get names above it, never colliding with it.
+    assert_eq!(spool.append(&payload(4)).unwrap(), 4);
+    assert!(dir.join("seg-00000000000000000100.spool").exists());
+    assert_eq!(
+        fs::metadata(&huge).unwrap().len(),
+        (1 << 30) + 1,
+        "left alone"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,9 @@ use frame::{HeaderCheck, FRAME_HEADER_LEN, HEADER_LEN};
 pub const LOCK_FILE: &str = "lock";
 /// The dead-letter file's name: one JSON line per payload the listener rejected for good.
 pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+/// A segment file larger than this (1 GiB) was not written by the spool, whose segments stay
+/// near `segment_bytes` plus at most one record; it is not read into memory.
+const MAX_SEGMENT_FILE: u64 = 1 << 30;
 
 /// Where the spool lives and how big it may grow.
 #[derive(Debug, Clone)]
@@ -436,6 +439,8 @@ impl Spool {
             }
         }
         ids.sort_unstable();
+        // Above every name in the directory, also the ones not taken into the spool.
+        let next_seg_id = ids.last().map_or(1, |id| id + 1);
 
         let saved = match cursor::read(&dir) {
             Ok(Some(c)) => Some(c),
@@ -500,7 +505,7 @@ impl Spool {
         let mut inner = Inner {
             dir: dir.clone(),
             opts,
-            next_seg_id: segments.back().map_or(1, |s: &Segment| s.id + 1),
+            next_seg_id,
             segments,
             active: None,
             next_seq,
@@ -648,6 +653,18 @@ fn scan_segment(
     gap_open: &mut bool,
     found: &mut DropCounts,
 ) -> Result<Option<Segment>, SpoolError> {
+    let size = fs::metadata(&path)
+        .map_err(|e| SpoolError::io("read segment", &path, e))?
+        .len();
+    if size > MAX_SEGMENT_FILE {
+        // Not something this spool wrote (segments stay near `segment_bytes`): reading it into
+        // memory could exhaust it. Leave it alone and out of the spool.
+        log::error!(
+            "segment {}: {size} bytes, far larger than any segment; ignored (move it away)",
+            path.display()
+        );
+        return Ok(None);
+    }
     let buf = fs::read(&path).map_err(|e| SpoolError::io("read segment", &path, e))?;
     let mut seg = Segment {
         id,
