@@ -25,10 +25,32 @@ const KEY: &str = "test-key";
 /// Liveness bound: only a broken agent gets anywhere near it.
 const LIVENESS: Duration = Duration::from_secs(60);
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("bv-ship-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    TempDir(dir)
 }
 
 fn open_spool(dir: &Path) -> Arc<Spool> {
@@ -466,7 +488,7 @@ fn stop_interrupts_a_long_retry_after_wait() {
 #[test]
 fn a_tiny_spool_drops_the_oldest_and_the_drop_reaches_the_listener() {
     let dir = temp_dir("tiny");
-    let mut o = SpoolOptions::new(&dir);
+    let mut o = SpoolOptions::new(dir.to_path_buf());
     o.max_bytes = 16 * 1024;
     let spool = Arc::new(Spool::open(o).unwrap());
     let total = 200u64;
@@ -504,7 +526,7 @@ fn a_tiny_spool_drops_the_oldest_and_the_drop_reaches_the_listener() {
 #[test]
 fn concurrent_appenders_and_the_shipper_deliver_every_seq_exactly_once_in_order() {
     let dir = temp_dir("concurrent");
-    let mut so = SpoolOptions::new(&dir);
+    let mut so = SpoolOptions::new(dir.to_path_buf());
     // Small segments: rotation and deletion happen while the shipper reads.
     so.segment_bytes = 4096;
     let spool = Arc::new(Spool::open(so).unwrap());

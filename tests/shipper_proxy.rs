@@ -22,8 +22,12 @@ use listener::TestListener;
 const LIVENESS: Duration = Duration::from_secs(60);
 const TARGET: &str = "http://listener.invalid:8443/ingest/postgres";
 
+fn spool_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bv-proxy-{}-{name}", std::process::id()))
+}
+
 fn spool(name: &str) -> Arc<Spool> {
-    let dir = std::env::temp_dir().join(format!("bv-proxy-{}-{name}", std::process::id()));
+    let dir = spool_dir(name);
     let _ = std::fs::remove_dir_all(&dir);
     let mut o = SpoolOptions::new(dir);
     o.agent = AgentInfo {
@@ -108,4 +112,7 @@ fn proxy_environment_is_honoured_with_no_proxy_and_can_be_switched_off() {
     assert_eq!(connects(&proxy), 1, "no new CONNECT");
     assert_eq!(s.stats.n_failures, 1);
     std::env::remove_var("HTTP_PROXY");
+    for name in ["via", "bypass", "off"] {
+        let _ = std::fs::remove_dir_all(spool_dir(name));
+    }
 }

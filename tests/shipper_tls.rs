@@ -189,11 +189,33 @@ impl Drop for TlsServer {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("bv-tls-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn spool_with_one(dir: &Path) -> Arc<Spool> {
@@ -260,7 +282,8 @@ fn a_private_ca_file_is_trusted_and_nothing_else_is() {
     let port = server.port;
 
     // The system roots do not know the private CA: the handshake fails, nothing is acked.
-    let spool = spool_with_one(&temp_dir("ca-system"));
+    let ca_system = temp_dir("ca-system");
+    let spool = spool_with_one(&ca_system);
     let s = ship_until(
         &spool,
         options(port, None),
@@ -277,7 +300,8 @@ fn a_private_ca_file_is_trusted_and_nothing_else_is() {
     assert_eq!(spool.stats().n_pending, 1);
 
     // Another CA does not help either.
-    let spool = spool_with_one(&temp_dir("ca-other"));
+    let ca_other = temp_dir("ca-other");
+    let spool = spool_with_one(&ca_other);
     let other = Some(dir.join("other-ca.pem"));
     let s = ship_until(
         &spool,
@@ -294,7 +318,8 @@ fn a_private_ca_file_is_trusted_and_nothing_else_is() {
     );
 
     // The operator's CA file: the request arrives over TLS and the 200 acknowledges it.
-    let spool = spool_with_one(&temp_dir("ca-private"));
+    let ca_private = temp_dir("ca-private");
+    let spool = spool_with_one(&ca_private);
     let private = Some(dir.join("private-ca.pem"));
     let (tx, rx) = mpsc::channel();
     let s = ship_until(

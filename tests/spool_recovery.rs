@@ -12,10 +12,32 @@ use bitville_pg_agent::json::Json;
 use bitville_pg_agent::payload::{AgentInfo, Payload, Source};
 use bitville_pg_agent::spool::{Spool, SpoolError, SpoolOptions};
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("bv-recovery-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    dir
+    let _ = std::fs::remove_dir_all(&dir);
+    TempDir(dir)
 }
 
 fn options(dir: &Path) -> SpoolOptions {
@@ -325,7 +347,7 @@ fn sigkill_during_appends_loses_no_appended_record() {
                 "sigkill_during_appends_loses_no_appended_record",
                 "--nocapture",
             ])
-            .env("BV_SPOOL_APPENDER_DIR", &dir)
+            .env("BV_SPOOL_APPENDER_DIR", dir.as_os_str())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
