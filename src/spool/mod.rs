@@ -1417,4 +1417,58 @@ mod tests {
         );
         let _ = fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn dead_letters_are_json_lines_and_rotate() {
+        let dir = temp_dir("deadletter");
+        let mut o = opts(&dir);
+        o.dead_letter_max_bytes = 200;
+        let spool = Spool::open(o).unwrap();
+        for n in 1..=3 {
+            spool.append(&payload(n)).unwrap();
+            let r = spool.peek().unwrap().unwrap();
+            spool
+                .dead_letter(&r, "{\"sent\":1}", 400, "{\"details\":\"x\"}")
+                .unwrap();
+        }
+        assert_eq!(spool.peek().unwrap(), None, "dead letters are acknowledged");
+        assert_eq!(spool.stats().n_dead_letters, 3);
+        let current = fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
+        let old = fs::read_to_string(dir.join(format!("{DEAD_LETTER_FILE}.1"))).unwrap();
+        let lines: Vec<&str> = old.lines().chain(current.lines()).collect();
+        assert!(lines.len() >= 2 && lines.len() <= 3, "{lines:?}");
+        let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last["seq"], 3);
+        assert_eq!(last["status"], 400);
+        assert_eq!(last["payload"], "{\"sent\":1}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_in_flight_whose_segment_is_dropped_can_still_be_acked() {
+        let dir = temp_dir("inflight");
+        let mut o = opts(&dir);
+        o.max_bytes = 16 * 1024;
+        let spool = Spool::open(o).unwrap();
+        spool.append(&payload(0)).unwrap();
+        let in_flight = spool.peek().unwrap().unwrap();
+        assert_eq!(in_flight.seq, 1);
+        // The spool fills up while the record is being sent: its segment is dropped.
+        for n in 1..200 {
+            spool.append(&payload(n)).unwrap();
+        }
+        spool.ack(&in_flight).unwrap();
+        let next = spool.peek().unwrap().unwrap();
+        assert!(next.seq > 2, "the reader moved past the dropped segments");
+        assert!(next.report.records > 0, "{:?}", next.report);
+        let mut last = next.seq;
+        spool.ack(&next).unwrap();
+        while let Some(r) = spool.peek().unwrap() {
+            assert_eq!(r.seq, last + 1);
+            last = r.seq;
+            spool.ack(&r).unwrap();
+        }
+        assert_eq!(last, 200);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
