@@ -346,7 +346,8 @@ impl CorrelationPattern {
     }
 }
 
-/// The first `<prefix>[a-f0-9-]{36}` in `text`, returning the 36 characters.
+/// The first `<prefix>[a-f0-9-]{36}` in `text`, returning the 36 characters: exactly what the
+/// Python agent's `re.search(r"bitville-([a-f0-9-]{36})")` captured, the ID the PHP agent reports.
 pub fn extract_correlation_id<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let b = text.as_bytes();
     let p = prefix.as_bytes();
@@ -530,5 +531,29 @@ mod tests {
         assert_eq!(custom.extract(&format!("acme:{id}")), Some(id));
         assert_eq!(custom.extract(&format!("bitville-{id}")), None);
         assert_eq!(extract_correlation_id("bitville-ü", "bitville-"), None);
+    }
+
+    #[test]
+    fn correlation_ids_are_the_uuid_matched_whole() {
+        let uuid = "0123abcd-0123-4567-89ab-0123456789ab";
+        let app = format!("bitville-{uuid}");
+        assert_eq!(extract_correlation_id(&app, "bitville-"), Some(uuid));
+        let text = format!("/* {app} */ SELECT 1");
+        assert_eq!(extract_correlation_id(&text, "bitville-"), Some(uuid));
+        // Like the regex, a longer run of id characters yields its first 36.
+        assert_eq!(
+            extract_correlation_id(&format!("{app}0"), "bitville-"),
+            Some(uuid)
+        );
+        assert_eq!(
+            extract_correlation_id("bitville-monitor", "bitville-"),
+            None
+        );
+        let upper = "bitville-0123ABCD-0123-4567-89ab-0123456789ab";
+        assert_eq!(extract_correlation_id(upper, "bitville-"), None);
+        assert_eq!(
+            extract_correlation_id(&format!("req-{uuid}"), "req-"),
+            Some(uuid)
+        );
     }
 }

@@ -3,12 +3,12 @@
 
 use bitville_pg_agent::logtail::csvlog::CsvRecord;
 use bitville_pg_agent::logtail::entry::{
-    find_correlation_id, parse_statement_message, timestamp_to_unix, Level, MAX_ENTRY_BYTES,
+    parse_statement_message, timestamp_to_unix, Level, MAX_ENTRY_BYTES,
 };
 use bitville_pg_agent::logtail::jsonlog::parse_flat_object;
-use bitville_pg_agent::logtail::normalize_stub::normalize_literals;
 use bitville_pg_agent::logtail::prefix::PrefixParser;
 use bitville_pg_agent::logtail::{EntryParser, Format};
+use bitville_pg_agent::normalize::{extract_correlation_id, normalize};
 
 /// xorshift64*: tiny, deterministic, good enough to explore inputs.
 struct Rng(u64);
@@ -195,11 +195,11 @@ fn random_bytes_never_panic_and_respect_the_cap() {
         let mut r = CsvRecord::new();
         r.push(&bytes, true);
         let _ = r.take("bitville-");
-        let norm = normalize_literals(&text);
+        let norm = normalize(&text);
         // Every literal becomes one `?`: the text never grows.
         assert!(norm.len() <= text.len(), "normalized text grew: {norm:?}");
         let _ = parse_statement_message(&text);
-        let _ = find_correlation_id(&text, "bitville-");
+        let _ = extract_correlation_id(&text, "bitville-");
         let head: String = text.chars().take(40).collect();
         let _ = timestamp_to_unix(&head);
     }

@@ -151,7 +151,10 @@ fn check_format(destination: &str, prefix: &str, has_app: bool, has_sqlstate: bo
     assert!(plain.duration_ms.is_some());
     if has_app {
         assert_eq!(plain.application_name.as_deref(), Some(app.as_str()));
-        assert_eq!(plain.correlation_id.as_deref(), Some(app.as_str()));
+        assert_eq!(
+            plain.correlation_id.as_deref(),
+            app.strip_prefix("bitville-")
+        );
     } else {
         assert_eq!(
             plain.correlation_id, None,
@@ -210,7 +213,10 @@ fn check_format(destination: &str, prefix: &str, has_app: bool, has_sqlstate: bo
             .iter()
             .find(|p| matches!(p.data.get("query"), Some(Json::Str(q)) if q.contains("pg_sleep")))
             .expect("a correlated payload for the slow statement");
-        assert_eq!(slow_payload.correlation_id.as_deref(), Some(app.as_str()));
+        assert_eq!(
+            slow_payload.correlation_id.as_deref(),
+            app.strip_prefix("bitville-")
+        );
         match slow_payload.data.get("duration_ms") {
             Some(Json::Float(d)) => assert!(*d >= 300.0, "{d}"),
             other => panic!("duration_ms {other:?}"),

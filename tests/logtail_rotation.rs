@@ -133,6 +133,10 @@ fn expected(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("line {i:06}")).collect()
 }
 
+/// Waits until the reader has received `n` lines. Before rotating a file whose first line is `k`,
+/// wait for `k + 1` lines: the reader then got line `k`, so it has that very file open (with `k`
+/// only, it may still be on the file before, and the rotation would be its second one within a
+/// poll, or the first file would be renamed before the reader ever opened it).
 fn wait_for(seen: &AtomicUsize, n: usize) {
     while seen.load(Ordering::SeqCst) < n {
         std::thread::sleep(Duration::from_millis(1));
@@ -155,7 +159,7 @@ fn rename_rotation_while_writing_loses_and_repeats_nothing() {
             if i % 700 == 0 {
                 // Do not rotate twice before the reader reached the previous file: with rename
                 // rotation the middle file would have no name the tailer can know.
-                wait_for(&seen, i - 700);
+                wait_for(&seen, i - 700 + 1);
                 fs::rename(&log2, log2.with_extension(format!("log.{i}"))).unwrap();
             }
             append(&log2, &line(i));
@@ -179,7 +183,9 @@ fn copytruncate_while_writing_reads_the_rest_from_the_copy() {
     let got = run_concurrently(tailer, total, move |seen| {
         for i in 1..total {
             if i % 800 == 0 {
-                wait_for(&seen, i - 800);
+                // Two copytruncates before the reader saw this generation would leave it only in
+                // the second copy, which the tailer cannot know.
+                wait_for(&seen, i - 800 + 1);
                 // logrotate's copytruncate: copy, then truncate in place. The lock closes the
                 // window between the two, which copytruncate itself cannot.
                 let _g = lock.lock().unwrap();
@@ -228,7 +234,8 @@ fn new_file_rotation_in_a_directory_and_via_current_logfiles() {
             let mut file = first;
             for i in 1..total {
                 if i % 600 == 0 {
-                    wait_for(&seen, i - 600);
+                    // The same: the middle file would be skipped for the newest one.
+                    wait_for(&seen, i - 600 + 1);
                     // PostgreSQL's own rotation: a new file, then current_logfiles updated
                     // atomically; the old file is never written again.
                     let name = format!("postgresql-{:04}.log", i);

@@ -22,8 +22,8 @@ pub use crate::config::QueryTextMode as QueryText;
 pub struct PayloadOptions {
     /// Query text policy. Defaults to [`QueryText::Normalized`].
     pub query_text: QueryText,
-    /// The literal normalizer. Defaults to the stub in `normalize_stub`; the lead replaces it
-    /// with `crate::normalize`'s function.
+    /// The literal normalizer. Defaults to [`crate::normalize::normalize`] (the same one the
+    /// activity sampler uses).
     pub normalize: fn(&str) -> String,
     /// Longest query text shipped, in characters (longer ones end in `...[truncated]`).
     /// Defaults to 1000.
@@ -39,7 +39,7 @@ impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            normalize: super::normalize_stub::normalize_literals,
+            normalize: crate::normalize::normalize,
             max_query_chars: 1000,
             max_entries_per_payload: 500,
             max_correlated: 100,
@@ -326,7 +326,7 @@ mod tests {
         assert!(text.contains(r#""parse_failures":1"#));
         assert_eq!(ps[0].correlation_id, None);
         let c = &ps[1];
-        assert_eq!(c.correlation_id.as_deref(), Some(ID));
+        assert_eq!(c.correlation_id.as_deref(), ID.strip_prefix("bitville-"));
         assert_eq!(c.collected_at, 1714564800.5);
         assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(1500.5)));
         assert_eq!(

@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(e.query_id, Some(-4711));
         assert_eq!(
             e.correlation_id.as_deref(),
-            Some("bitville-0123abcd-0123-4567-89ab-0123456789ab")
+            Some("0123abcd-0123-4567-89ab-0123456789ab")
         );
         assert_eq!(es[1].backend_type.as_deref(), Some("checkpointer"));
         assert_eq!(es[1].application_name, None);

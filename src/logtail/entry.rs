@@ -350,15 +350,16 @@ impl Entry {
             let found = self
                 .application_name
                 .as_deref()
-                .and_then(|a| find_correlation_id(a, correlation_prefix))
+                .and_then(|a| crate::normalize::extract_correlation_id(a, correlation_prefix))
                 .or_else(|| {
-                    self.query()
-                        .and_then(|q| find_correlation_id(q, correlation_prefix))
+                    self.query().and_then(|q| {
+                        crate::normalize::extract_correlation_id(q, correlation_prefix)
+                    })
                 })
                 .or_else(|| {
-                    self.statement
-                        .as_deref()
-                        .and_then(|q| find_correlation_id(q, correlation_prefix))
+                    self.statement.as_deref().and_then(|q| {
+                        crate::normalize::extract_correlation_id(q, correlation_prefix)
+                    })
                 });
             self.correlation_id = found.map(str::to_string);
         }
@@ -434,32 +435,6 @@ pub fn parse_statement_message(msg: &str) -> (Option<f64>, Option<usize>) {
         None
     };
     (duration, tag_end.filter(|&e| e <= b.len()))
-}
-
-/// Finds `<prefix><36 of [a-f0-9-]>` in `text` and returns it whole, matched by hand: the
-/// UUID must not be followed by another `[a-f0-9-]` (so a longer token is not cut).
-pub fn find_correlation_id<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    if prefix.is_empty() {
-        return None;
-    }
-    let b = text.as_bytes();
-    let p = prefix.as_bytes();
-    let is_id = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b'-';
-    let mut from = 0;
-    while from + p.len() + 36 <= b.len() {
-        let hit = b[from..].windows(p.len()).position(|w| w == p)?;
-        let start = from + hit;
-        let id_start = start + p.len();
-        let id_end = id_start + 36;
-        if id_end <= b.len()
-            && b[id_start..id_end].iter().all(|&c| is_id(c))
-            && !b.get(id_end).is_some_and(|&c| is_id(c))
-        {
-            return text.get(start..id_end);
-        }
-        from = start + 1;
-    }
-    None
 }
 
 /// Converts a PostgreSQL timestamp (`2024-05-01 12:00:00[.123] UTC`, also `+02`, `-0330`, `Z`,
@@ -583,23 +558,6 @@ mod tests {
     }
 
     #[test]
-    fn correlation_ids_are_matched_whole() {
-        let id = "bitville-0123abcd-0123-4567-89ab-0123456789ab";
-        assert_eq!(find_correlation_id(id, "bitville-"), Some(id));
-        let text = format!("/* {id} */ SELECT 1");
-        assert_eq!(find_correlation_id(&text, "bitville-"), Some(id));
-        // 37 id characters: not a correlation ID.
-        assert_eq!(find_correlation_id(&format!("{id}0"), "bitville-"), None);
-        assert_eq!(find_correlation_id("bitville-monitor", "bitville-"), None);
-        assert_eq!(
-            find_correlation_id("bitville-0123ABCD-0123-4567-89ab-0123456789ab", "bitville-"),
-            None
-        );
-        let custom = "req-0123abcd-0123-4567-89ab-0123456789ab";
-        assert_eq!(find_correlation_id(custom, "req-"), Some(custom));
-    }
-
-    #[test]
     fn entry_cap_truncates_and_marks() {
         let mut e = Entry::default();
         let big = vec![b'x'; MAX_ENTRY_BYTES - 10];
@@ -635,7 +593,7 @@ mod tests {
         assert_eq!(e.message_head(), "duration: 2.5 ms  statement:");
         assert_eq!(
             e.correlation_id.as_deref(),
-            Some("bitville-0123abcd-0123-4567-89ab-0123456789ab")
+            Some("0123abcd-0123-4567-89ab-0123456789ab")
         );
     }
 

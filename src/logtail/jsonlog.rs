@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(e.query_id, Some(-12));
         assert_eq!(
             e.correlation_id.as_deref(),
-            Some("bitville-0123abcd-0123-4567-89ab-0123456789ab")
+            Some("0123abcd-0123-4567-89ab-0123456789ab")
         );
     }
 

@@ -21,7 +21,6 @@ pub mod discover;
 pub mod entry;
 pub mod feed;
 pub mod jsonlog;
-pub mod normalize_stub;
 pub mod parse;
 pub mod prefix;
 pub mod tail;

@@ -458,7 +458,7 @@ mod tests {
         );
         assert_eq!(
             e.correlation_id.as_deref(),
-            Some("bitville-0123abcd-0123-4567-89ab-0123456789ab")
+            Some("0123abcd-0123-4567-89ab-0123456789ab")
         );
         assert_eq!(es[2].duration_ms, Some(1500.25));
         assert_eq!(es[2].query(), Some("SELECT pg_sleep(1.5)"));

@@ -7,8 +7,11 @@
 //!   another file): the old file is read to its end first, its last entry emitted, then the new
 //!   file is read from its start;
 //! - truncated in place (copytruncate: the size dropped below what was read, or the first bytes
-//!   changed): the copy is looked for next to it (a file starting with the same bytes) and read
-//!   from where we were, then the truncated file from its start.
+//!   or the bytes last read are no longer there): the copy is looked for next to it (a file
+//!   holding the same first bytes and the same bytes right before our offset; the longest when
+//!   several do) and read from where we were, then the truncated file from its start. Every read
+//!   is checked that way too, after it returned, so content written after a truncation is never
+//!   taken for the rest of the old content, however fast the file was refilled past our offset.
 //!
 //! The position (device, inode, offset and a fingerprint of the first bytes) is written to the
 //! state directory only by [`Tailer::commit`], which the caller calls after the entries of a batch
@@ -250,7 +253,11 @@ struct OpenFile {
     pos: usize,
     buf_start: u64,
     /// The first bytes of the file (up to 64), to recognise it after a truncation or restart.
+    /// Holds at least `min(64, read_end)` bytes: never empty once bytes were read.
     head: Vec<u8>,
+    /// The bytes (up to 64) just before `buf_start`, as they were read: a read is trusted only
+    /// while the file still holds them there, and a copy is recognised by them.
+    prev: Vec<u8>,
 }
 
 impl OpenFile {
@@ -260,12 +267,51 @@ impl OpenFile {
     fn read_end(&self) -> u64 {
         self.buf_start + self.buf.len() as u64
     }
+
+    /// The last bytes (up to 64) before `buf[upto]`, as they were read.
+    fn known_before(&self, upto: usize) -> Vec<u8> {
+        let upto = upto.min(self.buf.len());
+        let from_buf = upto.min(FINGERPRINT_LEN);
+        let from_prev = (FINGERPRINT_LEN - from_buf).min(self.prev.len());
+        let mut v = Vec::with_capacity(from_prev + from_buf);
+        v.extend_from_slice(&self.prev[self.prev.len() - from_prev..]);
+        v.extend_from_slice(&self.buf[upto - from_buf..upto]);
+        v
+    }
+
+    /// Drops the consumed bytes from the buffer, keeping the last of them in `prev`.
+    fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        self.prev = self.known_before(self.pos);
+        self.buf.drain(..self.pos);
+        self.buf_start += self.pos as u64;
+        self.pos = 0;
+    }
+
+    /// True when the file no longer holds its first bytes, or the bytes before `buf[upto]`, as
+    /// they were read: it was truncated (and perhaps written again past our offset).
+    fn changed_before(&self, upto: usize) -> io::Result<bool> {
+        if !holds_at(&self.file, &self.head, 0)? {
+            return Ok(true);
+        }
+        let known = self.known_before(upto);
+        let end = self.buf_start + upto.min(self.buf.len()) as u64;
+        Ok(!holds_at(
+            &self.file,
+            &known,
+            end.saturating_sub(known.len() as u64),
+        )?)
+    }
 }
 
 enum Drain {
     Eof,
     Full,
     Failed(io::Error),
+    /// The file was truncated before the last read: what it returned was dropped.
+    Truncated,
 }
 
 enum Check {
@@ -291,6 +337,9 @@ pub struct Tailer {
     eof_since: Option<Instant>,
     last_warning: Option<String>,
     last_position: Option<Position>,
+    /// Runs right before each read of the file, so tests can change the file exactly there.
+    #[cfg(test)]
+    before_read: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl Tailer {
@@ -309,6 +358,8 @@ impl Tailer {
             eof_since: None,
             last_warning: None,
             last_position: None,
+            #[cfg(test)]
+            before_read: None,
         };
         if let Some(path) = t.position_path() {
             match std::fs::read_to_string(&path) {
@@ -368,16 +419,17 @@ impl Tailer {
             if self.open.is_none() && !self.open_target() {
                 break;
             }
-            // Look for a truncation before reading: content written after it must not be read
-            // as if it continued the old content.
-            if self.truncated() {
-                self.handle_truncation(&mut out);
-                continue;
-            }
+            // Content written after a truncation is never read as if it continued the old
+            // content: `drain` checks every read (the file can be truncated and written again
+            // between any check and the read).
             match self.drain(&mut out, &mut fed) {
                 Drain::Full => {
                     more = true;
                     break;
+                }
+                Drain::Truncated => {
+                    self.handle_truncation(&mut out);
+                    continue;
                 }
                 Drain::Failed(e) => {
                     let path = self.current_path().map(|p| p.display().to_string());
@@ -550,7 +602,8 @@ impl Tailer {
             }
         };
         let (dev, ino, size) = (meta.dev(), meta.ino(), meta.len());
-        let mut head = vec![0u8; FINGERPRINT_LEN.min(size as usize)];
+        // Up to 64 bytes, even when the file grew since the metadata was read.
+        let mut head = vec![0u8; FINGERPRINT_LEN];
         let n = read_at_full(&file, &mut head, 0).unwrap_or(0);
         head.truncate(n);
         let matches = |m: &Mark| {
@@ -560,12 +613,32 @@ impl Tailer {
                 && (m.fp_len as usize) <= head.len()
                 && fnv1a(&head[..m.fp_len as usize]) == m.fp
         };
-        let resume = self.resume.take();
-        let offset = if let Some((_, m)) = resume.as_ref().filter(|(_, m)| matches(m)) {
-            m.offset
+        let resumed = self.resume.as_ref().filter(|(_, m)| matches(m));
+        let (offset, replaced) = if let Some((_, m)) = resumed {
+            (m.offset, None)
         } else if let Some(m) = self.finished.iter().rev().find(|m| matches(m)) {
-            m.offset
-        } else if let Some((old, m)) = resume {
+            (m.offset, None)
+        } else if let Some(r) = self.resume.clone() {
+            (0, Some(r))
+        } else if starting && self.first_start && self.cfg.start_at_end {
+            (size, None)
+        } else {
+            (0, None)
+        };
+        // The bytes before the offset, which every later read is checked against. Fewer than
+        // expected (or fewer first bytes than the offset) means the file shrank since its
+        // metadata was read: try again at the next poll.
+        let want = offset.min(FINGERPRINT_LEN as u64);
+        let mut prev = vec![0u8; want as usize];
+        let got = read_at_full(&file, &mut prev, offset - want).unwrap_or(0);
+        if got < prev.len() || (head.len() as u64) < want {
+            self.warn_once(format!(
+                "log file {} shrank while being opened; retrying",
+                path.display()
+            ));
+            return false;
+        }
+        if let Some((old, m)) = replaced {
             log::warn!(
                 "log file {} (device {} inode {}) is gone or was replaced; reading {} from its start",
                 old.display(),
@@ -573,12 +646,8 @@ impl Tailer {
                 m.ino,
                 path.display()
             );
-            0
-        } else if starting && self.first_start && self.cfg.start_at_end {
-            size
-        } else {
-            0
-        };
+        }
+        self.resume = None;
         let mut file = file;
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             self.warn_once(format!(
@@ -604,6 +673,7 @@ impl Tailer {
             pos: 0,
             buf_start: offset,
             head,
+            prev,
         });
         true
     }
@@ -698,10 +768,10 @@ impl Tailer {
                 }
             }
             // Drop consumed bytes so the buffer holds at most a partial line plus one chunk.
-            if o.pos > 0 {
-                o.buf.drain(..o.pos);
-                o.buf_start += o.pos as u64;
-                o.pos = 0;
+            o.compact();
+            #[cfg(test)]
+            if let Some(hook) = self.before_read.as_mut() {
+                hook();
             }
             let len = o.buf.len();
             o.buf.resize(len + chunk, 0);
@@ -716,6 +786,21 @@ impl Tailer {
             o.buf.truncate(len + n);
             if n == 0 {
                 return Drain::Eof;
+            }
+            // The file may have been truncated and written again past our offset since it was
+            // last checked: the bytes read are the old content only if the file still holds,
+            // after the read, the bytes read before them (a truncation before the read changed
+            // those, unless the file was also refilled with the very same bytes).
+            match o.changed_before(len) {
+                Ok(false) => {}
+                Ok(true) => {
+                    o.buf.truncate(len);
+                    return Drain::Truncated;
+                }
+                Err(e) => {
+                    o.buf.truncate(len);
+                    return Drain::Failed(e);
+                }
             }
             self.eof_since = None;
             let read_from = o.read_end() - n as u64;
@@ -733,8 +818,8 @@ impl Tailer {
         }
     }
 
-    /// True when the open file shrank below what was read, or its first bytes changed (truncated
-    /// and written again past our offset before we looked).
+    /// True when the open file shrank below what was read, or its first bytes or the bytes last
+    /// read changed (truncated and written again past our offset before we looked).
     fn truncated(&self) -> bool {
         let Some(o) = self.open.as_ref() else {
             return false;
@@ -744,15 +829,7 @@ impl Tailer {
             Ok(_) => {}
             Err(_) => return false,
         }
-        if o.head.is_empty() {
-            return false;
-        }
-        let mut now = [0u8; FINGERPRINT_LEN];
-        let now = &mut now[..o.head.len()];
-        match read_at_full(&o.file, now, 0) {
-            Ok(n) => n < now.len() || *now != o.head[..],
-            Err(_) => false,
-        }
+        o.changed_before(o.buf.len()).unwrap_or(false)
     }
 
     /// At the end of the file: is the file still the one to follow, truncated, or replaced?
@@ -778,9 +855,11 @@ impl Tailer {
     /// start the file again from the beginning.
     fn handle_truncation(&mut self, out: &mut Vec<Entry>) {
         let Some(o) = self.open.as_mut() else { return };
+        // Unconsumed bytes are read again from the copy; `prev` then ends at `consumed`.
+        o.compact();
         let consumed = o.consumed();
-        if let Some((path, file, dev, ino)) = find_copy(&o.path, &o.head, consumed, (o.dev, o.ino))
-        {
+        let copy = find_copy(&o.path, &o.head, &o.prev, consumed, (o.dev, o.ino));
+        if let Some((path, file, dev, ino)) = copy {
             log::info!(
                 "log file {} was truncated at offset {consumed}; reading the rest from its copy {}",
                 o.path.display(),
@@ -812,6 +891,7 @@ impl Tailer {
         let Some(o) = self.open.as_mut() else { return };
         o.buf_start = 0;
         o.head.clear();
+        o.prev.clear();
         if o.file.seek(SeekFrom::Start(0)).is_err() {
             self.close_for_retry();
         }
@@ -872,11 +952,14 @@ fn find_by_identity(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
     None
 }
 
-/// A copy of a truncated file next to it: same first bytes, at least `min_len` long, another
-/// inode.
+/// A copy of a truncated file next to it: another inode, at least `min_len` long, holding `head`
+/// at its start and `before` (the bytes last read) right before `min_len`. Copies of older
+/// generations, or other files starting with the same bytes, differ there. When several qualify
+/// (copies of the same content), the longest, then the newest, then the last by name.
 fn find_copy(
     path: &Path,
     head: &[u8],
+    before: &[u8],
     min_len: u64,
     not: (u64, u64),
 ) -> Option<(PathBuf, File, u64, u64)> {
@@ -887,7 +970,9 @@ fn find_copy(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut best: Option<(std::time::SystemTime, PathBuf, File, u64, u64)> = None;
+    type Key = (u64, std::time::SystemTime, PathBuf);
+    let mut best: Option<(Key, File, u64, u64)> = None;
+    let before_at = min_len.saturating_sub(before.len() as u64);
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let Ok(m) = entry.metadata() else { continue };
         if !m.is_file() || (m.dev(), m.ino()) == not || m.len() < min_len {
@@ -896,22 +981,30 @@ fn find_copy(
         let Ok(f) = File::open(entry.path()) else {
             continue;
         };
-        let mut first = vec![0u8; head.len()];
-        if read_at_full(&f, &mut first, 0).ok() != Some(head.len()) || first != head {
+        let holds = |bytes: &[u8], at: u64| holds_at(&f, bytes, at).unwrap_or(false);
+        if !holds(head, 0) || !holds(before, before_at) {
             continue;
         }
-        // Several copies (older rotations) can share a first line only if they are the same
-        // content; the newest is the one just made.
-        let mtime = m.modified().unwrap_or(std::time::UNIX_EPOCH);
-        let newer = match &best {
-            None => true,
-            Some(b) => mtime > b.0,
-        };
-        if newer {
-            best = Some((mtime, entry.path(), f, m.dev(), m.ino()));
+        let key = (
+            m.len(),
+            m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            entry.path(),
+        );
+        if best.as_ref().map_or(true, |b| key > b.0) {
+            best = Some((key, f, m.dev(), m.ino()));
         }
     }
-    best.map(|(_, p, f, d, i)| (p, f, d, i))
+    best.map(|((_, _, p), f, d, i)| (p, f, d, i))
+}
+
+/// True when `f` holds `bytes` at `offset` (always for no bytes).
+fn holds_at(f: &File, bytes: &[u8], offset: u64) -> io::Result<bool> {
+    if bytes.is_empty() {
+        return Ok(true);
+    }
+    let mut now = vec![0u8; bytes.len()];
+    let n = read_at_full(f, &mut now, offset)?;
+    Ok(n == bytes.len() && now == bytes)
 }
 
 fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -1008,6 +1101,197 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::ops::Range;
+
+    /// A directory of its own under the temp dir, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let p =
+                std::env::temp_dir().join(format!("logtail-unit-{tag}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        fn log(&self) -> PathBuf {
+            self.0.join("postgresql.log")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// 52 bytes, its number in the message.
+    fn line(i: usize) -> String {
+        format!(
+            "2024-05-01 12:00:00.000 UTC [{}] LOG:  line {i:06}\n",
+            100 + i % 7
+        )
+    }
+
+    /// Longer than the fingerprint, the same in every generation of the file.
+    const BANNER: &str =
+        "2024-05-01 12:00:00.000 UTC [1] LOG:  database system is ready to accept connections\n";
+
+    fn lines(r: Range<usize>) -> String {
+        r.map(line).collect()
+    }
+
+    fn want(r: Range<usize>) -> Vec<String> {
+        r.map(|i| format!("line {i:06}")).collect()
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// logrotate's copytruncate, then the server writing `refill` into the emptied file.
+    fn copytruncate(log: &Path, copy: &Path, refill: &str) {
+        fs::copy(log, copy).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(log)
+            .unwrap();
+        append(log, refill);
+    }
+
+    fn tailer(log: &Path) -> Tailer {
+        let mut c = TailConfig::new(Follow::Path(log.to_path_buf()), None);
+        c.start_at_end = false;
+        c.settle = Duration::ZERO;
+        c.read_chunk = 4096;
+        Tailer::new(c, EntryParser::new(Format::Stderr, "%m [%p] "))
+    }
+
+    /// Polls until nothing more comes; the messages.
+    fn poll_all(t: &mut Tailer) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let b = t.poll();
+            if b.entries.is_empty() && !b.more {
+                break;
+            }
+            got.extend(b.entries.into_iter().map(|e| e.message));
+        }
+        got
+    }
+
+    fn banner_then(r: Range<usize>) -> Vec<String> {
+        let mut v = vec!["database system is ready to accept connections".to_string()];
+        v.extend(want(r));
+        v
+    }
+
+    #[test]
+    fn a_truncation_and_refill_between_the_check_and_the_read_is_noticed() {
+        // The race of the concurrent copytruncate test, made deterministic: the file is checked
+        // (unchanged), then copied, truncated and refilled past the offset, then read.
+        let dir = Dir::new("race");
+        let log = dir.log();
+        append(&log, &lines(0..10));
+        let mut t = tailer(&log);
+        assert_eq!(poll_all(&mut t), want(0..10));
+        append(&log, &lines(10..12));
+        let (log2, copy) = (log.clone(), dir.0.join("postgresql.log.1"));
+        let mut rotated = false;
+        t.before_read = Some(Box::new(move || {
+            if !std::mem::replace(&mut rotated, true) {
+                copytruncate(&log2, &copy, &lines(100..200));
+            }
+        }));
+        let mut expect = want(10..12);
+        expect.extend(want(100..200));
+        assert_eq!(poll_all(&mut t), expect);
+    }
+
+    #[test]
+    fn a_refill_with_the_same_first_bytes_is_noticed_by_the_bytes_last_read() {
+        // Every generation starts with the same line: only the bytes before the offset differ.
+        let dir = Dir::new("samehead");
+        let log = dir.log();
+        append(&log, &format!("{BANNER}{}", lines(0..10)));
+        let mut t = tailer(&log);
+        assert_eq!(poll_all(&mut t), banner_then(0..10));
+        append(&log, &lines(10..12));
+        let refill = format!("{BANNER}{}", lines(100..130));
+        copytruncate(&log, &dir.0.join("postgresql.log.1"), &refill);
+        let mut expect = want(10..12);
+        expect.extend(banner_then(100..130));
+        assert_eq!(poll_all(&mut t), expect);
+    }
+
+    #[test]
+    fn the_copy_read_is_the_one_holding_the_bytes_last_read() {
+        let dir = Dir::new("copies");
+        let log = dir.log();
+        append(&log, &format!("{BANNER}{}", lines(0..10)));
+        let mut t = tailer(&log);
+        assert_eq!(poll_all(&mut t), banner_then(0..10));
+        append(&log, &lines(10..12));
+        // Files starting with the same bytes, newer than logrotate's copy: an older generation
+        // (longer, other lines where we were) and a snapshot of this one that ends where we were.
+        let older = dir.0.join("postgresql.log.2");
+        append(&older, &format!("{BANNER}{}", lines(500..600)));
+        let snapshot = dir.0.join("postgresql.log.snap");
+        fs::write(&snapshot, format!("{BANNER}{}", lines(0..10))).unwrap();
+        copytruncate(&log, &dir.0.join("postgresql.log.1"), &lines(200..205));
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        for p in [&older, &snapshot] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+        }
+        let mut expect = want(10..12);
+        expect.extend(want(200..205));
+        assert_eq!(poll_all(&mut t), expect);
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_fingerprint_when_opened_still_tells_a_truncation() {
+        let dir = Dir::new("short");
+        let log = dir.log();
+        // Half a line when the file is opened: the first bytes are kept as they are read.
+        let first = line(0);
+        append(&log, &first[..20]);
+        let mut t = tailer(&log);
+        assert!(poll_all(&mut t).is_empty());
+        append(&log, &format!("{}{}", &first[20..], lines(1..5)));
+        assert_eq!(poll_all(&mut t), want(0..5));
+        copytruncate(&log, &dir.0.join("postgresql.log.1"), &lines(100..140));
+        assert_eq!(poll_all(&mut t), want(100..140));
+    }
+
+    #[test]
+    fn a_renamed_file_is_read_to_its_end_before_the_new_one() {
+        // The server writes to the renamed file until it reopens its log: those lines come
+        // first, then the new file's.
+        let dir = Dir::new("rename");
+        let log = dir.log();
+        append(&log, &lines(0..5));
+        let mut t = tailer(&log);
+        assert_eq!(poll_all(&mut t), want(0..5));
+        let mut server = OpenOptions::new().append(true).open(&log).unwrap();
+        fs::rename(&log, dir.0.join("postgresql.log.1")).unwrap();
+        append(&log, &lines(8..12));
+        server.write_all(lines(5..8).as_bytes()).unwrap();
+        assert_eq!(poll_all(&mut t), want(5..12));
+    }
 
     #[test]
     fn file_patterns_follow_log_filename() {
