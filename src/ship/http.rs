@@ -15,6 +15,8 @@ use super::{ShipError, ShipperOptions};
 
 /// The system CA bundle on Debian/Ubuntu/Alpine (and, via a link, most other distributions).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Idle connections older than this are not reused.
+const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(4);
 /// How much of a listener answer is kept (for logs and dead letters).
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
@@ -149,6 +151,10 @@ impl Client {
             .timeout_connect(Some(opts.connect_timeout.min(opts.timeout)))
             .http_status_as_error(false)
             .max_redirects(0)
+            // Reuse a connection only while the server surely still keeps it: common servers
+            // close idle keep-alive connections after 5 s (Node's default), and a POST on a
+            // connection closed under it fails and is not retried by ureq.
+            .max_idle_age(IDLE_CONNECTION_REUSE)
             .proxy(proxy)
             .user_agent(concat!("bitville-pg-agent/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls_config(opts.ca_file.as_deref())?)
