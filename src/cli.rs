@@ -16,24 +16,44 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CONFIG: i32 = 3;
 /// Exit status: the database could not be reached or refused the agent at start.
 pub const EXIT_DATABASE: i32 = 4;
+/// Exit status: the spool or state directory cannot be used (missing permission, locked by
+/// another agent).
+pub const EXIT_STORAGE: i32 = 5;
+/// Exit status: `--test` found a check that failed.
+pub const EXIT_TEST_FAILED: i32 = 6;
+/// Exit status of `--status` when the agent is not running or its status is stale (LSB's
+/// "program is not running").
+pub const EXIT_NOT_RUNNING: i32 = 3;
 
 /// The help text.
 pub const USAGE: &str = "\
-usage: bitville-pg-agent [-c PATH] [--pid-file PATH] [--check-config | --version | --help]
+usage: bitville-pg-agent [-c PATH] [--pid-file PATH] [MODE]
 
 Watches a PostgreSQL server and its host and ships what it sees to the Bitville listener.
+Without a mode it runs as a daemon until SIGTERM or SIGINT; SIGHUP reloads.
+
+modes:
+      --once          collect once, spool and ship it, then exit
+      --dry-run       collect once and print the payloads to stdout (nothing is
+                      spooled or sent)
+      --test          check everything the agent needs, one line per check
+      --check-config  load and validate the configuration, print it with secrets
+                      masked, and exit
+      --status        show what the running agent reports (spool, breaker, errors)
+      --analyze-log FILE [--prefix PREFIX]
+                      parse a server log file and print what was understood
+                      (PREFIX: its log_line_prefix; default PostgreSQL's '%m [%p] ')
+  -V, --version       print the version and exit
+  -h, --help          print this help and exit
 
 options:
   -c, --config PATH   configuration file (default: $BITVILLE_PG_CONFIG_PATH,
                       else /etc/bitville/postgres-agent.ini)
       --pid-file PATH write the process id to PATH while running
-      --check-config  load and validate the configuration, print it with secrets
-                      masked, and exit
-  -V, --version       print the version and exit
-  -h, --help          print this help and exit
 
-exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 configuration error,
-            4 database unreachable at start
+exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 configuration error (--status:
+            not running), 4 database unreachable at start, 5 spool or state directory
+            unusable, 6 a --test check failed
 ";
 
 /// What the agent was asked to do.
@@ -47,6 +67,21 @@ pub enum Mode {
     Version,
     /// Print the help.
     Help,
+    /// One collection, spooled and shipped.
+    Once,
+    /// One collection printed to stdout.
+    DryRun,
+    /// The operator's checklist.
+    Test,
+    /// What the running agent reports.
+    Status,
+    /// Parse a log file and report.
+    AnalyzeLog {
+        /// The file.
+        file: PathBuf,
+        /// Its `log_line_prefix`, when given.
+        prefix: Option<String>,
+    },
 }
 
 /// The parsed command line.
@@ -64,6 +99,7 @@ pub struct Cli {
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     let mut config = None;
     let mut pid_file = None;
+    let mut prefix = None;
     let mut mode: Option<Mode> = None;
     let mut args = args.into_iter();
     let mut set_mode = |m: Mode, flag: &str| match &mode {
@@ -89,10 +125,34 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
                 pid_file = Some(PathBuf::from(path));
             }
             "--check-config" => set_mode(Mode::CheckConfig, &arg)?,
+            "--once" => set_mode(Mode::Once, &arg)?,
+            "--dry-run" => set_mode(Mode::DryRun, &arg)?,
+            "--test" => set_mode(Mode::Test, &arg)?,
+            "--status" => set_mode(Mode::Status, &arg)?,
+            "--analyze-log" => {
+                let file = args.next().ok_or_else(|| format!("{arg} needs a file"))?;
+                set_mode(
+                    Mode::AnalyzeLog {
+                        file: PathBuf::from(file),
+                        prefix: None,
+                    },
+                    &arg,
+                )?;
+            }
+            "--prefix" => {
+                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                prefix = Some(value);
+            }
             "-V" | "--version" => set_mode(Mode::Version, &arg)?,
             "-h" | "--help" => set_mode(Mode::Help, &arg)?,
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    let mut mode = mode.unwrap_or(Mode::Run);
+    match (&mut mode, prefix) {
+        (Mode::AnalyzeLog { prefix, .. }, given) => *prefix = given,
+        (_, Some(_)) => return Err("--prefix goes with --analyze-log".into()),
+        (_, None) => {}
     }
     if config.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
         return Err("--config needs a non-empty path".into());
@@ -100,7 +160,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     Ok(Cli {
         config,
         pid_file,
-        mode: mode.unwrap_or(Mode::Run),
+        mode,
     })
 }
 
@@ -141,6 +201,29 @@ mod tests {
             p(&["--check-config", "-c", "/y"]).unwrap().mode,
             Mode::CheckConfig
         );
+    }
+
+    #[test]
+    fn every_mode_parses() {
+        assert_eq!(p(&["--once"]).unwrap().mode, Mode::Once);
+        assert_eq!(p(&["--dry-run"]).unwrap().mode, Mode::DryRun);
+        assert_eq!(p(&["--test"]).unwrap().mode, Mode::Test);
+        assert_eq!(p(&["--status", "-c", "/a"]).unwrap().mode, Mode::Status);
+        assert_eq!(
+            p(&["--analyze-log", "/l", "--prefix", "%m [%p] "])
+                .unwrap()
+                .mode,
+            Mode::AnalyzeLog {
+                file: PathBuf::from("/l"),
+                prefix: Some("%m [%p] ".into())
+            }
+        );
+        assert!(p(&["--once", "--prefix", "x"])
+            .unwrap_err()
+            .contains("goes with --analyze-log"));
+        assert!(p(&["--once", "--dry-run"])
+            .unwrap_err()
+            .contains("cannot be combined"));
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! bitville-pg-agent: watches a PostgreSQL server and its host, spools what it sees to disk and
-//! ships it to the Bitville listener. Modules are declared in the order data flows; see
-//! ARCHITECTURE.md for the map and the invariants.
+//! ships it to the Bitville listener. ARCHITECTURE.md maps the modules in the order data flows
+//! through them, with the invariants.
 
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod daemon;
 pub mod json;
 pub mod logging;
 pub mod logtail;
 pub mod normalize;
+pub mod oneshot;
 pub mod payload;
 pub mod pool;
 pub mod schedule;
 pub mod selfstats;
+pub mod selftest;
 pub mod ship;
 pub mod shutdown;
 pub mod signals;

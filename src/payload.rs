@@ -144,13 +144,24 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
             vec![("value".to_string(), other.clone())]
         }
     };
-    // `data.agent` belongs to the delivery path alone.
-    fields.retain(|(k, _)| k != "agent");
-    let agent = Json::object()
+    // The stamp is the delivery path's alone: a collector's `data.agent` (the agent's own cost
+    // in system_metrics) keeps its other fields, but never its own version, host, seq or
+    // collected_at.
+    let mut agent = Json::object()
         .field("version", stamp.agent.version.as_str())
         .field("host", stamp.agent.host.as_str())
         .field("seq", stamp.seq)
         .field("collected_at", collected_at);
+    if let Some(pos) = fields.iter().position(|(k, _)| k == "agent") {
+        if let (_, Json::Object(own)) = fields.remove(pos) {
+            for (k, v) in own {
+                if !matches!(k.as_str(), "version" | "host" | "seq" | "collected_at") {
+                    agent.push(&k, v);
+                }
+            }
+        }
+    }
+    fields.retain(|(k, _)| k != "agent");
     fields.push(("agent".to_string(), agent));
 
     let mut envelope = Json::object()
@@ -249,6 +260,27 @@ mod tests {
             Some(1_700_000_000.25)
         );
         assert!(body.starts_with("{\"project\":\"shop\","));
+    }
+
+    #[test]
+    fn a_collectors_agent_object_keeps_its_fields_but_not_the_stamp() {
+        let info = info();
+        let stamp = AgentStamp {
+            agent: &info,
+            seq: 4,
+        };
+        let mut p = sample(None);
+        p.data = Json::object().field(
+            "agent",
+            Json::object()
+                .field("rss_bytes", 123u64)
+                .field("seq", 999u64),
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&envelope_body("p", &render_record(&p, &stamp))).unwrap();
+        assert_eq!(v["data"]["agent"]["rss_bytes"], 123);
+        assert_eq!(v["data"]["agent"]["seq"], 4);
+        assert_eq!(v["data"]["agent"]["version"], "1.2.3");
     }
 
     #[test]

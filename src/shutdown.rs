@@ -20,6 +20,15 @@ struct Inner {
     changed: Condvar,
 }
 
+/// What [`Shutdown::wait_event`] woke up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A stop was requested.
+    Stop,
+    /// A reload was requested; the number is the reload count now.
+    Reload(u64),
+}
+
 /// The shared stop/reload token. Cheap to clone.
 #[derive(Clone)]
 pub struct Shutdown {
@@ -93,6 +102,24 @@ impl Shutdown {
         }
     }
 
+    /// Blocks until a stop is requested or the reload count exceeds `seen_reloads`.
+    pub fn wait_event(&self, seen_reloads: u64) -> Event {
+        let mut flags = self.inner.flags.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.is_stopped() {
+                return Event::Stop;
+            }
+            if flags.reloads > seen_reloads {
+                return Event::Reload(flags.reloads);
+            }
+            flags = self
+                .inner
+                .changed
+                .wait(flags)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Sleeps for `d` or until a stop request. Returns true when stopped.
     pub fn wait(&self, d: Duration) -> bool {
         self.wait_until(Instant::now() + d)
@@ -122,5 +149,8 @@ mod tests {
         s.request_reload();
         s.request_reload();
         assert_eq!(s.reloads(), 2);
+        assert_eq!(s.wait_event(0), Event::Reload(2));
+        s.stop();
+        assert_eq!(s.wait_event(2), Event::Stop);
     }
 }

@@ -85,11 +85,13 @@ impl LogFeed {
 
     /// The feed the agent runs for what discovery found, with the `[collection]` settings: the
     /// interval, the query text mode and length, the correlation prefix, and the position file
-    /// in the state directory. Logs which file is tailed, in which format, and what the prefix
-    /// lacks.
+    /// in the state directory. At most `max_correlated` correlated payloads per flush (the
+    /// daemon's share of the listener's pace). Logs which file is tailed, in which format, and
+    /// what the prefix lacks.
     pub fn from_source(
         src: &LogSource,
         collection: &crate::config::CollectionConfig,
+        max_correlated: usize,
         now: Instant,
     ) -> LogFeed {
         log::info!("server log: {}", src.description);
@@ -101,7 +103,10 @@ impl LogFeed {
         let tail = TailConfig::new(src.follow.clone(), Some(collection.state_dir.clone()));
         let cfg = FeedConfig {
             interval: collection.interval,
-            payload: PayloadOptions::from_collection(collection),
+            payload: PayloadOptions {
+                max_correlated,
+                ..PayloadOptions::from_collection(collection)
+            },
             ..FeedConfig::default()
         };
         LogFeed::new(Tailer::new(tail, parser), cfg, now)

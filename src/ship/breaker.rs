@@ -49,6 +49,17 @@ pub struct Breaker {
     reset: Duration,
 }
 
+impl State {
+    /// `closed`, `open` or `half-open`, for the agent's own metrics and the status file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half-open",
+        }
+    }
+}
+
 impl Breaker {
     /// A closed breaker that opens after `threshold` consecutive failures (at least 1) and stays
     /// open for `reset`.

@@ -362,6 +362,8 @@ pub struct ShipStatus {
     pub breaker: breaker::State,
     /// The last request's error, `None` after a success (for status output and tests).
     pub last_error: Option<String>,
+    /// When the listener last acknowledged a payload, in unix seconds.
+    pub last_success_at: Option<u64>,
 }
 
 /// A cloneable, thread-safe view of a running shipper's [`ShipStatus`].
@@ -386,6 +388,7 @@ pub struct Shipper {
     config_error_retry: Duration,
     last_config_log: Option<Instant>,
     last_spool_error_log: Option<Instant>,
+    last_success_at: Option<u64>,
     stats: ShipStats,
     published: StatusHandle,
 }
@@ -403,6 +406,7 @@ impl Shipper {
             stats: ShipStats::default(),
             breaker: breaker.state(),
             last_error: None,
+            last_success_at: None,
         })));
         Ok(Shipper {
             spool,
@@ -413,6 +417,7 @@ impl Shipper {
             config_error_retry: opts.config_error_retry,
             last_config_log: None,
             last_spool_error_log: None,
+            last_success_at: None,
             stats: ShipStats::default(),
             published,
         })
@@ -474,6 +479,7 @@ impl Shipper {
                 stats: self.stats.clone(),
                 breaker: self.breaker.state(),
                 last_error,
+                last_success_at: self.last_success_at,
             };
         }
         log::info!("shipper stopped");
@@ -498,6 +504,7 @@ impl Shipper {
         match result {
             Ok(()) => {
                 self.stats.n_sent += 1;
+                self.last_success_at = Some(crate::payload::unix_now() as u64);
                 log::debug!("delivered seq {} ({})", record.seq, record.source.as_str());
                 if let Err(e) = self.spool.ack(record) {
                     // The listener has the payload; the worst case is a duplicate after a

@@ -506,3 +506,6 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+pub mod agent;
+pub mod listener;
