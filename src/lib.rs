@@ -7,3 +7,4 @@ pub mod config;
 pub mod json;
 pub mod payload;
 pub mod pool;
+pub mod health;

@@ -1,0 +1,571 @@
+//! Server health: the figures besides application queries that explain a load spike on the
+//! database server (checkpoints, WAL, vacuum and wraparound, temp files, deadlocks, replication,
+//! connections, hot tables), as per-interval deltas. The result is the `postgres` block the
+//! daemon puts into the `system_metrics` payload next to the host figures of the same interval.
+//!
+//! # Wiring
+//!
+//! ```text
+//! let mut health = Health::new(HealthOptions { top_n: 20, ..HealthOptions::default() });
+//! every interval:
+//!     let block: Json = pool.acquire()
+//!         .map(|mut c| health.collect(&mut c, Instant::now()))  // the `postgres` block
+//!     for each extra database (`[collection] databases`), with a client connected to it:
+//!         other.push(health.collect_database("shop", &mut client, Instant::now()));
+//! ```
+//!
+//! [`Health::collect`] takes any `&mut postgres::Client` (a pooled one derefs to it), so this
+//! module does not care how the daemon runs its threads. Each sub-collector (see [`Part`]) runs
+//! one cheap query per interval (the hot tables two, the second only for the ≤ 5 × top N tables
+//! shipped); the database sizes and unused indexes run at most every `slow_every`.
+//!
+//! # Invariants
+//!
+//! - Counters are shipped as deltas against the previous call's reading, never raw; the first
+//!   call is a baseline (`"baseline": true`, deltas `null`). A reset or restart in between gives
+//!   `null` deltas and `"reset": true`, never negative numbers.
+//! - The server version is read once (`server_version_num`) and every difference between
+//!   PostgreSQL 12 and 18 lives in [`version`]. An error saying a column or view does not exist
+//!   makes the next call read the version again (the server may have been upgraded).
+//! - A failing sub-collector never stops the others: its error ([`HealthError`], naming the
+//!   sub-collector and the query) goes into the block's `errors` list and its figures are `null`.
+//!   One that keeps timing out is skipped for a growing number of cycles ([`Backoff`]).
+//! - No query takes a lock on a user relation: sizes come from `pg_class.relpages`, and relations
+//!   that hold or wait for an ACCESS EXCLUSIVE lock are filtered out in SQL (through `pg_locks`)
+//!   before any statistics of them are read, and listed as skipped.
+//! - Nothing here panics on server answers: every column is read with `try_get`.
+
+pub mod backoff;
+mod checkpoints;
+mod connections;
+pub mod counters;
+mod databases;
+mod replication;
+mod tables;
+mod vacuum;
+pub mod version;
+mod wal;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+pub use backoff::Backoff;
+
+use crate::json::Json;
+
+/// Tunables of the health collectors (plain values: the daemon maps configuration onto them).
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    /// How many tables each hot-table ranking and the unused-index list ship. Defaults to 20.
+    pub top_n: usize,
+    /// Least time between two runs of the costly sub-collectors (database sizes, unused indexes).
+    /// Defaults to 5 minutes.
+    pub slow_every: Duration,
+}
+
+impl Default for HealthOptions {
+    fn default() -> HealthOptions {
+        HealthOptions {
+            top_n: 20,
+            slow_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The sub-collectors, each with its own query, error and backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// `pg_stat_database` deltas per database.
+    Databases,
+    /// `pg_database_size` per database (slow).
+    DatabaseSizes,
+    /// `pg_stat_activity` counts, limits, oldest transactions.
+    Connections,
+    /// `pg_stat_bgwriter` / `pg_stat_checkpointer` deltas.
+    Checkpoints,
+    /// WAL position, `pg_stat_wal`, `pg_stat_archiver`.
+    Wal,
+    /// `pg_stat_replication`: one row per standby.
+    Replication,
+    /// `pg_replication_slots`.
+    ReplicationSlots,
+    /// `pg_stat_wal_receiver` and replay delay (standby side).
+    WalReceiver,
+    /// `pg_stat_progress_vacuum` and autovacuum workers.
+    Vacuum,
+    /// `datfrozenxid` / `datminmxid` ages.
+    Wraparound,
+    /// Hot tables of the connected database.
+    Tables,
+    /// Never-used indexes of the connected database (slow).
+    UnusedIndexes,
+}
+
+impl Part {
+    /// Every part, in the order they run and appear in the block.
+    pub const ALL: [Part; 12] = [
+        Part::Connections,
+        Part::Databases,
+        Part::DatabaseSizes,
+        Part::Checkpoints,
+        Part::Wal,
+        Part::Replication,
+        Part::ReplicationSlots,
+        Part::WalReceiver,
+        Part::Vacuum,
+        Part::Wraparound,
+        Part::Tables,
+        Part::UnusedIndexes,
+    ];
+
+    /// Its key in the `postgres` block and its name in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Databases => "databases",
+            Part::DatabaseSizes => "database_sizes",
+            Part::Connections => "connections",
+            Part::Checkpoints => "checkpoints",
+            Part::Wal => "wal",
+            Part::Replication => "replication",
+            Part::ReplicationSlots => "replication_slots",
+            Part::WalReceiver => "wal_receiver",
+            Part::Vacuum => "vacuum",
+            Part::Wraparound => "wraparound",
+            Part::Tables => "tables",
+            Part::UnusedIndexes => "unused_indexes",
+        }
+    }
+
+    /// Whether it runs at most every `slow_every` instead of every interval.
+    pub fn is_slow(self) -> bool {
+        matches!(self, Part::DatabaseSizes | Part::UnusedIndexes)
+    }
+}
+
+/// A sub-collector's query failed.
+#[derive(Debug)]
+pub struct HealthError {
+    /// The sub-collector (a [`Part`] name, or `version`).
+    pub collector: &'static str,
+    /// Which query: the view(s) it reads.
+    pub query: &'static str,
+    /// The driver's error.
+    pub source: postgres::Error,
+}
+
+impl HealthError {
+    /// A function wrapping driver errors of `query` in `collector`.
+    pub fn at(
+        collector: &'static str,
+        query: &'static str,
+    ) -> impl Fn(postgres::Error) -> HealthError {
+        move |source| HealthError {
+            collector,
+            query,
+            source,
+        }
+    }
+
+    /// The server's SQLSTATE, if the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.source.code().map(|c| c.code())
+    }
+
+    /// Cancelled by `statement_timeout` (57014) or `lock_timeout` (55P03): counts for the backoff.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.sqlstate(), Some("57014") | Some("55P03"))
+    }
+
+    /// The role lacks a privilege (42501): grant pg_monitor.
+    pub fn is_privilege(&self) -> bool {
+        self.sqlstate() == Some("42501")
+    }
+
+    /// A column, view or function the version map expected is missing (42703, 42P01, 42883):
+    /// the server version is read again on the next call.
+    pub fn is_version_mismatch(&self) -> bool {
+        matches!(
+            self.sqlstate(),
+            Some("42703") | Some("42P01") | Some("42883")
+        )
+    }
+
+    fn to_json(&self) -> Json {
+        Json::object()
+            .field("collector", self.collector)
+            .field("query", self.query)
+            .field("sqlstate", self.sqlstate())
+            .field("message", self.message())
+            .field("timeout", self.is_timeout())
+    }
+
+    fn message(&self) -> String {
+        match self.source.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => match std::error::Error::source(&self.source) {
+                Some(s) => format!("{}: {s}", self.source),
+                None => self.source.to_string(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for HealthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "health collector {}: query {}: {}",
+            self.collector,
+            self.query,
+            self.message()
+        )?;
+        if let Some(code) = self.sqlstate() {
+            write!(f, " ({code})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HealthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// What every sub-collector gets besides its own state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx {
+    /// The server's major version.
+    pub major: u32,
+    /// Rows per ranking.
+    pub top_n: usize,
+}
+
+/// Per-part backoff and last-run bookkeeping, and the block's error list while it is built.
+struct Runner<'a> {
+    cycle: u64,
+    now: Instant,
+    slow_every: Duration,
+    backoffs: &'a mut HashMap<Part, Backoff>,
+    last_run: &'a mut HashMap<Part, Instant>,
+    errors: Vec<Json>,
+    version_stale: bool,
+}
+
+impl Runner<'_> {
+    /// Runs `f` for `part` unless it is backed off or (slow parts) not due; puts its figures (or
+    /// `null` after an error) under the part's name in `out`.
+    fn run(
+        &mut self,
+        part: Part,
+        out: &mut Json,
+        f: impl FnOnce() -> Result<Json, HealthError>,
+    ) {
+        if part.is_slow() {
+            if let Some(last) = self.last_run.get(&part) {
+                if self.now.saturating_duration_since(*last) < self.slow_every {
+                    return;
+                }
+            }
+        }
+        let backoff = self.backoffs.entry(part).or_default();
+        if !backoff.allows(self.cycle) {
+            self.errors.push(
+                Json::object()
+                    .field("collector", part.name())
+                    .field("skipped", "backed off after repeated timeouts")
+                    .field("consecutive_timeouts", backoff.consecutive_timeouts())
+                    .field(
+                        "resume_in_cycles",
+                        backoff.resume_at().saturating_sub(self.cycle),
+                    ),
+            );
+            out.push(part.name(), Json::Null);
+            return;
+        }
+        match f() {
+            Ok(figures) => {
+                backoff.record_success();
+                self.last_run.insert(part, self.now);
+                out.push(part.name(), figures);
+            }
+            Err(e) => {
+                log::debug!("{e}");
+                let mut err = e.to_json();
+                if e.is_timeout() {
+                    let skip = backoff.record_timeout(self.cycle);
+                    err.push("backed_off_cycles", skip);
+                }
+                self.version_stale |= e.is_version_mismatch();
+                self.errors.push(err);
+                out.push(part.name(), Json::Null);
+            }
+        }
+    }
+}
+
+/// The relation-level collectors of one database (hot tables, unused indexes) with their state.
+struct RelationState {
+    tables: tables::Tables,
+    backoffs: HashMap<Part, Backoff>,
+    last_run: HashMap<Part, Instant>,
+}
+
+impl RelationState {
+    fn new() -> RelationState {
+        RelationState {
+            tables: tables::Tables::default(),
+            backoffs: HashMap::new(),
+            last_run: HashMap::new(),
+        }
+    }
+}
+
+/// The server-health collectors and their previous readings. See the module doc for wiring.
+pub struct Health {
+    options: HealthOptions,
+    /// `server_version_num`, read once (again after a version mismatch).
+    version_num: Option<u32>,
+    cycle: u64,
+    last_collect: Option<Instant>,
+    backoffs: HashMap<Part, Backoff>,
+    last_run: HashMap<Part, Instant>,
+    databases: databases::Databases,
+    checkpoints: checkpoints::Checkpoints,
+    wal: wal::Wal,
+    slots: replication::Slots,
+    relations: RelationState,
+    /// Extra databases by name (`[collection] databases`).
+    others: HashMap<String, RelationState>,
+}
+
+impl Health {
+    /// Collectors with no readings yet: the first [`Health::collect`] is the baseline.
+    pub fn new(options: HealthOptions) -> Health {
+        Health {
+            options,
+            version_num: None,
+            cycle: 0,
+            last_collect: None,
+            backoffs: HashMap::new(),
+            last_run: HashMap::new(),
+            databases: databases::Databases::default(),
+            checkpoints: checkpoints::Checkpoints::default(),
+            wal: wal::Wal::default(),
+            slots: replication::Slots::default(),
+            relations: RelationState::new(),
+            others: HashMap::new(),
+        }
+    }
+
+    /// The server's `server_version_num` once known (e.g. 170002).
+    pub fn server_version_num(&self) -> Option<u32> {
+        self.version_num
+    }
+
+    fn ensure_version(&mut self, client: &mut postgres::Client) -> Result<u32, HealthError> {
+        if let Some(v) = self.version_num {
+            return Ok(v);
+        }
+        let row = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .map_err(HealthError::at("version", "server_version_num"))?;
+        let v: i32 = row
+            .try_get(0)
+            .map_err(HealthError::at("version", "server_version_num"))?;
+        let v = u32::try_from(v).unwrap_or(0);
+        let major = v / 10000;
+        if !version::SUPPORTED.contains(&major) {
+            log::warn!(
+                "server health: PostgreSQL {major} is outside the tested range 12 to 18; \
+                 figures a view lacks are reported as errors"
+            );
+        }
+        self.version_num = Some(v);
+        Ok(v)
+    }
+
+    /// Collects one interval: runs every sub-collector on `client` (connected to the monitored
+    /// server's configured database) and returns the `postgres` block:
+    /// `{server_version_num, cycle, interval_s, baseline, connections, databases, ..., errors}`.
+    /// `now` is the time of this collection (a monotonic clock): it measures the interval and
+    /// decides when the slow sub-collectors are due. Call it once per collection interval.
+    pub fn collect(&mut self, client: &mut postgres::Client, now: Instant) -> Json {
+        let interval = self.last_collect.map(|t| now.saturating_duration_since(t));
+        let mut out = Json::object();
+        let version = self.ensure_version(client);
+        out.push("server_version_num", version.as_ref().ok().copied());
+        out.push("cycle", self.cycle);
+        out.push(
+            "interval_s",
+            interval.map(|d| counters::round3(d.as_secs_f64())),
+        );
+        out.push("baseline", self.last_collect.is_none());
+        let v = match version {
+            Ok(v) => v,
+            Err(e) => {
+                out.push("errors", Json::Array(vec![e.to_json()]));
+                return out;
+            }
+        };
+        let ctx = Ctx {
+            major: v / 10000,
+            top_n: self.options.top_n,
+        };
+        let mut runner = Runner {
+            cycle: self.cycle,
+            now,
+            slow_every: self.options.slow_every,
+            backoffs: &mut self.backoffs,
+            last_run: &mut self.last_run,
+            errors: Vec::new(),
+            version_stale: false,
+        };
+        let (dbs, ckpt, wal, slots) = (
+            &mut self.databases,
+            &mut self.checkpoints,
+            &mut self.wal,
+            &mut self.slots,
+        );
+        runner.run(Part::Connections, &mut out, || {
+            connections::collect(client, &ctx)
+        });
+        runner.run(Part::Databases, &mut out, || dbs.collect(client, &ctx));
+        runner.run(Part::DatabaseSizes, &mut out, || {
+            databases::collect_sizes(client)
+        });
+        runner.run(Part::Checkpoints, &mut out, || ckpt.collect(client, &ctx));
+        runner.run(Part::Wal, &mut out, || wal.collect(client, &ctx));
+        runner.run(Part::Replication, &mut out, || {
+            replication::collect_standbys(client)
+        });
+        runner.run(Part::ReplicationSlots, &mut out, || {
+            slots.collect(client, &ctx)
+        });
+        runner.run(Part::WalReceiver, &mut out, || {
+            replication::collect_receiver(client, &ctx)
+        });
+        runner.run(Part::Vacuum, &mut out, || vacuum::collect_progress(client, &ctx));
+        runner.run(Part::Wraparound, &mut out, || {
+            vacuum::collect_wraparound(client)
+        });
+        let mut errors = std::mem::take(&mut runner.errors);
+        let mut stale = runner.version_stale;
+        let rel = collect_relations(
+            &mut self.relations,
+            client,
+            &ctx,
+            self.cycle,
+            now,
+            self.options.slow_every,
+            &mut out,
+        );
+        errors.extend(rel.0);
+        stale |= rel.1;
+        out.push("errors", Json::Array(errors));
+        if stale {
+            self.version_num = None;
+        }
+        self.cycle += 1;
+        self.last_collect = Some(now);
+        out
+    }
+
+    /// Collects the hot tables and unused indexes of another database (`[collection]
+    /// databases`) through `client`, which must be connected to that database. Returns
+    /// `{database, tables, unused_indexes, errors}`; each database keeps its own previous
+    /// readings and backoff. Call it once per interval per database, after [`Health::collect`]
+    /// (which supplies the server version; without it the version is read here).
+    pub fn collect_database(
+        &mut self,
+        database: &str,
+        client: &mut postgres::Client,
+        now: Instant,
+    ) -> Json {
+        let mut out = Json::object().field("database", database);
+        let v = match self.ensure_version(client) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push("errors", Json::Array(vec![e.to_json()]));
+                return out;
+            }
+        };
+        let ctx = Ctx {
+            major: v / 10000,
+            top_n: self.options.top_n,
+        };
+        // The cycle counter of the main collection paces this database's backoff too; without a
+        // main collection it still advances because every call below records an outcome.
+        let cycle = self.cycle;
+        let state = self
+            .others
+            .entry(database.to_string())
+            .or_insert_with(RelationState::new);
+        let (errors, stale) = collect_relations(
+            state,
+            client,
+            &ctx,
+            cycle,
+            now,
+            self.options.slow_every,
+            &mut out,
+        );
+        out.push("errors", Json::Array(errors));
+        if stale {
+            self.version_num = None;
+        }
+        out
+    }
+}
+
+fn collect_relations(
+    state: &mut RelationState,
+    client: &mut postgres::Client,
+    ctx: &Ctx,
+    cycle: u64,
+    now: Instant,
+    slow_every: Duration,
+    out: &mut Json,
+) -> (Vec<Json>, bool) {
+    let mut runner = Runner {
+        cycle,
+        now,
+        slow_every,
+        backoffs: &mut state.backoffs,
+        last_run: &mut state.last_run,
+        errors: Vec::new(),
+        version_stale: false,
+    };
+    let tables = &mut state.tables;
+    runner.run(Part::Tables, out, || tables.collect(client, ctx));
+    runner.run(Part::UnusedIndexes, out, || {
+        tables::collect_unused_indexes(client, ctx)
+    });
+    (runner.errors, runner.version_stale)
+}
+
+/// Reads the reset-marker columns `names` (epoch seconds of stats_reset, postmaster start).
+pub(crate) fn marker(
+    row: &postgres::Row,
+    names: &[&str],
+) -> Result<Vec<Option<f64>>, postgres::Error> {
+    names
+        .iter()
+        .map(|n| row.try_get::<_, Option<f64>>(*n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_has_a_distinct_name() {
+        let mut names: Vec<_> = Part::ALL.iter().map(|p| p.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Part::ALL.len());
+        assert!(Part::DatabaseSizes.is_slow() && !Part::Tables.is_slow());
+    }
+}
