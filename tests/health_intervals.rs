@@ -17,6 +17,19 @@ fn a_fresh_server_yields_every_figure_without_errors_and_a_baseline_first() {
         first["server_version_num"].as_u64().unwrap() / 10000,
         u64::from(pg.major_version())
     );
+    let before: i64 = pg
+        .admin()
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    run_and_disconnect(&pg, "SELECT 1");
+    wait_until(
+        &pg,
+        &format!("SELECT xact_commit > {before} FROM pg_stat_database WHERE datname = 'postgres'"),
+    );
     let second = m.collect_clean();
     assert_eq!(second["baseline"], false);
     assert!(second["interval_s"].as_f64().unwrap() >= 0.0, "{second:#}");
@@ -41,7 +54,7 @@ fn a_fresh_server_yields_every_figure_without_errors_and_a_baseline_first() {
     let size = find(&first["database_sizes"]["databases"], "datname", "postgres").unwrap();
     assert!(size["size_bytes"].as_u64().unwrap() > 1_000_000, "{size}");
 
-    // The collector's own queries commit transactions in the postgres database.
+    // Sessions committed transactions in the postgres database in between.
     let db = postgres_db(&second);
     assert!(db["xact_commit"].as_u64().unwrap() >= 1, "{db}");
     let c = &second["connections"];

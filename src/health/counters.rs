@@ -84,7 +84,7 @@ pub fn write_figures(
     out: &mut Json,
 ) -> bool {
     let reset = prev.is_some_and(|p| {
-        p.marker != cur.marker
+        marker_changed(&p.marker, &cur.marker)
             || cols
                 .iter()
                 .enumerate()
@@ -107,6 +107,17 @@ pub fn write_figures(
         out.push(c.name, v);
     }
     reset
+}
+
+/// Whether a reset marker changed. A marker that appears where there was none is not a reset:
+/// before PG15 a database's `stats_reset` is NULL until its statistics entry is created, and its
+/// counters start from the zeros read before.
+pub fn marker_changed(prev: &[Option<f64>], cur: &[Option<f64>]) -> bool {
+    prev.len() != cur.len()
+        || prev
+            .iter()
+            .zip(cur)
+            .any(|(p, c)| p.is_some() && p != c)
 }
 
 /// Whether any counter of `cur` moved since `prev` (used to leave idle databases out).
@@ -211,6 +222,17 @@ mod tests {
         let (json, reset) = figures(Some(&a), &b);
         assert!(reset);
         assert!(json.starts_with(r#"{"n":null,"t":null"#), "{json}");
+    }
+
+    #[test]
+    fn a_marker_appearing_is_not_a_reset() {
+        assert!(!marker_changed(&[None, Some(1.0)], &[Some(5.0), Some(1.0)]));
+        assert!(marker_changed(&[Some(4.0), Some(1.0)], &[Some(5.0), Some(1.0)]));
+        assert!(marker_changed(&[Some(4.0)], &[None]));
+        let mut a = reading(10.0, 1.5, 7.0, 1.0);
+        a.marker = vec![None];
+        let b = reading(12.0, 1.5, 7.0, 1.0);
+        assert_eq!(figures(Some(&a), &b).1, false);
     }
 
     #[test]
