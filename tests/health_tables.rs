@@ -260,3 +260,71 @@ fn a_collector_that_keeps_timing_out_is_backed_off_and_comes_back() {
     // waited longer than lock_timeout (not asserted on wall time).
     assert!(back["wal"].is_object());
 }
+
+#[test]
+fn another_database_gets_its_own_hot_tables_and_baseline() {
+    let pg = TestPg::start();
+    run_and_disconnect(&pg, "CREATE DATABASE shop");
+    let mut shop_admin = postgres::Config::new()
+        .host(pg.socket_dir().to_str().unwrap())
+        .port(pg.port())
+        .user("postgres")
+        .dbname("shop")
+        .connect(postgres::NoTls)
+        .unwrap();
+    shop_admin
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1)")
+        .unwrap();
+    drop(shop_admin);
+    let mut m = Monitor::new(&pg);
+    let shop_pool = bitville_pg_agent::pool::Pool::new(
+        &bitville_pg_agent::config::DatabaseConfig {
+            dbname: "shop".into(),
+            ..pg.db_config()
+        },
+    );
+    let mut shop = shop_pool.acquire().unwrap();
+    m.collect_clean();
+    let first = m
+        .health
+        .collect_database("shop", &mut shop, std::time::Instant::now());
+    let first: Value = serde_json::from_str(&first.to_json_string()).unwrap();
+    assert_eq!(first["database"], "shop");
+    assert_eq!(first["errors"], json!([]), "{first:#}");
+    assert_eq!(first["tables"]["baseline"], true, "{first:#}");
+
+    let mut c = postgres::Config::new()
+        .host(pg.socket_dir().to_str().unwrap())
+        .port(pg.port())
+        .user("postgres")
+        .dbname("shop")
+        .connect(postgres::NoTls)
+        .unwrap();
+    c.batch_execute("SELECT count(*) FROM orders; SELECT count(*) FROM orders")
+        .unwrap();
+    drop(c);
+    // Statistics of another database are visible from a session connected to it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n: i64 = shop
+            .query_one(
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'orders'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "statistics never showed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let main = m.collect_clean();
+    let other = m
+        .health
+        .collect_database("shop", &mut shop, std::time::Instant::now());
+    let other: Value = serde_json::from_str(&other.to_json_string()).unwrap();
+    assert_eq!(other["errors"], json!([]), "{other:#}");
+    assert_eq!(names(&other["tables"]["top"]["seq_scan"]), vec!["public.orders"]);
+    assert!(find(&main["tables"]["tables"], "table", "public.orders").is_none());
+}
