@@ -62,13 +62,22 @@ pub struct HealthOptions {
     /// Least time between two runs of the costly sub-collectors (database sizes, unused indexes).
     /// Defaults to 5 minutes.
     pub slow_every: Duration,
+    /// What the hot-tables query may cost per interval on a database with many tables: when it
+    /// took longer (measured as wall time, only with at least [`LARGE_CATALOG`] tables) it runs
+    /// every few intervals instead (at most every 10th), and its deltas span those intervals.
+    /// Defaults to 25 ms.
+    pub tables_budget: Duration,
 }
+
+/// Below this many tables the hot-tables query always runs every interval, whatever it cost.
+pub const LARGE_CATALOG: usize = 5_000;
 
 impl Default for HealthOptions {
     fn default() -> HealthOptions {
         HealthOptions {
             top_n: 20,
             slow_every: Duration::from_secs(300),
+            tables_budget: Duration::from_millis(25),
         }
     }
 }
@@ -240,6 +249,12 @@ pub(crate) struct Ctx {
     pub major: u32,
     /// Rows per ranking.
     pub top_n: usize,
+    /// This collection's cycle number.
+    pub cycle: u64,
+    /// This collection's time.
+    pub now: Instant,
+    /// See [`HealthOptions::tables_budget`].
+    pub tables_budget: Duration,
 }
 
 /// Per-part backoff and last-run bookkeeping, and the block's error list while it is built.
@@ -412,6 +427,9 @@ impl Health {
         let ctx = Ctx {
             major: v / 10000,
             top_n: self.options.top_n,
+            cycle: self.cycle,
+            now,
+            tables_budget: self.options.tables_budget,
         };
         let mut runner = Runner {
             cycle: self.cycle,
@@ -494,6 +512,9 @@ impl Health {
         let ctx = Ctx {
             major: v / 10000,
             top_n: self.options.top_n,
+            cycle: self.cycle,
+            now,
+            tables_budget: self.options.tables_budget,
         };
         // The cycle counter of the main collection paces this database's backoff too; without a
         // main collection it still advances because every call below records an outcome.
