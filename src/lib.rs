@@ -4,7 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod json;
 pub mod payload;
 pub mod pool;
-pub mod health;
