@@ -368,22 +368,27 @@ pub(crate) fn collect_unused_indexes(
     client: &mut postgres::Client,
     ctx: &Ctx,
 ) -> Result<Json, HealthError> {
-    let err = HealthError::at("unused_indexes", "pg_stat_user_indexes, pg_locks");
+    let err = HealthError::at("unused_indexes", "pg_stat_get_numscans over pg_index, pg_locks");
     let limit = i64::try_from(ctx.top_n).unwrap_or(i64::MAX);
+    // Straight over pg_index rather than pg_stat_user_indexes, so the statistics are read only
+    // for indexes that enforce nothing (the view reads them for every index).
     let sql = format!(
         "WITH {LOCKED}
-         SELECT s.schemaname::text || '.' || s.relname::text AS table_name,
-                s.indexrelname::text AS index_name,
+         SELECT n.nspname::text || '.' || t.relname::text AS table_name,
+                c.relname::text AS index_name,
                 c.relpages::int8 * current_setting('block_size')::int8 AS size_bytes,
                 count(*) OVER () AS n_unused
-         FROM pg_stat_user_indexes s
-         JOIN pg_index i ON i.indexrelid = s.indexrelid
-         JOIN pg_class c ON c.oid = s.indexrelid
-         WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary
-           AND NOT i.indisexclusion
-           AND s.indexrelid NOT IN (SELECT oid FROM locked)
-           AND s.relid NOT IN (SELECT oid FROM locked)
-         ORDER BY size_bytes DESC, s.indexrelid
+         FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_class t ON t.oid = i.indrelid
+         JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname !~ '^pg_toast'
+           AND i.indexrelid NOT IN (SELECT oid FROM locked)
+           AND i.indrelid NOT IN (SELECT oid FROM locked)
+           AND pg_stat_get_numscans(i.indexrelid) = 0
+         ORDER BY size_bytes DESC, i.indexrelid
          LIMIT $1"
     );
     let rows = client.query(sql.as_str(), &[&limit]).map_err(&err)?;
