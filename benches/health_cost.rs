@@ -119,7 +119,12 @@ fn main() {
         for c in 0..CYCLES {
             // Some activity between cycles so there is something to rank.
             let scans: String = (0..50)
-                .map(|k| format!("SELECT count(*) FROM t{};", (c as usize * 97 + k * 31) % n + 1))
+                .map(|k| {
+                    format!(
+                        "SELECT count(*) FROM t{};",
+                        (c as usize * 97 + k * 31) % n + 1
+                    )
+                })
                 .collect();
             // A session of its own, closed at once, so its statistics are visible to the cycle.
             pg.admin().batch_execute(&scans).unwrap();

@@ -60,13 +60,19 @@ fn a_fresh_server_yields_every_figure_without_errors_and_a_baseline_first() {
     let c = &second["connections"];
     assert_eq!(c["max_connections"], 60);
     assert!(c["client_backends"].as_u64().unwrap() >= 1, "{c}");
-    assert!(c["by_backend_type"]["checkpointer"].as_u64() == Some(1), "{c}");
+    assert!(
+        c["by_backend_type"]["checkpointer"].as_u64() == Some(1),
+        "{c}"
+    );
     assert_eq!(second["wal"]["in_recovery"], false);
     assert_eq!(second["wal_receiver"]["in_recovery"], false);
     let w = &second["wraparound"];
     let share = w["max_xid_wraparound_share"].as_f64().unwrap();
     assert!(share > 0.0 && share < 0.01, "{w}");
-    assert!(find(&w["databases"], "datname", "template1").is_some(), "{w}");
+    assert!(
+        find(&w["databases"], "datname", "template1").is_some(),
+        "{w}"
+    );
     assert_eq!(second["vacuum"]["autovacuum_max_workers"], 3);
 }
 
@@ -81,8 +87,14 @@ fn a_forced_checkpoint_shows_as_a_requested_checkpoint() {
     let before: i64 = pg.admin().query_one(counter, &[]).unwrap().get(0);
     let mut m = Monitor::new(&pg);
     let first = m.collect_clean();
-    assert!(first["checkpoints"]["checkpoints_requested"].is_null(), "baseline has no delta");
-    run_and_disconnect(&pg, "CREATE TABLE filler AS SELECT g FROM generate_series(1, 10000) g; CHECKPOINT");
+    assert!(
+        first["checkpoints"]["checkpoints_requested"].is_null(),
+        "baseline has no delta"
+    );
+    run_and_disconnect(
+        &pg,
+        "CREATE TABLE filler AS SELECT g FROM generate_series(1, 10000) g; CHECKPOINT",
+    );
     wait_until(&pg, &format!("SELECT ({counter}) > {before}"));
     let block = m.collect_clean();
     let ck = &block["checkpoints"];
@@ -91,7 +103,10 @@ fn a_forced_checkpoint_shows_as_a_requested_checkpoint() {
     assert_eq!(ck["reset"], false);
     // The next interval, with no checkpoint, shows none.
     let quiet = m.collect_clean();
-    assert_eq!(quiet["checkpoints"]["checkpoints_requested"], 0, "{quiet:#}");
+    assert_eq!(
+        quiet["checkpoints"]["checkpoints_requested"], 0,
+        "{quiet:#}"
+    );
 }
 
 #[test]
@@ -117,14 +132,21 @@ fn a_sort_spilling_to_disk_shows_as_temp_files_and_bytes() {
 
 #[test]
 fn a_deadlock_between_two_sessions_shows_as_one_deadlock() {
-    let pg = TestPg::builder().setting("deadlock_timeout", "100ms").start();
-    run_and_disconnect(&pg, "CREATE TABLE pair (id int PRIMARY KEY, v int); INSERT INTO pair VALUES (1, 0), (2, 0)");
+    let pg = TestPg::builder()
+        .setting("deadlock_timeout", "100ms")
+        .start();
+    run_and_disconnect(
+        &pg,
+        "CREATE TABLE pair (id int PRIMARY KEY, v int); INSERT INTO pair VALUES (1, 0), (2, 0)",
+    );
     let mut m = Monitor::new(&pg);
     m.collect_clean();
     let mut a = pg.admin();
     let mut b = pg.admin();
-    a.batch_execute("BEGIN; UPDATE pair SET v = 1 WHERE id = 1").unwrap();
-    b.batch_execute("BEGIN; UPDATE pair SET v = 2 WHERE id = 2").unwrap();
+    a.batch_execute("BEGIN; UPDATE pair SET v = 1 WHERE id = 1")
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE pair SET v = 2 WHERE id = 2")
+        .unwrap();
     // a waits for b's row; b then asks for a's row: one of them is chosen as the victim.
     let waiter = std::thread::spawn(move || {
         let r = a.batch_execute("UPDATE pair SET v = 1 WHERE id = 2");
@@ -138,9 +160,15 @@ fn a_deadlock_between_two_sessions_shows_as_one_deadlock() {
     let r = b.batch_execute("UPDATE pair SET v = 2 WHERE id = 1");
     let _ = b.batch_execute("ROLLBACK");
     let other = waiter.join().unwrap();
-    let codes = [r.err().and_then(|e| e.code().map(|c| c.code().to_string())), other];
+    let codes = [
+        r.err().and_then(|e| e.code().map(|c| c.code().to_string())),
+        other,
+    ];
     assert_eq!(
-        codes.iter().filter(|c| c.as_deref() == Some("40P01")).count(),
+        codes
+            .iter()
+            .filter(|c| c.as_deref() == Some("40P01"))
+            .count(),
         1,
         "{codes:?}"
     );
@@ -180,7 +208,10 @@ fn a_vacuum_of_a_table_shows_in_the_next_interval() {
     assert_eq!(t["top"]["vacuums"][0], "public.churn", "{t:#}");
     let churn = find(&t["tables"], "table", "public.churn").unwrap();
     assert_eq!(churn["vacuums"], 1, "{churn}");
-    assert!(churn["dead_tuples_added"].as_i64().unwrap() <= -2500, "{churn}");
+    assert!(
+        churn["dead_tuples_added"].as_i64().unwrap() <= -2500,
+        "{churn}"
+    );
     assert_eq!(churn["n_dead_tup"], 0, "{churn}");
     assert!(churn["last_vacuum"].as_f64().unwrap() > 1.7e9, "{churn}");
     assert!(churn["size_bytes"].as_u64().unwrap() >= 8192, "{churn}");
@@ -195,7 +226,12 @@ fn a_logical_slot_retains_wal_and_its_retention_grows_by_the_wal_written() {
     );
     let mut m = Monitor::new(&pg);
     let first = m.collect_clean();
-    let slot = find(&first["replication_slots"]["slots"], "slot_name", "bitville_test").unwrap();
+    let slot = find(
+        &first["replication_slots"]["slots"],
+        "slot_name",
+        "bitville_test",
+    )
+    .unwrap();
     assert_eq!(slot["active"], false, "{slot}");
     assert_eq!(slot["slot_type"], "logical", "{slot}");
     assert!(slot["retained_bytes_delta"].is_null(), "baseline: {slot}");
@@ -220,13 +256,21 @@ fn a_logical_slot_retains_wal_and_its_retention_grows_by_the_wal_written() {
         );
     }
     let block = m.collect_clean();
-    let slot = find(&block["replication_slots"]["slots"], "slot_name", "bitville_test").unwrap();
+    let slot = find(
+        &block["replication_slots"]["slots"],
+        "slot_name",
+        "bitville_test",
+    )
+    .unwrap();
     let grown = slot["retained_bytes_delta"].as_i64().unwrap();
     assert!(grown > 4_000_000, "{slot}");
     assert!(slot["retained_bytes"].as_i64().unwrap() >= grown, "{slot}");
     let wal = &block["wal"];
     let bytes = wal["bytes"].as_i64().unwrap();
-    assert!(bytes >= grown, "WAL written covers what the slot retains more: {wal} {slot}");
+    assert!(
+        bytes >= grown,
+        "WAL written covers what the slot retains more: {wal} {slot}"
+    );
     if pg.major_version() >= 13 {
         assert!(slot["wal_status"].is_string(), "{slot}");
     } else {

@@ -39,7 +39,10 @@ fn a_hundred_sequential_scans_put_the_table_at_the_top_of_the_hot_tables() {
     assert_eq!(first["tables"]["top"]["seq_scan"], json!([]), "{first:#}");
     // The never-used index shows on the first (slow) run.
     let unused = &first["unused_indexes"];
-    assert!(find(&unused["indexes"], "index", "hot_pad").is_some(), "{unused:#}");
+    assert!(
+        find(&unused["indexes"], "index", "hot_pad").is_some(),
+        "{unused:#}"
+    );
 
     let mut script = String::from("SET enable_indexscan = off; SET enable_bitmapscan = off;");
     for _ in 0..100 {
@@ -76,13 +79,19 @@ fn a_hundred_sequential_scans_put_the_table_at_the_top_of_the_hot_tables() {
         },
     );
     small.collect_clean();
-    run_and_disconnect(&pg, "SELECT count(*) FROM warm; SELECT count(*) FROM warm; SELECT count(*) FROM hot");
+    run_and_disconnect(
+        &pg,
+        "SELECT count(*) FROM warm; SELECT count(*) FROM warm; SELECT count(*) FROM hot",
+    );
     wait_until(
         &pg,
         "SELECT seq_scan >= 12 FROM pg_stat_user_tables WHERE relname = 'warm'",
     );
     let block = small.collect_clean();
-    assert_eq!(names(&block["tables"]["top"]["seq_scan"]), vec!["public.warm"]);
+    assert_eq!(
+        names(&block["tables"]["top"]["seq_scan"]),
+        vec!["public.warm"]
+    );
 }
 
 #[test]
@@ -134,8 +143,10 @@ fn a_table_under_an_access_exclusive_lock_is_skipped_not_waited_for() {
     );
 
     // Both slow and fast parts run in this interval; neither may wait behind the locks.
-    let mut opts = HealthOptions::default();
-    opts.slow_every = std::time::Duration::ZERO;
+    let opts = HealthOptions {
+        slow_every: std::time::Duration::ZERO,
+        ..HealthOptions::default()
+    };
     let mut fresh = Monitor::with_options(&pg, opts);
     let block = m.collect_clean();
     let fresh_block = fresh.collect_clean();
@@ -151,10 +162,16 @@ fn a_table_under_an_access_exclusive_lock_is_skipped_not_waited_for() {
     assert!(skipped.contains(&"public.queued"), "{t:#}");
     assert!(!skipped.contains(&"public.calm"), "{t:#}");
     assert_eq!(names(&t["top"]["seq_scan"]), vec!["public.calm"], "{t:#}");
-    assert!(find(&t["tables"], "table", "public.busy").is_none(), "{t:#}");
+    assert!(
+        find(&t["tables"], "table", "public.busy").is_none(),
+        "{t:#}"
+    );
     // The index of a locked table is left out of the unused indexes.
     let unused = &fresh_block["unused_indexes"]["indexes"];
-    assert!(find(unused, "index", "busy_id").is_none(), "{fresh_block:#}");
+    assert!(
+        find(unused, "index", "busy_id").is_none(),
+        "{fresh_block:#}"
+    );
     assert!(fresh_block["tables"]["skipped"].as_array().unwrap().len() >= 2);
 
     holder.batch_execute("COMMIT").unwrap();
@@ -177,7 +194,10 @@ fn a_table_under_an_access_exclusive_lock_is_skipped_not_waited_for() {
         &format!("SELECT seq_scan > {scans} FROM pg_stat_user_tables WHERE relname = 'busy'"),
     );
     let after = m.collect_clean();
-    assert!(after["tables"]["skipped"].as_array().unwrap().is_empty(), "{after:#}");
+    assert!(
+        after["tables"]["skipped"].as_array().unwrap().is_empty(),
+        "{after:#}"
+    );
     assert!(!names(&after["tables"]["top"]["seq_scan"]).contains(&"public.busy".to_string()));
     let scans = seq_scans(&pg, "busy");
     run_and_disconnect(&pg, "SELECT count(*) FROM busy");
@@ -186,7 +206,11 @@ fn a_table_under_an_access_exclusive_lock_is_skipped_not_waited_for() {
         &format!("SELECT seq_scan > {scans} FROM pg_stat_user_tables WHERE relname = 'busy'"),
     );
     let later = m.collect_clean();
-    assert_eq!(names(&later["tables"]["top"]["seq_scan"]), vec!["public.busy"], "{later:#}");
+    assert_eq!(
+        names(&later["tables"]["top"]["seq_scan"]),
+        vec!["public.busy"],
+        "{later:#}"
+    );
 }
 
 /// The table's sequential scans so far (CREATE INDEX counts one on some versions).
@@ -217,9 +241,15 @@ fn a_missing_privilege_fails_only_its_collector() {
     assert_eq!(e["collector"], "wal", "{e}");
     assert_eq!(e["sqlstate"], "42501", "{e}");
     assert_eq!(e["timeout"], false, "{e}");
-    assert!(e["query"].as_str().unwrap().contains("pg_stat_archiver"), "{e}");
+    assert!(
+        e["query"].as_str().unwrap().contains("pg_stat_archiver"),
+        "{e}"
+    );
     assert!(block["wal"].is_null(), "{block:#}");
-    assert!(block["checkpoints"]["checkpoints_timed"].is_number(), "{block:#}");
+    assert!(
+        block["checkpoints"]["checkpoints_timed"].is_number(),
+        "{block:#}"
+    );
     assert!(block["databases"]["databases"].is_array(), "{block:#}");
 }
 
@@ -241,7 +271,10 @@ fn a_collector_that_keeps_timing_out_is_backed_off_and_comes_back() {
         let e = &errors[0];
         assert_eq!(e["collector"], "wal", "{e}");
         assert!(block["wal"].is_null());
-        assert!(block["checkpoints"].is_object(), "others still ship: {block:#}");
+        assert!(
+            block["checkpoints"].is_object(),
+            "others still ship: {block:#}"
+        );
         seen.push(if e["skipped"].is_string() {
             "skip".to_string()
         } else {
@@ -252,7 +285,14 @@ fn a_collector_that_keeps_timing_out_is_backed_off_and_comes_back() {
     }
     assert_eq!(
         seen,
-        vec!["timeout+0", "timeout+1", "skip", "timeout+2", "skip", "skip"]
+        vec![
+            "timeout+0",
+            "timeout+1",
+            "skip",
+            "timeout+2",
+            "skip",
+            "skip"
+        ]
     );
     holder.batch_execute("COMMIT").unwrap();
     let back = m.collect_clean();
@@ -277,12 +317,11 @@ fn another_database_gets_its_own_hot_tables_and_baseline() {
         .unwrap();
     drop(shop_admin);
     let mut m = Monitor::new(&pg);
-    let shop_pool = bitville_pg_agent::pool::Pool::new(
-        &bitville_pg_agent::config::DatabaseConfig {
+    let shop_pool =
+        bitville_pg_agent::pool::Pool::new(&bitville_pg_agent::config::DatabaseConfig {
             dbname: "shop".into(),
             ..pg.db_config()
-        },
-    );
+        });
     let mut shop = shop_pool.acquire().unwrap();
     m.collect_clean();
     let first = m
@@ -316,7 +355,10 @@ fn another_database_gets_its_own_hot_tables_and_baseline() {
         if n >= 2 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "statistics never showed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statistics never showed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let main = m.collect_clean();
@@ -325,6 +367,9 @@ fn another_database_gets_its_own_hot_tables_and_baseline() {
         .collect_database("shop", &mut shop, std::time::Instant::now());
     let other: Value = serde_json::from_str(&other.to_json_string()).unwrap();
     assert_eq!(other["errors"], json!([]), "{other:#}");
-    assert_eq!(names(&other["tables"]["top"]["seq_scan"]), vec!["public.orders"]);
+    assert_eq!(
+        names(&other["tables"]["top"]["seq_scan"]),
+        vec!["public.orders"]
+    );
     assert!(find(&main["tables"]["tables"], "table", "public.orders").is_none());
 }

@@ -60,7 +60,10 @@ pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, 
         let state: Option<String> = row.try_get("state").map_err(&err)?;
         match kind.as_deref() {
             Some("count") => {
-                let n: i64 = row.try_get::<_, Option<i64>>("n").map_err(&err)?.unwrap_or(0);
+                let n: i64 = row
+                    .try_get::<_, Option<i64>>("n")
+                    .map_err(&err)?
+                    .unwrap_or(0);
                 total += n;
                 let bt = backend_type.unwrap_or_else(|| "unknown".into());
                 match by_type.iter_mut().find(|(t, _)| *t == bt) {
@@ -74,10 +77,7 @@ pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, 
             }
             Some(which) => {
                 let session = Json::object()
-                    .field(
-                        "pid",
-                        row.try_get::<_, Option<i32>>("pid").map_err(&err)?,
-                    )
+                    .field("pid", row.try_get::<_, Option<i32>>("pid").map_err(&err)?)
                     .field(
                         "datname",
                         row.try_get::<_, Option<String>>("datname").map_err(&err)?,

@@ -113,11 +113,7 @@ pub fn write_figures(
 /// before PG15 a database's `stats_reset` is NULL until its statistics entry is created, and its
 /// counters start from the zeros read before.
 pub fn marker_changed(prev: &[Option<f64>], cur: &[Option<f64>]) -> bool {
-    prev.len() != cur.len()
-        || prev
-            .iter()
-            .zip(cur)
-            .any(|(p, c)| p.is_some() && p != c)
+    prev.len() != cur.len() || prev.iter().zip(cur).any(|(p, c)| p.is_some() && p != c)
 }
 
 /// Whether any counter of `cur` moved since `prev` (used to leave idle databases out).
@@ -227,19 +223,30 @@ mod tests {
     #[test]
     fn a_marker_appearing_is_not_a_reset() {
         assert!(!marker_changed(&[None, Some(1.0)], &[Some(5.0), Some(1.0)]));
-        assert!(marker_changed(&[Some(4.0), Some(1.0)], &[Some(5.0), Some(1.0)]));
+        assert!(marker_changed(
+            &[Some(4.0), Some(1.0)],
+            &[Some(5.0), Some(1.0)]
+        ));
         assert!(marker_changed(&[Some(4.0)], &[None]));
         let mut a = reading(10.0, 1.5, 7.0, 1.0);
         a.marker = vec![None];
         let b = reading(12.0, 1.5, 7.0, 1.0);
-        assert_eq!(figures(Some(&a), &b).1, false);
+        assert!(!figures(Some(&a), &b).1, "not a reset");
     }
 
     #[test]
     fn movement_is_detected_only_on_counters() {
         let a = reading(10.0, 1.5, 7.0, 1.0);
-        assert!(!any_counter_moved(&cols(), &a, &reading(10.0, 1.5, 99.0, 1.0)));
-        assert!(any_counter_moved(&cols(), &a, &reading(11.0, 1.5, 7.0, 1.0)));
+        assert!(!any_counter_moved(
+            &cols(),
+            &a,
+            &reading(10.0, 1.5, 99.0, 1.0)
+        ));
+        assert!(any_counter_moved(
+            &cols(),
+            &a,
+            &reading(11.0, 1.5, 7.0, 1.0)
+        ));
     }
 
     #[test]

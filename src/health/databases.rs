@@ -89,7 +89,14 @@ impl Databases {
         listed.truncate(MAX_LISTED);
         Ok(Json::object()
             .field("n_databases", rows.len())
-            .field("n_active", if baseline { Json::Null } else { n_active.into() })
+            .field(
+                "n_active",
+                if baseline {
+                    Json::Null
+                } else {
+                    n_active.into()
+                },
+            )
             .field("n_reset", n_reset)
             .field(
                 "databases",

@@ -271,12 +271,7 @@ struct Runner<'a> {
 impl Runner<'_> {
     /// Runs `f` for `part` unless it is backed off or (slow parts) not due; puts its figures (or
     /// `null` after an error) under the part's name in `out`.
-    fn run(
-        &mut self,
-        part: Part,
-        out: &mut Json,
-        f: impl FnOnce() -> Result<Json, HealthError>,
-    ) {
+    fn run(&mut self, part: Part, out: &mut Json, f: impl FnOnce() -> Result<Json, HealthError>) {
         if part.is_slow() {
             if let Some(last) = self.last_run.get(&part) {
                 if self.now.saturating_duration_since(*last) < self.slow_every {
@@ -325,6 +320,9 @@ struct RelationState {
     tables: tables::Tables,
     backoffs: HashMap<Part, Backoff>,
     last_run: HashMap<Part, Instant>,
+    /// Collections of this database so far: its own clock for backoff and cadence, so an extra
+    /// database collected on another schedule than the server is backed off correctly too.
+    cycle: u64,
 }
 
 impl RelationState {
@@ -333,6 +331,7 @@ impl RelationState {
             tables: tables::Tables::default(),
             backoffs: HashMap::new(),
             last_run: HashMap::new(),
+            cycle: 0,
         }
     }
 }
@@ -464,7 +463,9 @@ impl Health {
         runner.run(Part::WalReceiver, &mut out, || {
             replication::collect_receiver(client, &ctx)
         });
-        runner.run(Part::Vacuum, &mut out, || vacuum::collect_progress(client, &ctx));
+        runner.run(Part::Vacuum, &mut out, || {
+            vacuum::collect_progress(client, &ctx)
+        });
         runner.run(Part::Wraparound, &mut out, || {
             vacuum::collect_wraparound(client)
         });
@@ -474,7 +475,6 @@ impl Health {
             &mut self.relations,
             client,
             &ctx,
-            self.cycle,
             now,
             self.options.slow_every,
             &mut out,
@@ -516,22 +516,12 @@ impl Health {
             now,
             tables_budget: self.options.tables_budget,
         };
-        // The cycle counter of the main collection paces this database's backoff too; without a
-        // main collection it still advances because every call below records an outcome.
-        let cycle = self.cycle;
         let state = self
             .others
             .entry(database.to_string())
             .or_insert_with(RelationState::new);
-        let (errors, stale) = collect_relations(
-            state,
-            client,
-            &ctx,
-            cycle,
-            now,
-            self.options.slow_every,
-            &mut out,
-        );
+        let (errors, stale) =
+            collect_relations(state, client, &ctx, now, self.options.slow_every, &mut out);
         out.push("errors", Json::Array(errors));
         if stale {
             self.version_num = None;
@@ -540,17 +530,23 @@ impl Health {
     }
 }
 
+/// Runs the relation-level parts of one database; returns their errors and whether one of them
+/// suggests the version map no longer fits the server.
 fn collect_relations(
     state: &mut RelationState,
     client: &mut postgres::Client,
     ctx: &Ctx,
-    cycle: u64,
     now: Instant,
     slow_every: Duration,
     out: &mut Json,
 ) -> (Vec<Json>, bool) {
+    let ctx = &Ctx {
+        cycle: state.cycle,
+        ..*ctx
+    };
+    state.cycle += 1;
     let mut runner = Runner {
-        cycle,
+        cycle: ctx.cycle,
         now,
         slow_every,
         backoffs: &mut state.backoffs,

@@ -46,10 +46,8 @@ pub(crate) fn collect_standbys(client: &mut postgres::Client) -> Result<Json, He
     let rows = client.query(sql.as_str(), &[]).map_err(&err)?;
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
-        let mut e = Json::object().field(
-            "pid",
-            row.try_get::<_, Option<i32>>("pid").map_err(&err)?,
-        );
+        let mut e =
+            Json::object().field("pid", row.try_get::<_, Option<i32>>("pid").map_err(&err)?);
         for k in ["application_name", "client_addr", "state", "sync_state"] {
             e.push(k, opt_text(row, k).map_err(&err)?);
         }
@@ -121,7 +119,9 @@ impl Slots {
             e.push("retained_bytes_delta", grown.map(number));
             e.push(
                 "confirmed_lag_bytes",
-                opt_f64(row, "confirmed_lag_bytes").map_err(&err)?.map(number),
+                opt_f64(row, "confirmed_lag_bytes")
+                    .map_err(&err)?
+                    .map(number),
             );
             let values = counters::read(row, &cols).map_err(&err)?;
             for (c, v) in cols.iter().zip(values) {

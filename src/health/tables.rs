@@ -59,8 +59,11 @@ struct Deltas {
     analyzes: i64,
 }
 
+/// Which delta a ranking orders by.
+type Key = fn(&Deltas) -> i64;
+
 /// The rankings shipped, each the top N by one delta.
-const RANKINGS: [(&str, fn(&Deltas) -> i64); 5] = [
+const RANKINGS: [(&str, Key); 5] = [
     ("seq_scan", |d| d.seq_scan),
     ("tuples_read", |d| d.tuples_read),
     ("rows_modified", |d| d.rows_modified),
@@ -117,7 +120,7 @@ fn deltas(prev: &Counters, cur: &Counters) -> Option<Deltas> {
 
 /// The oids of the top `n` tables by `key` (only positive values), largest first; ties by oid
 /// so the order is stable.
-fn top(all: &[(u32, Deltas)], n: usize, key: fn(&Deltas) -> i64) -> Vec<u32> {
+fn top(all: &[(u32, Deltas)], n: usize, key: Key) -> Vec<u32> {
     let mut hits: Vec<(i64, u32)> = all
         .iter()
         .map(|(oid, d)| (key(d), *oid))
@@ -278,11 +281,9 @@ impl Tables {
                 .field("dead_tuples_added", d.dead_tuples)
                 .field("vacuums", d.vacuums)
                 .field("analyzes", d.analyzes);
-            if let Some((_, more)) = details.get(oid) {
-                if let Json::Object(fields) = more {
-                    for (k, v) in fields {
-                        e.push(k, v.clone());
-                    }
+            if let Some((_, Json::Object(fields))) = details.get(oid) {
+                for (k, v) in fields {
+                    e.push(k, v.clone());
                 }
             }
             tables.push(e);
@@ -293,7 +294,14 @@ impl Tables {
             .field("every_intervals", self.every)
             .field("query_ms", round3(cost.as_secs_f64() * 1000.0))
             .field("n_tables", n_tables)
-            .field("n_changed", if baseline { Json::Null } else { all.len().into() })
+            .field(
+                "n_changed",
+                if baseline {
+                    Json::Null
+                } else {
+                    all.len().into()
+                },
+            )
             .field("n_reset", n_reset)
             .field("top_n", ctx.top_n)
             .field("top", top_json)
@@ -368,7 +376,10 @@ pub(crate) fn collect_unused_indexes(
     client: &mut postgres::Client,
     ctx: &Ctx,
 ) -> Result<Json, HealthError> {
-    let err = HealthError::at("unused_indexes", "pg_stat_get_numscans over pg_index, pg_locks");
+    let err = HealthError::at(
+        "unused_indexes",
+        "pg_stat_get_numscans over pg_index, pg_locks",
+    );
     let limit = i64::try_from(ctx.top_n).unwrap_or(i64::MAX);
     // Straight over pg_index rather than pg_stat_user_indexes, so the statistics are read only
     // for indexes that enforce nothing (the view reads them for every index).
@@ -395,16 +406,21 @@ pub(crate) fn collect_unused_indexes(
     let mut n_unused = 0i64;
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
-        n_unused = row.try_get::<_, Option<i64>>("n_unused").map_err(&err)?.unwrap_or(0);
+        n_unused = row
+            .try_get::<_, Option<i64>>("n_unused")
+            .map_err(&err)?
+            .unwrap_or(0);
         list.push(
             Json::object()
                 .field(
                     "table",
-                    row.try_get::<_, Option<String>>("table_name").map_err(&err)?,
+                    row.try_get::<_, Option<String>>("table_name")
+                        .map_err(&err)?,
                 )
                 .field(
                     "index",
-                    row.try_get::<_, Option<String>>("index_name").map_err(&err)?,
+                    row.try_get::<_, Option<String>>("index_name")
+                        .map_err(&err)?,
                 )
                 .field(
                     "size_bytes",
@@ -432,7 +448,11 @@ mod tests {
     #[test]
     fn a_costly_query_on_a_large_catalog_runs_less_often_but_at_least_every_tenth_interval() {
         let ms = Duration::from_millis;
-        assert_eq!(spacing(ms(500), ms(25), 100), 1, "small catalogs always run");
+        assert_eq!(
+            spacing(ms(500), ms(25), 100),
+            1,
+            "small catalogs always run"
+        );
         assert_eq!(spacing(ms(20), ms(25), 50_000), 1);
         assert_eq!(spacing(ms(26), ms(25), 50_000), 2);
         assert_eq!(spacing(ms(60), ms(25), 50_000), 3);
@@ -445,7 +465,10 @@ mod tests {
         let all: Vec<(u32, Deltas)> = (1..=50).map(|i| (i, d(i as i64 % 7, 0))).collect();
         let t = top(&all, 3, |d| d.seq_scan);
         assert_eq!(t, vec![6, 13, 20], "ties broken by oid");
-        assert!(top(&all, 3, |d| d.dead_tuples).is_empty(), "zeros never rank");
+        assert!(
+            top(&all, 3, |d| d.dead_tuples).is_empty(),
+            "zeros never rank"
+        );
         let small = vec![(9, d(1, -5)), (4, d(2, 3))];
         assert_eq!(top(&small, 20, |d| d.seq_scan), vec![4, 9]);
         assert_eq!(top(&small, 20, |d| d.dead_tuples), vec![4]);
@@ -468,6 +491,9 @@ mod tests {
         let got = deltas(&prev, &vacuumed).unwrap();
         assert_eq!((got.seq_scan, got.dead_tuples, got.vacuums), (2, -500, 1));
         let reset = Counters::default();
-        assert!(deltas(&prev, &reset).is_none(), "a reset is not a negative delta");
+        assert!(
+            deltas(&prev, &reset).is_none(),
+            "a reset is not a negative delta"
+        );
     }
 }

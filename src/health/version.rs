@@ -160,7 +160,12 @@ pub const DATABASE: &[Column] = &[
         14,
     ),
     since("sessions", Kind::Count, "d.sessions", 14),
-    since("sessions_abandoned", Kind::Count, "d.sessions_abandoned", 14),
+    since(
+        "sessions_abandoned",
+        Kind::Count,
+        "d.sessions_abandoned",
+        14,
+    ),
     since("sessions_fatal", Kind::Count, "d.sessions_fatal", 14),
     since("sessions_killed", Kind::Count, "d.sessions_killed", 14),
     since(
@@ -183,17 +188,42 @@ pub const DATABASE: &[Column] = &[
 pub const CHECKPOINTS: &[Column] = &[
     until("checkpoints_timed", Kind::Count, "b.checkpoints_timed", 17),
     since("checkpoints_timed", Kind::Count, "c.num_timed", 17),
-    until("checkpoints_requested", Kind::Count, "b.checkpoints_req", 17),
+    until(
+        "checkpoints_requested",
+        Kind::Count,
+        "b.checkpoints_req",
+        17,
+    ),
     since("checkpoints_requested", Kind::Count, "c.num_requested", 17),
     since("checkpoints_done", Kind::Count, "c.num_done", 18),
-    since("restartpoints_timed", Kind::Count, "c.restartpoints_timed", 17),
-    since("restartpoints_requested", Kind::Count, "c.restartpoints_req", 17),
-    since("restartpoints_done", Kind::Count, "c.restartpoints_done", 17),
+    since(
+        "restartpoints_timed",
+        Kind::Count,
+        "c.restartpoints_timed",
+        17,
+    ),
+    since(
+        "restartpoints_requested",
+        Kind::Count,
+        "c.restartpoints_req",
+        17,
+    ),
+    since(
+        "restartpoints_done",
+        Kind::Count,
+        "c.restartpoints_done",
+        17,
+    ),
     until("write_time", Kind::Millis, "b.checkpoint_write_time", 17),
     since("write_time", Kind::Millis, "c.write_time", 17),
     until("sync_time", Kind::Millis, "b.checkpoint_sync_time", 17),
     since("sync_time", Kind::Millis, "c.sync_time", 17),
-    until("buffers_checkpoint", Kind::Count, "b.buffers_checkpoint", 17),
+    until(
+        "buffers_checkpoint",
+        Kind::Count,
+        "b.buffers_checkpoint",
+        17,
+    ),
     since("buffers_checkpoint", Kind::Count, "c.buffers_written", 17),
     since("slru_written", Kind::Count, "c.slru_written", 18),
     col("buffers_clean", Kind::Count, "b.buffers_clean"),
@@ -206,7 +236,12 @@ pub const CHECKPOINTS: &[Column] = &[
          AND backend_type NOT IN ('checkpointer', 'background writer'))",
         17,
     ),
-    until("buffers_backend_fsync", Kind::Count, "b.buffers_backend_fsync", 17),
+    until(
+        "buffers_backend_fsync",
+        Kind::Count,
+        "b.buffers_backend_fsync",
+        17,
+    ),
     since(
         "buffers_backend_fsync",
         Kind::Count,
@@ -288,7 +323,12 @@ pub const SLOTS: &[Column] = &[
     since("wal_status", Kind::Text, "s.wal_status", 13),
     since("safe_wal_size", Kind::Gauge, "s.safe_wal_size", 13),
     since("conflicting", Kind::Flag, "s.conflicting", 16),
-    since("invalidation_reason", Kind::Text, "s.invalidation_reason", 17),
+    since(
+        "invalidation_reason",
+        Kind::Text,
+        "s.invalidation_reason",
+        17,
+    ),
     since(
         "inactive_since",
         Kind::Gauge,
@@ -312,7 +352,12 @@ pub const VACUUM_PROGRESS: &[Column] = &[
     col("index_vacuum_count", Kind::Gauge, "v.index_vacuum_count"),
     until("max_dead_tuples", Kind::Gauge, "v.max_dead_tuples", 17),
     until("num_dead_tuples", Kind::Gauge, "v.num_dead_tuples", 17),
-    since("max_dead_tuple_bytes", Kind::Gauge, "v.max_dead_tuple_bytes", 17),
+    since(
+        "max_dead_tuple_bytes",
+        Kind::Gauge,
+        "v.max_dead_tuple_bytes",
+        17,
+    ),
     since("dead_tuple_bytes", Kind::Gauge, "v.dead_tuple_bytes", 17),
     since("num_dead_item_ids", Kind::Gauge, "v.num_dead_item_ids", 17),
     since("indexes_total", Kind::Gauge, "v.indexes_total", 17),
@@ -403,7 +448,10 @@ mod tests {
             wal18.iter().find(|c| c.name == "wal_write").unwrap().expr,
             None
         );
-        assert_eq!(resolve(WAL, 13).iter().filter(|c| c.expr.is_some()).count(), 0);
+        assert_eq!(
+            resolve(WAL, 13).iter().filter(|c| c.expr.is_some()).count(),
+            0
+        );
     }
 
     #[test]

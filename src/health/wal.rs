@@ -106,8 +106,7 @@ impl Wal {
             )
             .field("last_failed_wal", last_failed_wal)
             .field("last_failed_time", last_failed_time.map(number));
-        let reset =
-            counters::write_figures(&cols, prev.map(|p| &p.stats), &cur.stats, &mut out);
+        let reset = counters::write_figures(&cols, prev.map(|p| &p.stats), &cur.stats, &mut out);
         out.push("reset", reset);
         self.prev = Some(cur);
         Ok(out)

@@ -66,10 +66,7 @@ pub fn wait_until(pg: &TestPg, sql: &str) {
         if ok {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "statistics never showed: {sql}"
-        );
+        assert!(Instant::now() < deadline, "statistics never showed: {sql}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
