@@ -283,3 +283,34 @@ fn a_logical_slot_retains_wal_and_its_retention_grows_by_the_wal_written() {
         assert!(wal["wal_bytes"].is_null(), "{wal}");
     }
 }
+
+#[test]
+fn a_standby_reports_its_replay_position_and_no_errors() {
+    let mut pg = TestPg::start();
+    run_and_disconnect(
+        &pg,
+        "CREATE TABLE before_recovery AS SELECT generate_series(1, 1000) AS g",
+    );
+    // A standby without a primary: the server restarts in recovery (standby.signal) and stays
+    // there, serving read-only queries, which is all the standby code paths need.
+    pg.stop();
+    let signal = pg.data_dir().join("standby.signal");
+    std::fs::write(&signal, "").unwrap();
+    common::chown_to_server_user(&signal);
+    pg.start_again();
+    let mut m = Monitor::new(&pg);
+    let first = m.collect_clean();
+    let second = m.collect_clean();
+    for block in [&first, &second] {
+        assert_eq!(block["wal"]["in_recovery"], true, "{block:#}");
+        assert_eq!(block["wal_receiver"]["in_recovery"], true, "{block:#}");
+    }
+    // Nothing streams in, so nothing was replayed between the two intervals.
+    assert_eq!(second["wal"]["bytes"], 0, "{second:#}");
+    assert!(second["wal"]["lsn"].as_str().unwrap().contains('/'), "{second:#}");
+    let receiver = &second["wal_receiver"];
+    assert!(receiver["status"].is_null(), "no receiver runs: {receiver}");
+    assert!(receiver.get("replay_delay_s").is_some(), "{receiver}");
+    assert_eq!(second["replication"]["standbys"], serde_json::json!([]));
+    assert!(second["tables"].is_object(), "{second:#}");
+}
