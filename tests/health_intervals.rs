@@ -307,7 +307,10 @@ fn a_standby_reports_its_replay_position_and_no_errors() {
     }
     // Nothing streams in, so nothing was replayed between the two intervals.
     assert_eq!(second["wal"]["bytes"], 0, "{second:#}");
-    assert!(second["wal"]["lsn"].as_str().unwrap().contains('/'), "{second:#}");
+    assert!(
+        second["wal"]["lsn"].as_str().unwrap().contains('/'),
+        "{second:#}"
+    );
     let receiver = &second["wal_receiver"];
     assert!(receiver["status"].is_null(), "no receiver runs: {receiver}");
     assert!(receiver.get("replay_delay_s").is_some(), "{receiver}");
