@@ -158,13 +158,21 @@ fn main() {
             every,
             query_ms / f64::from(ran.max(1)),
         );
+        // PG13 renamed total_time to total_exec_time.
+        let total = if pg.major_version() >= 13 {
+            "total_exec_time"
+        } else {
+            "total_time"
+        };
         let rows = admin
             .query(
-                "SELECT calls, total_exec_time::float8 / calls AS mean_ms,
+                &format!(
+                    "SELECT calls, {total}::float8 / calls AS mean_ms,
                         left(regexp_replace(query, '\\s+', ' ', 'g'), 70) AS q
                  FROM pg_stat_statements
                  WHERE userid = 'bitville_monitor'::regrole AND calls > 0
-                 ORDER BY total_exec_time DESC LIMIT 6",
+                 ORDER BY {total} DESC LIMIT 6"
+                ),
                 &[],
             )
             .unwrap();

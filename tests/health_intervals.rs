@@ -5,7 +5,9 @@ mod common;
 mod health_support;
 
 use common::TestPg;
-use health_support::{find, postgres_db, run_and_disconnect, wait_until, Monitor};
+use health_support::{
+    assert_no_agent_transaction_open, find, postgres_db, run_and_disconnect, wait_until, Monitor,
+};
 
 #[test]
 fn a_fresh_server_yields_every_figure_without_errors_and_a_baseline_first() {
@@ -31,6 +33,7 @@ fn a_fresh_server_yields_every_figure_without_errors_and_a_baseline_first() {
         &format!("SELECT xact_commit > {before} FROM pg_stat_database WHERE datname = 'postgres'"),
     );
     let second = m.collect_clean();
+    assert_no_agent_transaction_open(&pg);
     assert_eq!(second["baseline"], false);
     assert!(second["interval_s"].as_f64().unwrap() >= 0.0, "{second:#}");
     for part in [

@@ -7,7 +7,9 @@ mod health_support;
 
 use bitville_pg_agent::health::HealthOptions;
 use common::TestPg;
-use health_support::{find, run_and_disconnect, wait_until, Monitor};
+use health_support::{
+    assert_no_agent_transaction_open, find, run_and_disconnect, wait_until, Monitor,
+};
 use serde_json::{json, Value};
 
 fn names(list: &Value) -> Vec<String> {
@@ -246,10 +248,14 @@ fn a_missing_privilege_fails_only_its_collector() {
         "{e}"
     );
     assert!(block["wal"].is_null(), "{block:#}");
+    // The parts after the failed one ran in a fresh transaction, and none was left open.
     assert!(
         block["checkpoints"]["checkpoints_timed"].is_number(),
         "{block:#}"
     );
+    assert!(block["wraparound"]["databases"].is_array(), "{block:#}");
+    assert!(block["tables"]["top"].is_object(), "{block:#}");
+    assert_no_agent_transaction_open(&pg);
     assert!(block["databases"]["databases"].is_array(), "{block:#}");
 }
 

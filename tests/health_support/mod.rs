@@ -89,3 +89,18 @@ pub fn postgres_db(block: &Value) -> &Value {
     find(&block["databases"]["databases"], "datname", "postgres")
         .unwrap_or_else(|| panic!("no postgres database entry: {block:#}"))
 }
+
+/// Asserts that no agent session was left inside a transaction (the collection runs in one
+/// read-only transaction and must end it, also after errors).
+pub fn assert_no_agent_transaction_open(pg: &TestPg) {
+    let n: i64 = pg
+        .admin()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'bitville-monitor' AND state <> 'idle'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "an agent session is not idle after a collection");
+}
