@@ -33,6 +33,8 @@
 //! - No query takes a lock on a user relation: sizes come from `pg_class.relpages`, and relations
 //!   that hold or wait for an ACCESS EXCLUSIVE lock are filtered out in SQL (through `pg_locks`)
 //!   before any statistics of them are read, and listed as skipped.
+//! - A collection runs its queries in one read-only transaction (after the version query) and
+//!   always ends it: a failing part rolls it back and begins a new one for the parts after it.
 //! - Nothing here panics on server answers: every column is read with `try_get`.
 
 pub mod backoff;
@@ -417,7 +419,9 @@ impl Health {
     /// server's configured database) and returns the `postgres` block:
     /// `{server_version_num, cycle, interval_s, baseline, connections, databases, ..., errors}`.
     /// `now` is the time of this collection (a monotonic clock): it measures the interval and
-    /// decides when the slow sub-collectors are due. Call it once per collection interval.
+    /// decides when the slow sub-collectors are due. Call it once per collection interval, with
+    /// a client that is not inside a transaction: the queries run in one read-only transaction
+    /// of their own, which is always ended before this returns.
     pub fn collect(&mut self, client: &mut postgres::Client, now: Instant) -> Json {
         let interval = self.last_collect.map(|t| now.saturating_duration_since(t));
         let mut out = Json::object();
