@@ -92,7 +92,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Rewrites etc/postgres-agent.ini.example from the key table in src/config.rs.
+# Rewrites etc/postgres-agent.ini.example and the README's key table from src/config.rs.
 regenerate:
 	BITVILLE_REGENERATE=1 $(CARGO) test --lib the_shipped_example_lists_every_key
 

@@ -202,6 +202,34 @@ pub const KEYS: &[KeySpec] = &[
         "while this file exists the agent makes no database queries (emergency brake)"
     ),
     key!(
+        "collection",
+        "health_top_n",
+        ["BITVILLE_PG_HEALTH_TOP_N"],
+        "20",
+        "tables per hot-table ranking and unused indexes shipped (1 to 100)"
+    ),
+    key!(
+        "collection",
+        "health_slow_interval_s",
+        ["BITVILLE_PG_HEALTH_SLOW_INTERVAL_S"],
+        "300",
+        "least seconds between the costly health figures: database sizes, unused indexes"
+    ),
+    key!(
+        "collection",
+        "health_tables_budget_ms",
+        ["BITVILLE_PG_HEALTH_TABLES_BUDGET_MS"],
+        "50",
+        "hot-table query cost per interval above which (5000+ tables) it runs less often"
+    ),
+    key!(
+        "collection",
+        "databases",
+        ["BITVILLE_PG_DATABASES"],
+        "",
+        "more databases (comma-separated) whose hot tables are collected, one connection each, within the cap of 5"
+    ),
+    key!(
         "listener",
         "url",
         ["BITVILLE_PG_LISTENER_URL", "BITVILLE_PG_URL"],
@@ -448,6 +476,14 @@ pub struct CollectionConfig {
     pub correlation_prefix: String,
     /// While this file exists no database query is made.
     pub pause_file: Option<PathBuf>,
+    /// Tables per hot-table ranking. Defaults to 20.
+    pub health_top_n: usize,
+    /// Least time between the costly health figures. Defaults to 5 minutes.
+    pub health_slow_interval: Duration,
+    /// Hot-table query budget per interval on large catalogs. Defaults to 50 ms.
+    pub health_tables_budget: Duration,
+    /// More databases whose hot tables are collected (each takes one of the pool's connections).
+    pub databases: Vec<String>,
 }
 
 /// Where and how payloads are delivered.
@@ -809,6 +845,19 @@ impl Config {
                 ))
             }
         };
+        // Every extra database holds one of the pool's connections; the main database keeps one.
+        if collection.databases.len() >= database.pool_max_size {
+            return Err(r.error(
+                "collection",
+                "databases",
+                format!(
+                    "{} databases need {} connections besides the main one, but pool_max_size is {}",
+                    collection.databases.len(),
+                    collection.databases.len(),
+                    database.pool_max_size
+                ),
+            ));
+        }
         for (key, path) in [("path", &buffer.path), ("state_dir", &collection.state_dir)] {
             if path.as_os_str().is_empty() || path.is_relative() {
                 let section = if key == "path" {
@@ -901,6 +950,19 @@ impl Config {
     }
 
     fn collection(r: &mut Reader<'_>) -> Result<CollectionConfig, ConfigError> {
+        let databases: Vec<String> = r
+            .string("collection", "databases")
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect();
+        if let Some(bad) = databases.iter().find(|d| d.len() > 63) {
+            return Err(r.error(
+                "collection",
+                "databases",
+                format!("\"{bad}\" is longer than 63 bytes"),
+            ));
+        }
         let interval_s = r.number("collection", "interval_s", 1, 3600)?;
         let sample_ms = r.capped("collection", "sample_interval_ms", 100, interval_s * 1000)?;
         let query_text = match r
@@ -936,6 +998,20 @@ impl Config {
             query_max_chars: r.number("collection", "query_max_chars", 16, 1_000_000)? as usize,
             correlation_prefix,
             pause_file: r.optional_path("collection", "pause_file"),
+            health_top_n: r.number("collection", "health_top_n", 1, 100)? as usize,
+            health_slow_interval: Duration::from_secs(r.number(
+                "collection",
+                "health_slow_interval_s",
+                60,
+                86_400,
+            )?),
+            health_tables_budget: Duration::from_millis(r.number(
+                "collection",
+                "health_tables_budget_ms",
+                1,
+                10_000,
+            )?),
+            databases,
         })
     }
 
@@ -1041,6 +1117,28 @@ pub fn example_ini() -> String {
     out
 }
 
+/// The README's configuration table (between `<!-- keys:start -->` and `<!-- keys:end -->`),
+/// generated from [`KEYS`] like the example file.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | environment | default | meaning |\n|---|---|---|---|\n");
+    for spec in KEYS {
+        let env: Vec<String> = spec.env.iter().map(|e| format!("`{e}`")).collect();
+        let default = if spec.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", spec.default)
+        };
+        out.push_str(&format!(
+            "| `[{}] {}` | {} | {default} | {} |\n",
+            spec.section,
+            spec.key,
+            env.join(", "),
+            spec.doc
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1098,6 +1196,25 @@ mod tests {
         let (c, w) = from_text(&shipped, &[]).unwrap();
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(c.database.port, 5432);
+
+        let readme_path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(readme_path).unwrap();
+        let (start, end) = ("<!-- keys:start -->\n", "<!-- keys:end -->");
+        let a = readme
+            .find(start)
+            .expect("README has the keys:start marker")
+            + start.len();
+        let b = readme.find(end).expect("README has the keys:end marker");
+        if std::env::var_os("BITVILLE_REGENERATE").is_some() {
+            let fresh = format!("{}{}{}", &readme[..a], markdown_table(), &readme[b..]);
+            std::fs::write(readme_path, fresh).unwrap();
+        } else {
+            assert_eq!(
+                &readme[a..b],
+                markdown_table(),
+                "run `make regenerate` after changing config::KEYS"
+            );
+        }
     }
 
     #[test]
@@ -1202,6 +1319,22 @@ mod tests {
         assert_eq!(
             err,
             "environment BITVILLE_PG_DB_PORT: [database] port: 70000 is out of range (1 to 65535)"
+        );
+    }
+
+    #[test]
+    fn extra_databases_fit_within_the_connection_cap() {
+        let (c, _) = from_text("[collection]\ndatabases = shop, billing ,\n", &[]).unwrap();
+        assert_eq!(c.collection.databases, ["shop", "billing"]);
+        let err = from_text(
+            "[database]\npool_max_size = 2\n[collection]\ndatabases = a,b\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[collection] databases: 2 databases need 2 connections"),
+            "{err}"
         );
     }
 

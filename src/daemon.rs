@@ -28,6 +28,7 @@ use crate::collect::host::{HostCollector, WatchedPath};
 use crate::collect::statements::{StatementsCollector, StatementsConfig};
 use crate::collect::{Backoff, CollectError};
 use crate::config::{self, Config};
+use crate::health::{Health, HealthOptions};
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
 use crate::payload::{unix_now, Payload, Source};
@@ -47,6 +48,27 @@ const LOG_POLL: Duration = Duration::from_secs(1);
 
 /// The same error is logged again at most this often (it is counted every time).
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(300);
+
+/// The pools the daemon uses: the main database's, with the connections the extra databases
+/// (`[collection] databases`) do not take, and one single-connection pool per extra database.
+/// Together they never exceed `pool_max_size`, and every pool's guard counts all agent sessions.
+pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
+    let cap = cfg.database.pool_max_size;
+    let extra: Vec<(String, Pool)> = cfg
+        .collection
+        .databases
+        .iter()
+        .map(|name| {
+            let db = config::DatabaseConfig {
+                dbname: name.clone(),
+                ..cfg.database.clone()
+            };
+            (name.clone(), Pool::with_limits(&db, 1, cap))
+        })
+        .collect();
+    let main = Pool::with_limits(&cfg.database, cap.saturating_sub(extra.len()).max(1), cap);
+    (main, extra)
+}
 
 /// Correlated payloads each of the two producers (the activity sampler and the log tailer) may
 /// add per interval. The listener takes one payload per request and the shipper sends at most
@@ -218,6 +240,8 @@ pub struct Context {
     pub config: Config,
     /// The pool: the only way to the database.
     pub pool: Pool,
+    /// One single-connection pool per extra database (`[collection] databases`).
+    pub extra_pools: Vec<(String, Pool)>,
     /// The spool: the only way to the listener.
     pub spool: Arc<Spool>,
     /// Stop and reload requests.
@@ -443,12 +467,18 @@ pub fn server_paths(client: &mut postgres::Client) -> Result<Vec<WatchedPath>, C
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
     let cfg = &ctx.config.collection;
     let mut statements = StatementsCollector::new(StatementsConfig::from_collection(cfg));
+    let mut health = Health::new(HealthOptions {
+        top_n: cfg.health_top_n,
+        slow_every: cfg.health_slow_interval,
+        tables_budget: cfg.health_tables_budget,
+    });
     let mut host = HostCollector::new();
     let mut paths = vec![WatchedPath {
         label: "spool".into(),
         path: ctx.config.buffer.path.clone(),
     }];
-    let (mut b_paths, mut b_statements) = (Backoff::default(), Backoff::default());
+    let (mut b_paths, mut b_statements, mut b_health) =
+        (Backoff::default(), Backoff::default(), Backoff::default());
     let mut have_server_paths = false;
     host.collect(&paths);
     let mut cpu_before = selfstats::usage().cpu_total();
@@ -472,7 +502,26 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
         {
             ctx.append_all(&[p]);
         }
-        let postgres: Option<Json> = None;
+        // Health reports its own failures inside the block (it never fails as a whole).
+        let mut postgres = ctx.db_step("health", &mut b_health, |c| {
+            Ok::<_, CollectError>(health.collect(c, Instant::now()))
+        });
+        if let Some(block) = postgres.as_mut().filter(|_| !ctx.extra_pools.is_empty()) {
+            let others: Vec<Json> = ctx
+                .extra_pools
+                .iter()
+                .map(|(name, pool)| match pool.acquire() {
+                    Ok(mut c) => health.collect_database(name, &mut c, Instant::now()),
+                    Err(e) => Json::object().field("database", name.as_str()).field(
+                        "errors",
+                        Json::Array(vec![Json::object()
+                            .field("collector", "health")
+                            .field("error", e.to_string())]),
+                    ),
+                })
+                .collect();
+            block.push("other_databases", Json::Array(others));
+        }
         if let Some(mut data) = host.collect(&paths) {
             if let Some(block) = postgres {
                 data.push("postgres", block);
@@ -628,6 +677,7 @@ pub fn run(
     config_path: Option<&Path>,
     loaded: config::Loaded,
     pool: Pool,
+    extra_pools: Vec<(String, Pool)>,
     spool: Arc<Spool>,
     shipper: crate::ship::Shipper,
     shutdown: Shutdown,
@@ -637,6 +687,7 @@ pub fn run(
         health: AgentHealth::new(loaded.config.collection.pause_file.clone()),
         config: loaded.config.clone(),
         pool,
+        extra_pools,
         spool,
         shutdown: shutdown.clone(),
     });
@@ -689,6 +740,9 @@ pub fn run(
     }
     write_status(&ctx, &ship_status);
     ctx.pool.close_idle();
+    for (_, p) in &ctx.extra_pools {
+        p.close_idle();
+    }
     log::info!("stopped");
     crate::cli::EXIT_OK
 }

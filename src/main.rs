@@ -172,7 +172,7 @@ fn run_daemon(cli: &Cli, loaded: Loaded, blocked: signals::Blocked) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let pool = Pool::new(&cfg.database);
+    let (pool, extra_pools) = daemon::pools(cfg);
     if let Err(code) = check_database(&pool, &cfg.collection.state_dir, true) {
         return code;
     }
@@ -191,6 +191,7 @@ fn run_daemon(cli: &Cli, loaded: Loaded, blocked: signals::Blocked) -> i32 {
         cli.config.as_deref(),
         loaded,
         pool,
+        extra_pools,
         spool,
         shipper,
         shutdown,

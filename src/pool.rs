@@ -157,6 +157,7 @@ struct Inner {
     pg: postgres::Config,
     target: String,
     max: usize,
+    session_limit: usize,
     acquire_timeout: Duration,
     state: Mutex<State>,
     returned: Condvar,
@@ -267,12 +268,19 @@ fn error_detail(err: &postgres::Error) -> String {
 impl Pool {
     /// A pool for `db`; no connection is opened until the first [`Pool::acquire`].
     pub fn new(db: &DatabaseConfig) -> Pool {
-        let max = db.pool_max_size.clamp(1, crate::config::MAX_POOL_SIZE);
+        Pool::with_limits(db, db.pool_max_size, db.pool_max_size)
+    }
+
+    /// A pool of at most `max` connections that refuses to connect while the server has more than
+    /// `session_limit` agent sessions: several pools (one per extra database) share one cap.
+    pub fn with_limits(db: &DatabaseConfig, max: usize, session_limit: usize) -> Pool {
+        let max = max.clamp(1, crate::config::MAX_POOL_SIZE);
         Pool {
             inner: Arc::new(Inner {
                 pg: driver_config(db),
                 target: describe_target(db),
                 max,
+                session_limit: session_limit.clamp(1, crate::config::MAX_POOL_SIZE),
                 acquire_timeout: db.acquire_timeout,
                 state: Mutex::new(State {
                     idle: Vec::with_capacity(max),
@@ -329,11 +337,14 @@ impl Pool {
             )
             .map_err(|e| self.connect_error(&e))?
             .get(0);
-        if sessions > self.inner.max as i64 {
+        if sessions > self.inner.session_limit as i64 {
             return Err(ConnectError {
                 failure: ConnectFailure::TooManyAgentSessions,
                 target: self.inner.target.clone(),
-                detail: format!("{sessions} sessions, at most {} allowed", self.inner.max),
+                detail: format!(
+                    "{sessions} sessions, at most {} allowed",
+                    self.inner.session_limit
+                ),
             });
         }
         Ok(client)
