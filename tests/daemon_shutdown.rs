@@ -59,6 +59,14 @@ fn sigterm_mid_cycle_loses_no_collected_payload() {
         }
         let mut agent = rig.start();
         wait_running(&rig, &agent);
+        // The log tailer has opened the server log (the first run starts at its end), so the
+        // marker below is in what this agent must deliver.
+        assert!(
+            wait_until(LIVENESS, || agent.log_text().matches("] tailing ").count()
+                > round as usize),
+            "the server log was not opened; log:\n{}",
+            agent.log_text()
+        );
         // Different offsets into the 1 s cycle and the 250 ms sampling.
         std::thread::sleep(Duration::from_millis(1700 + 430 * round));
         let marker = format!("bv-shutdown-marker-{round}-{}", std::process::id());
