@@ -503,23 +503,11 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
 /// Finds the server log (asking the server for its settings) and opens a feed on it.
 fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogFeed> {
     let mut backoff = Backoff::default();
-    let rows = ctx.db_step("logtail", &mut backoff, |c| {
-        c.query(logtail::SETTINGS_QUERY, &[])
+    let found = ctx.db_step("logtail", &mut backoff, |c| {
+        logtail::discover_from_server(c, ctx.config.collection.log_path.as_deref())
             .map_err(CollectError::query("logtail", "settings"))
     })?;
-    let pairs: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let mut settings =
-        logtail::ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    match logtail::discover(&settings, ctx.config.collection.log_path.as_deref()) {
+    match found {
         Ok(source) => {
             let budget = correlated_budget(
                 ctx.config.listener.max_requests_per_minute,

@@ -48,20 +48,7 @@ impl Drop for Scratch {
 }
 
 fn log_feed(cfg: &Config, client: &mut postgres::Client) -> Option<LogFeed> {
-    let rows = client.query(logtail::SETTINGS_QUERY, &[]).ok()?;
-    let pairs: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let mut settings =
-        logtail::ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    match logtail::discover(&settings, cfg.collection.log_path.as_deref()) {
+    match logtail::discover_from_server(client, cfg.collection.log_path.as_deref()).ok()? {
         Ok(source) => {
             let budget = daemon::correlated_budget(
                 cfg.listener.max_requests_per_minute,

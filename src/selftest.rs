@@ -198,25 +198,10 @@ fn database_checks(cfg: &Config, pool: &Pool, out: &mut Vec<Check>) {
 }
 
 fn log_check(cfg: &Config, client: &mut postgres::Client) -> Check {
-    let rows = match client.query(logtail::SETTINGS_QUERY, &[]) {
-        Ok(rows) => rows,
+    let source = match logtail::discover_from_server(client, cfg.collection.log_path.as_deref()) {
+        Ok(Ok(s)) => s,
+        Ok(Err(why)) => return check("server log", Verdict::Fail, why.0),
         Err(e) => return check("server log", Verdict::Fail, e.to_string()),
-    };
-    let pairs: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let mut settings =
-        logtail::ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    let source = match logtail::discover(&settings, cfg.collection.log_path.as_deref()) {
-        Ok(s) => s,
-        Err(why) => return check("server log", Verdict::Fail, why.0),
     };
     let path = match &source.follow {
         logtail::Follow::Path(p) => Some(p.clone()),

@@ -95,6 +95,29 @@ impl std::fmt::Display for NoLog {
 
 impl std::error::Error for NoLog {}
 
+/// Asks the server for its log settings ([`SETTINGS_QUERY`], plus its `current_logfiles`) and
+/// picks the log to tail. The outer error is the query's; the inner one says why no log can be
+/// tailed.
+pub fn discover_from_server(
+    client: &mut postgres::Client,
+    log_path: Option<&Path>,
+) -> Result<Result<LogSource, NoLog>, postgres::Error> {
+    let rows = client.query(SETTINGS_QUERY, &[])?;
+    let pairs: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut settings =
+        ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    settings.read_current_logfiles();
+    Ok(discover(&settings, log_path))
+}
+
 /// Picks the log to tail. `log_path` (a file or a directory) overrides discovery.
 pub fn discover(settings: &ServerLogSettings, log_path: Option<&Path>) -> Result<LogSource, NoLog> {
     let prefix = settings

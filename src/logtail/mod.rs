@@ -27,7 +27,9 @@ pub mod tail;
 
 pub use analyze::{analyze_log, LogAnalysis};
 pub use build::{PayloadOptions, QueryText};
-pub use discover::{discover, LogSource, NoLog, ServerLogSettings, SETTINGS_QUERY};
+pub use discover::{
+    discover, discover_from_server, LogSource, NoLog, ServerLogSettings, SETTINGS_QUERY,
+};
 pub use entry::{Entry, Level};
 pub use feed::{FeedConfig, Flush, LogFeed};
 pub use parse::{EntryParser, Format, ParseStats};
