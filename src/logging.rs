@@ -12,8 +12,11 @@ pub fn init(level: log::LevelFilter, file: Option<&Path>) -> std::io::Result<()>
     if let Some(path) = file {
         reopen(path)?;
     }
+    // The logger itself passes every level; the level in force is `log`'s max level, the one
+    // switch `set_level` can move both ways (a logger built with `level` would drop whatever a
+    // reload enables above it).
     let logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
+        .with_level(log::LevelFilter::Trace)
         .with_utc_timestamps()
         // The driver and HTTP client are chatty below warn.
         .with_module_level("tokio_postgres", log::LevelFilter::Warn)
@@ -21,7 +24,9 @@ pub fn init(level: log::LevelFilter, file: Option<&Path>) -> std::io::Result<()>
         .with_module_level("ureq", log::LevelFilter::Warn)
         .with_module_level("ureq_proto", log::LevelFilter::Warn)
         .with_module_level("rustls", log::LevelFilter::Warn);
-    logger.init().map_err(std::io::Error::other)
+    logger.init().map_err(std::io::Error::other)?;
+    set_level(level);
+    Ok(())
 }
 
 /// Changes the level of a running logger (configuration reload).

@@ -104,6 +104,10 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
         warn("activity", &e);
     }
     let mut feed = log_feed(&cfg, &mut client);
+    if let Some(feed) = feed.as_mut() {
+        // The first poll opens the log at its end: the window's entries are what follows.
+        feed.poll(Instant::now());
+    }
     drop(client);
 
     std::thread::sleep(window);
@@ -138,6 +142,10 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
         });
     }
     if let Some(feed) = feed.as_mut() {
+        // Read what the window added (a flush alone sends only what was read before).
+        if let Some(flush) = feed.poll(Instant::now()) {
+            payloads.extend(flush.payloads);
+        }
         payloads.extend(feed.flush(Instant::now()).payloads);
     }
     Ok(payloads)

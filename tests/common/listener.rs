@@ -133,7 +133,13 @@ pub struct TestListener {
 impl TestListener {
     /// Starts a listener that accepts `api_key`, answering 200 by default.
     pub fn start(api_key: &str) -> TestListener {
-        let socket = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        TestListener::start_on(api_key, 0)
+    }
+
+    /// Like [`TestListener::start`] on a given port (0: any free one), e.g. to bring a listener
+    /// back on the port an agent is already configured for.
+    pub fn start_on(api_key: &str, port: u16) -> TestListener {
+        let socket = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         let port = socket.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

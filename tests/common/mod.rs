@@ -508,4 +508,5 @@ impl Drop for TempDir {
 }
 
 pub mod agent;
+pub mod e2e;
 pub mod listener;
