@@ -59,6 +59,10 @@ deps:
 	    echo "PostgreSQL server binaries missing: run 'sudo apt-get install postgresql' (or set BITVILLE_TEST_PG_BIN)"; exit 1; \
 	  fi; \
 	fi
+	@# BusyBox: the init-script tests also run under busybox sh and its start-stop-daemon.
+	@if ! command -v busybox >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox >/dev/null 2>&1 \
+	  || echo "busybox not installed: the init-script tests run under sh only"; fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo missing: install Rust with rustup"; exit 1; }
 
 # Runs every unit and integration test against a real, throwaway PostgreSQL.
