@@ -142,14 +142,50 @@ pub fn build_payloads(
             data,
         });
     }
-    for e in entries
-        .iter()
-        .filter(|e| e.correlation_id.is_some())
-        .take(opts.max_correlated)
-    {
-        let mut data = entry_json(e, opts);
+    // One payload per request (correlation ID) in this batch: its slowest statement gives
+    // `query` and `duration_ms` (what the listener's timeline shows), the rest is listed.
+    let mut groups: Vec<(&str, Vec<&Entry>)> = Vec::new();
+    for e in entries {
+        if let Some(id) = e.correlation_id.as_deref() {
+            match groups.iter_mut().find(|(g, _)| *g == id) {
+                Some((_, members)) => members.push(e),
+                None => groups.push((id, vec![e])),
+            }
+        }
+    }
+    let slowest = |members: &[&Entry]| -> f64 {
+        members
+            .iter()
+            .filter_map(|e| e.duration_ms)
+            .fold(0.0, f64::max)
+    };
+    groups.sort_by(|a, b| slowest(&b.1).total_cmp(&slowest(&a.1)));
+    for (id, members) in groups.into_iter().take(opts.max_correlated) {
+        let head = members
+            .iter()
+            .copied()
+            .max_by(|a, b| {
+                a.duration_ms
+                    .unwrap_or(-1.0)
+                    .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+            })
+            .expect("a group has members");
+        let mut data = entry_json(head, opts);
         data.push("kind", "log_correlated");
-        let at = e
+        data.push("n_entries", members.len());
+        data.push(
+            "total_duration_ms",
+            members.iter().filter_map(|e| e.duration_ms).sum::<f64>(),
+        );
+        data.push(
+            "entries",
+            members
+                .iter()
+                .take(MAX_ENTRIES_PER_CORRELATION)
+                .map(|e| entry_json(e, opts))
+                .collect::<Vec<_>>(),
+        );
+        let at = head
             .timestamp
             .as_deref()
             .and_then(timestamp_to_unix)
@@ -157,12 +193,15 @@ pub fn build_payloads(
         out.push(Payload {
             source: Source::PgLog,
             collected_at: at,
-            correlation_id: e.correlation_id.clone(),
+            correlation_id: Some(id.to_string()),
             data,
         });
     }
     out
 }
+
+/// Most entries listed inside one correlated payload (`n_entries` counts them all).
+const MAX_ENTRIES_PER_CORRELATION: usize = 50;
 
 /// One entry as JSON; absent fields are left out to keep payloads small.
 pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
@@ -336,6 +375,38 @@ mod tests {
         assert_eq!(
             c.data.get("message"),
             Some(&Json::from("duration: 1500.5 ms  statement:"))
+        );
+
+        // Three entries of one request become one payload headed by the slowest.
+        let mut three = vec![
+            entry(
+                "duration: 5.0 ms  statement: SELECT 1",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "duration: 900.0 ms  statement: SELECT 2",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "duration: 7.0 ms  statement: SELECT 3",
+                Some(ID),
+                Level::Log,
+            ),
+        ];
+        three.push(entry("unrelated", None, Level::Log));
+        let ps = build_payloads(&three, &stats, &origin, &PayloadOptions::default(), 100.0);
+        let correlated: Vec<_> = ps.iter().filter(|p| p.correlation_id.is_some()).collect();
+        assert_eq!(correlated.len(), 1);
+        assert_eq!(
+            correlated[0].data.get("duration_ms"),
+            Some(&Json::Float(900.0))
+        );
+        assert_eq!(correlated[0].data.get("n_entries"), Some(&Json::UInt(3)));
+        assert_eq!(
+            correlated[0].data.get("total_duration_ms"),
+            Some(&Json::Float(912.0))
         );
 
         let full = PayloadOptions {
