@@ -30,8 +30,9 @@ pub struct PayloadOptions {
     pub max_query_chars: usize,
     /// Most entries per summary payload. Defaults to 500.
     pub max_entries_per_payload: usize,
-    /// Most correlated payloads per batch (each is one HTTP request against the listener's rate
-    /// limit); entries beyond it still travel in the summary. Defaults to 100.
+    /// Most correlated payloads (requests) per batch, slowest first; each is one HTTP request
+    /// against the listener's rate limit, and entries beyond it still travel in the summary. The
+    /// daemon sets it from `daemon::correlated_budget`. Defaults to 100.
     pub max_correlated: usize,
 }
 
