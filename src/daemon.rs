@@ -549,13 +549,30 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
     }
 }
 
-/// Finds the server log (asking the server for its settings) and opens a feed on it.
+/// Finds the server log (asking the server for its settings, or when it cannot be asked, using
+/// the settings it gave before) and opens a feed on it.
 fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogFeed> {
+    let (log_path, state_dir) = (
+        ctx.config.collection.log_path.as_deref(),
+        &ctx.config.collection.state_dir,
+    );
     let mut backoff = Backoff::default();
-    let found = ctx.db_step("logtail", &mut backoff, |c| {
-        logtail::discover_from_server(c, ctx.config.collection.log_path.as_deref())
+    let asked = ctx.db_step("logtail", &mut backoff, |c| {
+        logtail::discover_from_server(c, log_path, Some(state_dir))
             .map_err(CollectError::query("logtail", "settings"))
-    })?;
+    });
+    // The server may be down (or paused): the settings it gave at an earlier start still find
+    // the log, so the log keeps flowing while the database is unreachable.
+    let found = match asked {
+        Some(found) => found,
+        None => {
+            let cached = logtail::discover_from_cache(state_dir, log_path)?;
+            log::info!(
+                "the server's log settings are not available now: using those it gave before"
+            );
+            cached
+        }
+    };
     match found {
         Ok(source) => {
             let budget = correlated_budget(

@@ -48,7 +48,7 @@ impl Drop for Scratch {
 }
 
 fn log_feed(cfg: &Config, client: &mut postgres::Client) -> Option<LogFeed> {
-    match logtail::discover_from_server(client, cfg.collection.log_path.as_deref()).ok()? {
+    match logtail::discover_from_server(client, cfg.collection.log_path.as_deref(), None).ok()? {
         Ok(source) => {
             let budget = daemon::correlated_budget(
                 cfg.listener.max_requests_per_minute,

@@ -198,11 +198,12 @@ fn database_checks(cfg: &Config, pool: &Pool, out: &mut Vec<Check>) {
 }
 
 fn log_check(cfg: &Config, client: &mut postgres::Client) -> Check {
-    let source = match logtail::discover_from_server(client, cfg.collection.log_path.as_deref()) {
-        Ok(Ok(s)) => s,
-        Ok(Err(why)) => return check("server log", Verdict::Fail, why.0),
-        Err(e) => return check("server log", Verdict::Fail, e.to_string()),
-    };
+    let source =
+        match logtail::discover_from_server(client, cfg.collection.log_path.as_deref(), None) {
+            Ok(Ok(s)) => s,
+            Ok(Err(why)) => return check("server log", Verdict::Fail, why.0),
+            Err(e) => return check("server log", Verdict::Fail, e.to_string()),
+        };
     let path = match &source.follow {
         logtail::Follow::Path(p) => Some(p.clone()),
         _ => None,

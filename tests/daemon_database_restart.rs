@@ -118,6 +118,26 @@ fn started_while_the_database_is_down_after_reaching_it_once_waits_for_it() {
         "the agent exited; log:\n{}",
         agent.log_text()
     );
+    // The log keeps flowing too: the agent finds it from the settings the server gave before.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(pg.server_log())
+        .unwrap();
+    std::io::Write::write_all(
+        &mut log,
+        b"2026-11-26 17:00:00.000 UTC [4242] LOG:  marker written while the server is down\n",
+    )
+    .unwrap();
+    assert!(
+        wait_until(LIVENESS, || listener
+            .stored()
+            .iter()
+            .any(|v| v["source"] == "pg_log"
+                && v.to_string()
+                    .contains("marker written while the server is down"))),
+        "the log line written while the server was down never arrived; log:\n{}",
+        agent.log_text()
+    );
     pg.start_again();
     let up_at = unix_now();
     let connected = wait_until(LIVENESS, || {

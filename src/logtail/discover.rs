@@ -95,12 +95,18 @@ impl std::fmt::Display for NoLog {
 
 impl std::error::Error for NoLog {}
 
+/// The file in the state directory that remembers the server's log settings, so a start while
+/// the server is down still finds the log.
+pub const SETTINGS_CACHE_FILE: &str = "log-settings";
+
 /// Asks the server for its log settings ([`SETTINGS_QUERY`], plus its `current_logfiles`) and
-/// picks the log to tail. The outer error is the query's; the inner one says why no log can be
-/// tailed.
+/// picks the log to tail. With `cache` (the state directory), the settings are remembered there
+/// for [`discover_from_cache`]. The outer error is the query's; the inner one says why no log
+/// can be tailed.
 pub fn discover_from_server(
     client: &mut postgres::Client,
     log_path: Option<&Path>,
+    cache: Option<&Path>,
 ) -> Result<Result<LogSource, NoLog>, postgres::Error> {
     let rows = client.query(SETTINGS_QUERY, &[])?;
     let pairs: Vec<(String, String)> = rows
@@ -112,10 +118,45 @@ pub fn discover_from_server(
             )
         })
         .collect();
+    if let Some(dir) = cache {
+        let text: String = pairs
+            .iter()
+            .filter(|(k, v)| !k.contains(['\t', '\n']) && !v.contains(['\t', '\n']))
+            .map(|(k, v)| format!("{k}\t{v}\n"))
+            .collect();
+        let tmp = dir.join(format!(".{SETTINGS_CACHE_FILE}.tmp"));
+        let saved = std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, dir.join(SETTINGS_CACHE_FILE)));
+        if let Err(e) = saved {
+            log::warn!("cannot remember the log settings in {}: {e}", dir.display());
+        }
+    }
+    Ok(discover_from_pairs(&pairs, log_path))
+}
+
+/// Picks the log from the settings the server gave at an earlier start (see
+/// [`discover_from_server`]); `None` when none were remembered.
+pub fn discover_from_cache(
+    state_dir: &Path,
+    log_path: Option<&Path>,
+) -> Option<Result<LogSource, NoLog>> {
+    let text = std::fs::read_to_string(state_dir.join(SETTINGS_CACHE_FILE)).ok()?;
+    let pairs: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (!pairs.is_empty()).then(|| discover_from_pairs(&pairs, log_path))
+}
+
+fn discover_from_pairs(
+    pairs: &[(String, String)],
+    log_path: Option<&Path>,
+) -> Result<LogSource, NoLog> {
     let mut settings =
         ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
     settings.read_current_logfiles();
-    Ok(discover(&settings, log_path))
+    discover(&settings, log_path)
 }
 
 /// Picks the log to tail. `log_path` (a file or a directory) overrides discovery.

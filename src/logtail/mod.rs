@@ -28,7 +28,8 @@ pub mod tail;
 pub use analyze::{analyze_log, LogAnalysis};
 pub use build::{PayloadOptions, QueryText};
 pub use discover::{
-    discover, discover_from_server, LogSource, NoLog, ServerLogSettings, SETTINGS_QUERY,
+    discover, discover_from_cache, discover_from_server, LogSource, NoLog, ServerLogSettings,
+    SETTINGS_QUERY,
 };
 pub use entry::{Entry, Level};
 pub use feed::{FeedConfig, Flush, LogFeed};
