@@ -606,9 +606,18 @@ impl Spool {
         written.and(acked)
     }
 
-    /// A counter that increases with every successful append.
+    /// A counter that increases with every successful append (and every
+    /// [`Spool::wake_waiters`]).
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Ends every [`Spool::wait_for_append`] in progress or about to start for a generation
+    /// observed before this call, as if something was appended: how the daemon wakes an idle
+    /// shipper at once on a stop request, so it can wait for appends without polling.
+    pub fn wake_waiters(&self) {
+        self.lock().generation += 1;
+        self.appended.notify_all();
     }
 
     /// Waits up to `timeout` for an append after `generation` was observed; returns the
