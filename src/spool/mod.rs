@@ -1327,6 +1327,27 @@ mod tests {
     }
 
     #[test]
+    fn wake_waiters_ends_a_wait_for_append_without_an_append() {
+        let dir = temp_dir("wake");
+        let spool = std::sync::Arc::new(Spool::open(opts(&dir)).unwrap());
+        let seen = spool.generation();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::sync::Arc::clone(&spool);
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.wait_for_append(seen, Duration::from_secs(3600)));
+        });
+        spool.wake_waiters();
+        // A liveness bound a minute long against an hour-long wait, not a speed claim.
+        let after = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(after > seen);
+        // A waiter that starts after the wake with the old generation returns at once too.
+        assert!(spool.wait_for_append(seen, Duration::from_secs(3600)) > seen);
+        assert_eq!(spool.peek().unwrap(), None, "nothing was appended");
+        drop(spool);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn append_peek_ack_in_order_and_seq_survives_reopen() {
         let dir = temp_dir("order");
         {
