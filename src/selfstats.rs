@@ -57,6 +57,28 @@ fn page_size() -> u64 {
     }
 }
 
+/// Keeps glibc's allocator from holding memory the agent no longer uses: at most two malloc
+/// arenas (glibc otherwise gives each of the agent's threads its own, each keeping its freed
+/// memory). Call once at start, before the threads. No-op with musl (the static binary).
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns freed heap memory to the operating system (glibc keeps it otherwise): called after
+/// each collection cycle, whose statements snapshot briefly needs a few MB on a big server.
+/// Costs well under a millisecond. No-op with musl, which returns memory by itself.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The resident page count, the second field of `/proc/<pid>/statm`.
 fn parse_statm_resident(statm: &str) -> Option<u64> {
     statm.split_ascii_whitespace().nth(1)?.parse().ok()

@@ -42,6 +42,36 @@ const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
+/// Runs `sql` as the server-side prepared statement `name` (`EXECUTE name`), preparing it on
+/// this connection when it is not there yet (SQLSTATE 26000). Planning pg_stat_activity's view
+/// costs the server far more than executing it (481 against 27 µs a query in a hot loop), and
+/// the sample runs every second: the cached plan cuts the agent's CPU inside PostgreSQL by
+/// 30 to 50 % (BENCHMARKS.md).
+/// Connections behind a transaction-pooling proxy may lose the statement between the calls:
+/// then the plain query runs.
+fn query_prepared(
+    client: &mut postgres::Client,
+    name: &str,
+    sql: &str,
+) -> Result<Vec<postgres::Row>, postgres::Error> {
+    let execute = format!("EXECUTE {name}");
+    let missing = |e: &postgres::Error| e.code().map(|c| c.code()) == Some("26000");
+    match client.query_typed(&execute, &[]) {
+        Err(e) if missing(&e) => {}
+        other => return other,
+    }
+    if let Err(e) = client.batch_execute(&format!("PREPARE {name} AS {sql}")) {
+        // 42P05: another sampler on this connection prepared it meanwhile.
+        if e.code().map(|c| c.code()) != Some("42P05") {
+            return Err(e);
+        }
+    }
+    match client.query_typed(&execute, &[]) {
+        Err(e) if missing(&e) => client.query_typed(sql, &[]),
+        other => other,
+    }
+}
+
 /// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
 const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
@@ -418,14 +448,13 @@ impl ActivitySampler {
                 v
             }
         };
-        let sql = if version >= LEADER_PID_SINCE {
-            SAMPLE_SQL_13
+        let (sql, name) = if version >= LEADER_PID_SINCE {
+            (SAMPLE_SQL_13, "bitville_sample_13")
         } else {
-            SAMPLE_SQL_12
+            (SAMPLE_SQL_12, "bitville_sample_12")
         };
-        let rows = client
-            .query_typed(sql, &[])
-            .map_err(CollectError::query(COLLECTOR, "sample"))?;
+        let rows =
+            query_prepared(client, name, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
         let decoded: Vec<SessionRow> = rows.iter().filter_map(SessionRow::decode).collect();
         let (mut stats, now) = self.absorb(&decoded);
         stats.n_rows = rows.len();

@@ -317,6 +317,20 @@ pub fn classify_reply(url: &str, reply: http::Reply, now: SystemTime) -> Result<
 pub trait StopSignal {
     /// Whether a stop was requested.
     fn is_stopped(&self) -> bool;
+
+    /// Sleeps `d` or until a stop is seen. The default looks at [`StopSignal::is_stopped`]
+    /// every 100 ms; a signal that can wake its sleepers (the daemon's `Shutdown`) sleeps in
+    /// one piece.
+    fn sleep(&self, d: Duration) {
+        sleep_unless_stopped(d, self);
+    }
+
+    /// How long the shipper waits for an append to an empty spool before it looks at the stop
+    /// signal again. 100 ms unless whoever stops the shipper also calls
+    /// [`Spool::wake_waiters`] (the daemon does).
+    fn idle_wait(&self) -> Duration {
+        STOP_CHECK
+    }
 }
 
 impl StopSignal for AtomicBool {
@@ -329,11 +343,31 @@ impl<T: StopSignal + ?Sized> StopSignal for Arc<T> {
     fn is_stopped(&self) -> bool {
         (**self).is_stopped()
     }
+
+    fn sleep(&self, d: Duration) {
+        (**self).sleep(d);
+    }
+
+    fn idle_wait(&self) -> Duration {
+        (**self).idle_wait()
+    }
 }
+
+/// The daemon wakes the shipper's spool wait on stop ([`Spool::wake_waiters`]), so an idle
+/// shipper needs no periodic wakeups; the bound only limits the damage if that call is missed.
+const IDLE_WAIT_WOKEN_ON_STOP: Duration = Duration::from_secs(5);
 
 impl StopSignal for crate::shutdown::Shutdown {
     fn is_stopped(&self) -> bool {
         crate::shutdown::Shutdown::is_stopped(self)
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.wait(d);
+    }
+
+    fn idle_wait(&self) -> Duration {
+        IDLE_WAIT_WOKEN_ON_STOP
     }
 }
 
@@ -439,7 +473,8 @@ impl Shipper {
     }
 
     /// Ships until `stop` is set (an `AtomicBool` or the daemon's `Shutdown`): oldest record
-    /// first, paced, behind the breaker. Returns within about 100 ms of `stop`, or after the
+    /// first, paced, behind the breaker. Returns within about 100 ms of `stop` (at once with the
+    /// daemon's `Shutdown`, whose waits are woken; the daemon also wakes the spool wait), or after the
     /// request in flight ends (bounded by the timeout).
     pub fn run<S: StopSignal + ?Sized>(&mut self, stop: &S) {
         log::info!("shipper started for {}", self.client.url());
@@ -447,12 +482,12 @@ impl Shipper {
             let now = Instant::now();
             let wait = self.pacer.wait(now);
             if !wait.is_zero() {
-                sleep_unless_stopped(wait, stop);
+                stop.sleep(wait);
                 continue;
             }
             if let Some(until) = self.breaker.blocked_until() {
                 if now < until {
-                    sleep_unless_stopped(until - now, stop);
+                    stop.sleep(until - now);
                     continue;
                 }
             }
@@ -460,18 +495,19 @@ impl Shipper {
             let record = match self.spool.peek() {
                 Ok(Some(record)) => record,
                 Ok(None) => {
-                    // Woken at once by an append; the timeout only bounds the stop check.
-                    self.spool.wait_for_append(generation, STOP_CHECK);
+                    // Woken at once by an append (or by the daemon's stop, see
+                    // `StopSignal::idle_wait`); the timeout only bounds the stop check.
+                    self.spool.wait_for_append(generation, stop.idle_wait());
                     continue;
                 }
                 Err(e) => {
                     self.log_spool_error(&e);
-                    sleep_unless_stopped(SPOOL_ERROR_BACKOFF, stop);
+                    stop.sleep(SPOOL_ERROR_BACKOFF);
                     continue;
                 }
             };
             if !self.breaker.allow(now) {
-                sleep_unless_stopped(STOP_CHECK, stop);
+                stop.sleep(STOP_CHECK);
                 continue;
             }
             let last_error = self.deliver(&record);

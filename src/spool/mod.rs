@@ -606,9 +606,18 @@ impl Spool {
         written.and(acked)
     }
 
-    /// A counter that increases with every successful append.
+    /// A counter that increases with every successful append (and every
+    /// [`Spool::wake_waiters`]).
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Ends every [`Spool::wait_for_append`] in progress or about to start for a generation
+    /// observed before this call, as if something was appended: how the daemon wakes an idle
+    /// shipper at once on a stop request, so it can wait for appends without polling.
+    pub fn wake_waiters(&self) {
+        self.lock().generation += 1;
+        self.appended.notify_all();
     }
 
     /// Waits up to `timeout` for an append after `generation` was observed; returns the
@@ -1315,6 +1324,27 @@ mod tests {
             host: "h".into(),
         };
         o
+    }
+
+    #[test]
+    fn wake_waiters_ends_a_wait_for_append_without_an_append() {
+        let dir = temp_dir("wake");
+        let spool = std::sync::Arc::new(Spool::open(opts(&dir)).unwrap());
+        let seen = spool.generation();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::sync::Arc::clone(&spool);
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.wait_for_append(seen, Duration::from_secs(3600)));
+        });
+        spool.wake_waiters();
+        // A liveness bound a minute long against an hour-long wait, not a speed claim.
+        let after = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(after > seen);
+        // A waiter that starts after the wake with the old generation returns at once too.
+        assert!(spool.wait_for_append(seen, Duration::from_secs(3600)) > seen);
+        assert_eq!(spool.peek().unwrap(), None, "nothing was appended");
+        drop(spool);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 /// The agent binary cargo built for these tests.
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bitville-pg-agent");
 
+/// [`AGENT_BIN`], or the binary `BITVILLE_AGENT_BIN` names (the benchmarks compare builds, e.g.
+/// the static one or an older commit's).
+pub fn agent_bin() -> std::ffi::OsString {
+    std::env::var_os("BITVILLE_AGENT_BIN").unwrap_or_else(|| AGENT_BIN.into())
+}
+
 /// A running agent.
 pub struct AgentProcess {
     child: Option<Child>,
@@ -26,7 +32,7 @@ impl AgentProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(AGENT_BIN)
+        let child = Command::new(agent_bin())
             .arg("-c")
             .arg(ini)
             .args(args)
