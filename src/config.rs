@@ -203,6 +203,13 @@ pub const KEYS: &[KeySpec] = &[
     ),
     key!(
         "collection",
+        "log_max_entries_per_minute",
+        ["BITVILLE_PG_LOG_MAX_ENTRIES_PER_MINUTE"],
+        "5000",
+        "server log entries shipped in full per minute; beyond it only warnings, errors and correlated entries, the rest counted"
+    ),
+    key!(
+        "collection",
         "health_top_n",
         ["BITVILLE_PG_HEALTH_TOP_N"],
         "20",
@@ -476,6 +483,8 @@ pub struct CollectionConfig {
     pub correlation_prefix: String,
     /// While this file exists no database query is made.
     pub pause_file: Option<PathBuf>,
+    /// Server log entries shipped in full per minute. Defaults to 5000.
+    pub log_max_entries_per_minute: usize,
     /// Tables per hot-table ranking. Defaults to 20.
     pub health_top_n: usize,
     /// Least time between the costly health figures. Defaults to 5 minutes.
@@ -998,6 +1007,12 @@ impl Config {
             query_max_chars: r.number("collection", "query_max_chars", 16, 1_000_000)? as usize,
             correlation_prefix,
             pause_file: r.optional_path("collection", "pause_file"),
+            log_max_entries_per_minute: r.number(
+                "collection",
+                "log_max_entries_per_minute",
+                100,
+                10_000_000,
+            )? as usize,
             health_top_n: r.number("collection", "health_top_n", 1, 100)? as usize,
             health_slow_interval: Duration::from_secs(r.number(
                 "collection",

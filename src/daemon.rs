@@ -612,19 +612,28 @@ fn run_logtail(ctx: &Context) {
     let mut pending = None;
     loop {
         let stopped = ctx.shutdown.wait(LOG_POLL);
-        let now = Instant::now();
-        let flush = match pending.take() {
-            Some(f) => Some(f),
-            None if stopped => Some(feed.flush(now)),
-            None => feed.poll(now),
-        };
-        if let Some(flush) = flush {
-            if ctx.append_all(&flush.payloads) {
-                if let Err(e) = feed.commit(&flush) {
-                    log::warn!("logtail: cannot save the log position: {e}");
+        // Poll until the feed has nothing more to hand out, so a burst is read as fast as it is
+        // written (the feed's budget bounds what is shipped; every flush is appended and
+        // committed before the next read, so memory stays bounded).
+        loop {
+            let now = Instant::now();
+            let flush = match pending.take() {
+                Some(f) => Some(f),
+                None if stopped => Some(feed.flush(now)),
+                None => feed.poll(now),
+            };
+            let Some(flush) = flush else { break };
+            if !ctx.append_all(&flush.payloads) {
+                if !stopped {
+                    pending = Some(flush);
                 }
-            } else if !stopped {
-                pending = Some(flush);
+                break;
+            }
+            if let Err(e) = feed.commit(&flush) {
+                log::warn!("logtail: cannot save the log position: {e}");
+            }
+            if stopped || ctx.shutdown.is_stopped() {
+                break;
             }
         }
         if stopped {

@@ -9,11 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::payload::{unix_now, Payload};
+use crate::json::Json;
+use crate::payload::{unix_now, Payload, Source};
 
 use super::build::{build_payloads, Origin, PayloadOptions};
 use super::discover::LogSource;
-use super::entry::Entry;
+use super::entry::{Entry, Level};
 use super::parse::{EntryParser, ParseStats};
 use super::tail::{Position, TailConfig, TailError, Tailer};
 
@@ -30,6 +31,12 @@ pub struct FeedConfig {
     pub max_batch_bytes: usize,
     /// How payloads are built.
     pub payload: PayloadOptions,
+    /// Entries shipped in full per interval. Beyond it (a log burst, e.g.
+    /// `log_min_duration_statement = 0` under load) only warnings and worse and entries with a
+    /// correlation ID are kept; the others are read and counted (`over_budget`), so the tailer
+    /// keeps up with the file and the spool keeps room for the other collectors. Defaults to
+    /// unlimited.
+    pub max_entries_per_interval: usize,
 }
 
 impl Default for FeedConfig {
@@ -38,6 +45,7 @@ impl Default for FeedConfig {
             interval: Duration::from_secs(60),
             max_batch: 2000,
             max_batch_bytes: 8 * 1024 * 1024,
+            max_entries_per_interval: usize::MAX,
             payload: PayloadOptions::default(),
         }
     }
@@ -66,6 +74,11 @@ pub struct LogFeed {
     position: Option<Position>,
     committed: Option<Position>,
     last_flush: Instant,
+    /// When the current budget interval started, and how many entries it kept.
+    budget_since: Instant,
+    kept_in_interval: usize,
+    /// Entries read but not shipped because of the budget, by severity, not yet reported.
+    over_budget: Vec<(Level, u64)>,
 }
 
 impl LogFeed {
@@ -80,6 +93,30 @@ impl LogFeed {
             position: None,
             committed: None,
             last_flush: now,
+            budget_since: now,
+            kept_in_interval: 0,
+            over_budget: Vec::new(),
+        }
+    }
+
+    /// Holds `e` for the next payloads, or only counts it when the interval's budget is spent
+    /// and it is neither a warning (or worse) nor part of a request.
+    fn take(&mut self, e: Entry) {
+        let important = e.correlation_id.is_some()
+            || matches!(
+                e.level,
+                Some(Level::Warning | Level::Error | Level::Fatal | Level::Panic)
+            );
+        if self.kept_in_interval < self.cfg.max_entries_per_interval || important {
+            self.kept_in_interval += 1;
+            self.held_bytes += e.size();
+            self.entries.push(e);
+        } else {
+            let level = e.level.unwrap_or(Level::Log);
+            match self.over_budget.iter_mut().find(|(l, _)| *l == level) {
+                Some((_, n)) => *n += 1,
+                None => self.over_budget.push((level, 1)),
+            }
         }
     }
 
@@ -94,6 +131,8 @@ impl LogFeed {
         max_correlated: usize,
         now: Instant,
     ) -> LogFeed {
+        let per_interval =
+            collection.log_max_entries_per_minute as f64 * collection.interval.as_secs_f64() / 60.0;
         log::info!("server log: {}", src.description);
         let parser = EntryParser::new(src.format, &src.prefix)
             .with_correlation_prefix(&collection.correlation_prefix);
@@ -107,6 +146,7 @@ impl LogFeed {
                 max_correlated,
                 ..PayloadOptions::from_collection(collection)
             },
+            max_entries_per_interval: (per_interval as usize).max(100),
             ..FeedConfig::default()
         };
         LogFeed::new(Tailer::new(tail, parser), cfg, now)
@@ -121,10 +161,15 @@ impl LogFeed {
     /// (and there is something to send or a position to save) or the batch is full.
     pub fn poll(&mut self, now: Instant) -> Option<Flush> {
         let max = self.cfg.max_batch.max(1);
+        if now.duration_since(self.budget_since) >= self.cfg.interval {
+            self.budget_since = now;
+            self.kept_in_interval = 0;
+        }
         loop {
             let batch = self.tailer.poll();
-            self.held_bytes += batch.entries.iter().map(Entry::size).sum::<usize>();
-            self.entries.extend(batch.entries);
+            for e in batch.entries {
+                self.take(e);
+            }
             merge(&mut self.stats, self.tailer.take_stats());
             if batch.position.is_some() {
                 self.position = batch.position;
@@ -138,6 +183,7 @@ impl LogFeed {
         }
         let due = now.duration_since(self.last_flush) >= self.cfg.interval;
         let something = !self.entries.is_empty()
+            || !self.over_budget.is_empty()
             || self.stats.n_unparsed > 0
             || self.position != self.committed;
         if due && something {
@@ -155,15 +201,43 @@ impl LogFeed {
         let entries = std::mem::take(&mut self.entries);
         self.held_bytes = 0;
         let stats = std::mem::take(&mut self.stats);
-        let payloads = if entries.is_empty() && stats.n_unparsed == 0 {
+        let origin = Origin {
+            file: self.tailer.current_path().map(|p| p.display().to_string()),
+            format: self.tailer.parser().format(),
+        };
+        let mut payloads = if entries.is_empty() && stats.n_unparsed == 0 {
             Vec::new()
         } else {
-            let origin = Origin {
-                file: self.tailer.current_path().map(|p| p.display().to_string()),
-                format: self.tailer.parser().format(),
-            };
             build_payloads(&entries, &stats, &origin, &self.cfg.payload, unix_now())
         };
+        if !self.over_budget.is_empty() {
+            let mut counts = std::mem::take(&mut self.over_budget);
+            counts.sort();
+            let total: u64 = counts.iter().map(|(_, n)| n).sum();
+            let report = Json::object().field("entries", total).field(
+                "severity_counts",
+                Json::Object(
+                    counts
+                        .iter()
+                        .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
+                        .collect(),
+                ),
+            );
+            match payloads.iter_mut().find(|p| p.correlation_id.is_none()) {
+                Some(p) => p.data.push("over_budget", report),
+                None => payloads.push(Payload {
+                    source: Source::PgLog,
+                    collected_at: unix_now(),
+                    correlation_id: None,
+                    data: Json::object()
+                        .field("kind", "log_entries")
+                        .field("file", origin.file.clone())
+                        .field("format", origin.format.as_str())
+                        .field("count", 0u64)
+                        .field("over_budget", report),
+                }),
+            }
+        }
         Flush {
             payloads,
             position: self.position.clone(),
@@ -198,6 +272,68 @@ mod tests {
     use crate::logtail::parse::Format;
     use crate::logtail::tail::Follow;
     use std::io::Write;
+
+    #[test]
+    fn over_the_budget_only_warnings_and_requests_are_shipped_and_the_rest_is_counted() {
+        let dir = std::env::temp_dir().join(format!("logtail-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("pg.log");
+        let mut f = std::fs::File::create(&log).unwrap();
+        for i in 0..10 {
+            writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  routine {i}").unwrap();
+        }
+        writeln!(
+            f,
+            "2024-05-01 12:00:00.000 UTC [1] ERROR:  an error over the budget"
+        )
+        .unwrap();
+        writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  routine 10").unwrap();
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        tc.start_at_end = false;
+        tc.settle = Duration::ZERO;
+        let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] "));
+        let t0 = Instant::now();
+        let cfg = FeedConfig {
+            interval: Duration::from_secs(60),
+            max_entries_per_interval: 4,
+            ..FeedConfig::default()
+        };
+        let mut feed = LogFeed::new(tailer, cfg, t0);
+        let fl = feed
+            .poll(t0 + Duration::from_secs(61))
+            .expect("interval over");
+        let text: String = fl
+            .payloads
+            .iter()
+            .map(|p| p.data.to_json_string())
+            .collect();
+        // Four routine entries and the error are shipped; seven routine entries are counted.
+        assert!(
+            text.contains("\"routine 3\"") && !text.contains("\"routine 4\""),
+            "{text}"
+        );
+        assert!(text.contains("an error over the budget"), "{text}");
+        assert!(
+            text.contains(r#""over_budget":{"entries":7,"severity_counts":{"LOG":7}}"#),
+            "{text}"
+        );
+        feed.commit(&fl).unwrap();
+        // The next interval has a fresh budget.
+        writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  next interval").unwrap();
+        let fl = feed
+            .poll(t0 + Duration::from_secs(122))
+            .expect("interval over");
+        let text: String = fl
+            .payloads
+            .iter()
+            .map(|p| p.data.to_json_string())
+            .collect();
+        assert!(
+            text.contains("next interval") && !text.contains("over_budget"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn flushes_on_interval_and_when_full_and_commits() {
