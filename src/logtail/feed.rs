@@ -273,6 +273,17 @@ mod tests {
     use crate::logtail::tail::Follow;
     use std::io::Write;
 
+    /// Polls at `now` (an interval must be over) and returns the flush and its payloads' text.
+    fn poll_text(feed: &mut LogFeed, now: Instant) -> (Flush, String) {
+        let fl = feed.poll(now).expect("interval over");
+        let text = fl
+            .payloads
+            .iter()
+            .map(|p| p.data.to_json_string())
+            .collect();
+        (fl, text)
+    }
+
     #[test]
     fn over_the_budget_only_warnings_and_requests_are_shipped_and_the_rest_is_counted() {
         let dir = std::env::temp_dir().join(format!("logtail-budget-{}", std::process::id()));
@@ -299,14 +310,7 @@ mod tests {
             ..FeedConfig::default()
         };
         let mut feed = LogFeed::new(tailer, cfg, t0);
-        let fl = feed
-            .poll(t0 + Duration::from_secs(61))
-            .expect("interval over");
-        let text: String = fl
-            .payloads
-            .iter()
-            .map(|p| p.data.to_json_string())
-            .collect();
+        let (fl, text) = poll_text(&mut feed, t0 + Duration::from_secs(61));
         // Four routine entries and the error are shipped; seven routine entries are counted.
         assert!(
             text.contains("\"routine 3\"") && !text.contains("\"routine 4\""),
@@ -320,14 +324,7 @@ mod tests {
         feed.commit(&fl).unwrap();
         // The next interval has a fresh budget.
         writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  next interval").unwrap();
-        let fl = feed
-            .poll(t0 + Duration::from_secs(122))
-            .expect("interval over");
-        let text: String = fl
-            .payloads
-            .iter()
-            .map(|p| p.data.to_json_string())
-            .collect();
+        let (_, text) = poll_text(&mut feed, t0 + Duration::from_secs(122));
         assert!(
             text.contains("next interval") && !text.contains("over_budget"),
             "{text}"
