@@ -5,10 +5,12 @@
 //! imply (pacing spacing, `Retry-After`, the breaker's reset), measured at the listener, and
 //! (b) a generous liveness bound so a broken agent fails the test instead of hanging it.
 
-#[path = "common/listener.rs"]
-mod listener;
+mod common;
 
-use std::path::{Path, PathBuf};
+use common::listener;
+use common::TempDir;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -25,32 +27,8 @@ const KEY: &str = "test-key";
 /// Liveness bound: only a broken agent gets anywhere near it.
 const LIVENESS: Duration = Duration::from_secs(60);
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("bv-ship-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    TempDir(dir)
+    TempDir::new(name)
 }
 
 fn open_spool(dir: &Path) -> Arc<Spool> {

@@ -6,6 +6,9 @@
 //! to its stdin, so the test answers `200` once the request arrived. Certificates are made per
 //! run with `openssl req`/`openssl x509`: a CA, and a server certificate for 127.0.0.1 it signs.
 
+mod common;
+use common::TempDir;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -189,33 +192,8 @@ impl Drop for TlsServer {
     }
 }
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("bv-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+    TempDir::new(name)
 }
 
 fn spool_with_one(dir: &Path) -> Arc<Spool> {

@@ -3,6 +3,9 @@
 //! process killed with SIGKILL), then the spool is reopened and we assert what was recovered
 //! and what was counted as lost.
 
+mod common;
+use common::TempDir;
+
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -12,32 +15,8 @@ use bitville_pg_agent::json::Json;
 use bitville_pg_agent::payload::{AgentInfo, Payload, Source};
 use bitville_pg_agent::spool::{Spool, SpoolError, SpoolOptions};
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("bv-recovery-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    TempDir(dir)
+    TempDir::new(name)
 }
 
 fn options(dir: &Path) -> SpoolOptions {
