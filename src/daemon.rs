@@ -259,11 +259,22 @@ impl Context {
         backoff: &mut Backoff,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
     ) -> Option<T> {
+        self.db_step_on(&self.pool, name, backoff, f)
+    }
+
+    /// [`Context::db_step`] on a given pool (the extra databases have their own).
+    fn db_step_on<T>(
+        &self,
+        pool: &Pool,
+        name: &'static str,
+        backoff: &mut Backoff,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+    ) -> Option<T> {
         if self.health.paused() || !backoff.should_run() {
             self.health.skipped(name);
             return None;
         }
-        let mut client = match self.pool.acquire() {
+        let mut client = match pool.acquire() {
             Ok(c) => c,
             Err(e) => {
                 self.health.failed(name, e.to_string());
@@ -287,6 +298,17 @@ impl Context {
                 None
             }
         }
+    }
+
+    /// Connections the agent holds to the server now, over every pool: the figure the
+    /// 5-connection promise is about.
+    fn connections_held(&self) -> usize {
+        self.pool.stats().size
+            + self
+                .extra_pools
+                .iter()
+                .map(|(_, p)| p.stats().size)
+                .sum::<usize>()
     }
 
     /// Appends payloads to the spool; returns false when any append failed (the spool counts and
@@ -326,7 +348,7 @@ pub fn agent_block(
         .field("cpu_seconds", usage.cpu_total().as_secs_f64())
         .field("cpu_seconds_interval", cpu_interval.as_secs_f64())
         .field("db_time_ms_interval", db_time.as_secs_f64() * 1000.0)
-        .field("connections_held", pool.size)
+        .field("connections_held", ctx.connections_held())
         .field(
             "pool",
             Json::object()
@@ -392,7 +414,7 @@ fn write_status(ctx: &Context, ship: &StatusHandle) {
             "last_send_error",
             shipped.last_error.unwrap_or_else(|| "none".into()),
         ),
-        ("connections_held", ctx.pool.stats().size.to_string()),
+        ("connections_held", ctx.connections_held().to_string()),
     ];
     let collectors = ctx.health.lock().collectors.clone();
     let errors: Vec<String> = collectors
@@ -479,6 +501,7 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
     }];
     let (mut b_paths, mut b_statements, mut b_health) =
         (Backoff::default(), Backoff::default(), Backoff::default());
+    let mut b_others: Vec<Backoff> = ctx.extra_pools.iter().map(|_| Backoff::default()).collect();
     let mut have_server_paths = false;
     host.collect(&paths);
     let mut cpu_before = selfstats::usage().cpu_total();
@@ -507,17 +530,24 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
             Ok::<_, CollectError>(health.collect(c, Instant::now()))
         });
         if let Some(block) = postgres.as_mut().filter(|_| !ctx.extra_pools.is_empty()) {
+            // Each extra database goes through the same step runner as the main one: its time
+            // is counted, a pause or backoff skips it, a broken connection is replaced.
             let others: Vec<Json> = ctx
                 .extra_pools
                 .iter()
-                .map(|(name, pool)| match pool.acquire() {
-                    Ok(mut c) => health.collect_database(name, &mut c, Instant::now()),
-                    Err(e) => Json::object().field("database", name.as_str()).field(
-                        "errors",
-                        Json::Array(vec![Json::object()
-                            .field("collector", "health")
-                            .field("error", e.to_string())]),
-                    ),
+                .zip(b_others.iter_mut())
+                .map(|((name, pool), backoff)| {
+                    ctx.db_step_on(pool, "health (other databases)", backoff, |c| {
+                        Ok::<_, CollectError>(health.collect_database(name, c, Instant::now()))
+                    })
+                    .unwrap_or_else(|| {
+                        Json::object().field("database", name.as_str()).field(
+                            "errors",
+                            Json::Array(vec![Json::object()
+                                .field("collector", "health")
+                                .field("error", "skipped: no connection, paused or backed off")]),
+                        )
+                    })
                 })
                 .collect();
             block.push("other_databases", Json::Array(others));
@@ -552,13 +582,16 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
 
 /// Finds the server log (asking the server for its settings, or when it cannot be asked, using
 /// the settings it gave before) and opens a feed on it.
-fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogFeed> {
+fn open_log_feed(
+    ctx: &Context,
+    backoff: &mut Backoff,
+    last_reason: &mut Option<String>,
+) -> Option<LogFeed> {
     let (log_path, state_dir) = (
         ctx.config.collection.log_path.as_deref(),
         &ctx.config.collection.state_dir,
     );
-    let mut backoff = Backoff::default();
-    let asked = ctx.db_step("logtail", &mut backoff, |c| {
+    let asked = ctx.db_step("logtail", backoff, |c| {
         logtail::discover_from_server(c, log_path, Some(state_dir))
             .map_err(CollectError::query("logtail", "settings"))
     });
@@ -599,8 +632,10 @@ fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogF
 
 fn run_logtail(ctx: &Context) {
     let mut last_reason = None;
+    // One backoff across the attempts, so a settings query that keeps timing out is skipped.
+    let mut backoff = Backoff::default();
     let mut feed = loop {
-        if let Some(feed) = open_log_feed(ctx, &mut last_reason) {
+        if let Some(feed) = open_log_feed(ctx, &mut backoff, &mut last_reason) {
             break feed;
         }
         if ctx.shutdown.wait(ctx.config.collection.interval) {
@@ -648,13 +683,16 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinH
 
 /// Applies a reloaded configuration: what can change at runtime changes (log level, log file,
 /// pause file); the rest is named and needs a restart. An invalid file changes nothing.
+///
+/// `log_file` is the log file in use now (a reload may have switched it): SIGHUP reopens that one
+/// (for logrotate), never the one the agent started with.
 fn reload(
     path: Option<&Path>,
-    running: &Config,
     running_raw: &config::RawConfig,
+    log_file: &mut Option<PathBuf>,
     health: &AgentHealth,
 ) {
-    if let Some(file) = &running.log.file {
+    if let Some(file) = log_file.as_ref() {
         if let Err(e) = logging::reopen(file) {
             log::error!("cannot reopen the log file {}: {e}", file.display());
         }
@@ -671,12 +709,13 @@ fn reload(
     }
     logging::set_level(loaded.config.log.level);
     health.set_pause_file(loaded.config.collection.pause_file.clone());
-    if loaded.config.log.file != running.log.file {
+    if loaded.config.log.file != *log_file {
         if let Some(file) = &loaded.config.log.file {
             if let Err(e) = logging::reopen(file) {
                 log::error!("cannot open the new log file {}: {e}", file.display());
             }
         }
+        log_file.clone_from(&loaded.config.log.file);
     }
     let runtime = [
         ("log", "level"),
@@ -743,9 +782,10 @@ pub fn run(
     );
     write_status(&ctx, &ship_status);
     let mut seen = 0;
+    let mut log_file = ctx.config.log.file.clone();
     while let Event::Reload(n) = shutdown.wait_event(seen) {
         seen = n;
-        reload(config_path, &ctx.config, &loaded.raw, &ctx.health);
+        reload(config_path, &loaded.raw, &mut log_file, &ctx.health);
     }
     // The idle shipper waits on the spool, not on the stop token: wake it.
     ctx.spool.wake_waiters();

@@ -348,6 +348,54 @@ fn sighup_rejects_an_invalid_config_and_applies_a_new_log_level() {
     assert_eq!(status.code(), Some(0));
 }
 
+#[test]
+fn sighup_after_a_reload_switched_log_files_reopens_the_new_file_not_the_first() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    let mut rig = Rig::new("modes-hup-file", &pg, &listener.url());
+    let (first, second) = (
+        rig.state_dir().join("first.log"),
+        rig.state_dir().join("second.log"),
+    );
+    std::fs::create_dir_all(rig.state_dir()).unwrap();
+    rig.set("log", "level", "info");
+    rig.set("log", "file", &first.display().to_string());
+    let mut agent = rig.start();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        wait_until(LIVENESS, || read(&first).contains("running:")),
+        "the first log file has no start-up line:\n{}",
+        read(&first)
+    );
+
+    rig.set("log", "file", &second.display().to_string());
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(LIVENESS, || read(&second)
+            .contains("configuration reloaded")),
+        "the reload is not logged in the new file:\n{}",
+        read(&second)
+    );
+    // As logrotate would: the old file is gone, then SIGHUP.
+    std::fs::remove_file(&first).unwrap();
+    agent.signal(libc::SIGHUP);
+    let second_reload = wait_until(LIVENESS, || {
+        read(&second).matches("configuration reloaded").count() >= 2
+    });
+    let status = agent.stop();
+    assert!(
+        second_reload,
+        "the second reload is not logged in the new file:\n{}",
+        read(&second)
+    );
+    assert!(
+        !first.exists(),
+        "SIGHUP recreated the log file the agent started with:\n{}",
+        read(&first)
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
 /// Calls of every statement the monitoring role ran, as pg_stat_statements counts them.
 fn monitor_calls(admin: &mut postgres::Client) -> i64 {
     admin
