@@ -232,7 +232,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn timeout() -> Result<(), CollectError> {
+    /// A collector error that is not a timeout (a state-file failure).
+    fn not_a_timeout() -> Result<(), CollectError> {
         Err(CollectError::State {
             collector: "t",
             path: PathBuf::from("x"),
@@ -244,7 +245,7 @@ mod tests {
     fn backoff_skips_only_after_repeated_timeouts() {
         let mut b = Backoff::new(4);
         // A non-timeout error never backs off.
-        b.record(&timeout());
+        b.record(&not_a_timeout());
         assert!(b.should_run());
         assert_eq!(b.consecutive_timeouts(), 0);
         b.record(&Ok::<(), CollectError>(()));
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn error_json_names_collector_and_file() {
-        let e = timeout().unwrap_err();
+        let e = not_a_timeout().unwrap_err();
         assert!(!e.is_timeout());
         let j = e.to_json().to_json_string();
         assert_eq!(j, r#"{"collector":"t","file":"x","error":"not a timeout"}"#);
