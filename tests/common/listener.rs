@@ -1,5 +1,6 @@
 //! A Bitville listener for tests: a real HTTP/1.1 server on 127.0.0.1 in the test process that
-//! speaks the listener's contract (docs/delivery.md, "The listener's contract") and can be told how to answer.
+//! speaks the listener's contract (docs/delivery.md, "The listener's contract") and can be told
+//! how to answer.
 //!
 //! Checks in the listener's order: optional rate limit (429 with `Retry-After`, every request
 //! counts), path (404), `Authorization: Bearer <key>` (401), JSON and schema (400 with
