@@ -24,14 +24,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
-use crate::collect::host::{HostCollector, WatchedPath};
-use crate::collect::statements::{StatementsCollector, StatementsConfig};
+use crate::collect::cycle::{CycleOptions, DbSteps, IntervalCycle};
+use crate::collect::statements::StatementsConfig;
 use crate::collect::{Backoff, CollectError};
 use crate::config::{self, Config};
-use crate::health::{Health, HealthOptions};
+use crate::health::HealthOptions;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
-use crate::payload::{unix_now, Payload, Source};
+use crate::payload::Payload;
 use crate::pool::Pool;
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
@@ -467,45 +467,42 @@ fn run_sampler(ctx: &Context) {
     ctx.append_all(&sampler.finish_interval());
 }
 
-/// The data directory and WAL directory of the server, for the filesystem figures.
-pub fn server_paths(client: &mut postgres::Client) -> Result<Vec<WatchedPath>, CollectError> {
-    let row = client
-        .query_one("SELECT current_setting('data_directory')", &[])
-        .map_err(CollectError::query("host", "data_directory"))?;
-    let data: String = row.get(0);
-    let data = PathBuf::from(data);
-    Ok(vec![
-        WatchedPath {
-            label: "wal".into(),
-            path: data.join("pg_wal"),
+impl DbSteps for Context {
+    fn step<T>(
+        &self,
+        database: Option<&str>,
+        name: &'static str,
+        backoff: &mut Backoff,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+    ) -> Option<T> {
+        let pool = match database {
+            None => &self.pool,
+            Some(db) => &self.extra_pools.iter().find(|(n, _)| n == db)?.1,
+        };
+        self.db_step_on(pool, name, backoff, f)
+    }
+}
+
+/// The interval cycle's options for the `[collection]` and `[buffer]` configuration.
+pub fn cycle_options(cfg: &Config) -> CycleOptions {
+    let c = &cfg.collection;
+    CycleOptions {
+        statements: StatementsConfig::from_collection(c),
+        health: HealthOptions {
+            top_n: c.health_top_n,
+            slow_every: c.health_slow_interval,
+            tables_budget: c.health_tables_budget,
         },
-        WatchedPath {
-            label: "data_directory".into(),
-            path: data,
-        },
-    ])
+        spool_path: cfg.buffer.path.clone(),
+        databases: c.databases.clone(),
+    }
 }
 
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
-    let cfg = &ctx.config.collection;
-    let mut statements = StatementsCollector::new(StatementsConfig::from_collection(cfg));
-    let mut health = Health::new(HealthOptions {
-        top_n: cfg.health_top_n,
-        slow_every: cfg.health_slow_interval,
-        tables_budget: cfg.health_tables_budget,
-    });
-    let mut host = HostCollector::new();
-    let mut paths = vec![WatchedPath {
-        label: "spool".into(),
-        path: ctx.config.buffer.path.clone(),
-    }];
-    let (mut b_paths, mut b_statements, mut b_health) =
-        (Backoff::default(), Backoff::default(), Backoff::default());
-    let mut b_others: Vec<Backoff> = ctx.extra_pools.iter().map(|_| Backoff::default()).collect();
-    let mut have_server_paths = false;
-    host.collect(&paths);
+    let mut cycle = IntervalCycle::new(cycle_options(&ctx.config));
+    ctx.append_all(&cycle.prime(ctx));
     let mut cpu_before = selfstats::usage().cpu_total();
-    let mut ticker = Ticker::new(Instant::now(), cfg.interval);
+    let mut ticker = Ticker::new(Instant::now(), ctx.config.collection.interval);
     loop {
         let tick = ticker.next_after(Instant::now());
         if tick.skipped > 0 {
@@ -514,64 +511,18 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
         if ctx.shutdown.wait_until(tick.at) {
             break;
         }
-        if !have_server_paths {
-            if let Some(found) = ctx.db_step("settings", &mut b_paths, server_paths) {
-                paths.extend(found);
-                have_server_paths = true;
-            }
-        }
-        if let Some(Some(p)) =
-            ctx.db_step("statements", &mut b_statements, |c| statements.collect(c))
-        {
-            ctx.append_all(&[p]);
-        }
-        // Health reports its own failures inside the block (it never fails as a whole).
-        let mut postgres = ctx.db_step("health", &mut b_health, |c| {
-            Ok::<_, CollectError>(health.collect(c, Instant::now()))
-        });
-        if let Some(block) = postgres.as_mut().filter(|_| !ctx.extra_pools.is_empty()) {
-            // Each extra database goes through the same step runner as the main one: its time
-            // is counted, a pause or backoff skips it, a broken connection is replaced.
-            let others: Vec<Json> = ctx
-                .extra_pools
-                .iter()
-                .zip(b_others.iter_mut())
-                .map(|((name, pool), backoff)| {
-                    ctx.db_step_on(pool, "health (other databases)", backoff, |c| {
-                        Ok::<_, CollectError>(health.collect_database(name, c, Instant::now()))
-                    })
-                    .unwrap_or_else(|| {
-                        Json::object().field("database", name.as_str()).field(
-                            "errors",
-                            Json::Array(vec![Json::object()
-                                .field("collector", "health")
-                                .field("error", "skipped: no connection, paused or backed off")]),
-                        )
-                    })
-                })
-                .collect();
-            block.push("other_databases", Json::Array(others));
-        }
-        if let Some(mut data) = host.collect(&paths) {
-            if let Some(block) = postgres {
-                data.push("postgres", block);
-            }
+        let payloads = cycle.run(ctx, || {
             let cpu_now = selfstats::usage().cpu_total();
-            let agent = agent_block(
+            let block = agent_block(
                 ctx,
                 ship,
                 cpu_now.saturating_sub(cpu_before),
                 ctx.health.take_db_time(),
             );
             cpu_before = cpu_now;
-            data.push("agent", agent);
-            ctx.append_all(&[Payload {
-                source: Source::SystemMetrics,
-                collected_at: unix_now(),
-                correlation_id: None,
-                data,
-            }]);
-        }
+            block
+        });
+        ctx.append_all(&payloads);
         if let Err(e) = ctx.spool.sync() {
             log::error!("spool sync failed: {e}");
         }

@@ -93,16 +93,16 @@ fn run() -> i32 {
     match cli.mode {
         Mode::Test => selftest::run(cfg),
         Mode::DryRun => {
-            let pool = Pool::new(&cfg.database);
-            oneshot::dry_run(cfg, &pool)
+            let (pool, extra_pools) = daemon::pools(cfg);
+            oneshot::dry_run(cfg, &pool, &extra_pools)
         }
         Mode::Once => match open_storage(&loaded) {
             Ok((spool, shipper)) => {
-                let pool = Pool::new(&cfg.database);
+                let (pool, extra_pools) = daemon::pools(cfg);
                 if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
                     return code;
                 }
-                oneshot::once(cfg, &pool, spool, shipper)
+                oneshot::once(cfg, &pool, &extra_pools, spool, shipper)
             }
             Err(code) => code,
         },

@@ -12,15 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::cli;
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
-use crate::collect::host::{HostCollector, WatchedPath};
-use crate::collect::statements::{StatementsCollector, StatementsConfig};
+use crate::collect::cycle::{DbSteps, IntervalCycle};
+use crate::collect::{Backoff, CollectError};
 use crate::config::Config;
 use crate::daemon;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
-use crate::payload::{
-    envelope_body, render_record, unix_now, AgentInfo, AgentStamp, Payload, Source,
-};
+use crate::payload::{envelope_body, render_record, AgentInfo, AgentStamp, Payload};
 use crate::pool::Pool;
 use crate::ship::{Shipper, StopSignal};
 use crate::shutdown::Shutdown;
@@ -47,8 +45,12 @@ impl Drop for Scratch {
     }
 }
 
-fn log_feed(cfg: &Config, client: &mut postgres::Client) -> Option<LogFeed> {
-    match logtail::discover_from_server(client, cfg.collection.log_path.as_deref(), None).ok()? {
+fn log_feed(cfg: &Config, steps: &OneShotSteps) -> Option<LogFeed> {
+    let discovered = steps.step(None, "logtail", &mut Backoff::default(), |c| {
+        logtail::discover_from_server(c, cfg.collection.log_path.as_deref(), None)
+            .map_err(CollectError::query("logtail", "settings"))
+    })?;
+    match discovered {
         Ok(source) => {
             let budget = daemon::correlated_budget(
                 cfg.listener.max_requests_per_minute,
@@ -68,12 +70,78 @@ fn log_feed(cfg: &Config, client: &mut postgres::Client) -> Option<LogFeed> {
     }
 }
 
+/// The one-shot step runner: honours the pause file, logs a failed step and goes on.
+struct OneShotSteps<'a> {
+    pool: &'a Pool,
+    extra_pools: &'a [(String, Pool)],
+    pause_file: Option<&'a Path>,
+}
+
+impl OneShotSteps<'_> {
+    fn paused(&self) -> bool {
+        self.pause_file.is_some_and(Path::exists)
+    }
+}
+
+impl DbSteps for OneShotSteps<'_> {
+    fn step<T>(
+        &self,
+        database: Option<&str>,
+        name: &'static str,
+        backoff: &mut Backoff,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+    ) -> Option<T> {
+        if self.paused() || !backoff.should_run() {
+            return None;
+        }
+        let pool = match database {
+            None => self.pool,
+            Some(db) => &self.extra_pools.iter().find(|(n, _)| n == db)?.1,
+        };
+        let result = pool
+            .acquire()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| f(&mut c).map_err(|e| e.to_string()));
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::warn!("{name}: {e}");
+                None
+            }
+        }
+    }
+}
+
 /// Collects once over one sample interval and returns the payloads (collector errors are
-/// logged; what worked is returned).
-pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
+/// logged; what worked is returned). The interval part is the daemon's own cycle, server health
+/// and the extra databases included. While the pause file exists no query is made: host
+/// figures and the server log are still collected.
+pub fn collect(
+    cfg: &Config,
+    pool: &Pool,
+    extra_pools: &[(String, Pool)],
+) -> Result<Vec<Payload>, String> {
     let scratch = Scratch::new().map_err(|e| format!("cannot create a scratch directory: {e}"))?;
     let mut cfg = cfg.clone();
     cfg.collection.state_dir = scratch.0.clone();
+    let steps = OneShotSteps {
+        pool,
+        extra_pools,
+        pause_file: cfg.collection.pause_file.as_deref(),
+    };
+    if steps.paused() {
+        log::warn!(
+            "pause file {} exists: no database query is made; host figures and the server log only",
+            cfg.collection
+                .pause_file
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        );
+    } else {
+        // Unreachable database: say so instead of a collection without any database data.
+        drop(pool.acquire().map_err(|e| e.to_string())?);
+    }
     let window = cfg.collection.sample_interval.max(Duration::from_secs(1));
     let mut sampler = ActivitySampler::new(ActivityConfig {
         max_correlated: daemon::correlated_budget(
@@ -82,65 +150,29 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
         ),
         ..ActivityConfig::from_collection(&cfg.collection)
     });
-    let mut statements =
-        StatementsCollector::new(StatementsConfig::from_collection(&cfg.collection));
-    let mut host = HostCollector::new();
-    let mut paths = vec![WatchedPath {
-        label: "spool".into(),
-        path: cfg.buffer.path.clone(),
-    }];
-    let warn = |what: &str, e: &dyn std::fmt::Display| log::warn!("{what}: {e}");
-
-    let mut client = pool.acquire().map_err(|e| e.to_string())?;
-    match daemon::server_paths(&mut client) {
-        Ok(found) => paths.extend(found),
-        Err(e) => warn("host", &e),
-    }
-    host.collect(&paths);
-    if let Err(e) = statements.collect(&mut client) {
-        warn("statements", &e);
-    }
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
-    }
-    let mut feed = log_feed(&cfg, &mut client);
+    let mut b_activity = Backoff::default();
+    let mut cycle = IntervalCycle::new(daemon::cycle_options(&cfg));
+    // A scratch state directory has no persisted baseline: priming returns nothing.
+    let mut payloads = cycle.prime(&steps);
+    steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
+    let mut feed = log_feed(&cfg, &steps);
     if let Some(feed) = feed.as_mut() {
         // The first poll opens the log at its end: the window's entries are what follows.
         feed.poll(Instant::now());
     }
-    drop(client);
 
     std::thread::sleep(window);
 
-    let mut payloads = Vec::new();
-    let mut client = pool.acquire().map_err(|e| e.to_string())?;
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
-    }
+    steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
     payloads.extend(sampler.finish_interval());
-    match statements.collect(&mut client) {
-        Ok(Some(p)) => payloads.push(p),
-        Ok(None) => {}
-        Err(e) => warn("statements", &e),
-    }
-    drop(client);
-    if let Some(mut data) = host.collect(&paths) {
+    payloads.extend(cycle.run(&steps, || {
         let usage = crate::selfstats::usage();
-        data.push(
-            "agent",
-            Json::object()
-                .field("pid", std::process::id())
-                .field("rss_bytes", usage.rss_bytes)
-                .field("cpu_seconds", usage.cpu_total().as_secs_f64())
-                .field("mode", "once"),
-        );
-        payloads.push(Payload {
-            source: Source::SystemMetrics,
-            collected_at: unix_now(),
-            correlation_id: None,
-            data,
-        });
-    }
+        Json::object()
+            .field("pid", std::process::id())
+            .field("rss_bytes", usage.rss_bytes)
+            .field("cpu_seconds", usage.cpu_total().as_secs_f64())
+            .field("mode", "once")
+    }));
     if let Some(feed) = feed.as_mut() {
         // Read what the window added (a flush alone sends only what was read before).
         if let Some(flush) = feed.poll(Instant::now()) {
@@ -153,8 +185,8 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
 
 /// `--dry-run`: collect once and print every payload as the listener would receive it, one JSON
 /// object per line.
-pub fn dry_run(cfg: &Config, pool: &Pool) -> i32 {
-    let payloads = match collect(cfg, pool) {
+pub fn dry_run(cfg: &Config, pool: &Pool, extra_pools: &[(String, Pool)]) -> i32 {
+    let payloads = match collect(cfg, pool, extra_pools) {
         Ok(p) => p,
         Err(e) => {
             log::error!("collection failed: {e}");
@@ -196,8 +228,14 @@ impl StopSignal for UntilDrained<'_> {
 
 /// `--once`: collect once, append to the spool (behind whatever is already queued), and ship
 /// until the spool is empty or a minute has passed.
-pub fn once(cfg: &Config, pool: &Pool, spool: Arc<Spool>, mut shipper: Shipper) -> i32 {
-    let payloads = match collect(cfg, pool) {
+pub fn once(
+    cfg: &Config,
+    pool: &Pool,
+    extra_pools: &[(String, Pool)],
+    spool: Arc<Spool>,
+    mut shipper: Shipper,
+) -> i32 {
+    let payloads = match collect(cfg, pool, extra_pools) {
         Ok(p) => p,
         Err(e) => {
             log::error!("collection failed: {e}");

@@ -461,7 +461,11 @@ mod tests {
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
-        assert_eq!(names.len(), unique.len(), "a name resolves twice: {names:?}");
+        assert_eq!(
+            names.len(),
+            unique.len(),
+            "a name resolves twice: {names:?}"
+        );
         assert_eq!(names[0], "checkpoints_timed");
         assert_eq!(names[1], "checkpoints_requested");
     }
