@@ -4,6 +4,8 @@
 //! unit-tested without starting anything. Each mode is one variant of [`Mode`]; adding a mode
 //! means adding a variant, its flag in [`parse`] and a line in [`USAGE`].
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// Exit status: success.
@@ -53,7 +55,8 @@ options:
 
 exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 configuration error (--status:
             not running), 4 database unreachable at start, 5 spool or state directory
-            unusable, 6 a --test check failed
+            unusable, 6 a --test check failed, 130 a second stop signal forced the
+            exit
 ";
 
 /// What the agent was asked to do.
@@ -95,13 +98,18 @@ pub struct Cli {
     pub mode: Mode,
 }
 
-/// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
+/// Parses the arguments after the program name. They are taken as `OsString`s: a path may be
+/// any bytes, and an argument that is not UTF-8 is a usage error, never a panic.
+pub fn parse<I, S>(args: I) -> Result<Cli, String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
     let mut config = None;
     let mut pid_file = None;
     let mut prefix = None;
     let mut mode: Option<Mode> = None;
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().map(Into::into);
     let mut set_mode = |m: Mode, flag: &str| match &mode {
         Some(existing) if *existing != m => {
             Err(format!("{flag} cannot be combined with another mode"))
@@ -111,14 +119,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             Ok(())
         }
     };
-    while let Some(arg) = args.next() {
+    while let Some(os_arg) = args.next() {
+        if let Some(path) = os_arg.as_bytes().strip_prefix(b"--config=".as_slice()) {
+            config = Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+            continue;
+        }
+        let Some(arg) = os_arg.to_str().map(str::to_string) else {
+            return Err(format!(
+                "argument {:?} is not valid UTF-8 (only paths may be)",
+                os_arg.to_string_lossy()
+            ));
+        };
         match arg.as_str() {
             "-c" | "--config" => {
                 let path = args.next().ok_or_else(|| format!("{arg} needs a path"))?;
                 config = Some(PathBuf::from(path));
-            }
-            a if a.starts_with("--config=") => {
-                config = Some(PathBuf::from(&a["--config=".len()..]))
             }
             "--pid-file" => {
                 let path = args.next().ok_or_else(|| format!("{arg} needs a path"))?;
@@ -141,6 +156,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             }
             "--prefix" => {
                 let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                let value = value
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
                 prefix = Some(value);
             }
             "-V" | "--version" => set_mode(Mode::Version, &arg)?,
@@ -224,6 +242,31 @@ mod tests {
         assert!(p(&["--once", "--dry-run"])
             .unwrap_err()
             .contains("cannot be combined"));
+    }
+
+    #[test]
+    fn non_utf8_arguments_are_paths_or_usage_errors_never_panics() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"/etc/\xffagent.ini".to_vec());
+        let cli = parse([OsString::from("-c"), bad()]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from(bad())));
+        let mut eq = b"--config=".to_vec();
+        eq.extend_from_slice(bad().as_bytes());
+        let cli = parse([OsString::from_vec(eq), OsString::from("--once")]).unwrap();
+        assert_eq!(
+            (cli.config, cli.mode),
+            (Some(PathBuf::from(bad())), Mode::Once)
+        );
+        let err = parse([OsString::from_vec(b"--\xff".to_vec())]).unwrap_err();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+        let err = parse([
+            OsString::from("--analyze-log"),
+            OsString::from("/l"),
+            OsString::from("--prefix"),
+            bad(),
+        ])
+        .unwrap_err();
+        assert!(err.contains("UTF-8"), "{err}");
     }
 
     #[test]

@@ -360,6 +360,13 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+    /// An environment variable of the agent cannot be used (its value is not UTF-8).
+    Environment {
+        /// The variable.
+        name: String,
+        /// What is wrong (never the value).
+        reason: String,
+    },
     /// A value is not acceptable.
     Value {
         /// Where the value came from.
@@ -377,6 +384,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::File { path, reason } => write!(f, "{}: {reason}", path.display()),
+            ConfigError::Environment { name, reason } => write!(f, "environment {name}: {reason}"),
             ConfigError::Value {
                 origin,
                 section,
@@ -582,10 +590,43 @@ pub fn choose_path(cli: Option<&Path>, env: &BTreeMap<String, String>) -> (PathB
 
 /// Loads the configuration from the process environment and the chosen file.
 pub fn load(cli_path: Option<&Path>) -> Result<Loaded, ConfigError> {
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    load_from(cli_path, &env)
+    load_from(cli_path, &agent_env(std::env::vars_os())?)
+}
+
+/// The `BITVILLE_PG_*` entries of an environment, read as `OsString`s so that a variable that
+/// is not UTF-8 never panics: one of the agent's own variables whose value is not UTF-8 is an
+/// error naming it; another with the prefix is kept (lossily) so that it is warned about as
+/// unknown; everything else is ignored.
+pub fn agent_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut env = BTreeMap::new();
+    for (name, value) in vars {
+        if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        let name = name.to_string_lossy().into_owned();
+        let value = match value.into_string() {
+            Ok(v) => v,
+            Err(raw) if is_agent_env(&name) => {
+                return Err(ConfigError::Environment {
+                    name,
+                    reason: format!(
+                        "the value is not valid UTF-8 ({} bytes); set it in UTF-8",
+                        raw.len()
+                    ),
+                })
+            }
+            Err(raw) => raw.to_string_lossy().into_owned(),
+        };
+        env.insert(name, value);
+    }
+    Ok(env)
+}
+
+/// Whether `name` is one of the agent's environment variables.
+fn is_agent_env(name: &str) -> bool {
+    NON_KEY_ENV.contains(&name) || KEYS.iter().any(|s| s.env.contains(&name))
 }
 
 /// Loads the configuration from the given environment (only `BITVILLE_PG_*` entries matter).
@@ -639,47 +680,37 @@ impl RawConfig {
             );
         }
         if let Some((path, text)) = file {
-            let options = ini::ParseOption {
-                // The Python agent's configparser kept quotes and backslashes as they are;
-                // a password containing them must reach the server unchanged.
-                enabled_quote: false,
-                enabled_escape: false,
-                ..ini::ParseOption::default()
-            };
-            let parsed =
-                ini::Ini::load_from_str_opt(text, options).map_err(|e| ConfigError::File {
+            let entries = parse_ini(text).map_err(|(line, reason)| ConfigError::File {
+                path: path.to_path_buf(),
+                reason: format!("line {line}: {reason}"),
+            })?;
+            for entry in entries {
+                let at = Origin::File {
                     path: path.to_path_buf(),
-                    reason: format!("line {}: {}", e.line + 1, e.msg),
-                })?;
-            let lines = key_lines(text);
-            for (section, props) in parsed.iter() {
-                let section_name = section.unwrap_or("").trim().to_string();
-                for (key, value) in props.iter() {
-                    let key_lc = key.trim().to_ascii_lowercase();
-                    let line = lines.get(&(section_name.clone(), key_lc.clone())).copied();
-                    match find_key(&section_name, &key_lc) {
-                        Some(spec) => {
-                            let origin = Origin::File {
-                                path: path.to_path_buf(),
-                                line,
-                            };
-                            values.insert(
-                                (spec.section, spec.key),
-                                (value.trim().to_string(), origin),
-                            );
+                    line: Some(entry.line),
+                };
+                match find_key(&entry.section, &entry.key) {
+                    Some(spec) => {
+                        if let Some((_, Origin::File { line: Some(l), .. })) =
+                            values.get(&(spec.section, spec.key))
+                        {
+                            warnings.push(format!(
+                                "{at}: [{}] {} is set again (first at line {l}); the later value wins",
+                                spec.section, spec.key
+                            ));
                         }
-                        None => {
-                            let at = Origin::File {
-                                path: path.to_path_buf(),
-                                line,
-                            };
-                            warnings.push(if section_name.is_empty() {
-                                format!("{at}: key {key_lc} outside any section is ignored")
-                            } else {
-                                format!("{at}: unknown key [{section_name}] {key_lc} is ignored (a typo?)")
-                            });
-                        }
+                        values.insert((spec.section, spec.key), (entry.value, at));
                     }
+                    // Names passed `is_name`: safe to show, only cut short.
+                    None if entry.section.is_empty() => warnings.push(format!(
+                        "{at}: key {} outside any section is ignored",
+                        short(&entry.key)
+                    )),
+                    None => warnings.push(format!(
+                        "{at}: unknown key [{}] {} is ignored (a typo?)",
+                        short(&entry.section),
+                        short(&entry.key)
+                    )),
                 }
             }
         }
@@ -703,9 +734,7 @@ impl RawConfig {
             }
         }
         for name in env.keys() {
-            let known = NON_KEY_ENV.contains(&name.as_str())
-                || KEYS.iter().any(|s| s.env.contains(&name.as_str()));
-            if !known {
+            if !is_agent_env(name) {
                 warnings.push(format!(
                     "unknown environment variable {name} is ignored (a typo?)"
                 ));
@@ -729,27 +758,130 @@ fn find_key(section: &str, key: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|s| s.section == section && s.key == key)
 }
 
-/// The 1-based line of every `key = value` in INI text, by (section, lower-case key); the INI
-/// crate does not report lines and errors must name them.
-fn key_lines(text: &str) -> HashMap<(String, String), usize> {
+/// One `key = value` line of an INI file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IniEntry {
+    /// The section it is in ("" before the first header).
+    section: String,
+    /// The key, lower case.
+    key: String,
+    /// The value, trimmed, otherwise verbatim (no quotes, escapes or inline comments).
+    value: String,
+    /// 1-based line number.
+    line: usize,
+}
+
+/// Whether `s` can be a section or key name: letters, digits, `_`, `-` and `.`.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Parses INI text strictly, line by line: every line is blank, a comment (`;` or `#`), a
+/// `[section]` header or a `key = value` (or `key: value`) line, and anything else is an error
+/// with its line number. Values are kept verbatim (a password may hold `#`, `;`, quotes and
+/// backslashes, as the Python agent's configparser kept them). Errors never quote the line: a
+/// broken line may hold a secret.
+fn parse_ini(text: &str) -> Result<Vec<IniEntry>, (usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut section = String::new();
-    let mut lines = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            if let Some(end) = t.find(']') {
-                section = t[1..end].trim().to_string();
-            }
-        } else if !t.starts_with(';') && !t.starts_with('#') {
-            if let Some(pos) = t.find(['=', ':']) {
-                lines.insert(
-                    (section.clone(), t[..pos].trim().to_ascii_lowercase()),
-                    n + 1,
-                );
-            }
+    let mut entries = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let t = raw.trim();
+        if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+            continue;
         }
+        if let Some(inner) = t.strip_prefix('[') {
+            if inner.starts_with('[') {
+                return Err((
+                    line,
+                    "\"[[\" is not a section header; write one pair of brackets, e.g. [listener]"
+                        .into(),
+                ));
+            }
+            let Some(end) = inner.find(']') else {
+                return Err((
+                    line,
+                    "the section header is not closed: a \"]\" is missing".into(),
+                ));
+            };
+            let rest = inner[end + 1..].trim();
+            if !(rest.is_empty() || rest.starts_with(';') || rest.starts_with('#')) {
+                return Err((
+                    line,
+                    "text after the section header's \"]\" (a header stands alone on its line)"
+                        .into(),
+                ));
+            }
+            let name = inner[..end].trim();
+            if !is_name(name) {
+                return Err((
+                    line,
+                    "the section name is empty or not a name (letters, digits, _ - .)".into(),
+                ));
+            }
+            section = name.to_string();
+            continue;
+        }
+        let Some(pos) = t.find(['=', ':']) else {
+            return Err((
+                line,
+                "neither a [section] header, a key = value line nor a comment (is the = missing?)"
+                    .into(),
+            ));
+        };
+        let key = t[..pos].trim();
+        if !is_name(key) {
+            return Err((
+                line,
+                "the key before the = is empty or not a name (letters, digits, _ - .)".into(),
+            ));
+        }
+        entries.push(IniEntry {
+            section: section.clone(),
+            key: key.to_ascii_lowercase(),
+            value: t[pos + 1..].trim().to_string(),
+            line,
+        });
     }
-    lines
+    Ok(entries)
+}
+
+/// The longest excerpt of a value any message shows.
+const EXCERPT_CHARS: usize = 40;
+
+/// At most [`EXCERPT_CHARS`] characters of a name.
+fn short(name: &str) -> String {
+    name.chars().take(EXCERPT_CHARS).collect()
+}
+
+/// A value as messages may show it: quoted, at most [`EXCERPT_CHARS`] characters, credentials
+/// in a URL masked. Secrets are never passed here.
+pub fn excerpt(value: &str) -> String {
+    let masked = mask_url(value);
+    let mut out: String = masked.chars().take(EXCERPT_CHARS).collect();
+    if masked.chars().count() > EXCERPT_CHARS {
+        out.push_str("...");
+    }
+    format!("{out:?}")
+}
+
+/// The URL with the credentials of its authority (`user:password@`) replaced by `***@`, for
+/// every place a URL is logged or shown. Text that is not such a URL comes back unchanged.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let start = scheme_end + 3;
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
 }
 
 /// Reads typed values out of a [`RawConfig`], turning every failure into a [`ConfigError`].
@@ -797,7 +929,7 @@ impl Reader<'_> {
             } else {
                 "is not a whole number"
             };
-            self.error(section, key, format!("\"{v}\" {what}"))
+            self.error(section, key, format!("{} {what}", excerpt(v)))
         })?;
         if n < min || n > max {
             return Err(self.error(
@@ -850,7 +982,10 @@ impl Config {
                 return Err(r.error(
                     "log",
                     "level",
-                    format!("\"{other}\" is not one of error, warn, info, debug, trace"),
+                    format!(
+                        "{} is not one of error, warn, info, debug, trace",
+                        excerpt(other)
+                    ),
                 ))
             }
         };
@@ -969,7 +1104,7 @@ impl Config {
             return Err(r.error(
                 "collection",
                 "databases",
-                format!("\"{bad}\" is longer than 63 bytes"),
+                format!("{} is longer than 63 bytes", excerpt(bad)),
             ));
         }
         let interval_s = r.number("collection", "interval_s", 1, 3600)?;
@@ -986,7 +1121,7 @@ impl Config {
                 return Err(r.error(
                     "collection",
                     "query_text",
-                    format!("\"{other}\" is not one of full, normalized, none"),
+                    format!("{} is not one of full, normalized, none", excerpt(other)),
                 ))
             }
         };
@@ -1041,11 +1176,11 @@ impl Config {
                 return Err(r.error(
                     "listener",
                     "url",
-                    format!("\"{url}\" is not an http:// or https:// URL"),
+                    format!("{} is not an http:// or https:// URL", excerpt(&url)),
                 ))
             }
             Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                return Err(r.error("listener", "url", format!("\"{url}\" has no host")))
+                return Err(r.error("listener", "url", format!("{} has no host", excerpt(&url))))
             }
             Some(_) => {}
         }
@@ -1055,7 +1190,10 @@ impl Config {
             return Err(r.error(
                 "listener",
                 "project_id",
-                format!("\"{project_id}\" must be 1 to 50 characters (it is {n})"),
+                format!(
+                    "{} must be 1 to 50 characters (it is {n})",
+                    excerpt(&project_id)
+                ),
             ));
         }
         let ca_file = r.optional_path("listener", "ca_file");
@@ -1104,7 +1242,7 @@ pub fn describe(raw: &RawConfig) -> String {
         let shown = if spec.secret {
             format!("{:?}", Secret::new(value))
         } else {
-            value.to_string()
+            mask_url(value)
         };
         out.push_str(&format!("{} = {}    ; {origin}\n", spec.key, shown));
     }
@@ -1384,5 +1522,105 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("password = ********"));
+    }
+    #[test]
+    fn a_malformed_line_is_an_error_naming_file_and_line_never_the_text() {
+        let cases = [
+            (
+                "[database]\nhost = h\n[listener\napi_key = topsecret\n",
+                3,
+                "not closed",
+            ),
+            ("[[listener]]\napi_key = topsecret\n", 1, "[["),
+            ("[listener]\napi_key topsecret\n", 2, "is the = missing"),
+            ("[listener]\n= topsecret\n", 2, "key before the ="),
+            ("[listener] api_key = topsecret\n", 1, "stands alone"),
+            ("[]\napi_key = topsecret\n", 1, "section name"),
+            ("[lis tener]\napi_key = topsecret\n", 1, "section name"),
+        ];
+        for (text, line, what) in cases {
+            let err = from_text(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("agent.ini: line {line}: ")) && err.contains(what),
+                "{text:?}: {err}"
+            );
+            assert!(!err.contains("topsecret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bom_is_skipped_and_key_value_lines_keep_their_lines() {
+        let (c, w) = from_text("\u{feff}[database]\nhost = h1\n", &[]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.database.host, "h1");
+        let (_, w) = from_text("[database]\nhost = a\nhost: b\n", &[]).unwrap();
+        assert!(
+            w.iter()
+                .any(|m| m.contains("agent.ini:3: [database] host is set again (first at line 2)")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn messages_show_a_short_prefix_of_a_value_and_mask_url_credentials() {
+        let long = format!("{}x", "1".repeat(200));
+        let err = from_text(&format!("[database]\nport = {long}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 120, "{err}");
+        let err = from_text("[listener]\nurl = ftp://user:pw-in-url@host/x\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("pw-in-url") && err.contains("ftp://***@host/x"),
+            "{err}"
+        );
+        assert_eq!(
+            mask_url("http://u:p@h:1/ingest/postgres?a=b@c"),
+            "http://***@h:1/ingest/postgres?a=b@c"
+        );
+        assert_eq!(mask_url("https://h/ingest"), "https://h/ingest");
+        assert_eq!(mask_url("not a url"), "not a url");
+        let mut warnings = Vec::new();
+        let raw = RawConfig::build(
+            Some((
+                Path::new("a.ini"),
+                "[listener]\nurl = http://bob:hunter2@h/ingest/postgres\n",
+            )),
+            &env(&[]),
+            &mut warnings,
+        )
+        .unwrap();
+        let shown = describe(&raw);
+        assert!(
+            !shown.contains("hunter2") && shown.contains("url = http://***@h/"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_environment_value_is_an_error_only_for_our_variables() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"x\xffy".to_vec());
+        let env = agent_env([
+            (OsString::from("FOO"), bad()),
+            (OsString::from_vec(b"\xff".to_vec()), OsString::from("v")),
+            (OsString::from("BITVILLE_PG_DB_HOST"), OsString::from("h")),
+        ])
+        .unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["BITVILLE_PG_DB_HOST"], "h");
+        let err = agent_env([(OsString::from("BITVILLE_PG_DB_PASSWORD"), bad())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment BITVILLE_PG_DB_PASSWORD: the value is not valid UTF-8"),
+            "{err}"
+        );
+        let err = agent_env([(OsString::from(CONFIG_PATH_ENV), bad())]).unwrap_err();
+        assert!(err.to_string().contains(CONFIG_PATH_ENV));
+        let env = agent_env([(OsString::from("BITVILLE_PG_TYPO"), bad())]).unwrap();
+        assert!(env.contains_key("BITVILLE_PG_TYPO"));
     }
 }

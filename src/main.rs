@@ -23,7 +23,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> i32 {
-    let cli = match cli::parse(std::env::args().skip(1)) {
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("bitville-pg-agent: {e}\n\n{}", cli::USAGE);

@@ -92,7 +92,7 @@ impl ShipperOptions {
 impl fmt::Debug for ShipperOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShipperOptions")
-            .field("url", &self.url)
+            .field("url", &crate::config::mask_url(&self.url))
             .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
             .field("project", &self.project)
             .field("ca_file", &self.ca_file)
