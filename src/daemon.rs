@@ -32,7 +32,7 @@ use crate::health::{Health, HealthOptions};
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
 use crate::payload::{unix_now, Payload, Source};
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledClient};
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
@@ -257,7 +257,7 @@ impl Context {
         &self,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
         if self.health.paused() || !backoff.should_run() {
             self.health.skipped(name);
@@ -492,7 +492,7 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
             break;
         }
         if !have_server_paths {
-            if let Some(found) = ctx.db_step("settings", &mut b_paths, server_paths) {
+            if let Some(found) = ctx.db_step("settings", &mut b_paths, |c| server_paths(c)) {
                 paths.extend(found);
                 have_server_paths = true;
             }
