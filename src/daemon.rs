@@ -32,7 +32,7 @@ use crate::health::HealthOptions;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
 use crate::payload::Payload;
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledClient};
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
@@ -257,7 +257,7 @@ impl Context {
         &self,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
         self.db_step_on(&self.pool, name, backoff, f)
     }
@@ -268,7 +268,7 @@ impl Context {
         pool: &Pool,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
         if self.health.paused() || !backoff.should_run() {
             self.health.skipped(name);
@@ -473,7 +473,7 @@ impl DbSteps for Context {
         database: Option<&str>,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
         let pool = match database {
             None => &self.pool,

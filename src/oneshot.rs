@@ -19,7 +19,7 @@ use crate::daemon;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
 use crate::payload::{envelope_body, render_record, AgentInfo, AgentStamp, Payload};
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledClient};
 use crate::ship::{Shipper, StopSignal};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
@@ -89,7 +89,7 @@ impl DbSteps for OneShotSteps<'_> {
         database: Option<&str>,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
         if self.paused() || !backoff.should_run() {
             return None;

@@ -140,7 +140,20 @@ pub struct PoolStats {
 
 struct Idle {
     client: postgres::Client,
+    prepared: Prepared,
     since: Instant,
+}
+
+/// Statements prepared on one connection, by their SQL text. They live and die with the
+/// connection: a new connection starts with none, so nothing ever executes a statement the
+/// server does not have (which would write an ERROR into the server log).
+#[derive(Default)]
+struct Prepared(Vec<(&'static str, postgres::Statement)>);
+
+impl Prepared {
+    fn get(&self, sql: &str) -> Option<&postgres::Statement> {
+        self.0.iter().find(|(s, _)| *s == sql).map(|(_, st)| st)
+    }
 }
 
 struct State {
@@ -367,12 +380,16 @@ impl Pool {
                 state.checked_out += 1;
                 let suspect = state.broken_seen.is_some_and(|t| idle.since <= t);
                 drop(state);
-                let mut client = idle.client;
+                let Idle {
+                    mut client,
+                    prepared,
+                    since: _,
+                } = idle;
                 let needs_probe = suspect || idle.since.elapsed() >= PROBE_AFTER_IDLE;
                 let healthy =
                     !client.is_closed() && (!needs_probe || client.is_valid(PROBE_TIMEOUT).is_ok());
                 if healthy {
-                    return Ok(self.guard(client));
+                    return Ok(self.guard(client, prepared));
                 }
                 // Dropping a broken client may block on its socket: keep the lock released.
                 drop(client);
@@ -389,7 +406,7 @@ impl Pool {
                 return match self.connect() {
                     Ok(client) => {
                         self.lock().stats.connections_opened += 1;
-                        Ok(self.guard(client))
+                        Ok(self.guard(client, Prepared::default()))
                     }
                     Err(e) => {
                         let mut state = self.lock();
@@ -422,9 +439,10 @@ impl Pool {
         }
     }
 
-    fn guard(&self, client: postgres::Client) -> PooledClient {
+    fn guard(&self, client: postgres::Client, prepared: Prepared) -> PooledClient {
         PooledClient {
             client: Some(client),
+            prepared,
             pool: self.clone(),
             broken: false,
         }
@@ -473,7 +491,7 @@ impl Pool {
         drop(idle);
     }
 
-    fn give_back(&self, client: postgres::Client, broken: bool) {
+    fn give_back(&self, client: postgres::Client, prepared: Prepared, broken: bool) {
         if broken || client.is_closed() {
             drop(client);
             let mut state = self.lock();
@@ -485,6 +503,7 @@ impl Pool {
             state.checked_out -= 1;
             state.idle.push(Idle {
                 client,
+                prepared,
                 since: Instant::now(),
             });
             debug_assert!(state.idle.len() + state.checked_out <= self.inner.max);
@@ -535,6 +554,7 @@ impl std::error::Error for QueryError {}
 /// A connection borrowed from the pool; it goes back (or, if broken, is discarded) on drop.
 pub struct PooledClient {
     client: Option<postgres::Client>,
+    prepared: Prepared,
     pool: Pool,
     broken: bool,
 }
@@ -543,6 +563,38 @@ impl PooledClient {
     /// Marks the connection as unusable so it is closed instead of reused.
     pub fn mark_broken(&mut self) {
         self.broken = true;
+    }
+
+    /// Runs `sql` (without parameters) as a statement prepared once per connection: the first
+    /// call on a connection prepares it (protocol-level Parse, so the server caches the plan),
+    /// later calls only execute it. The connection's own record of what it prepared decides,
+    /// so the normal path never executes a missing statement and never leaves an ERROR in the
+    /// server log. Should the server lose the statement anyway (a transaction-pooling proxy
+    /// between agent and server), it is forgotten and the plain query runs.
+    pub fn query_cached(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = match self.prepared.get(sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = self.deref_mut().prepare(sql)?;
+                self.prepared.0.push((sql, st.clone()));
+                st
+            }
+        };
+        match self.deref_mut().query(&statement, &[]) {
+            Err(e) if e.code().map(|c| c.code()) == Some("26000") => {
+                self.prepared.0.retain(|(s, _)| *s != sql);
+                self.deref_mut().query_typed(sql, &[])
+            }
+            other => other,
+        }
+    }
+
+    /// How many statements this connection has prepared through [`PooledClient::query_cached`].
+    pub fn n_prepared(&self) -> usize {
+        self.prepared.0.len()
     }
 }
 
@@ -562,7 +614,8 @@ impl DerefMut for PooledClient {
 impl Drop for PooledClient {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            self.pool.give_back(client, self.broken);
+            let prepared = std::mem::take(&mut self.prepared);
+            self.pool.give_back(client, prepared, self.broken);
         }
     }
 }

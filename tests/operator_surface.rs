@@ -40,7 +40,10 @@ fn test_mode_recognises_the_postgres_endpoint_and_only_it_storing_nothing() {
         line.starts_with("FAIL listener ") && line.contains("url must end in /ingest/postgres"),
         "{line}"
     );
-    assert!(line.contains("request_id"), "the listener's reason is shown: {line}");
+    assert!(
+        line.contains("request_id"),
+        "the listener's reason is shown: {line}"
+    );
 
     // Credentials in the URL are never shown (and do not disturb the probe).
     let port = listener.port();
@@ -54,7 +57,10 @@ fn test_mode_recognises_the_postgres_endpoint_and_only_it_storing_nothing() {
         !out.stdout.contains("url-pass-9") && !out.stderr.contains("url-pass-9"),
         "{out:?}"
     );
-    assert!(listener_line(&out.stdout).contains("http://***@127.0.0.1"), "{out:?}");
+    assert!(
+        listener_line(&out.stdout).contains("http://***@127.0.0.1"),
+        "{out:?}"
+    );
 
     let requests = listener.requests();
     assert_eq!(requests.len(), 3, "one probe per run: {requests:?}");

@@ -30,6 +30,7 @@ use super::{col, unix_secs, CollectError};
 use crate::json::Json;
 use crate::normalize::{CorrelationPattern, QueryText};
 use crate::payload::{unix_now, Payload, Source};
+use crate::pool::PooledClient;
 
 const COLLECTOR: &str = "activity";
 
@@ -42,34 +43,16 @@ const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
-/// Runs `sql` as the server-side prepared statement `name` (`EXECUTE name`), preparing it on
-/// this connection when it is not there yet (SQLSTATE 26000). Planning pg_stat_activity's view
-/// costs the server far more than executing it (481 against 27 µs a query in a hot loop), and
-/// the sample runs every second: the cached plan cuts the agent's CPU inside PostgreSQL by
-/// 30 to 50 % (BENCHMARKS.md).
-/// Connections behind a transaction-pooling proxy may lose the statement between the calls:
-/// then the plain query runs.
+/// Runs `sql` as a statement prepared once per connection ([`PooledClient::query_cached`]).
+/// Planning pg_stat_activity's view costs the server far more than executing it (481 against
+/// 27 µs a query in a hot loop), and the sample runs every second: the cached plan cuts the
+/// agent's CPU inside PostgreSQL by 30 to 50 % (BENCHMARKS.md). The connection knows what it
+/// prepared, so no `EXECUTE` of a missing statement ever writes an ERROR into the server log.
 fn query_prepared(
-    client: &mut postgres::Client,
-    name: &str,
-    sql: &str,
+    client: &mut PooledClient,
+    sql: &'static str,
 ) -> Result<Vec<postgres::Row>, postgres::Error> {
-    let execute = format!("EXECUTE {name}");
-    let missing = |e: &postgres::Error| e.code().map(|c| c.code()) == Some("26000");
-    match client.query_typed(&execute, &[]) {
-        Err(e) if missing(&e) => {}
-        other => return other,
-    }
-    if let Err(e) = client.batch_execute(&format!("PREPARE {name} AS {sql}")) {
-        // 42P05: another sampler on this connection prepared it meanwhile.
-        if e.code().map(|c| c.code()) != Some("42P05") {
-            return Err(e);
-        }
-    }
-    match client.query_typed(&execute, &[]) {
-        Err(e) if missing(&e) => client.query_typed(sql, &[]),
-        other => other,
-    }
+    client.query_cached(sql)
 }
 
 /// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
@@ -430,7 +413,7 @@ impl ActivitySampler {
 
     /// Takes one sample: call every `sample_interval_ms`. On error the sample is counted as
     /// failed (and named in the next summary) and the interval goes on.
-    pub fn sample(&mut self, client: &mut postgres::Client) -> Result<SampleStats, CollectError> {
+    pub fn sample(&mut self, client: &mut PooledClient) -> Result<SampleStats, CollectError> {
         let res = self.sample_inner(client);
         if let Err(e) = &res {
             self.n_failed += 1;
@@ -439,7 +422,7 @@ impl ActivitySampler {
         res
     }
 
-    fn sample_inner(&mut self, client: &mut postgres::Client) -> Result<SampleStats, CollectError> {
+    fn sample_inner(&mut self, client: &mut PooledClient) -> Result<SampleStats, CollectError> {
         let version = match self.version_num {
             Some(v) => v,
             None => {
@@ -448,13 +431,12 @@ impl ActivitySampler {
                 v
             }
         };
-        let (sql, name) = if version >= LEADER_PID_SINCE {
-            (SAMPLE_SQL_13, "bitville_sample_13")
+        let sql = if version >= LEADER_PID_SINCE {
+            SAMPLE_SQL_13
         } else {
-            (SAMPLE_SQL_12, "bitville_sample_12")
+            SAMPLE_SQL_12
         };
-        let rows =
-            query_prepared(client, name, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
+        let rows = query_prepared(client, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
         let decoded: Vec<SessionRow> = rows.iter().filter_map(SessionRow::decode).collect();
         let (mut stats, now) = self.absorb(&decoded);
         stats.n_rows = rows.len();

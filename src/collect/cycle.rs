@@ -18,6 +18,7 @@ use crate::collect::{Backoff, CollectError};
 use crate::health::{Health, HealthOptions};
 use crate::json::Json;
 use crate::payload::{unix_now, Payload, Source};
+use crate::pool::PooledClient;
 
 /// Runs the database steps of a cycle: the daemon's runner counts time, honours the pause file
 /// and the backoffs and replaces broken connections; a one-shot runner logs and goes on.
@@ -30,7 +31,7 @@ pub trait DbSteps {
         database: Option<&str>,
         name: &'static str,
         backoff: &mut Backoff,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, CollectError>,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T>;
 }
 
@@ -102,7 +103,7 @@ impl IntervalCycle {
         if self.have_server_paths {
             return;
         }
-        if let Some(found) = steps.step(None, "settings", &mut self.b_paths, server_paths) {
+        if let Some(found) = steps.step(None, "settings", &mut self.b_paths, |c| server_paths(c)) {
             self.paths.extend(found);
             self.have_server_paths = true;
         }
