@@ -99,8 +99,11 @@ fn run() -> i32 {
         Mode::Once => match open_storage(&loaded) {
             Ok((spool, shipper)) => {
                 let pool = Pool::new(&cfg.database);
-                if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
-                    return code;
+                // While paused not even the start-up check queries the database.
+                if !oneshot::paused(cfg) {
+                    if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
+                        return code;
+                    }
                 }
                 oneshot::once(cfg, &pool, spool, shipper)
             }

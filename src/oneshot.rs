@@ -68,13 +68,29 @@ fn log_feed(cfg: &Config, client: &mut postgres::Client) -> Option<LogFeed> {
     }
 }
 
+/// Whether the pause file exists: then a one-shot run makes no database query either.
+pub fn paused(cfg: &Config) -> bool {
+    cfg.collection
+        .pause_file
+        .as_deref()
+        .is_some_and(Path::exists)
+}
+
 /// Collects once over one sample interval and returns the payloads (collector errors are
-/// logged; what worked is returned).
+/// logged; what worked is returned). While the pause file exists no database query is made:
+/// only the host figures are collected, and the log says so.
 pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
     let scratch = Scratch::new().map_err(|e| format!("cannot create a scratch directory: {e}"))?;
     let mut cfg = cfg.clone();
     cfg.collection.state_dir = scratch.0.clone();
     let window = cfg.collection.sample_interval.max(Duration::from_secs(1));
+    let paused = paused(&cfg);
+    if let (true, Some(file)) = (paused, &cfg.collection.pause_file) {
+        log::warn!(
+            "pause file {} exists: no database query is made; only the host figures are collected",
+            file.display()
+        );
+    }
     let mut sampler = ActivitySampler::new(ActivityConfig {
         max_correlated: daemon::correlated_budget(
             cfg.listener.max_requests_per_minute,
@@ -91,39 +107,42 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
     }];
     let warn = |what: &str, e: &dyn std::fmt::Display| log::warn!("{what}: {e}");
 
-    let mut client = pool.acquire().map_err(|e| e.to_string())?;
-    match daemon::server_paths(&mut client) {
-        Ok(found) => paths.extend(found),
-        Err(e) => warn("host", &e),
+    let mut feed = None;
+    if !paused {
+        let mut client = pool.acquire().map_err(|e| e.to_string())?;
+        match daemon::server_paths(&mut client) {
+            Ok(found) => paths.extend(found),
+            Err(e) => warn("host", &e),
+        }
+        if let Err(e) = statements.collect(&mut client) {
+            warn("statements", &e);
+        }
+        if let Err(e) = sampler.sample(&mut client) {
+            warn("activity", &e);
+        }
+        feed = log_feed(&cfg, &mut client);
+        if let Some(feed) = feed.as_mut() {
+            // The first poll opens the log at its end: the window's entries are what follows.
+            feed.poll(Instant::now());
+        }
     }
     host.collect(&paths);
-    if let Err(e) = statements.collect(&mut client) {
-        warn("statements", &e);
-    }
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
-    }
-    let mut feed = log_feed(&cfg, &mut client);
-    if let Some(feed) = feed.as_mut() {
-        // The first poll opens the log at its end: the window's entries are what follows.
-        feed.poll(Instant::now());
-    }
-    drop(client);
 
     std::thread::sleep(window);
 
     let mut payloads = Vec::new();
-    let mut client = pool.acquire().map_err(|e| e.to_string())?;
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
+    if !paused {
+        let mut client = pool.acquire().map_err(|e| e.to_string())?;
+        if let Err(e) = sampler.sample(&mut client) {
+            warn("activity", &e);
+        }
+        payloads.extend(sampler.finish_interval());
+        match statements.collect(&mut client) {
+            Ok(Some(p)) => payloads.push(p),
+            Ok(None) => {}
+            Err(e) => warn("statements", &e),
+        }
     }
-    payloads.extend(sampler.finish_interval());
-    match statements.collect(&mut client) {
-        Ok(Some(p)) => payloads.push(p),
-        Ok(None) => {}
-        Err(e) => warn("statements", &e),
-    }
-    drop(client);
     if let Some(mut data) = host.collect(&paths) {
         let usage = crate::selfstats::usage();
         data.push(
@@ -132,7 +151,8 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
                 .field("pid", std::process::id())
                 .field("rss_bytes", usage.rss_bytes)
                 .field("cpu_seconds", usage.cpu_total().as_secs_f64())
-                .field("mode", "once"),
+                .field("mode", "once")
+                .field("paused", paused),
         );
         payloads.push(Payload {
             source: Source::SystemMetrics,
@@ -225,18 +245,70 @@ pub fn once(cfg: &Config, pool: &Pool, spool: Arc<Spool>, mut shipper: Shipper) 
         shutdown: &shutdown,
     };
     shipper.run(&stop);
-    let left = spool.stats().n_pending;
-    if left == 0 {
-        log::info!("everything was delivered");
+    let outcome = OnceOutcome {
+        delivered: shipper.stats().n_sent,
+        dead_lettered: shipper.stats().n_dead_letters,
+        rejection: shipper.last_rejection().map(str::to_string),
+        pending: spool.stats().n_pending,
+        not_stored: payloads.len() - stored,
+        last_error: shipper.status_handle().get().last_error,
+    };
+    let (ok, text) = outcome.report();
+    if ok {
+        log::info!("{text}");
         cli::EXIT_OK
     } else {
-        let last = shipper
-            .status_handle()
-            .get()
-            .last_error
-            .unwrap_or_else(|| "no error recorded".into());
-        log::error!("{left} payloads are still in the spool (last error: {last}); the running agent will send them");
+        log::error!("{text}");
         cli::EXIT_FAILURE
+    }
+}
+
+/// What `--once` achieved, as counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceOutcome {
+    /// Payloads the listener acknowledged with 200 (this run's and any backlog before them).
+    pub delivered: u64,
+    /// Payloads the listener refused for good (moved to the dead-letter file).
+    pub dead_lettered: u64,
+    /// The listener's reason for the last refusal.
+    pub rejection: Option<String>,
+    /// Records still in the spool.
+    pub pending: u64,
+    /// Collected payloads the spool could not store.
+    pub not_stored: usize,
+    /// The last send error, when records are pending.
+    pub last_error: Option<String>,
+}
+
+impl OnceOutcome {
+    /// Whether everything was acknowledged with 200, and the line that says what happened.
+    pub fn report(&self) -> (bool, String) {
+        let mut text = format!("delivered {}", self.delivered);
+        if self.dead_lettered > 0 {
+            text.push_str(&format!(
+                ", dead-lettered {} (refused by the listener: {})",
+                self.dead_lettered,
+                self.rejection.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+        if self.pending > 0 {
+            text.push_str(&format!(
+                ", pending {} (last error: {}; the running agent will send them)",
+                self.pending,
+                self.last_error.as_deref().unwrap_or("none recorded")
+            ));
+        }
+        if self.not_stored > 0 {
+            text.push_str(&format!(
+                ", not stored {} (the spool refused them)",
+                self.not_stored
+            ));
+        }
+        let ok = self.dead_lettered == 0 && self.pending == 0 && self.not_stored == 0;
+        if ok {
+            text.push_str(": everything was delivered");
+        }
+        (ok, text)
     }
 }
 
@@ -251,5 +323,45 @@ pub fn analyze_log(file: &Path, prefix: Option<&str>) -> i32 {
             eprintln!("bitville-pg-agent: {e}");
             cli::EXIT_FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_succeeds_only_when_everything_was_acknowledged() {
+        let all = OnceOutcome {
+            delivered: 4,
+            dead_lettered: 0,
+            rejection: None,
+            pending: 0,
+            not_stored: 0,
+            last_error: None,
+        };
+        assert_eq!(
+            all.report(),
+            (true, "delivered 4: everything was delivered".to_string())
+        );
+        let refused = OnceOutcome {
+            delivered: 0,
+            dead_lettered: 4,
+            rejection: Some("400 {\"details\":\"source\"}".into()),
+            ..all.clone()
+        };
+        let (ok, text) = refused.report();
+        assert!(!ok && !text.contains("everything was delivered"), "{text}");
+        assert!(
+            text.contains("dead-lettered 4 (refused by the listener: 400"),
+            "{text}"
+        );
+        let (ok, text) = OnceOutcome {
+            pending: 2,
+            last_error: Some("500".into()),
+            ..all
+        }
+        .report();
+        assert!(!ok && text.contains("pending 2 (last error: 500"), "{text}");
     }
 }

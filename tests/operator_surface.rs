@@ -6,9 +6,12 @@
 
 mod common;
 
-use common::e2e::{Rig, KEY, LIVENESS};
-use common::listener::TestListener;
-use common::TestPg;
+use std::time::Duration;
+
+use common::e2e::{source, wait_until, Rig, KEY, LIVENESS};
+use common::listener::{Answer, TestListener};
+use common::{TestPg, MONITOR_ROLE};
+use serde_json::Value;
 
 /// The `listener` line of a `--test` report.
 fn listener_line(stdout: &str) -> &str {
@@ -40,7 +43,10 @@ fn test_mode_recognises_the_postgres_endpoint_and_only_it_storing_nothing() {
         line.starts_with("FAIL listener ") && line.contains("url must end in /ingest/postgres"),
         "{line}"
     );
-    assert!(line.contains("request_id"), "the listener's reason is shown: {line}");
+    assert!(
+        line.contains("request_id"),
+        "the listener's reason is shown: {line}"
+    );
 
     // Credentials in the URL are never shown (and do not disturb the probe).
     let port = listener.port();
@@ -54,7 +60,10 @@ fn test_mode_recognises_the_postgres_endpoint_and_only_it_storing_nothing() {
         !out.stdout.contains("url-pass-9") && !out.stderr.contains("url-pass-9"),
         "{out:?}"
     );
-    assert!(listener_line(&out.stdout).contains("http://***@127.0.0.1"), "{out:?}");
+    assert!(
+        listener_line(&out.stdout).contains("http://***@127.0.0.1"),
+        "{out:?}"
+    );
 
     let requests = listener.requests();
     assert_eq!(requests.len(), 3, "one probe per run: {requests:?}");
@@ -63,4 +72,108 @@ fn test_mode_recognises_the_postgres_endpoint_and_only_it_storing_nothing() {
         "every probe refused: {requests:?}"
     );
     assert!(listener.stored().is_empty(), "--test stores nothing");
+}
+
+#[test]
+fn once_with_every_payload_refused_says_so_and_exits_1() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    listener.set_default(Answer::Status(400));
+    let rig = Rig::new("surface-once-400", &pg, &listener.url());
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        !out.stderr.contains("everything was delivered"),
+        "{}",
+        out.stderr
+    );
+    let n = listener.requests().len();
+    assert!(n > 0, "nothing was sent: {out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "delivered 0, dead-lettered {n} (refused by the listener: 400"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("scripted"),
+        "the listener's reason: {}",
+        out.stderr
+    );
+
+    // Everything acknowledged: exit 0 and the count.
+    listener.set_default(Answer::Ok);
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let stored = listener.stored().len();
+    assert!(
+        out.stderr
+            .contains(&format!("delivered {stored}: everything was delivered")),
+        "{}",
+        out.stderr
+    );
+}
+
+/// How many sessions of the monitoring role the server authorised so far (`log_connections`).
+fn monitor_connections(pg: &TestPg) -> usize {
+    std::fs::read_to_string(pg.server_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("connection authorized") && l.contains(MONITOR_ROLE))
+        .count()
+}
+
+#[test]
+fn once_and_dry_run_make_no_database_query_while_the_pause_file_exists() {
+    let pg = TestPg::builder().setting("log_connections", "on").start();
+    let listener = TestListener::start(KEY);
+    let mut rig = Rig::new("surface-once-pause", &pg, &listener.url());
+    let pause = rig.work.path().join("pause");
+    std::fs::write(&pause, b"").unwrap();
+    rig.set("collection", "pause_file", &pause.display().to_string());
+    let before = monitor_connections(&pg);
+
+    let out = rig.run(&["--dry-run"], LIVENESS);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("pause file"), "{}", out.stderr);
+    let printed: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        printed.iter().all(|v| source(v) == "system_metrics") && !printed.is_empty(),
+        "only host figures while paused: {printed:?}"
+    );
+    assert_eq!(printed[0]["data"]["agent"]["paused"], Value::Bool(true));
+
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("pause file"), "{}", out.stderr);
+    assert!(
+        listener
+            .stored()
+            .iter()
+            .all(|v| source(v) == "system_metrics"),
+        "{:?}",
+        listener.stored()
+    );
+    // The server logs connections asynchronously to its log file: give it a moment to show
+    // any that happened (there must be none).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        monitor_connections(&pg),
+        before,
+        "the agent connected while paused"
+    );
+
+    // Without the pause file the same run connects (the check above can fail).
+    std::fs::remove_file(&pause).unwrap();
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        wait_until(LIVENESS, || monitor_connections(&pg) > before),
+        "no connection logged without the pause file"
+    );
 }
