@@ -5,6 +5,9 @@
 //! interval (at least a second), then reads again, so deltas (CPU, statements, disks) mean
 //! something. The collectors keep their baselines and the log position in a throwaway state
 //! directory, so a one-shot run never disturbs a running agent's deltas or its place in the log.
+//!
+//! Invariants: while the pause file exists no database query is made (host figures only);
+//! `--once` exits 0 only when every record was acknowledged with 200.
 
 use std::path::Path;
 use std::sync::Arc;
