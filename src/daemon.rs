@@ -3,11 +3,13 @@
 //! - `sampler`: samples pg_stat_activity every `sample_interval` and appends the activity summary
 //!   (with the lock trees and correlated payloads) at every interval boundary.
 //! - `interval`: at every interval boundary collects pg_stat_statements deltas, the server-health
-//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them,
-//!   syncs the spool and rewrites the status file.
+//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them and
+//!   syncs the spool.
 //! - `logtail`: follows the server log and appends `pg_log` payloads, committing the log position
 //!   only after the append.
 //! - `shipper`: sends what is in the spool (see `ship`).
+//! - `status`: rewrites the status file when the breaker changes state and when a backlog has
+//!   drained (and logs how long that took), otherwise every few seconds.
 //!
 //! Invariants:
 //! - Collectors only append to the spool; they never wait for the shipper.
@@ -364,7 +366,67 @@ pub fn agent_block(
         .field("paused", paused)
 }
 
-fn write_status(ctx: &Context, ship: &StatusHandle) {
+/// How often the status thread looks at the shipper and the spool (two mutex reads).
+const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Logs a failed status write once per streak of failures, and the recovery.
+#[derive(Default)]
+struct WriteStreak(Option<String>);
+
+impl WriteStreak {
+    fn record(&mut self, what: &str, result: std::io::Result<()>) {
+        match (result, self.0.is_some()) {
+            (Ok(()), true) => {
+                log::info!("{what}: writing works again");
+                self.0 = None;
+            }
+            (Ok(()), false) => {}
+            (Err(e), false) => {
+                log::warn!("{what}: {e} (logged once until it works again)");
+                self.0 = Some(e.to_string());
+            }
+            (Err(e), true) => self.0 = Some(e.to_string()),
+        }
+    }
+}
+
+/// The status thread: rewrites the status file when the breaker changes state and when a
+/// backlog has drained (logging how long it took), otherwise every few seconds.
+fn run_status(ctx: &Context, ship: &StatusHandle) {
+    let mut watch = status::StatusWatch::new();
+    let mut streak = WriteStreak::default();
+    loop {
+        let shipped = ship.get();
+        let o = status::Observation {
+            breaker: shipped.breaker.name(),
+            pending: ctx.spool.stats().n_pending,
+            failing: shipped.last_error.is_some()
+                || !matches!(shipped.breaker, crate::ship::breaker::State::Closed { .. }),
+            sent: shipped.stats.n_sent,
+        };
+        let now = Instant::now();
+        let d = watch.observe(o, now);
+        if let Some(line) = d.log {
+            log::info!("{line}");
+        }
+        if d.write {
+            streak.record(&status_what(ctx), write_status(ctx, ship));
+            watch.written(o, now);
+        }
+        if ctx.shutdown.wait(STATUS_POLL) {
+            break;
+        }
+    }
+}
+
+fn status_what(ctx: &Context) -> String {
+    format!(
+        "status file in {}",
+        ctx.config.collection.state_dir.display()
+    )
+}
+
+fn write_status(ctx: &Context, ship: &StatusHandle) -> std::io::Result<()> {
     let spool = ctx.spool.stats();
     let shipped = ship.get();
     let (_, paused, _) = ctx.health.counters();
@@ -407,12 +469,7 @@ fn write_status(ctx: &Context, ship: &StatusHandle) {
             errors.join("; ")
         },
     ));
-    if let Err(e) = status::write(&ctx.config.collection.state_dir, &lines) {
-        log::warn!(
-            "cannot write the status file in {}: {e}",
-            ctx.config.collection.state_dir.display()
-        );
-    }
+    status::write(&ctx.config.collection.state_dir, &lines)
 }
 
 fn run_sampler(ctx: &Context) {
@@ -545,7 +602,6 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
         if let Err(e) = ctx.spool.sync() {
             log::error!("spool sync failed: {e}");
         }
-        write_status(ctx, ship);
         selfstats::release_free_memory();
     }
 }
@@ -729,6 +785,8 @@ pub fn run(
         let stop = shutdown.clone();
         let mut shipper = shipper;
         threads.push(spawn("shipper", move || shipper.run(&stop))?);
+        let (c, s) = (ctx.clone(), ship_status.clone());
+        threads.push(spawn("status", move || run_status(&c, &s))?);
         Ok(())
     })();
     if let Err(e) = spawned {
@@ -741,7 +799,6 @@ pub fn run(
         ctx.config.collection.interval.as_secs(),
         ctx.config.buffer.path.display()
     );
-    write_status(&ctx, &ship_status);
     let mut seen = 0;
     while let Event::Reload(n) = shutdown.wait_event(seen) {
         seen = n;
@@ -767,7 +824,9 @@ pub fn run(
     if let Err(e) = ctx.spool.sync() {
         log::error!("spool sync at shutdown failed: {e}");
     }
-    write_status(&ctx, &ship_status);
+    if let Err(e) = write_status(&ctx, &ship_status) {
+        log::warn!("{}: {e}", status_what(&ctx));
+    }
     ctx.pool.close_idle();
     for (_, p) in &ctx.extra_pools {
         p.close_idle();

@@ -177,3 +177,73 @@ fn once_and_dry_run_make_no_database_query_while_the_pause_file_exists() {
         "no connection logged without the pause file"
     );
 }
+
+/// The value of `key` in a `--status` report.
+fn status_value(stdout: &str, key: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .map(str::to_string)
+}
+
+#[test]
+fn status_follows_the_breaker_and_the_drained_backlog_within_seconds() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    listener.set_default(Answer::Status(500));
+    let mut rig = Rig::new("surface-status", &pg, &listener.url());
+    // A backlog: one second's collections, none delivered.
+    let mut agent = rig.start();
+    assert!(
+        wait_until(LIVENESS, || listener.requests().len() >= 3),
+        "log:\n{}",
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.stop().code(), Some(0));
+
+    // A long interval: only the status triggers can keep --status fresh now.
+    rig.set("collection", "interval_s", "60");
+    rig.set("listener", "breaker_reset_s", "3");
+    let sent_before = listener.requests().len();
+    let mut agent = rig.start();
+    assert!(
+        listener.wait_for(LIVENESS, |r| r.len() >= sent_before + 5),
+        "the agent did not retry; log:\n{}",
+        agent.log_text()
+    );
+    let opened = wait_until(Duration::from_secs(10), || {
+        let out = rig.run(&["--status"], LIVENESS);
+        status_value(&out.stdout, "breaker").as_deref() == Some("open")
+    });
+    assert!(
+        opened,
+        "--status never showed the open breaker: {:?}\nlog:\n{}",
+        rig.run(&["--status"], LIVENESS),
+        agent.log_text()
+    );
+
+    listener.set_default(Answer::Ok);
+    let mut last = None;
+    let drained = wait_until(Duration::from_secs(20), || {
+        let out = rig.run(&["--status"], LIVENESS);
+        let ok = status_value(&out.stdout, "breaker").as_deref() == Some("closed")
+            && status_value(&out.stdout, "spool_records_pending").as_deref() == Some("0");
+        last = Some(out);
+        ok
+    });
+    assert!(
+        drained,
+        "--status did not follow the drain: {last:?}\nlog:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log_text()
+            .contains("backlog drained")),
+        "the drain is not logged:\n{}",
+        agent.log_text()
+    );
+    assert!(!listener.stored().is_empty());
+    assert_eq!(agent.stop().code(), Some(0));
+}
