@@ -687,7 +687,8 @@ impl RawConfig {
             // The validator runs first: it rejects what rust-ini would misread and knows the
             // lines; rust-ini then reads the values, and the two must agree.
             let entries = parse_ini(text).map_err(|(line, reason)| file_error(line, reason))?;
-            let parsed = rust_ini_values(text).map_err(|(line, reason)| file_error(line, reason))?;
+            let parsed =
+                rust_ini_values(text).map_err(|(line, reason)| file_error(line, reason))?;
             let last: HashMap<(String, String), usize> = entries
                 .iter()
                 .map(|e| ((e.section.clone(), e.key.clone()), e.line))

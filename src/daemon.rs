@@ -83,6 +83,44 @@ pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> us
     (per_interval / 2).saturating_sub(4) / 2
 }
 
+/// The correlated budget of a configuration ([`correlated_budget`]) in words, and, when it is 0
+/// (no correlated payload at all), the warning with the fix: the shortest `interval_s` at this
+/// pace, or the lowest pace at this interval, that gives at least one.
+pub fn budget_note(cfg: &Config) -> (String, Option<String>) {
+    let pace = cfg.listener.max_requests_per_minute;
+    let interval = cfg.collection.interval;
+    let budget = correlated_budget(pace, interval);
+    let line = format!(
+        "correlated budget: {budget} correlated payloads per interval from the sampler and {budget} \
+         from the log tailer ({} s interval, {pace} requests per minute)",
+        interval.as_secs()
+    );
+    if budget > 0 {
+        return (line, None);
+    }
+    let interval_fix = (interval.as_secs()..=3600)
+        .find(|&s| correlated_budget(pace, Duration::from_secs(s)) > 0)
+        .map(|s| format!("[collection] interval_s = {s}"));
+    let pace_fix = (pace..=6000)
+        .find(|&p| correlated_budget(p, interval) > 0)
+        .map(|p| {
+            format!("[listener] max_requests_per_minute = {p} (if the listener's limit allows)")
+        });
+    let fixes: Vec<String> = interval_fix.into_iter().chain(pace_fix).collect();
+    let warning = format!(
+        "the correlated budget is 0: with interval_s = {} and max_requests_per_minute = {pace} no \
+         correlated payload (per PHP request) is shipped at all, the executions stay only in the \
+         summaries; fix: {}",
+        interval.as_secs(),
+        if fixes.is_empty() {
+            "a longer interval or a higher pace".to_string()
+        } else {
+            fixes.join(", or ")
+        }
+    );
+    (line, Some(warning))
+}
+
 /// The spool options for the `[buffer]` configuration.
 pub fn spool_options(buffer: &config::BufferConfig) -> crate::spool::SpoolOptions {
     let mut o = crate::spool::SpoolOptions::new(&buffer.path);
@@ -799,6 +837,11 @@ pub fn run(
         ctx.config.collection.interval.as_secs(),
         ctx.config.buffer.path.display()
     );
+    let (budget, budget_warning) = budget_note(&ctx.config);
+    log::info!("{budget}");
+    if let Some(w) = budget_warning {
+        log::warn!("{w}");
+    }
     let mut seen = 0;
     while let Event::Reload(n) = shutdown.wait_event(seen) {
         seen = n;
@@ -853,5 +896,43 @@ mod tests {
             );
         }
         assert_eq!(correlated_budget(60, Duration::from_secs(10)), 0);
+    }
+
+    fn config_with(interval_s: &str, pace: &str) -> Config {
+        let env: BTreeMap<String, String> = [
+            ("BITVILLE_PG_INTERVAL_S", interval_s),
+            ("BITVILLE_PG_MAX_REQUESTS_PER_MINUTE", pace),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut warnings = Vec::new();
+        let raw = config::RawConfig::build(None, &env, &mut warnings).unwrap();
+        Config::from_raw(&raw, &mut warnings).unwrap()
+    }
+
+    #[test]
+    fn a_zero_budget_is_a_warning_whose_fix_gives_a_budget() {
+        let (line, warning) = budget_note(&config_with("60", "60"));
+        assert!(line.contains("13 correlated payloads"), "{line}");
+        assert_eq!(warning, None);
+        let (line, warning) = budget_note(&config_with("10", "60"));
+        assert!(line.contains("budget: 0 "), "{line}");
+        let warning = warning.expect("0 is warned about");
+        let fix_s: u64 = warning
+            .split("interval_s = ")
+            .nth(2)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no interval fix: {warning}"));
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s)) > 0,
+            "{warning}"
+        );
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s - 1)) == 0,
+            "{warning}"
+        );
+        assert!(warning.contains("max_requests_per_minute = "), "{warning}");
     }
 }

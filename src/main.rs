@@ -54,8 +54,13 @@ fn run() -> i32 {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            let (budget, budget_warning) = daemon::budget_note(&loaded.config);
+            if let Some(w) = budget_warning {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config::describe(&loaded.raw));
-            println!("\n; configuration is valid");
+            println!("\n; {budget}");
+            println!("; configuration is valid");
             return cli::EXIT_OK;
         }
         Mode::Status => {

@@ -245,5 +245,10 @@ fn status_follows_the_breaker_and_the_drained_backlog_within_seconds() {
         agent.log_text()
     );
     assert!(!listener.stored().is_empty());
+    assert!(
+        agent.log_text().contains("correlated budget: 1498 "),
+        "the start-up log states the budget:\n{}",
+        agent.log_text()
+    );
     assert_eq!(agent.stop().code(), Some(0));
 }
