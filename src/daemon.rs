@@ -575,6 +575,8 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
     let (mut b_paths, mut b_statements, mut b_health) =
         (Backoff::default(), Backoff::default(), Backoff::default());
     let mut have_server_paths = false;
+    // The baseline now, so the first boundary ships a (partial) delta.
+    ctx.db_step("statements", &mut b_statements, |c| statements.prime(c));
     host.collect(&paths);
     let mut cpu_before = selfstats::usage().cpu_total();
     let mut ticker = Ticker::new(Instant::now(), cfg.interval);

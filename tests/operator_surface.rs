@@ -252,3 +252,41 @@ fn status_follows_the_breaker_and_the_drained_backlog_within_seconds() {
     );
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+#[test]
+fn the_first_interval_of_pg_stat_statements_is_shipped_marked_partial() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    let rig = Rig::new("surface-statements", &pg, &listener.url());
+    let mut agent = rig.start();
+    let statements = || -> Vec<Value> {
+        listener
+            .stored()
+            .into_iter()
+            .filter(|v| source(v) == "pg_stat_statements")
+            .collect()
+    };
+    let got = wait_until(LIVENESS, || {
+        common::e2e::some_statements(&pg, "first_interval");
+        statements().len() >= 2
+    });
+    assert!(got, "log:\n{}", agent.log_text());
+    assert_eq!(agent.stop().code(), Some(0));
+    let shipped = statements();
+    let seqs: Vec<u64> = shipped
+        .iter()
+        .filter_map(|v| v["data"]["agent"]["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        shipped[0]["data"]["partial_interval"],
+        Value::Bool(true),
+        "the first delta is shipped and marked: {}",
+        shipped[0]
+    );
+    assert!(
+        shipped[1..]
+            .iter()
+            .all(|v| v["data"].get("partial_interval").is_none()),
+        "only the first is partial: {seqs:?}"
+    );
+}

@@ -602,6 +602,9 @@ pub struct StatementsCollector {
     availability: Availability,
     recheck_at: Option<Instant>,
     texts: HashMap<(u32, i64), Option<String>>,
+    /// The baseline was taken by [`StatementsCollector::prime`]: the next delta covers part of
+    /// an interval and says so.
+    primed: bool,
 }
 
 struct Delta {
@@ -634,7 +637,26 @@ impl StatementsCollector {
             availability: Availability::Unknown,
             recheck_at: None,
             texts: HashMap::new(),
+            primed: false,
         }
+    }
+
+    /// At start-up: takes a baseline now unless a persisted one is still usable, so the first
+    /// interval boundary already ships a delta (marked `partial_interval`) instead of only
+    /// taking the baseline.
+    pub fn prime(&mut self, client: &mut postgres::Client) -> Result<(), CollectError> {
+        let max_age = self.cfg.max_baseline_age.as_secs_f64();
+        if self
+            .baseline
+            .as_ref()
+            .is_some_and(|b| unix_now() - b.taken_at <= max_age)
+        {
+            return Ok(());
+        }
+        self.baseline = None;
+        self.collect(client)?;
+        self.primed = self.baseline.is_some();
+        Ok(())
     }
 
     /// Whether the extension was usable at the last check.
@@ -767,6 +789,11 @@ impl StatementsCollector {
         let persisted = self.persist(&current);
         self.baseline = Some(current);
         let mut payload = payload;
+        if std::mem::take(&mut self.primed) {
+            if let Some(p) = payload.as_mut() {
+                p.data.push("partial_interval", true);
+            }
+        }
         if let Err(e) = persisted {
             // The deltas are right whatever the disk says; only a restart would lose the
             // interval. Say so in the log and in the payload rather than drop the data.
