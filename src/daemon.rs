@@ -157,6 +157,8 @@ struct HealthState {
     overruns: u64,
     paused: bool,
     n_append_errors: u64,
+    /// Appends that failed since the last one that worked (logged once per streak).
+    append_streak: u64,
 }
 
 /// What the agent knows about its own work, shared by the threads.
@@ -247,8 +249,18 @@ impl AgentHealth {
         std::mem::take(&mut self.lock().db_time)
     }
 
-    fn append_failed(&self) {
-        self.lock().n_append_errors += 1;
+    /// Counts a failed append; true for the first of a streak (the one to log).
+    fn append_failed(&self) -> bool {
+        let mut st = self.lock();
+        st.n_append_errors += 1;
+        st.append_streak += 1;
+        st.append_streak == 1
+    }
+
+    /// Ends a streak of failed appends: how many failed in it, if any did.
+    fn append_worked(&self) -> Option<u64> {
+        let n = std::mem::take(&mut self.lock().append_streak);
+        (n > 0).then_some(n)
     }
 
     /// Overruns, paused, append errors: read together under one lock.
@@ -334,10 +346,24 @@ impl Context {
     fn append_all(&self, payloads: &[Payload]) -> bool {
         let mut all = true;
         for p in payloads {
-            if let Err(e) = self.spool.append(p) {
-                all = false;
-                self.health.append_failed();
-                log::error!("spool: {} payload not stored: {e}", p.source.as_str());
+            match self.spool.append(p) {
+                Ok(_) => {
+                    if let Some(n) = self.health.append_worked() {
+                        log::info!(
+                            "spool: appending works again; {n} payloads could not be stored meanwhile"
+                        );
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    if self.health.append_failed() {
+                        log::error!(
+                            "spool: {} payload not stored: {e} (further failures are counted in \
+                             data.agent.spool.append_errors, not logged, until an append works again)",
+                            p.source.as_str()
+                        );
+                    }
+                }
             }
         }
         all
@@ -412,7 +438,7 @@ const STATUS_POLL: Duration = Duration::from_millis(250);
 struct WriteStreak(Option<String>);
 
 impl WriteStreak {
-    fn record(&mut self, what: &str, result: std::io::Result<()>) {
+    fn record<E: std::fmt::Display>(&mut self, what: &str, result: Result<(), E>) {
         match (result, self.0.is_some()) {
             (Ok(()), true) => {
                 log::info!("{what}: writing works again");
@@ -706,6 +732,7 @@ fn run_logtail(ctx: &Context) {
     // A flush whose payloads could not all be appended is retried as a whole before the feed is
     // polled again: committing a later position would skip its entries.
     let mut pending = None;
+    let mut commit_streak = WriteStreak::default();
     loop {
         let stopped = ctx.shutdown.wait(LOG_POLL);
         // Poll until the feed has nothing more to hand out, so a burst is read as fast as it is
@@ -725,9 +752,7 @@ fn run_logtail(ctx: &Context) {
                 }
                 break;
             }
-            if let Err(e) = feed.commit(&flush) {
-                log::warn!("logtail: cannot save the log position: {e}");
-            }
+            commit_streak.record("logtail: saving the log position", feed.commit(&flush));
             if stopped || ctx.shutdown.is_stopped() {
                 break;
             }

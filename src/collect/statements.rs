@@ -605,6 +605,8 @@ pub struct StatementsCollector {
     /// The baseline was taken by [`StatementsCollector::prime`]: the next delta covers part of
     /// an interval and says so.
     primed: bool,
+    /// The last attempt to persist the baseline failed (logged once per streak).
+    persist_failing: bool,
 }
 
 struct Delta {
@@ -638,6 +640,7 @@ impl StatementsCollector {
             recheck_at: None,
             texts: HashMap::new(),
             primed: false,
+            persist_failing: false,
         }
     }
 
@@ -794,10 +797,16 @@ impl StatementsCollector {
                 p.data.push("partial_interval", true);
             }
         }
+        if persisted.is_ok() && std::mem::take(&mut self.persist_failing) {
+            log::info!("statements collector: the baseline is saved again");
+        }
         if let Err(e) = persisted {
             // The deltas are right whatever the disk says; only a restart would lose the
-            // interval. Say so in the log and in the payload rather than drop the data.
-            log::warn!("{e}");
+            // interval. Say so in the log (once per streak) and in the payload rather than drop
+            // the data.
+            if !std::mem::replace(&mut self.persist_failing, true) {
+                log::warn!("{e} (logged once until saving works again)");
+            }
             if let Some(p) = payload.as_mut() {
                 p.data.push("errors", Json::Array(vec![e.to_json()]));
             } else {
