@@ -137,3 +137,45 @@ fn a_read_only_state_directory_is_one_warning_per_streak_and_file() {
     );
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+/// The server log's lock-timeout errors so far, with the statement that hit each.
+fn lock_timeouts(pg: &TestPg) -> Vec<String> {
+    let log = std::fs::read_to_string(pg.server_log()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("canceling statement due to lock timeout"))
+        .map(|(i, _)| lines.get(i + 1).copied().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn a_locked_statistics_view_costs_the_server_log_few_errors() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    let rig = Rig::new("floods-lock", &pg, &listener.url());
+    let mut agent = rig.start();
+    assert!(
+        listener.wait_for_stored(3, LIVENESS),
+        "{}",
+        agent.log_text()
+    );
+    let before = lock_timeouts(&pg).len();
+    let mut locker = pg.admin();
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE pg_catalog.pg_stat_activity IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let during = lock_timeouts(&pg);
+    tx.rollback().unwrap();
+    let n = during.len() - before;
+    eprintln!("{n} lock timeouts in 8 s: {:#?}", &during[before..]);
+    assert!(n >= 1, "the lock was not met: {}", agent.log_text());
+    assert!(
+        n <= 12,
+        "{n} lock-timeout errors in 8 s: {:#?}",
+        &during[before..]
+    );
+    assert_eq!(agent.stop().code(), Some(0));
+}
