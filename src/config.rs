@@ -680,15 +680,37 @@ impl RawConfig {
             );
         }
         if let Some((path, text)) = file {
-            let entries = parse_ini(text).map_err(|(line, reason)| ConfigError::File {
+            let file_error = |line: usize, reason: String| ConfigError::File {
                 path: path.to_path_buf(),
                 reason: format!("line {line}: {reason}"),
-            })?;
-            for entry in entries {
+            };
+            // The validator runs first: it rejects what rust-ini would misread and knows the
+            // lines; rust-ini then reads the values, and the two must agree.
+            let entries = parse_ini(text).map_err(|(line, reason)| file_error(line, reason))?;
+            let parsed =
+                rust_ini_values(text).map_err(|(line, reason)| file_error(line, reason))?;
+            let last: HashMap<(String, String), usize> = entries
+                .iter()
+                .map(|e| ((e.section.clone(), e.key.clone()), e.line))
+                .collect();
+            for mut entry in entries {
                 let at = Origin::File {
                     path: path.to_path_buf(),
                     line: Some(entry.line),
                 };
+                let id = (entry.section.clone(), entry.key.clone());
+                match parsed.get(&id) {
+                    // An earlier line of a repeated key: the later one is what counts.
+                    Some(_) if last.get(&id) != Some(&entry.line) => {}
+                    Some(value) if *value == entry.value => entry.value = value.clone(),
+                    _ => {
+                        return Err(file_error(
+                            entry.line,
+                            "this line cannot be read unambiguously (check its brackets and =)"
+                                .into(),
+                        ))
+                    }
+                }
                 match find_key(&entry.section, &entry.key) {
                     Some(spec) => {
                         if let Some((_, Origin::File { line: Some(l), .. })) =
@@ -847,6 +869,34 @@ fn parse_ini(text: &str) -> Result<Vec<IniEntry>, (usize, String)> {
         });
     }
     Ok(entries)
+}
+
+/// The values rust-ini reads from already validated text, by (section, lower-case key); the
+/// last of a repeated key. Its errors carry no text of the line.
+fn rust_ini_values(text: &str) -> Result<HashMap<(String, String), String>, (usize, String)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let options = ini::ParseOption {
+        // The Python agent's configparser kept quotes and backslashes as they are; a password
+        // containing them must reach the server unchanged.
+        enabled_quote: false,
+        enabled_escape: false,
+        ..ini::ParseOption::default()
+    };
+    let parsed = ini::Ini::load_from_str_opt(text, options)
+        .map_err(|e| (e.line + 1, "not readable as INI".to_string()))?;
+    let mut values = HashMap::new();
+    for (section, props) in parsed.iter() {
+        for (key, value) in props.iter() {
+            values.insert(
+                (
+                    section.unwrap_or("").trim().to_string(),
+                    key.trim().to_ascii_lowercase(),
+                ),
+                value.trim().to_string(),
+            );
+        }
+    }
+    Ok(values)
 }
 
 /// The longest excerpt of a value any message shows.

@@ -3,11 +3,13 @@
 //! - `sampler`: samples pg_stat_activity every `sample_interval` and appends the activity summary
 //!   (with the lock trees and correlated payloads) at every interval boundary.
 //! - `interval`: at every interval boundary collects pg_stat_statements deltas, the server-health
-//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them,
-//!   syncs the spool and rewrites the status file.
+//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them and
+//!   syncs the spool.
 //! - `logtail`: follows the server log and appends `pg_log` payloads, committing the log position
 //!   only after the append.
 //! - `shipper`: sends what is in the spool (see `ship`).
+//! - `status`: rewrites the status file when the breaker changes state and when a backlog has
+//!   drained (and logs how long that took), otherwise every few seconds.
 //!
 //! Invariants:
 //! - Collectors only append to the spool; they never wait for the shipper.
@@ -81,6 +83,44 @@ pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> us
     (per_interval / 2).saturating_sub(4) / 2
 }
 
+/// The correlated budget of a configuration ([`correlated_budget`]) in words, and, when it is 0
+/// (no correlated payload at all), the warning with the fix: the shortest `interval_s` at this
+/// pace, or the lowest pace at this interval, that gives at least one.
+pub fn budget_note(cfg: &Config) -> (String, Option<String>) {
+    let pace = cfg.listener.max_requests_per_minute;
+    let interval = cfg.collection.interval;
+    let budget = correlated_budget(pace, interval);
+    let line = format!(
+        "correlated budget: {budget} correlated payloads per interval from the sampler and {budget} \
+         from the log tailer ({} s interval, {pace} requests per minute)",
+        interval.as_secs()
+    );
+    if budget > 0 {
+        return (line, None);
+    }
+    let interval_fix = (interval.as_secs()..=3600)
+        .find(|&s| correlated_budget(pace, Duration::from_secs(s)) > 0)
+        .map(|s| format!("[collection] interval_s = {s}"));
+    let pace_fix = (pace..=6000)
+        .find(|&p| correlated_budget(p, interval) > 0)
+        .map(|p| {
+            format!("[listener] max_requests_per_minute = {p} (if the listener's limit allows)")
+        });
+    let fixes: Vec<String> = interval_fix.into_iter().chain(pace_fix).collect();
+    let warning = format!(
+        "the correlated budget is 0: with interval_s = {} and max_requests_per_minute = {pace} no \
+         correlated payload (per PHP request) is shipped at all, the executions stay only in the \
+         summaries; fix: {}",
+        interval.as_secs(),
+        if fixes.is_empty() {
+            "a longer interval or a higher pace".to_string()
+        } else {
+            fixes.join(", or ")
+        }
+    );
+    (line, Some(warning))
+}
+
 /// The spool options for the `[buffer]` configuration.
 pub fn spool_options(buffer: &config::BufferConfig) -> crate::spool::SpoolOptions {
     let mut o = crate::spool::SpoolOptions::new(&buffer.path);
@@ -117,6 +157,8 @@ struct HealthState {
     overruns: u64,
     paused: bool,
     n_append_errors: u64,
+    /// Appends that failed since the last one that worked (logged once per streak).
+    append_streak: u64,
 }
 
 /// What the agent knows about its own work, shared by the threads.
@@ -207,8 +249,18 @@ impl AgentHealth {
         std::mem::take(&mut self.lock().db_time)
     }
 
-    fn append_failed(&self) {
-        self.lock().n_append_errors += 1;
+    /// Counts a failed append; true for the first of a streak (the one to log).
+    fn append_failed(&self) -> bool {
+        let mut st = self.lock();
+        st.n_append_errors += 1;
+        st.append_streak += 1;
+        st.append_streak == 1
+    }
+
+    /// Ends a streak of failed appends: how many failed in it, if any did.
+    fn append_worked(&self) -> Option<u64> {
+        let n = std::mem::take(&mut self.lock().append_streak);
+        (n > 0).then_some(n)
     }
 
     /// Overruns, paused, append errors: read together under one lock.
@@ -316,10 +368,24 @@ impl Context {
     fn append_all(&self, payloads: &[Payload]) -> bool {
         let mut all = true;
         for p in payloads {
-            if let Err(e) = self.spool.append(p) {
-                all = false;
-                self.health.append_failed();
-                log::error!("spool: {} payload not stored: {e}", p.source.as_str());
+            match self.spool.append(p) {
+                Ok(_) => {
+                    if let Some(n) = self.health.append_worked() {
+                        log::info!(
+                            "spool: appending works again; {n} payloads could not be stored meanwhile"
+                        );
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    if self.health.append_failed() {
+                        log::error!(
+                            "spool: {} payload not stored: {e} (further failures are counted in \
+                             data.agent.spool.append_errors, not logged, until an append works again)",
+                            p.source.as_str()
+                        );
+                    }
+                }
             }
         }
         all
@@ -386,7 +452,67 @@ pub fn agent_block(
         .field("paused", paused)
 }
 
-fn write_status(ctx: &Context, ship: &StatusHandle) {
+/// How often the status thread looks at the shipper and the spool (two mutex reads).
+const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Logs a failed status write once per streak of failures, and the recovery.
+#[derive(Default)]
+struct WriteStreak(Option<String>);
+
+impl WriteStreak {
+    fn record<E: std::fmt::Display>(&mut self, what: &str, result: Result<(), E>) {
+        match (result, self.0.is_some()) {
+            (Ok(()), true) => {
+                log::info!("{what}: writing works again");
+                self.0 = None;
+            }
+            (Ok(()), false) => {}
+            (Err(e), false) => {
+                log::warn!("{what}: {e} (logged once until it works again)");
+                self.0 = Some(e.to_string());
+            }
+            (Err(e), true) => self.0 = Some(e.to_string()),
+        }
+    }
+}
+
+/// The status thread: rewrites the status file when the breaker changes state and when a
+/// backlog has drained (logging how long it took), otherwise every few seconds.
+fn run_status(ctx: &Context, ship: &StatusHandle) {
+    let mut watch = status::StatusWatch::new();
+    let mut streak = WriteStreak::default();
+    loop {
+        let shipped = ship.get();
+        let o = status::Observation {
+            breaker: shipped.breaker.name(),
+            pending: ctx.spool.stats().n_pending,
+            failing: shipped.last_error.is_some()
+                || !matches!(shipped.breaker, crate::ship::breaker::State::Closed { .. }),
+            sent: shipped.stats.n_sent,
+        };
+        let now = Instant::now();
+        let d = watch.observe(o, now);
+        if let Some(line) = d.log {
+            log::info!("{line}");
+        }
+        if d.write {
+            streak.record(&status_what(ctx), write_status(ctx, ship));
+            watch.written(o, now);
+        }
+        if ctx.shutdown.wait(STATUS_POLL) {
+            break;
+        }
+    }
+}
+
+fn status_what(ctx: &Context) -> String {
+    format!(
+        "status file in {}",
+        ctx.config.collection.state_dir.display()
+    )
+}
+
+fn write_status(ctx: &Context, ship: &StatusHandle) -> std::io::Result<()> {
     let spool = ctx.spool.stats();
     let shipped = ship.get();
     let (_, paused, _) = ctx.health.counters();
@@ -429,12 +555,7 @@ fn write_status(ctx: &Context, ship: &StatusHandle) {
             errors.join("; ")
         },
     ));
-    if let Err(e) = status::write(&ctx.config.collection.state_dir, &lines) {
-        log::warn!(
-            "cannot write the status file in {}: {e}",
-            ctx.config.collection.state_dir.display()
-        );
-    }
+    status::write(&ctx.config.collection.state_dir, &lines)
 }
 
 fn run_sampler(ctx: &Context) {
@@ -500,7 +621,7 @@ pub fn cycle_options(cfg: &Config) -> CycleOptions {
 
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
     let mut cycle = IntervalCycle::new(cycle_options(&ctx.config));
-    ctx.append_all(&cycle.prime(ctx));
+    cycle.prime(ctx);
     let mut cpu_before = selfstats::usage().cpu_total();
     let mut ticker = Ticker::new(Instant::now(), ctx.config.collection.interval);
     loop {
@@ -526,7 +647,6 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
         if let Err(e) = ctx.spool.sync() {
             log::error!("spool sync failed: {e}");
         }
-        write_status(ctx, ship);
         selfstats::release_free_memory();
     }
 }
@@ -596,6 +716,7 @@ fn run_logtail(ctx: &Context) {
     // A flush whose payloads could not all be appended is retried as a whole before the feed is
     // polled again: committing a later position would skip its entries.
     let mut pending = None;
+    let mut commit_streak = WriteStreak::default();
     loop {
         let stopped = ctx.shutdown.wait(LOG_POLL);
         // Poll until the feed has nothing more to hand out, so a burst is read as fast as it is
@@ -615,9 +736,7 @@ fn run_logtail(ctx: &Context) {
                 }
                 break;
             }
-            if let Err(e) = feed.commit(&flush) {
-                log::warn!("logtail: cannot save the log position: {e}");
-            }
+            commit_streak.record("logtail: saving the log position", feed.commit(&flush));
             if stopped || ctx.shutdown.is_stopped() {
                 break;
             }
@@ -719,6 +838,8 @@ pub fn run(
         let stop = shutdown.clone();
         let mut shipper = shipper;
         threads.push(spawn("shipper", move || shipper.run(&stop))?);
+        let (c, s) = (ctx.clone(), ship_status.clone());
+        threads.push(spawn("status", move || run_status(&c, &s))?);
         Ok(())
     })();
     if let Err(e) = spawned {
@@ -731,7 +852,11 @@ pub fn run(
         ctx.config.collection.interval.as_secs(),
         ctx.config.buffer.path.display()
     );
-    write_status(&ctx, &ship_status);
+    let (budget, budget_warning) = budget_note(&ctx.config);
+    log::info!("{budget}");
+    if let Some(w) = budget_warning {
+        log::warn!("{w}");
+    }
     let mut seen = 0;
     let mut log_file = ctx.config.log.file.clone();
     while let Event::Reload(n) = shutdown.wait_event(seen) {
@@ -758,7 +883,9 @@ pub fn run(
     if let Err(e) = ctx.spool.sync() {
         log::error!("spool sync at shutdown failed: {e}");
     }
-    write_status(&ctx, &ship_status);
+    if let Err(e) = write_status(&ctx, &ship_status) {
+        log::warn!("{}: {e}", status_what(&ctx));
+    }
     ctx.pool.close_idle();
     for (_, p) in &ctx.extra_pools {
         p.close_idle();
@@ -785,5 +912,43 @@ mod tests {
             );
         }
         assert_eq!(correlated_budget(60, Duration::from_secs(10)), 0);
+    }
+
+    fn config_with(interval_s: &str, pace: &str) -> Config {
+        let env: BTreeMap<String, String> = [
+            ("BITVILLE_PG_INTERVAL_S", interval_s),
+            ("BITVILLE_PG_MAX_REQUESTS_PER_MINUTE", pace),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut warnings = Vec::new();
+        let raw = config::RawConfig::build(None, &env, &mut warnings).unwrap();
+        Config::from_raw(&raw, &mut warnings).unwrap()
+    }
+
+    #[test]
+    fn a_zero_budget_is_a_warning_whose_fix_gives_a_budget() {
+        let (line, warning) = budget_note(&config_with("60", "60"));
+        assert!(line.contains("13 correlated payloads"), "{line}");
+        assert_eq!(warning, None);
+        let (line, warning) = budget_note(&config_with("10", "60"));
+        assert!(line.contains("budget: 0 "), "{line}");
+        let warning = warning.expect("0 is warned about");
+        let fix_s: u64 = warning
+            .split("interval_s = ")
+            .nth(2)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no interval fix: {warning}"));
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s)) > 0,
+            "{warning}"
+        );
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s - 1)) == 0,
+            "{warning}"
+        );
+        assert!(warning.contains("max_requests_per_minute = "), "{warning}");
     }
 }

@@ -54,8 +54,13 @@ fn run() -> i32 {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            let (budget, budget_warning) = daemon::budget_note(&loaded.config);
+            if let Some(w) = budget_warning {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config::describe(&loaded.raw));
-            println!("\n; configuration is valid");
+            println!("\n; {budget}");
+            println!("; configuration is valid");
             return cli::EXIT_OK;
         }
         Mode::Status => {
@@ -99,8 +104,11 @@ fn run() -> i32 {
         Mode::Once => match open_storage(&loaded) {
             Ok((spool, shipper)) => {
                 let (pool, extra_pools) = daemon::pools(cfg);
-                if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
-                    return code;
+                // While paused not even the start-up check queries the database.
+                if !oneshot::paused(cfg) {
+                    if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
+                        return code;
+                    }
                 }
                 oneshot::once(cfg, &pool, &extra_pools, spool, shipper)
             }

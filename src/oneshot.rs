@@ -5,6 +5,9 @@
 //! interval (at least a second), then reads again, so deltas (CPU, statements, disks) mean
 //! something. The collectors keep their baselines and the log position in a throwaway state
 //! directory, so a one-shot run never disturbs a running agent's deltas or its place in the log.
+//!
+//! Invariants: while the pause file exists no database query is made (host figures only);
+//! `--once` exits 0 only when every record was acknowledged with 200.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,6 +71,14 @@ fn log_feed(cfg: &Config, steps: &OneShotSteps) -> Option<LogFeed> {
             None
         }
     }
+}
+
+/// Whether the pause file exists: then a one-shot run makes no database query either.
+pub fn paused(cfg: &Config) -> bool {
+    cfg.collection
+        .pause_file
+        .as_deref()
+        .is_some_and(Path::exists)
 }
 
 /// The one-shot step runner: honours the pause file, logs a failed step and goes on.
@@ -152,8 +163,8 @@ pub fn collect(
     });
     let mut b_activity = Backoff::default();
     let mut cycle = IntervalCycle::new(daemon::cycle_options(&cfg));
-    // A scratch state directory has no persisted baseline: priming returns nothing.
-    let mut payloads = cycle.prime(&steps);
+    cycle.prime(&steps);
+    let mut payloads = Vec::new();
     steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
     let mut feed = log_feed(&cfg, &steps);
     if let Some(feed) = feed.as_mut() {
@@ -164,7 +175,10 @@ pub fn collect(
     std::thread::sleep(window);
 
     steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
-    payloads.extend(sampler.finish_interval());
+    let paused = steps.paused();
+    if !paused {
+        payloads.extend(sampler.finish_interval());
+    }
     payloads.extend(cycle.run(&steps, || {
         let usage = crate::selfstats::usage();
         Json::object()
@@ -172,6 +186,7 @@ pub fn collect(
             .field("rss_bytes", usage.rss_bytes)
             .field("cpu_seconds", usage.cpu_total().as_secs_f64())
             .field("mode", "once")
+            .field("paused", paused)
     }));
     if let Some(feed) = feed.as_mut() {
         // Read what the window added (a flush alone sends only what was read before).
@@ -263,18 +278,70 @@ pub fn once(
         shutdown: &shutdown,
     };
     shipper.run(&stop);
-    let left = spool.stats().n_pending;
-    if left == 0 {
-        log::info!("everything was delivered");
+    let outcome = OnceOutcome {
+        delivered: shipper.stats().n_sent,
+        dead_lettered: shipper.stats().n_dead_letters,
+        rejection: shipper.last_rejection().map(str::to_string),
+        pending: spool.stats().n_pending,
+        not_stored: payloads.len() - stored,
+        last_error: shipper.status_handle().get().last_error,
+    };
+    let (ok, text) = outcome.report();
+    if ok {
+        log::info!("{text}");
         cli::EXIT_OK
     } else {
-        let last = shipper
-            .status_handle()
-            .get()
-            .last_error
-            .unwrap_or_else(|| "no error recorded".into());
-        log::error!("{left} payloads are still in the spool (last error: {last}); the running agent will send them");
+        log::error!("{text}");
         cli::EXIT_FAILURE
+    }
+}
+
+/// What `--once` achieved, as counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceOutcome {
+    /// Payloads the listener acknowledged with 200 (this run's and any backlog before them).
+    pub delivered: u64,
+    /// Payloads the listener refused for good (moved to the dead-letter file).
+    pub dead_lettered: u64,
+    /// The listener's reason for the last refusal.
+    pub rejection: Option<String>,
+    /// Records still in the spool.
+    pub pending: u64,
+    /// Collected payloads the spool could not store.
+    pub not_stored: usize,
+    /// The last send error, when records are pending.
+    pub last_error: Option<String>,
+}
+
+impl OnceOutcome {
+    /// Whether everything was acknowledged with 200, and the line that says what happened.
+    pub fn report(&self) -> (bool, String) {
+        let mut text = format!("delivered {}", self.delivered);
+        if self.dead_lettered > 0 {
+            text.push_str(&format!(
+                ", dead-lettered {} (refused by the listener: {})",
+                self.dead_lettered,
+                self.rejection.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+        if self.pending > 0 {
+            text.push_str(&format!(
+                ", pending {} (last error: {}; the running agent will send them)",
+                self.pending,
+                self.last_error.as_deref().unwrap_or("none recorded")
+            ));
+        }
+        if self.not_stored > 0 {
+            text.push_str(&format!(
+                ", not stored {} (the spool refused them)",
+                self.not_stored
+            ));
+        }
+        let ok = self.dead_lettered == 0 && self.pending == 0 && self.not_stored == 0;
+        if ok {
+            text.push_str(": everything was delivered");
+        }
+        (ok, text)
     }
 }
 
@@ -289,5 +356,45 @@ pub fn analyze_log(file: &Path, prefix: Option<&str>) -> i32 {
             eprintln!("bitville-pg-agent: {e}");
             cli::EXIT_FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_succeeds_only_when_everything_was_acknowledged() {
+        let all = OnceOutcome {
+            delivered: 4,
+            dead_lettered: 0,
+            rejection: None,
+            pending: 0,
+            not_stored: 0,
+            last_error: None,
+        };
+        assert_eq!(
+            all.report(),
+            (true, "delivered 4: everything was delivered".to_string())
+        );
+        let refused = OnceOutcome {
+            delivered: 0,
+            dead_lettered: 4,
+            rejection: Some("400 {\"details\":\"source\"}".into()),
+            ..all.clone()
+        };
+        let (ok, text) = refused.report();
+        assert!(!ok && !text.contains("everything was delivered"), "{text}");
+        assert!(
+            text.contains("dead-lettered 4 (refused by the listener: 400"),
+            "{text}"
+        );
+        let (ok, text) = OnceOutcome {
+            pending: 2,
+            last_error: Some("500".into()),
+            ..all
+        }
+        .report();
+        assert!(!ok && text.contains("pending 2 (last error: 500"), "{text}");
     }
 }

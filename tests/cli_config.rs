@@ -251,3 +251,31 @@ fn credentials_in_the_listener_url_are_masked_in_check_config() {
     );
     assert!(!stdout.contains("url-pass-9") && !stderr.contains("url-pass-9"));
 }
+
+#[test]
+fn check_config_states_the_correlated_budget_and_warns_when_it_is_zero() {
+    let dir = TempDir::new("cli");
+    let ini = dir.path().join("agent.ini");
+    std::fs::write(&ini, "").unwrap();
+    let ini_s = ini.to_str().unwrap();
+    let out = agent(&["--check-config", "-c", ini_s], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("; correlated budget: 13 "), "{stdout}");
+    assert!(!stderr.contains("budget is 0"), "{stderr}");
+
+    std::fs::write(&ini, "[collection]\ninterval_s = 10\n").unwrap();
+    let out = agent(&["--check-config", "-c", ini_s], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {stderr}"
+    );
+    assert!(stdout.contains("; correlated budget: 0 "), "{stdout}");
+    assert!(
+        stderr.contains("warning: the correlated budget is 0")
+            && stderr.contains("fix: [collection] interval_s = "),
+        "{stderr}"
+    );
+}

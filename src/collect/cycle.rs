@@ -86,17 +86,16 @@ impl IntervalCycle {
     }
 
     /// Takes the baselines a first cycle compares with: the server's paths and the
-    /// pg_stat_statements counters, so the first boundary ships the delta since start-up.
-    /// Optional: without it the first cycle only takes them. Returns the statements delta since
-    /// a baseline persisted by an earlier run, when there is one (ship it: it is real data).
-    pub fn prime(&mut self, steps: &impl DbSteps) -> Vec<Payload> {
+    /// pg_stat_statements counters (`StatementsCollector::prime`), so the first boundary ships
+    /// the delta since start-up (or since a persisted baseline that is still usable). Optional:
+    /// without it the first cycle only takes them.
+    pub fn prime(&mut self, steps: &impl DbSteps) {
         self.find_server_paths(steps);
         let statements = &mut self.statements;
-        let delta = steps.step(None, "statements", &mut self.b_statements, |c| {
-            statements.collect(c)
+        steps.step(None, "statements", &mut self.b_statements, |c| {
+            statements.prime(c)
         });
         self.host.collect(&self.paths);
-        delta.flatten().into_iter().collect()
     }
 
     fn find_server_paths(&mut self, steps: &impl DbSteps) {

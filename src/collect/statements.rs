@@ -602,6 +602,11 @@ pub struct StatementsCollector {
     availability: Availability,
     recheck_at: Option<Instant>,
     texts: HashMap<(u32, i64), Option<String>>,
+    /// The baseline was taken by [`StatementsCollector::prime`]: the next delta covers part of
+    /// an interval and says so.
+    primed: bool,
+    /// The last attempt to persist the baseline failed (logged once per streak).
+    persist_failing: bool,
 }
 
 struct Delta {
@@ -634,7 +639,27 @@ impl StatementsCollector {
             availability: Availability::Unknown,
             recheck_at: None,
             texts: HashMap::new(),
+            primed: false,
+            persist_failing: false,
         }
+    }
+
+    /// At start-up: takes a baseline now unless a persisted one is still usable, so the first
+    /// interval boundary already ships a delta (marked `partial_interval`) instead of only
+    /// taking the baseline.
+    pub fn prime(&mut self, client: &mut postgres::Client) -> Result<(), CollectError> {
+        let max_age = self.cfg.max_baseline_age.as_secs_f64();
+        if self
+            .baseline
+            .as_ref()
+            .is_some_and(|b| unix_now() - b.taken_at <= max_age)
+        {
+            return Ok(());
+        }
+        self.baseline = None;
+        self.collect(client)?;
+        self.primed = self.baseline.is_some();
+        Ok(())
     }
 
     /// Whether the extension was usable at the last check.
@@ -767,10 +792,21 @@ impl StatementsCollector {
         let persisted = self.persist(&current);
         self.baseline = Some(current);
         let mut payload = payload;
+        if std::mem::take(&mut self.primed) {
+            if let Some(p) = payload.as_mut() {
+                p.data.push("partial_interval", true);
+            }
+        }
+        if persisted.is_ok() && std::mem::take(&mut self.persist_failing) {
+            log::info!("statements collector: the baseline is saved again");
+        }
         if let Err(e) = persisted {
             // The deltas are right whatever the disk says; only a restart would lose the
-            // interval. Say so in the log and in the payload rather than drop the data.
-            log::warn!("{e}");
+            // interval. Say so in the log (once per streak) and in the payload rather than drop
+            // the data.
+            if !std::mem::replace(&mut self.persist_failing, true) {
+                log::warn!("{e} (logged once until saving works again)");
+            }
             if let Some(p) = payload.as_mut() {
                 p.data.push("errors", Json::Array(vec![e.to_json()]));
             } else {

@@ -270,6 +270,9 @@ struct Runner<'a> {
     version_stale: bool,
     /// The parts run inside one read-only transaction (see [`Health::collect`]).
     in_transaction: bool,
+    /// A part timed out in this cycle: the rest would most likely meet the same lock, so they
+    /// are skipped (one lock-timeout error in the server log per cycle, not one per part).
+    timed_out: bool,
 }
 
 impl Runner<'_> {
@@ -288,6 +291,10 @@ impl Runner<'_> {
                     return;
                 }
             }
+        }
+        if self.timed_out {
+            out.push(part.name(), Json::Null);
+            return;
         }
         let backoff = self.backoffs.entry(part).or_default();
         if !backoff.allows(self.cycle) {
@@ -316,6 +323,8 @@ impl Runner<'_> {
                 if e.is_timeout() {
                     let skip = backoff.record_timeout(self.cycle);
                     err.push("backed_off_cycles", skip);
+                    err.push("rest_of_cycle_skipped", true);
+                    self.timed_out = true;
                 }
                 self.version_stale |= e.is_version_mismatch();
                 self.errors.push(err);
@@ -359,6 +368,8 @@ pub struct Health {
     cycle: u64,
     last_collect: Option<Instant>,
     backoffs: HashMap<Part, Backoff>,
+    /// The whole collector's back-off: a timeout in any part holds every part back.
+    gate: Backoff,
     last_run: HashMap<Part, Instant>,
     databases: databases::Databases,
     checkpoints: checkpoints::Checkpoints,
@@ -378,6 +389,7 @@ impl Health {
             cycle: 0,
             last_collect: None,
             backoffs: HashMap::new(),
+            gate: Backoff::new(0, 32),
             last_run: HashMap::new(),
             databases: databases::Databases::default(),
             checkpoints: checkpoints::Checkpoints::default(),
@@ -440,6 +452,23 @@ impl Health {
                 return out;
             }
         };
+        if !self.gate.allows(self.cycle) {
+            // A part timed out lately: the whole collector waits (1, 2, 4, ... cycles), so a
+            // locked statistics view costs the server log a few errors, not one per cycle.
+            out.push(
+                "errors",
+                Json::Array(vec![Json::object()
+                    .field("collector", "health")
+                    .field("skipped", "backed off after a timeout")
+                    .field("consecutive_timeouts", self.gate.consecutive_timeouts())
+                    .field(
+                        "resume_in_cycles",
+                        self.gate.resume_at().saturating_sub(self.cycle),
+                    )]),
+            );
+            self.cycle += 1;
+            return out;
+        }
         let ctx = Ctx {
             major: v / 10000,
             top_n: self.options.top_n,
@@ -457,6 +486,7 @@ impl Health {
             errors: Vec::new(),
             version_stale: false,
             in_transaction,
+            timed_out: false,
         };
         let (dbs, ckpt, wal, slots) = (
             &mut self.databases,
@@ -502,6 +532,17 @@ impl Health {
         let mut errors = std::mem::take(&mut runner.errors);
         let mut stale = runner.version_stale;
         let in_transaction = runner.in_transaction;
+        let timed_out = runner.timed_out;
+        if timed_out {
+            self.gate.record_timeout(self.cycle);
+            if in_transaction {
+                commit(client);
+            }
+            out.push("errors", Json::Array(errors));
+            self.cycle += 1;
+            return out;
+        }
+        self.gate.record_success();
         let rel = collect_relations(
             &mut self.relations,
             client,
@@ -625,6 +666,7 @@ fn collect_relations(
         errors: Vec::new(),
         version_stale: false,
         in_transaction,
+        timed_out: false,
     };
     let tables = &mut state.tables;
     runner.run(Part::Tables, out, client, |c| tables.collect(c, ctx));
