@@ -11,6 +11,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+/// The cap for small text files the operator writes: the configuration, a password file, a
+/// CA bundle, the status file (1 MiB; real ones are a few KiB).
+pub const MAX_TEXT_FILE: u64 = 1 << 20;
+
 /// What kind of file `meta` describes, in words for a message ("a FIFO", "a directory").
 pub fn kind(meta: &Metadata) -> &'static str {
     let t = meta.file_type();
