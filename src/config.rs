@@ -636,7 +636,8 @@ pub fn load_from(
 ) -> Result<Loaded, ConfigError> {
     let (path, named) = choose_path(cli_path, env);
     let mut warnings = Vec::new();
-    let file_text = match std::fs::read_to_string(&path) {
+    let file_text = match crate::fsutil::read_regular_to_string(&path, crate::fsutil::MAX_TEXT_FILE)
+    {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => {
             warnings.push(format!(
@@ -1086,7 +1087,8 @@ impl Config {
         let port = r.number("database", "port", 1, 65535)? as u16;
         let mut password = Secret::new(r.string("database", "password"));
         if let Some(file) = r.optional_path("database", "password_file") {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
+            let text = crate::fsutil::read_regular_to_string(&file, crate::fsutil::MAX_TEXT_FILE)
+                .map_err(|e| {
                 r.error(
                     "database",
                     "password_file",

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod fsutil;
 pub mod health;
 pub mod json;
 pub mod logging;

@@ -142,7 +142,7 @@ fn alive(pid: i32) -> bool {
 /// The report `--status` prints, and whether the agent looks healthy (running and recent).
 pub fn report(state_dir: &Path, stale_after: Duration) -> (String, bool) {
     let file = path(state_dir);
-    let text = match std::fs::read_to_string(&file) {
+    let text = match crate::fsutil::read_regular_to_string(&file, crate::fsutil::MAX_TEXT_FILE) {
         Ok(t) => t,
         Err(e) => {
             return (

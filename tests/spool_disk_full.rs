@@ -158,3 +158,59 @@ fn a_full_disk_drops_the_newest_with_a_count_and_recovers_when_space_returns() {
     drop(mount);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A tmpfs of `size` at `dir`, or `None` (with the reason printed) where mounting is refused.
+fn mount_tmpfs_of(dir: &Path, size: &str) -> Option<Mount> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
+        Ok(o) => {
+            println!(
+                "skipped: mount -t tmpfs refused: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("skipped: cannot run mount: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_bound_above_the_free_space_reclaims_acknowledged_bytes_before_dropping_anything() {
+    let dir = std::env::temp_dir().join(format!("bv-diskfull-reclaim-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let Some(_mount) = mount_tmpfs_of(&dir, "1m") else {
+        return;
+    };
+    let mut o = options(&dir);
+    // 100 MiB allowed and 4 MiB segments on a 1 MiB filesystem: the active segment alone
+    // fills the disk, holding only records the listener already acknowledged.
+    o.max_bytes = 100 * 1024 * 1024;
+    o.segment_bytes = 4 * 1024 * 1024;
+    let spool = Spool::open(o).unwrap();
+    let mut delivered = 0u64;
+    for i in 1..=3000 {
+        let seq = spool
+            .append(&payload(i))
+            .unwrap_or_else(|e| panic!("append {i} with only acknowledged records held: {e}"));
+        let r = spool.peek().unwrap().expect("the record just appended");
+        assert_eq!(r.seq, seq);
+        spool.ack(&r).unwrap_or_else(|e| println!("ack {seq}: {e}"));
+        delivered += 1;
+    }
+    let stats = spool.stats();
+    assert_eq!(delivered, 3000);
+    assert_eq!(stats.lost.write_errors, 0, "{stats:?}");
+    assert!(stats.bytes < 1024 * 1024, "{stats:?}");
+    drop(spool);
+    // The numbering survives a restart after the reclaims.
+    let spool = Spool::open(options(&dir)).unwrap();
+    assert_eq!(spool.stats().next_seq, 3001);
+}

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::payload::{AgentInfo, Payload, Source};
-use bitville_pg_agent::spool::{Spool, SpoolError, SpoolOptions};
+use bitville_pg_agent::spool::{Spool, SpoolOptions};
 
 fn temp_dir(name: &str) -> TempDir {
     TempDir::new(name)
@@ -266,20 +266,24 @@ fn a_damaged_segment_header_still_yields_its_frames() {
 }
 
 #[test]
-fn a_segment_of_a_newer_format_is_refused_and_left_untouched() {
+fn a_segment_of_a_newer_format_is_moved_aside_unchanged_and_the_spool_starts() {
     let dir = temp_dir("newer");
     spool_with(&dir, 3);
     let first = segments(&dir)[0].clone();
     patch(&first, 8, &99u32.to_le_bytes());
     let before = fs::read(&first).unwrap();
-    let err = Spool::open(options(&dir)).unwrap_err();
-    assert!(
-        matches!(err, SpoolError::UnsupportedVersion { version: 99, .. }),
-        "{err}"
+    let spool = Spool::open(options(&dir)).expect("a foreign segment does not stop the start");
+    let aside = PathBuf::from(format!("{}.bad", first.display()));
+    assert!(!first.exists());
+    assert_eq!(fs::read(&aside).unwrap(), before, "kept, byte for byte");
+    assert_eq!(spool.append(&payload(4)).unwrap(), 4, "numbering goes on");
+    let r = spool.peek().unwrap().unwrap();
+    assert_eq!(r.seq, 4);
+    assert_eq!(
+        r.report.corrupt_records, 3,
+        "the records moved aside are reported"
     );
-    assert!(err.is_corruption());
-    assert!(err.to_string().contains(&first.display().to_string()));
-    assert_eq!(fs::read(&first).unwrap(), before);
+    assert!(r.body.contains("\"corrupt_records\":3"), "{}", r.body);
 }
 
 #[test]
@@ -410,10 +414,11 @@ fn a_huge_foreign_file_named_like_a_segment_is_not_read() {
     // New segments get names above it, never colliding with it.
     assert_eq!(spool.append(&payload(4)).unwrap(), 4);
     assert!(dir.join("seg-00000000000000000100.spool").exists());
+    let aside = dir.join("seg-00000000000000000099.spool.bad");
     assert_eq!(
-        fs::metadata(&huge).unwrap().len(),
+        fs::metadata(&aside).unwrap().len(),
         (1 << 30) + 1,
-        "left alone"
+        "moved aside, not read"
     );
     let _ = fs::remove_dir_all(&dir);
 }

@@ -394,8 +394,32 @@ impl Entries {
 }
 
 const BASELINE_FILE: &str = "pg_stat_statements.baseline";
-/// File magic and format version.
-const BASELINE_MAGIC: &[u8; 8] = b"BVPGSS\x00\x02";
+/// File magic and format version: version 3 ends with a CRC32C of everything before it.
+const BASELINE_MAGIC: &[u8; 8] = b"BVPGSS\x00\x03";
+/// The format before the checksum, still read (then only the plausibility checks protect it).
+const BASELINE_MAGIC_V2: &[u8; 8] = b"BVPGSS\x00\x02";
+/// The largest baseline file read (about 230 bytes per entry: over a million entries).
+const BASELINE_MAX_BYTES: u64 = 256 << 20;
+/// A counter delta above this (2^53, where f64 stops counting by one) is not a real change but
+/// a damaged baseline: the entry is treated as reset.
+const MAX_PLAUSIBLE_DELTA: f64 = 9_007_199_254_740_992.0;
+
+/// Passes bytes through to `inner`, keeping the CRC32C of everything written.
+struct CrcWriter<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    crc: u32,
+}
+
+impl<W: std::io::Write> std::io::Write for CrcWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crate::spool::frame::crc32c_update(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Reads little-endian fields from a byte slice; every read fails cleanly past the end.
 struct Reader<'a>(&'a [u8]);
@@ -435,6 +459,13 @@ impl Baseline {
     /// not used), then fixed-size entries. Binary because formatting 100,000 floats as text
     /// costs more CPU than the rest of the cycle.
     fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut w = CrcWriter { inner: out, crc: 0 };
+        self.write_body(&mut w)?;
+        let crc = w.crc;
+        out.write_all(&crc.to_le_bytes())
+    }
+
+    fn write_body(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         out.write_all(BASELINE_MAGIC)?;
         out.write_all(&self.taken_at.to_le_bytes())?;
         out.write_all(&self.ext_version.0.to_le_bytes())?;
@@ -459,11 +490,21 @@ impl Baseline {
         Ok(())
     }
 
+    /// Reads a baseline; `None` when it is not one, is torn, or fails its checksum.
     fn parse(bytes: &[u8]) -> Option<Baseline> {
-        let mut r = Reader(bytes);
-        if &r.take::<8>()? != BASELINE_MAGIC {
-            return None;
-        }
+        let body = match bytes.get(..8)? {
+            m if m == BASELINE_MAGIC => {
+                let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+                let stored = u32::from_le_bytes(crc.try_into().ok()?);
+                if crate::spool::frame::crc32c(body) != stored {
+                    return None;
+                }
+                body
+            }
+            m if m == BASELINE_MAGIC_V2 => bytes,
+            _ => return None,
+        };
+        let mut r = Reader(&body[8..]);
         let taken_at = r.f64()?;
         let ext_version = (r.u32()?, r.u32()?);
         let stats_reset = r.opt_f64()?;
@@ -620,18 +661,26 @@ impl StatementsCollector {
     /// readable one.
     pub fn new(cfg: StatementsConfig) -> StatementsCollector {
         let path = cfg.state_dir.join(BASELINE_FILE);
-        let baseline = match std::fs::read(&path) {
+        let baseline = match crate::fsutil::read_regular_file(&path, BASELINE_MAX_BYTES) {
             Ok(bytes) => {
                 let b = Baseline::parse(&bytes);
                 if b.is_none() {
                     log::warn!(
-                        "statements collector: ignoring unreadable baseline {}",
+                        "statements collector: ignoring unreadable or damaged baseline {} \
+                         (checksum or format); the first interval takes a new one",
                         path.display()
                     );
                 }
                 b
             }
-            Err(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                log::warn!(
+                    "statements collector: ignoring baseline {}: {e}",
+                    path.display()
+                );
+                None
+            }
         };
         StatementsCollector {
             cfg,
@@ -1089,12 +1138,11 @@ fn entry_delta(
             return (cur.v, "readded");
         }
     }
-    if cur
-        .v
-        .iter()
-        .zip(p.v.iter())
-        .any(|(c, p)| c.is_finite() && p.is_finite() && c < p)
-    {
+    // Backwards is a reset; so is a baseline value no counter can have (negative) or a delta
+    // no interval can produce: a damaged baseline must not ship 2^64-1 calls as a delta.
+    if cur.v.iter().zip(p.v.iter()).any(|(c, p)| {
+        c.is_finite() && p.is_finite() && (c < p || *p < 0.0 || c - p > MAX_PLAUSIBLE_DELTA)
+    }) {
         return (cur.v, "reset");
     }
     let mut d = [f64::NAN; N_SLOTS];
@@ -1204,6 +1252,29 @@ mod tests {
         let at = other_slots.windows(5).position(|w| w == b"calls").unwrap();
         other_slots[at] = b'k';
         assert!(Baseline::parse(&other_slots).is_none(), "other slot layout");
+
+        // One flipped bit in a counter fails the checksum.
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 20] ^= 0x40;
+        assert!(Baseline::parse(&flipped).is_none(), "checksum");
+        // A baseline of the format before the checksum still loads.
+        let mut v2 = bytes[..n - 4].to_vec();
+        v2[..8].copy_from_slice(BASELINE_MAGIC_V2);
+        assert_eq!(Baseline::parse(&v2).unwrap().entries.len(), 2);
+    }
+
+    #[test]
+    fn an_implausible_baseline_value_is_a_reset_not_a_huge_delta() {
+        // The campaign's case: calls damaged in the baseline to a huge negative number.
+        let (d, s) = entry_delta(Some(&entry(-1e30, 1.0)), &entry(15.0, 7.5), false);
+        assert_eq!((d[CALLS], s), (15.0, "reset"));
+        let (_, s) = entry_delta(Some(&entry(-1.0, 1.0)), &entry(15.0, 7.5), false);
+        assert_eq!(s, "reset", "no counter is negative");
+        let (_, s) = entry_delta(Some(&entry(1.0, 1.0)), &entry(1e17, 7.5), false);
+        assert_eq!(s, "reset", "no interval adds 1e17 calls");
+        let (d, s) = entry_delta(Some(&entry(1.0, 1.0)), &entry(2.0, 7.5), false);
+        assert_eq!((d[CALLS], s), (1.0, "continuing"));
     }
 
     #[test]

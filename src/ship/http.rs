@@ -56,7 +56,8 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>,
         path: path.to_path_buf(),
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let pem = crate::fsutil::read_regular_file(path, crate::fsutil::MAX_TEXT_FILE)
+        .map_err(|e| ca_error(e.to_string()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         match item {

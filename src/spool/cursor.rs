@@ -6,6 +6,8 @@
 //! fsynced, renamed over `cursor`, and the directory is fsynced, so after a crash the file is
 //! either the old or the new version, never a mix. A missing or unreadable cursor is not fatal:
 //! the spool then re-sends everything it still holds (duplicates are allowed, loss is not).
+//! The last line is a CRC32C of the lines before it: a flipped digit is detected instead of
+//! trusted (a cursor written before the checksum existed still loads, without that protection).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -32,7 +34,44 @@ pub struct CursorState {
 /// How many loss counters the cursor keeps.
 pub const UNREPORTED_LEN: usize = 10;
 
-/// Parses the cursor text; `None` when it is not a cursor this build wrote.
+/// The largest cursor file read; a real one is about 100 bytes.
+pub const MAX_FILE_BYTES: u64 = 4096;
+
+/// How far the cursor text can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// The checksum line matches the text.
+    Valid,
+    /// No checksum line (a cursor written before it existed).
+    Absent,
+    /// The checksum does not match: some byte was changed.
+    Mismatch,
+}
+
+/// Parses the cursor text and checks its checksum; `None` when it is not a cursor at all.
+pub fn parse_checked(text: &str) -> Option<(CursorState, Checksum)> {
+    let body_end = text.trim_end_matches('\n').rfind('\n').map_or(0, |i| i + 1);
+    let (body, last) = text.split_at(body_end);
+    let (body, checksum) = match last.trim_end().strip_prefix("crc ") {
+        Some(hex) => {
+            let ok = u32::from_str_radix(hex.trim(), 16).ok()
+                == Some(super::frame::crc32c(body.as_bytes()));
+            (
+                body,
+                if ok {
+                    Checksum::Valid
+                } else {
+                    Checksum::Mismatch
+                },
+            )
+        }
+        None => (text, Checksum::Absent),
+    };
+    parse(body).map(|state| (state, checksum))
+}
+
+/// Parses the cursor text without its checksum line; `None` when it is not a cursor this build
+/// wrote.
 pub fn parse(text: &str) -> Option<CursorState> {
     let mut lines = text.lines();
     if lines.next()? != FIRST_LINE {
@@ -67,23 +106,27 @@ pub fn parse(text: &str) -> Option<CursorState> {
     })
 }
 
-/// The file text for `state`.
+/// The file text for `state`, its checksum line last.
 pub fn render(state: &CursorState) -> String {
     let unreported: Vec<String> = state.unreported.iter().map(u64::to_string).collect();
-    format!(
+    let body = format!(
         "{FIRST_LINE}\nacked {}\nnext_seq {}\nunreported {}\n",
         state.acked,
         state.next_seq,
         unreported.join(" ")
-    )
+    );
+    let crc = super::frame::crc32c(body.as_bytes());
+    format!("{body}crc {crc:08x}\n")
 }
 
 /// Reads the cursor in `dir`: `Ok(None)` when there is none, `Err` with a reason when it exists
-/// but cannot be used.
-pub fn read(dir: &Path) -> Result<Option<CursorState>, String> {
+/// but cannot be used at all. A cursor whose checksum fails is returned with
+/// [`Checksum::Mismatch`]: its loss counters are still worth reporting, its positions are not
+/// to be trusted.
+pub fn read(dir: &Path) -> Result<Option<(CursorState, Checksum)>, String> {
     let path = dir.join(FILE_NAME);
-    match fs::read_to_string(&path) {
-        Ok(text) => parse(&text)
+    match crate::fsutil::read_regular_to_string(&path, MAX_FILE_BYTES) {
+        Ok(text) => parse_checked(&text)
             .map(Some)
             .ok_or_else(|| format!("cursor {} is not readable", path.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -123,7 +166,7 @@ mod tests {
             next_seq: 77,
             unreported: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         };
-        assert_eq!(parse(&render(&s)), Some(s));
+        assert_eq!(parse_checked(&render(&s)), Some((s, Checksum::Valid)));
         // Without the loss line (nothing to report) it still reads.
         let bare = parse("bitville-spool-cursor 1\nacked 1\nnext_seq 2\n").unwrap();
         assert_eq!(bare.unreported, [0; UNREPORTED_LEN]);
@@ -138,5 +181,31 @@ mod tests {
         );
         assert_eq!(parse("bitville-spool-cursor 1\nacked 1\n"), None);
         assert_eq!(parse("something else\nacked 1\nnext_seq 2\n"), None);
+    }
+
+    #[test]
+    fn a_changed_digit_fails_the_checksum_and_an_old_cursor_still_loads() {
+        let s = CursorState {
+            acked: 15,
+            next_seq: 25,
+            unreported: [0; UNREPORTED_LEN],
+        };
+        let text = render(&s).replace("acked 15", "acked 95");
+        let (damaged, check) = parse_checked(&text).unwrap();
+        assert_eq!(check, Checksum::Mismatch);
+        assert_eq!(damaged.acked, 95);
+        let old = "bitville-spool-cursor 1\nacked 15\nnext_seq 25\n";
+        assert_eq!(
+            parse_checked(old).unwrap(),
+            (
+                CursorState {
+                    unreported: [0; UNREPORTED_LEN],
+                    ..s
+                },
+                Checksum::Absent
+            )
+        );
+        let bad_crc = render(&s).replace("crc ", "crc z");
+        assert_eq!(parse_checked(&bad_crc).unwrap().1, Checksum::Mismatch);
     }
 }

@@ -263,6 +263,23 @@ pub fn decode_at(buf: &[u8], off: usize, max_body: usize) -> Result<Option<Found
 pub fn resync(buf: &[u8], from: usize, after_seq: u64, max_body: usize) -> Option<usize> {
     let mut off = from;
     while off + FRAME_HEADER_LEN <= buf.len() {
+        // A zeroed region (a sparse or zero-filled file) cannot hold a frame, whose length is
+        // never zero: jump to three bytes before the next non-zero byte, the first offset whose
+        // length field could be non-zero.
+        if buf[off..off + 4] == [0, 0, 0, 0] {
+            match buf[off + 4..].iter().position(|&b| b != 0) {
+                Some(i) => {
+                    off = (off + 4 + i).saturating_sub(3).max(off + 1);
+                    continue;
+                }
+                None => return None,
+            }
+        }
+        let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]);
+        if len as usize > max_body {
+            off += 1;
+            continue;
+        }
         // Cheap header checks first; the checksum only runs on plausible candidates.
         let mut h = [0u8; FRAME_HEADER_LEN];
         h.copy_from_slice(&buf[off..off + FRAME_HEADER_LEN]);

@@ -17,8 +17,13 @@
 //!   or a restart — it is kept in the cursor file).
 //! - Sequence numbers are assigned only to records actually written, increase by one per
 //!   record, and never go backwards across restarts (recovered from the segments and the cursor).
-//! - Nothing here panics on what it reads from disk; damage is truncated (a torn tail) or skipped
-//!   and counted (damage in the middle), with a warning naming the segment and offset.
+//! - Nothing here panics on what it reads from disk, and nothing found there stops the open:
+//!   damage is truncated (a torn tail) or skipped and counted (damage in the middle), with a
+//!   warning naming the segment and offset; what cannot be read at all (a newer format, a
+//!   directory, FIFO, device or symbolic link under a spool name) is renamed aside to `.bad`.
+//! - Every sequence number assigned and no longer held is reported: the record handed out after
+//!   a gap carries it in `corrupt_records` (see [`Record::gap`]).
+//! - Segments are read a frame at a time: memory stays bounded by the largest record.
 //! - A failed write (ENOSPC, EIO, ...) drops the payload being appended with a counted error and
 //!   leaves the spool usable; the next append simply tries again.
 //! - Durability: a record is in the page cache when `append` returns (it survives `kill -9`);
@@ -115,13 +120,6 @@ pub enum SpoolError {
         /// The lock file.
         path: PathBuf,
     },
-    /// A segment was written by a newer format version; it is left untouched.
-    UnsupportedVersion {
-        /// The segment.
-        path: PathBuf,
-        /// The version its header names.
-        version: u32,
-    },
     /// A payload is larger than the largest record the spool accepts; it was dropped.
     TooLarge {
         /// Its size in bytes.
@@ -150,11 +148,6 @@ impl SpoolError {
             _ => false,
         }
     }
-
-    /// Whether the error is about damaged or foreign spool contents rather than the system.
-    pub fn is_corruption(&self) -> bool {
-        matches!(self, SpoolError::UnsupportedVersion { .. })
-    }
 }
 
 impl fmt::Display for SpoolError {
@@ -166,11 +159,6 @@ impl fmt::Display for SpoolError {
             SpoolError::Locked { path } => write!(
                 f,
                 "spool lock {} is held by another process (two agents on one spool?)",
-                path.display()
-            ),
-            SpoolError::UnsupportedVersion { path, version } => write!(
-                f,
-                "segment {} has format version {version}, newer than this agent reads",
                 path.display()
             ),
             SpoolError::TooLarge { bytes, limit } => {
@@ -201,6 +189,9 @@ pub struct Record {
     pub body: String,
     /// The loss report this body carries; acknowledging the record clears it.
     pub report: DropCounts,
+    /// Sequence numbers missing just before this record (lost to damage), included in
+    /// `report.corrupt_records`; acknowledging the record closes the gap.
+    pub gap: u64,
 }
 
 /// Losses not yet reported to the listener; sent as `data.agent.dropped` with the next payload.
@@ -369,6 +360,8 @@ struct Inner {
     acked: u64,
     reader: Reader,
     total_bytes: u64,
+    /// The record whose preceding gap was last logged (a retried peek logs it once).
+    gap_logged: u64,
     /// Losses not yet reported in a payload.
     unreported: DropCounts,
     /// Lifetime losses.
@@ -426,7 +419,18 @@ impl Spool {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
+        let mut found = DropCounts::default();
+        // A directory or other non-file where the lock file belongs would stop every start.
+        quarantine_if_not_regular(&dir.join(LOCK_FILE), &mut found);
         let lock = lock_dir(&dir)?;
+        for name in [
+            cursor::FILE_NAME,
+            cursor::TMP_NAME,
+            DEAD_LETTER_FILE,
+            &format!("{DEAD_LETTER_FILE}.1"),
+        ] {
+            quarantine_if_not_regular(&dir.join(name), &mut found);
+        }
         let _ = fs::remove_file(dir.join(cursor::TMP_NAME));
 
         let mut ids = Vec::new();
@@ -458,25 +462,27 @@ impl Spool {
                 None
             }
         };
+        let saved_acked = saved.map(|(c, _)| c.acked);
 
         let max_record = opts.effective_max_record() as usize;
         let mut segments = VecDeque::new();
-        let mut found = DropCounts::default();
         let mut prev_seq: Option<u64> = None;
-        let mut gap_open = false;
+        // Records held above the saved cursor's `acked`, for counting the holes below.
+        let mut n_above_saved = 0u64;
         let n_ids = ids.len();
         for (i, id) in ids.into_iter().enumerate() {
             let is_last = i + 1 == n_ids;
             let path = dir.join(Segment::name(id));
-            if let Some(seg) = scan_segment(
-                id,
-                path,
-                is_last,
+            let mut scan = Scan {
                 max_record,
-                &mut prev_seq,
-                &mut gap_open,
-                &mut found,
-            )? {
+                above: saved_acked.unwrap_or(0),
+                n_above: 0,
+                prev_seq: &mut prev_seq,
+                found: &mut found,
+            };
+            let seg = scan_segment(id, path, is_last, &mut scan);
+            n_above_saved += scan.n_above;
+            if let Some(seg) = seg {
                 segments.push_back(seg);
             }
         }
@@ -487,14 +493,58 @@ impl Spool {
             .max()
             .unwrap_or(0);
         let first_seq = segments.iter().find_map(|s| s.first_seq);
-        let acked = match saved {
-            Some(c) => c.acked,
-            None => first_seq.map_or(max_seq, |f| f.saturating_sub(1)),
+        let n_held: u64 = segments.iter().map(|s| s.n_records).sum();
+        let trusted = match saved {
+            Some((c, cursor::Checksum::Mismatch)) => {
+                log::warn!(
+                    "spool {}: the cursor's checksum does not match (damaged file, acked {} next_seq \
+                     {}); positions recovered from the segments, every record still held will be \
+                     sent again",
+                    dir.display(),
+                    c.acked,
+                    c.next_seq
+                );
+                None
+            }
+            Some((c, _)) if c.acked >= c.next_seq => {
+                log::warn!(
+                    "spool {}: the cursor is impossible (acked {} is not below next_seq {}); \
+                     positions recovered from the segments, every record still held will be sent \
+                     again",
+                    dir.display(),
+                    c.acked,
+                    c.next_seq
+                );
+                None
+            }
+            Some((c, _)) => Some(c),
+            None => None,
         };
+        let (acked, n_above_acked) = match trusted {
+            Some(c) => (c.acked, n_above_saved),
+            None => (first_seq.map_or(max_seq, |f| f.saturating_sub(1)), n_held),
+        };
+        // A damaged cursor's next_seq is still a floor worth keeping: going below a number
+        // already sent would make the listener take new records for duplicates.
         let next_seq = saved
-            .map_or(0, |c| c.next_seq)
+            .map_or(0, |(c, _)| c.next_seq)
             .max(max_seq + 1)
             .max(acked + 1);
+        // Sequence numbers above `acked` that were assigned and are no longer held: lost to
+        // damage, a truncated or zero-length segment, or a quarantined file. The reader reports
+        // each such gap with the record after it.
+        let holes = (next_seq - 1 - acked).saturating_sub(n_above_acked);
+        if holes > 0 {
+            log::warn!(
+                "spool {}: {holes} records between seq {} and {} are missing (damage); reported \
+                 in data.agent.dropped",
+                dir.display(),
+                acked + 1,
+                next_seq - 1
+            );
+        }
+        let mut lost = found;
+        lost.corrupt_records += holes;
 
         let total_bytes = segments.iter().map(|s| s.len).sum();
         let reader = Reader {
@@ -512,14 +562,15 @@ impl Spool {
             acked,
             reader,
             total_bytes,
+            gap_logged: 0,
             unreported: {
-                let mut u = saved.map_or_else(DropCounts::default, |c| {
+                let mut u = saved.map_or_else(DropCounts::default, |(c, _)| {
                     DropCounts::from_array(c.unreported)
                 });
                 u.add(&found);
                 u
             },
-            lost: found,
+            lost,
             n_dead_letters: 0,
             write_error_streak: 0,
             dirty: false,
@@ -584,7 +635,10 @@ impl Spool {
     /// records would be sent again.
     pub fn ack(&self, record: &Record) -> Result<(), SpoolError> {
         let mut inner = self.lock();
-        inner.unreported.subtract(&record.report);
+        // The gap is not a pending counter: acknowledging closes it by moving `acked`.
+        let mut delivered = record.report;
+        delivered.corrupt_records = delivered.corrupt_records.saturating_sub(record.gap);
+        inner.unreported.subtract(&delivered);
         inner.ack(record.seq)
     }
 
@@ -601,6 +655,9 @@ impl Spool {
         answer: &str,
     ) -> Result<(), SpoolError> {
         let mut inner = self.lock();
+        // Acknowledging closes the gap before the record; its report was not delivered, so the
+        // gap becomes a pending counter.
+        inner.unreported.corrupt_records += record.gap;
         let written = inner.dead_letter(record, body, status, answer);
         let acked = inner.ack(record.seq);
         written.and(acked)
@@ -651,56 +708,131 @@ impl Drop for Spool {
     }
 }
 
-/// Reads and checks one segment at open. Returns `None` when the segment holds no record (it
-/// is then removed).
-fn scan_segment(
-    id: u64,
-    path: PathBuf,
-    is_last: bool,
+/// What scanning the segments at open carries from one segment to the next.
+struct Scan<'a> {
     max_record: usize,
-    prev_seq: &mut Option<u64>,
-    gap_open: &mut bool,
-    found: &mut DropCounts,
-) -> Result<Option<Segment>, SpoolError> {
-    let size = fs::metadata(&path)
-        .map_err(|e| SpoolError::io("read segment", &path, e))?
-        .len();
-    if size > MAX_SEGMENT_FILE {
-        // Not something this spool wrote (segments stay near `segment_bytes`): reading it into
-        // memory could exhaust it. Leave it alone and out of the spool.
-        log::error!(
-            "segment {}: {size} bytes, far larger than any segment; ignored (move it away)",
-            path.display()
-        );
-        return Ok(None);
+    /// Count the records with a sequence number above this one (the saved cursor's `acked`).
+    above: u64,
+    n_above: u64,
+    /// The last valid sequence number seen (resynchronising only accepts larger ones).
+    prev_seq: &'a mut Option<u64>,
+    /// Damage found: bytes skipped, truncated or quarantined.
+    found: &'a mut DropCounts,
+}
+
+/// Renames `path` aside (to `<name>.bad`, or `<name>.bad.N` when taken) so the spool can start
+/// without it; the file is kept for inspection. Returns whether it was moved.
+fn quarantine(path: &Path, why: &str, found: &mut DropCounts) -> bool {
+    let size = fs::symlink_metadata(path).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    let mut aside = PathBuf::from(format!("{}.bad", path.display()));
+    let mut n = 1;
+    while fs::symlink_metadata(&aside).is_ok() {
+        aside = PathBuf::from(format!("{}.bad.{n}", path.display()));
+        n += 1;
     }
-    let buf = fs::read(&path).map_err(|e| SpoolError::io("read segment", &path, e))?;
+    match fs::rename(path, &aside) {
+        Ok(()) => {
+            log::error!(
+                "spool: {} {why}; moved aside to {} and left out of the spool (its records, if \
+                 any, are reported lost in data.agent.dropped)",
+                path.display(),
+                aside.display()
+            );
+            found.corrupt_bytes += size;
+            true
+        }
+        Err(e) => {
+            log::error!(
+                "spool: {} {why}, and moving it aside failed: {e}; left out of the spool",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+/// Quarantines `path` when something other than a regular file (a directory, a FIFO, a
+/// symbolic link) sits under a name the spool uses.
+fn quarantine_if_not_regular(path: &Path, found: &mut DropCounts) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            let why = format!("is {}, not a regular file", crate::fsutil::kind(&meta));
+            quarantine(path, &why, found);
+        }
+    }
+}
+
+/// Reads and checks one segment at open, a frame at a time (memory stays bounded by the
+/// largest record whatever the file's size). Returns `None` when the segment holds no record
+/// (it is then removed) or cannot be read (it is then quarantined).
+fn scan_segment(id: u64, path: PathBuf, is_last: bool, scan: &mut Scan<'_>) -> Option<Segment> {
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("segment {}: {e}; left out of the spool", path.display());
+            return None;
+        }
+    };
+    if !meta.file_type().is_file() {
+        let why = format!("is {}, not a regular file", crate::fsutil::kind(&meta));
+        quarantine(&path, &why, scan.found);
+        return None;
+    }
+    let size = meta.len();
+    if size > MAX_SEGMENT_FILE {
+        // Not something this spool wrote (segments stay near `segment_bytes`).
+        let why = format!("has {size} bytes, far more than any segment");
+        quarantine(&path, &why, scan.found);
+        return None;
+    }
+    let file = match crate::fsutil::open_regular(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            quarantine(&path, &format!("cannot be opened ({e})"), scan.found);
+            return None;
+        }
+    };
     let mut seg = Segment {
         id,
         path,
-        len: buf.len() as u64,
+        len: size,
         first_seq: None,
         last_seq: None,
         n_records: 0,
         damaged: false,
     };
-    match frame::check_header(&buf) {
+    let mut header = [0u8; HEADER_LEN];
+    let header_read = if size >= HEADER_LEN as u64 {
+        file.read_exact_at(&mut header, 0).map(|()| HEADER_LEN)
+    } else {
+        Ok(0)
+    };
+    let header_len = match header_read {
+        Ok(n) => n,
+        Err(e) => {
+            quarantine(&seg.path, &format!("cannot be read ({e})"), scan.found);
+            return None;
+        }
+    };
+    match frame::check_header(&header[..header_len]) {
         HeaderCheck::Valid => {}
         HeaderCheck::Short => {
-            // An interrupted segment creation: it can hold no record.
+            // An interrupted segment creation, or a segment emptied by damage: any records it
+            // held show up as a gap in the sequence numbers, which is reported.
             log::warn!(
-                "segment {}: {} bytes, shorter than a header; removed",
+                "segment {}: {size} bytes, shorter than a header; removed",
                 seg.path.display(),
-                buf.len()
             );
+            scan.found.corrupt_bytes += size;
             remove_quietly(&seg.path);
-            return Ok(None);
+            return None;
         }
         HeaderCheck::NewerVersion(version) => {
-            return Err(SpoolError::UnsupportedVersion {
-                path: seg.path,
-                version,
-            })
+            // A newer agent's segment, or a damaged version field: keep it for whoever can read
+            // it, and start without it.
+            let why = format!("has format version {version}, newer than this agent reads");
+            quarantine(&seg.path, &why, scan.found);
+            return None;
         }
         HeaderCheck::BadMagic => {
             // The frames carry their own checksums, so a damaged header costs nothing more.
@@ -712,83 +844,108 @@ fn scan_segment(
         }
     }
 
-    let mut off = HEADER_LEN;
-    loop {
-        match frame::decode_at(&buf, off, max_record) {
-            Ok(None) => break,
-            Ok(Some(f)) => {
-                if *gap_open {
-                    // Records between the last good one and this one were in the damage.
-                    let lost = prev_seq.map_or(0, |p| f.seq.saturating_sub(p + 1));
-                    found.corrupt_records += lost;
-                    if lost > 0 {
-                        log::warn!(
-                            "segment {}: {lost} records lost to damage before seq {}",
-                            seg.path.display(),
-                            f.seq
-                        );
-                    }
-                    *gap_open = false;
-                }
-                seg.first_seq.get_or_insert(f.seq);
-                seg.last_seq = Some(f.seq);
+    let mut off = HEADER_LEN as u64;
+    while off < size {
+        let read = read_frame_at(&file, off, size, scan.max_record);
+        let damage = match read {
+            Ok(Ok((seq, _source, _body, end))) => {
+                seg.first_seq.get_or_insert(seq);
+                seg.last_seq = Some(seq);
                 seg.n_records += 1;
-                *prev_seq = Some(f.seq);
-                off = f.end;
-            }
-            Err(damage) => {
-                seg.damaged = true;
-                let after = prev_seq.unwrap_or(0);
-                match frame::resync(&buf, off + 1, after, max_record) {
-                    Some(next) => {
-                        log::warn!(
-                            "segment {}: {damage} at offset {off}; skipped {} bytes to the next \
-                             valid frame",
-                            seg.path.display(),
-                            next - off
-                        );
-                        found.corrupt_bytes += (next - off) as u64;
-                        *gap_open = true;
-                        off = next;
-                    }
-                    None if is_last => {
-                        log::warn!(
-                            "segment {}: {damage} at offset {off}; torn tail of {} bytes truncated",
-                            seg.path.display(),
-                            buf.len() - off
-                        );
-                        found.corrupt_bytes += (buf.len() - off) as u64;
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&seg.path)
-                            .map_err(|e| SpoolError::io("open segment", &seg.path, e))?;
-                        f.set_len(off as u64)
-                            .and_then(|()| f.sync_all())
-                            .map_err(|e| SpoolError::io("truncate segment", &seg.path, e))?;
-                        seg.len = off as u64;
-                        break;
-                    }
-                    None => {
-                        log::warn!(
-                            "segment {}: {damage} at offset {off}; the remaining {} bytes of the \
-                             segment are skipped",
-                            seg.path.display(),
-                            buf.len() - off
-                        );
-                        found.corrupt_bytes += (buf.len() - off) as u64;
-                        *gap_open = true;
-                        break;
-                    }
+                if seq > scan.above {
+                    scan.n_above += 1;
                 }
+                *scan.prev_seq = Some(seq);
+                off = end;
+                continue;
+            }
+            Ok(Err(damage)) => damage.to_string(),
+            Err(e) => format!("read error ({e})"),
+        };
+        seg.damaged = true;
+        let after = scan.prev_seq.unwrap_or(0);
+        let next = resync_file(&file, off + 1, size, after, scan.max_record).unwrap_or(None);
+        match next {
+            Some(next) => {
+                log::warn!(
+                    "segment {}: {damage} at offset {off}; skipped {} bytes to the next valid frame",
+                    seg.path.display(),
+                    next - off
+                );
+                scan.found.corrupt_bytes += next - off;
+                off = next;
+            }
+            None if is_last => {
+                log::warn!(
+                    "segment {}: {damage} at offset {off}; torn tail of {} bytes truncated",
+                    seg.path.display(),
+                    size - off
+                );
+                scan.found.corrupt_bytes += size - off;
+                let truncated = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .and_then(|f| f.set_len(off).and_then(|()| f.sync_all()));
+                if let Err(e) = truncated {
+                    // Appends go to a new segment anyway; the reader skips the tail as damage.
+                    log::warn!("truncate segment {}: {e}", seg.path.display());
+                } else {
+                    seg.len = off;
+                }
+                break;
+            }
+            None => {
+                log::warn!(
+                    "segment {}: {damage} at offset {off}; the remaining {} bytes of the segment \
+                     are skipped",
+                    seg.path.display(),
+                    size - off
+                );
+                scan.found.corrupt_bytes += size - off;
+                break;
             }
         }
     }
     if seg.n_records == 0 {
         log::warn!("segment {}: no valid record; removed", seg.path.display());
         remove_quietly(&seg.path);
-        return Ok(None);
+        return None;
     }
-    Ok(Some(seg))
+    Some(seg)
+}
+
+/// How many bytes [`resync_file`] examines per step (plus one largest frame).
+const RESYNC_WINDOW: u64 = 1 << 20;
+
+/// [`frame::resync`] over a file, one bounded window at a time: the offset of the next valid
+/// frame at or after `from` with a sequence number above `after`.
+fn resync_file(
+    file: &File,
+    from: u64,
+    len: u64,
+    after: u64,
+    max_record: usize,
+) -> io::Result<Option<u64>> {
+    let span = RESYNC_WINDOW + (FRAME_HEADER_LEN + max_record) as u64;
+    let mut buf = Vec::new();
+    let mut start = from;
+    while start + (FRAME_HEADER_LEN as u64) <= len {
+        let end = (start + span).min(len);
+        buf.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut buf, start)?;
+        // Only candidates in the window proper are final: one further on may be a frame that
+        // does not fit in this buffer, and the next window examines it whole.
+        if let Some(i) = frame::resync(&buf, 0, after, max_record) {
+            if (i as u64) < RESYNC_WINDOW || end == len {
+                return Ok(Some(start + i as u64));
+            }
+        }
+        if end == len {
+            return Ok(None);
+        }
+        start += RESYNC_WINDOW;
+    }
+    Ok(None)
 }
 
 fn remove_quietly(path: &Path) {
@@ -799,14 +956,16 @@ fn remove_quietly(path: &Path) {
     }
 }
 
-/// Counts, by reading it, what a segment about to be dropped still holds above `acked`.
+/// Counts, by reading it a frame at a time, what a segment about to be dropped still holds
+/// above `acked`; sequence numbers above `acked` up to its last one that it does not hold count
+/// as lost to damage.
 fn count_unacked(seg: &Segment, acked: u64, max_record: usize) -> DropCounts {
     let mut counts = DropCounts::default();
-    if seg.last_seq.is_some_and(|l| l <= acked) {
+    let Some(last_seq) = seg.last_seq.filter(|l| *l > acked) else {
         return counts;
-    }
-    let buf = match fs::read(&seg.path) {
-        Ok(b) => b,
+    };
+    let file = match crate::fsutil::open_regular(&seg.path) {
+        Ok(f) => f,
         Err(e) => {
             log::warn!("read segment {} to count its loss: {e}", seg.path.display());
             // Fall back to the segment's own totals.
@@ -815,26 +974,27 @@ fn count_unacked(seg: &Segment, acked: u64, max_record: usize) -> DropCounts {
             return counts;
         }
     };
-    let mut off = HEADER_LEN;
+    let mut off = HEADER_LEN as u64;
     let mut last = 0;
-    while off < buf.len() {
-        match frame::decode_at(&buf, off, max_record) {
-            Ok(Some(f)) => {
-                if f.seq > acked {
+    while off < seg.len {
+        match read_frame_at(&file, off, seg.len, max_record) {
+            Ok(Ok((seq, source, _, end))) => {
+                if seq > acked {
                     counts.records += 1;
-                    counts.bytes += (f.end - off) as u64;
-                    counts.by_source[frame::source_tag(f.source) as usize] += 1;
+                    counts.bytes += end - off;
+                    counts.by_source[frame::source_tag(source) as usize] += 1;
                 }
-                last = f.seq;
-                off = f.end;
+                last = seq;
+                off = end;
             }
-            Ok(None) => break,
-            Err(_) => match frame::resync(&buf, off + 1, last, max_record) {
-                Some(next) => off = next,
-                None => break,
+            Ok(Err(_)) => match resync_file(&file, off + 1, seg.len, last, max_record) {
+                Ok(Some(next)) => off = next,
+                _ => break,
             },
+            Err(_) => break,
         }
     }
+    counts.corrupt_records = (last_seq - acked).saturating_sub(counts.records);
     counts
 }
 
@@ -904,7 +1064,11 @@ impl Inner {
         // Room for the frame and, should the segment rotate, a new header.
         self.make_room((FRAME_HEADER_LEN + body.len() + HEADER_LEN) as u64);
         let frame = frame::encode_frame(seq, payload.source, body.as_bytes());
-        match self.write_frame(&frame) {
+        let mut written = self.write_frame(&frame);
+        if written.as_ref().is_err_and(SpoolError::is_disk_full) && self.reclaim_acked() {
+            written = self.write_frame(&frame);
+        }
+        match written {
             Ok(()) => {}
             Err(e) => {
                 self.count_loss(&DropCounts {
@@ -943,6 +1107,37 @@ impl Inner {
         Ok(seq)
     }
 
+    /// The filesystem is full below `max_bytes`: frees the space of acknowledged records before
+    /// anything new is dropped. The active segment is sealed (`write_frame` did that already on
+    /// the failed write) so that a fully acknowledged one can go too; the cursor is saved in the
+    /// space freed, so the numbering survives a restart. Returns whether anything was freed.
+    fn reclaim_acked(&mut self) -> bool {
+        self.seal_active();
+        let before = self.total_bytes;
+        // The older segments first: that keeps the one with the newest number while the
+        // cursor may still be stale.
+        self.delete_acked_segments(true);
+        if self.write_cursor().is_ok() {
+            self.delete_acked_segments(false);
+        } else if self.total_bytes == before {
+            // Nothing but the newest segment is left, all acknowledged, and not even the small
+            // cursor fits: delete it and save the cursor in the space it frees. Only a crash
+            // between the two steps could reuse numbers after a restart.
+            self.delete_acked_segments(false);
+            if let Err(e) = self.write_cursor() {
+                log::warn!("{e}");
+            }
+        }
+        let freed = before - self.total_bytes;
+        if freed > 0 {
+            log::info!(
+                "spool: the filesystem is full; freed {freed} bytes of acknowledged records for \
+                 new ones"
+            );
+        }
+        freed > 0
+    }
+
     /// Drops the oldest segments until `need` more bytes fit under `max_bytes`.
     fn make_room(&mut self, need: u64) {
         while self.total_bytes + need > self.opts.max_bytes && !self.segments.is_empty() {
@@ -963,7 +1158,7 @@ impl Inner {
                 self.reader.seg_id = self.segments.front().map_or(seg.id + 1, |s| s.id);
                 self.reader.offset = HEADER_LEN as u64;
             }
-            if counts.records > 0 {
+            if !counts.is_empty() {
                 log::warn!(
                     "spool over {} bytes: dropped segment {} with {} unacknowledged records \
                      ({} bytes)",
@@ -1130,7 +1325,20 @@ impl Inner {
                     self.reader.peeked = Some((seq, end));
                     let mut body = String::from_utf8(body)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    let report = self.unreported;
+                    // Every number between the last acknowledged record and this one was
+                    // assigned to a record that is gone (damage, a truncated, emptied or
+                    // quarantined segment): the listener sees the gap, so the report explains it.
+                    let gap = seq - self.acked - 1;
+                    if gap > 0 && self.gap_logged != seq {
+                        self.gap_logged = seq;
+                        log::warn!(
+                            "spool: records {} to {} are lost (damaged spool); reported with seq {seq}",
+                            self.acked + 1,
+                            seq - 1
+                        );
+                    }
+                    let mut report = self.unreported;
+                    report.corrupt_records += gap;
                     if !report.is_empty() {
                         body = with_dropped(&body, &report.to_json());
                     }
@@ -1139,6 +1347,7 @@ impl Inner {
                         source,
                         body,
                         report,
+                        gap,
                     }));
                 }
                 Ok(Err(damage)) => {
@@ -1162,31 +1371,31 @@ impl Inner {
         max_record: usize,
     ) -> Result<Option<u64>, SpoolError> {
         let seg = &self.segments[idx];
-        let mut rest = vec![0u8; (seg.len - off) as usize];
-        let file =
-            File::open(&seg.path).map_err(|e| SpoolError::io("open segment", &seg.path, e))?;
-        file.read_exact_at(&mut rest, off)
+        let file = crate::fsutil::open_regular(&seg.path)
+            .map_err(|e| SpoolError::io("open segment", &seg.path, e))?;
+        let next = resync_file(&file, off + 1, seg.len, self.reader.last_seq, max_record)
             .map_err(|e| SpoolError::io("read segment", &seg.path, e))?;
-        let next = frame::resync(&rest, 1, self.reader.last_seq, max_record);
-        let skipped = next.unwrap_or(rest.len()) as u64;
+        let skipped = next.unwrap_or(seg.len) - off;
         log::warn!(
             "segment {}: {damage} at offset {off}; skipping {skipped} bytes",
             seg.path.display()
         );
-        if !seg.damaged {
-            let mut counts = DropCounts {
+        let (seg_len, already_counted) = (seg.len, seg.damaged);
+        if !already_counted {
+            // The records lost in the damage are reported as the gap before the next record
+            // (see `peek`); here only the bytes, and the records for the lifetime counters.
+            self.count_loss(&DropCounts {
                 corrupt_bytes: skipped,
                 ..DropCounts::default()
-            };
+            });
             if let Some(n) = next {
-                if let Ok(Some(f)) = frame::decode_at(&rest, n, max_record) {
-                    counts.corrupt_records = f.seq.saturating_sub(self.reader.last_seq + 1);
+                if let Ok(Ok((seq, ..))) = read_frame_at(&file, n, seg_len, max_record) {
+                    self.lost.corrupt_records += seq.saturating_sub(self.reader.last_seq + 1);
                 }
             }
             self.segments[idx].damaged = true;
-            self.count_loss(&counts);
         }
-        Ok(next.map(|n| off + n as u64))
+        Ok(next)
     }
 
     fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {

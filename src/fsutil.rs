@@ -1,0 +1,130 @@
+//! Safe reading of files the agent does not control: configuration, password and CA files,
+//! spool and state files.
+//!
+//! Invariants: a file is opened without blocking (`O_NONBLOCK`, so a FIFO cannot hang the
+//! open), checked with `fstat` on the open descriptor (no race between check and read), refused
+//! unless it is a regular file (a FIFO, a device such as `/dev/zero`, a directory or a socket),
+//! and never read past `max_bytes` (a larger file is refused, not truncated).
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The cap for small text files the operator writes: the configuration, a password file, a
+/// CA bundle, the status file (1 MiB; real ones are a few KiB).
+pub const MAX_TEXT_FILE: u64 = 1 << 20;
+
+/// What kind of file `meta` describes, in words for a message ("a FIFO", "a directory").
+pub fn kind(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading if it is (or a symbolic link leads to) a regular file; otherwise an
+/// `InvalidInput` error that says what it is instead. The open never blocks on a FIFO.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", kind(&meta)),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads the regular file at `path` whole, refusing a non-regular file and a file larger than
+/// `max_bytes` with an error that says which (and names neither contents nor secrets).
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > max_bytes {
+        return Err(too_large(len, max_bytes));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    // `take` bounds the read even if the file grows while it is read.
+    file.take(max_bytes + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max_bytes {
+        return Err(too_large(buf.len() as u64, max_bytes));
+    }
+    Ok(buf)
+}
+
+/// [`read_regular_file`] as UTF-8 text (`InvalidData` when it is not).
+pub fn read_regular_to_string(path: &Path, max_bytes: u64) -> io::Result<String> {
+    String::from_utf8(read_regular_file(path, max_bytes)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file is not valid UTF-8 text",
+        )
+    })
+}
+
+fn too_large(len: u64, max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{len} bytes, more than the {max} bytes such a file may have"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("bv-fsutil-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn reads_a_regular_file_and_refuses_one_too_large() {
+        let d = temp("regular");
+        let p = d.join("f");
+        std::fs::write(&p, b"hello").unwrap();
+        assert_eq!(read_regular_file(&p, 5).unwrap(), b"hello");
+        let e = read_regular_file(&p, 4).unwrap_err();
+        assert!(e.to_string().contains("more than the 4 bytes"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_fifo_without_hanging_and_a_device_and_a_directory() {
+        let d = temp("special");
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_regular_file(&fifo, 100).unwrap_err();
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+        let link = d.join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read_regular_file(&link, 100).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let e = read_regular_file(&d, 100).unwrap_err();
+        assert!(e.to_string().contains("directory"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
