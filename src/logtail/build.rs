@@ -4,11 +4,14 @@
 //! listener links a slow query to the PHP request that ran it.
 //!
 //! Invariants: `data` is always an object and never contains `agent` (delivery stamps it); with
-//! `query_text = normalized` or `none` no statement text leaves the agent with its literals
-//! (query, STATEMENT, internal QUERY and `parameters:` details are normalized or dropped); a
-//! payload holds at most `max_entries_per_payload` entries.
+//! `query_text = normalized` no literal leaves the agent (query, STATEMENT, internal QUERY,
+//! plans, messages, DETAIL, HINT, CONTEXT and unparsed samples all go through
+//! [`crate::normalize`], the one place that decides what is customer data), and with `none` no
+//! statement text, plan text, DETAIL, HINT, CONTEXT or sample at all; a payload holds at most
+//! `max_entries_per_payload` entries.
 
 use crate::json::Json;
+use crate::normalize::LogText;
 use crate::payload::{Payload, Source};
 
 use super::entry::{timestamp_to_unix, Entry, Level};
@@ -20,14 +23,14 @@ pub use crate::config::QueryTextMode as QueryText;
 /// How payloads are built.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadOptions {
-    /// Query text policy. Defaults to [`QueryText::Normalized`].
+    /// Query text policy. Defaults to [`QueryText::Normalized`]. What it masks is decided by
+    /// [`crate::normalize`] alone.
     pub query_text: QueryText,
-    /// The literal normalizer. Defaults to [`crate::normalize::normalize`] (the same one the
-    /// activity sampler uses).
-    pub normalize: fn(&str) -> String,
-    /// Longest query text shipped, in characters (longer ones end in `...[truncated]`).
-    /// Defaults to 1000.
+    /// Longest query text (and DETAIL, HINT, CONTEXT) shipped, in characters (longer ones end in
+    /// `...[truncated]`). Defaults to 1000.
     pub max_query_chars: usize,
+    /// Largest auto_explain plan shipped per entry, in bytes. Defaults to 64 KiB.
+    pub plan_max_bytes: usize,
     /// Most entries per summary payload. Defaults to 500.
     pub max_entries_per_payload: usize,
     /// Most correlated payloads (requests) per batch, slowest first; each is one HTTP request
@@ -40,8 +43,8 @@ impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            normalize: crate::normalize::normalize,
             max_query_chars: 1000,
+            plan_max_bytes: 64 * 1024,
             max_entries_per_payload: 500,
             max_correlated: 100,
         }
@@ -49,12 +52,22 @@ impl Default for PayloadOptions {
 }
 
 impl PayloadOptions {
-    /// The options the agent's `[collection]` settings ask for (query text mode and length).
+    /// The options the agent's `[collection]` settings ask for (query text mode and length, plan
+    /// size).
     pub fn from_collection(c: &crate::config::CollectionConfig) -> PayloadOptions {
         PayloadOptions {
             query_text: c.query_text,
             max_query_chars: c.query_max_chars,
+            plan_max_bytes: c.plan_max_bytes,
             ..PayloadOptions::default()
+        }
+    }
+
+    /// The text rule of [`crate::normalize`] for these options.
+    fn text_rule(&self) -> crate::normalize::QueryText {
+        crate::normalize::QueryText {
+            mode: self.query_text.into(),
+            max_chars: self.max_query_chars,
         }
     }
 }
@@ -118,13 +131,18 @@ pub fn build_payloads(
             data.push("lines_read", stats.n_lines);
             data.push("parse_failures", stats.n_unparsed);
             if !stats.samples.is_empty() {
+                // A line the parser could not read may be anything, a statement included.
+                let rule = opts.text_rule();
                 let samples: Vec<Json> = stats
                     .samples
                     .iter()
                     .take(5)
-                    .map(|(_, s)| Json::from(s.as_str()))
+                    .filter_map(|(_, s)| rule.render_log_text(LogText::Unparsed, s))
+                    .map(Json::from)
                     .collect();
-                data.push("unparsed_samples", samples);
+                if !samples.is_empty() {
+                    data.push("unparsed_samples", samples);
+                }
             }
         }
         data.push("part", i + 1);
@@ -204,16 +222,14 @@ pub fn build_payloads(
 /// Most entries listed inside one correlated payload (`n_entries` counts them all).
 const MAX_ENTRIES_PER_CORRELATION: usize = 50;
 
-/// One entry as JSON; absent fields are left out to keep payloads small.
+/// One entry as JSON; absent fields are left out to keep payloads small. Every text that may
+/// carry customer data goes through [`crate::normalize`] (statements, plans, messages, DETAIL,
+/// HINT, CONTEXT), so `query_text = normalized` ships no literal and `none` no statement text.
 pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
-    let text = |s: &str| -> Option<String> {
-        let t = match opts.query_text {
-            QueryText::Full => s.to_string(),
-            QueryText::Normalized => (opts.normalize)(s),
-            QueryText::None => return None,
-        };
-        Some(cut_chars(t, opts.max_query_chars))
-    };
+    let rule = opts.text_rule();
+    let full = opts.query_text == QueryText::Full;
+    let sql = |s: &str| rule.render(s);
+    let log = |k: LogText, s: &str| rule.render_log_text(k, s);
     let mut o = Json::object();
     let mut put = |k: &str, v: Option<Json>| {
         if let Some(v) = v {
@@ -247,33 +263,57 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         "correlation_id",
         e.correlation_id.as_deref().map(Json::from),
     );
-    let message = match opts.query_text {
-        QueryText::Full => e.message.as_str(),
-        _ => e.message_head(),
+    let message = if full {
+        e.message.clone()
+    } else if e.has_statement_text() {
+        e.message_head().to_string()
+    } else {
+        crate::normalize::scrub(LogText::Message, &e.message)
     };
     put("message", Some(message.into()));
     put("duration_ms", e.duration_ms.map(Json::Float));
-    put("query", e.query().and_then(text).map(Json::from));
+    put("query", e.query().and_then(sql).map(Json::from));
     put(
         "statement",
-        e.statement.as_deref().and_then(text).map(Json::from),
+        e.statement.as_deref().and_then(sql).map(Json::from),
     );
     put(
         "internal_query",
-        e.internal_query.as_deref().and_then(text).map(Json::from),
+        e.internal_query.as_deref().and_then(sql).map(Json::from),
     );
-    let detail = e.detail.as_deref().and_then(|d| {
-        // Bind parameter values are literals too.
-        if d.starts_with("parameters: ") || d.starts_with("Parameters: ") {
-            text(d)
-        } else {
-            Some(d.to_string())
-        }
-    });
-    put("detail", detail.map(Json::from));
-    put("hint", e.hint.as_deref().map(Json::from));
-    put("context", e.context.as_deref().map(Json::from));
+    put(
+        "detail",
+        e.detail
+            .as_deref()
+            .and_then(|d| log(LogText::Detail, d))
+            .map(Json::from),
+    );
+    put(
+        "hint",
+        e.hint
+            .as_deref()
+            .and_then(|h| log(LogText::Hint, h))
+            .map(Json::from),
+    );
+    put(
+        "context",
+        e.context
+            .as_deref()
+            .and_then(|c| log(LogText::Context, c))
+            .map(Json::from),
+    );
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
+    if let Some(body) = e.plan() {
+        let p = super::plan::ship(body, full, opts.plan_max_bytes, e.duration_ms);
+        put("plan_format", Some(p.format.as_str().into()));
+        if opts.query_text != QueryText::None {
+            put("plan", Some(p.plan));
+            if p.truncated || e.truncated {
+                put("plan_truncated", Some(Json::Bool(true)));
+            }
+        }
+        put("plan_summary", Some(p.summary));
+    }
     if e.truncated {
         put("truncated", Some(Json::Bool(true)));
     }
@@ -301,15 +341,6 @@ fn split(entries: &[Entry], per: usize, max_bytes: usize) -> Vec<&[Entry]> {
         out.push(&entries[start..]);
     }
     out
-}
-
-/// `s` cut to `max` characters, marked the way the other collectors mark it.
-fn cut_chars(mut s: String, max: usize) -> String {
-    if let Some((i, _)) = s.char_indices().nth(max) {
-        s.truncate(i);
-        s.push_str("...[truncated]");
-    }
-    s
 }
 
 #[cfg(test)]
@@ -432,6 +463,88 @@ mod tests {
             ps[1].data.get("query"),
             Some(&Json::from("SELECT *...[truncated]"))
         );
+    }
+
+    #[test]
+    fn no_literal_of_any_message_kind_is_shipped_normalized_and_none_ships_no_text() {
+        let mut es = vec![
+            entry(
+                "duration: 2.0 ms  plan:\nQuery Text: SELECT * FROM users WHERE email = 'secret@x.com'\n\
+                 Index Scan using users_email_key on users  (cost=0.29..8.31 rows=1 width=40)\n  \
+                 Index Cond: (email = 'secret@x.com'::text)\n  Filter: (id > 424242)",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "duplicate key value violates unique constraint \"users_email_key\"",
+                None,
+                Level::Error,
+            ),
+            entry(
+                "invalid input syntax for type integer: \"secret\"",
+                None,
+                Level::Error,
+            ),
+        ];
+        es[1].detail = Some("Key (email)=(secret@x.com) already exists.".into());
+        es[1].statement = Some("INSERT INTO users VALUES ('secret@x.com') /* secret */".into());
+        es[2].context = Some("SQL statement \"SELECT 'secret'\"".into());
+        es[2].hint = Some("try 'secret'".into());
+        let stats = ParseStats {
+            samples: vec![(0, "\tAND x = 'secret' AND y = \"secret\" AND 424242".into())],
+            n_unparsed: 1,
+            ..ParseStats::default()
+        };
+        let origin = Origin {
+            file: None,
+            format: Format::Stderr,
+        };
+        let all = |opts: &PayloadOptions| -> String {
+            build_payloads(&es, &stats, &origin, opts, 1.0)
+                .iter()
+                .map(|p| p.data.to_json_string())
+                .collect()
+        };
+        let text = all(&PayloadOptions::default());
+        assert!(
+            !text.contains("secret") && !text.contains("424242"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""plan":"Query Text: SELECT * FROM users WHERE email = ?"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""message":"duration: 2.0 ms  plan:""#),
+            "{text}"
+        );
+        assert!(text.contains("Key (email)=(?) already exists."), "{text}");
+        assert!(text.contains(r#""plan_format":"text""#), "{text}");
+        let none = PayloadOptions {
+            query_text: QueryText::None,
+            ..PayloadOptions::default()
+        };
+        let text = all(&none);
+        assert!(
+            !text.contains("secret") && !text.contains("424242"),
+            "{text}"
+        );
+        for field in [
+            "\"plan\"",
+            "\"detail\"",
+            "\"context\"",
+            "\"hint\"",
+            "\"statement\"",
+            "unparsed_samples",
+        ] {
+            assert!(!text.contains(field), "{field} in {text}");
+        }
+        assert!(text.contains("plan_summary"), "{text}");
+        let full = PayloadOptions {
+            query_text: QueryText::Full,
+            ..PayloadOptions::default()
+        };
+        assert!(all(&full).contains("Key (email)=(secret@x.com)"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod entry;
 pub mod feed;
 pub mod jsonlog;
 pub mod parse;
+pub mod plan;
 pub mod prefix;
 pub mod tail;
 
