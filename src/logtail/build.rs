@@ -303,6 +303,7 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
             .map(Json::from),
     );
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
+    put("event", e.event.as_ref().map(|ev| ev.to_json()));
     if let Some(body) = e.plan() {
         let p = super::plan::ship(body, full, opts.plan_max_bytes, e.duration_ms);
         put("plan_format", Some(p.format.as_str().into()));

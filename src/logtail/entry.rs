@@ -254,6 +254,9 @@ pub struct Entry {
     pub plan_at: Option<usize>,
     /// The correlation ID (`bitville-<uuid>` by default) from the application name or the query.
     pub correlation_id: Option<String>,
+    /// What the entry is, when it is one of the events that explain load (temp file, lock
+    /// wait, checkpoint, ...; see [`super::events`]).
+    pub event: Option<super::events::Event>,
     /// True when text was dropped to keep the entry under [`MAX_ENTRY_BYTES`].
     pub truncated: bool,
     /// Text bytes held so far (to enforce the cap without summing every time).
@@ -347,7 +350,7 @@ impl Entry {
     }
 
     /// Derives what the message implies once the entry is complete: the SQLSTATE of verbose
-    /// output, the duration and statement text, and the correlation ID.
+    /// output, the duration and statement text or plan, the correlation ID, and the event class.
     pub fn finish(&mut self, correlation_prefix: &str) {
         if self.sqlstate.is_none() {
             if let Some(code) = verbose_sqlstate(self.message.as_bytes()) {
@@ -381,6 +384,7 @@ impl Entry {
                 });
             self.correlation_id = found.map(str::to_string);
         }
+        self.event = super::events::classify(self);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod build;
 pub mod csvlog;
 pub mod discover;
 pub mod entry;
+pub mod events;
 pub mod feed;
 pub mod jsonlog;
 pub mod parse;
