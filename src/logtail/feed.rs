@@ -17,6 +17,7 @@ use super::discover::LogSource;
 use super::entry::{Entry, Level};
 use super::events::EventClass;
 use super::parse::{EntryParser, ParseStats};
+use super::plan::{PlanStore, StoredPlan};
 use super::tail::{Position, TailConfig, TailError, Tailer};
 
 /// How the feed batches.
@@ -84,6 +85,8 @@ pub struct LogFeed {
     event_counts: Vec<(EventClass, u64)>,
     /// The agent's own sessions' entries (`bitville-monitor`), by severity: counted, not shipped.
     own_entries: Vec<(Level, u64)>,
+    /// Where the latest plan per query_id goes for the statements collector, when attached.
+    plans: Option<PlanStore>,
 }
 
 /// Adds one to `key`'s count.
@@ -126,7 +129,39 @@ impl LogFeed {
             over_budget: Vec::new(),
             event_counts: Vec::new(),
             own_entries: Vec::new(),
+            plans: None,
         }
+    }
+
+    /// Records the latest auto_explain plan of each query_id (entries with a plan and a
+    /// `query_id`) into `store`, whatever the budget ships.
+    pub fn with_plan_store(mut self, store: PlanStore) -> LogFeed {
+        self.plans = Some(store);
+        self
+    }
+
+    fn record_plan(&self, e: &Entry) {
+        let (Some(store), Some(body), Some(qid)) =
+            (&self.plans, e.plan(), e.query_id.filter(|q| *q != 0))
+        else {
+            return;
+        };
+        let opts = &self.cfg.payload;
+        let full = opts.query_text == super::build::QueryText::Full;
+        let p = super::plan::ship(body, full, opts.plan_max_bytes, e.duration_ms);
+        let none = opts.query_text == super::build::QueryText::None;
+        store.record(StoredPlan {
+            query_id: qid,
+            at: e
+                .timestamp
+                .as_deref()
+                .and_then(super::entry::timestamp_to_unix)
+                .unwrap_or_else(unix_now),
+            plan: if none { Json::Null } else { p.plan },
+            format: p.format,
+            truncated: p.truncated || e.truncated,
+            summary: p.summary,
+        });
     }
 
     /// Holds `e` for the next payloads, or only counts it. The agent's own sessions' entries are
@@ -143,6 +178,7 @@ impl LogFeed {
         if let Some(ev) = &e.event {
             bump(&mut self.event_counts, ev.class);
         }
+        self.record_plan(&e);
         let important = e.event.is_some()
             || e.correlation_id.is_some()
             || matches!(

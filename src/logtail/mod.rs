@@ -36,4 +36,5 @@ pub use discover::{
 pub use entry::{Entry, Level};
 pub use feed::{FeedConfig, Flush, LogFeed};
 pub use parse::{EntryParser, Format, ParseStats};
+pub use plan::{PlanStore, StoredPlan};
 pub use tail::{Follow, Position, TailConfig, TailError, Tailer};
