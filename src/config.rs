@@ -206,7 +206,7 @@ pub const KEYS: &[KeySpec] = &[
         "log_max_entries_per_minute",
         ["BITVILLE_PG_LOG_MAX_ENTRIES_PER_MINUTE"],
         "5000",
-        "server log entries shipped in full per minute; beyond it only warnings, errors and correlated entries, the rest counted"
+        "server log entries shipped in full per minute; beyond it only events (temp files, lock waits, checkpoints, ...), warnings, errors and correlated entries, the rest counted"
     ),
     key!(
         "collection",
