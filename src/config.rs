@@ -206,7 +206,14 @@ pub const KEYS: &[KeySpec] = &[
         "log_max_entries_per_minute",
         ["BITVILLE_PG_LOG_MAX_ENTRIES_PER_MINUTE"],
         "5000",
-        "server log entries shipped in full per minute; beyond it only warnings, errors and correlated entries, the rest counted"
+        "server log entries shipped in full per minute; beyond it only events (temp files, lock waits, checkpoints, ...), warnings, errors and correlated entries, the rest counted"
+    ),
+    key!(
+        "collection",
+        "plan_max_bytes",
+        ["BITVILLE_PG_PLAN_MAX_BYTES"],
+        "65536",
+        "largest auto_explain plan shipped per statement, in bytes (larger ones are cut and marked)"
     ),
     key!(
         "collection",
@@ -493,6 +500,8 @@ pub struct CollectionConfig {
     pub pause_file: Option<PathBuf>,
     /// Server log entries shipped in full per minute. Defaults to 5000.
     pub log_max_entries_per_minute: usize,
+    /// Largest auto_explain plan shipped per statement, in bytes. Defaults to 64 KiB.
+    pub plan_max_bytes: usize,
     /// Tables per hot-table ranking. Defaults to 20.
     pub health_top_n: usize,
     /// Least time between the costly health figures. Defaults to 5 minutes.
@@ -1200,6 +1209,7 @@ impl Config {
                 100,
                 10_000_000,
             )? as usize,
+            plan_max_bytes: r.number("collection", "plan_max_bytes", 1024, 1 << 20)? as usize,
             health_top_n: r.number("collection", "health_top_n", 1, 100)? as usize,
             health_slow_interval: Duration::from_secs(r.number(
                 "collection",

@@ -1,11 +1,20 @@
-//! Query text handling before anything leaves the server: literal masking, truncation, and the
-//! correlation ID found in `application_name`.
+//! What counts as customer data, and how it is removed before anything leaves the server:
+//! literal masking of SQL texts, the comments that may stay, the values quoted by server messages
+//! (DETAIL, CONTEXT, HINT, error messages), auto_explain plans (text, JSON, YAML, XML), lines the
+//! log parser could not read; truncation; and the correlation ID found in `application_name`.
+//!
+//! This module is the one place that decides what is customer data: every collector and the log
+//! tailer call it, none has its own rule.
 //!
 //! Invariants: [`normalize_into`] never copies a string or numeric literal to its output (each
-//! becomes one `?`), keeps identifiers (`t1`), parameters (`$1`), quoted identifiers and
-//! comments as they are, and never panics whatever the input (an unterminated literal is masked to
-//! the end of the text). Truncation always cuts on a character boundary. Everything works on bytes
-//! and splits only at ASCII bytes, so no regex and no per-character allocation.
+//! becomes one `?`), keeps identifiers (`t1`), parameters (`$1`) and quoted identifiers, and keeps
+//! of the comments only correlation markers (`/* correlation:<uuid> */`) and sqlcommenter keys on
+//! [`SQLCOMMENTER_KEYS`]; it never panics whatever the input (an unterminated literal or comment
+//! is masked to the end of the text). [`scrub_text`] keeps a server message's words, numbers and
+//! the identifiers it names (`relation "t"`), and masks every value it quotes. Plans keep their
+//! structure and figures and lose every literal. Truncation always cuts on a character boundary.
+//! Everything works on bytes and splits only at ASCII bytes, so no regex and no per-character
+//! allocation.
 
 /// What to ship of a query text (`query_text = full | normalized | none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,8 +141,26 @@ pub fn normalize(sql: &str) -> String {
 ///
 /// Recognised: `'...'` (with `''`), `E'...'` (with backslash escapes), `B'..'`, `X'..'`, `N'..'`,
 /// `U&'..'`, dollar quotes `$tag$...$tag$`, integers, decimals, exponents, `0x..` and `1_000`.
-/// Kept: identifiers (`t1`, `col_2`), parameters (`$1`), `"quoted identifiers"`, comments.
+/// Kept: identifiers (`t1`, `col_2`), parameters (`$1`), `"quoted identifiers"`. Comments are
+/// dropped (they are free text a developer or ORM wrote, which may carry data) except a
+/// correlation marker and sqlcommenter keys on [`SQLCOMMENTER_KEYS`] (see [`kept_comment`]).
 pub fn normalize_into(sql: &str, out: &mut String) {
+    normalize_with(sql, out, Dq::Identifier);
+}
+
+/// What a double quote starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dq {
+    /// A quoted identifier (SQL): copied as it is.
+    Identifier,
+    /// Nothing special (YAML/XML plan text, whose strings are double-quoted): its contents are
+    /// normalized like the rest.
+    Plain,
+    /// A value (a line of unknown shape): masked whole.
+    Literal,
+}
+
+fn normalize_with(sql: &str, out: &mut String, dq: Dq) {
     let b = sql.as_bytes();
     let n = b.len();
     let mut i = 0;
@@ -164,17 +191,46 @@ pub fn normalize_into(sql: &str, out: &mut String) {
                 out.push('?');
                 copied = i;
             }
-            b'"' => {
+            b'"' if dq == Dq::Identifier => {
                 // A quoted identifier: copied as it is, `""` included.
                 i = skip_until_quote(b, i + 1, b'"');
             }
+            b'"' if dq == Dq::Literal => {
+                out.push_str(&sql[copied..i]);
+                i = skip_until_quote(b, i + 1, b'"');
+                out.push('?');
+                copied = i;
+            }
             b'-' if i + 1 < n && b[i + 1] == b'-' => {
+                out.push_str(&sql[copied..i]);
                 while i < n && b[i] != b'\n' {
                     i += 1;
                 }
+                copied = i;
             }
             b'/' if i + 1 < n && b[i + 1] == b'*' => {
-                i = skip_block_comment(b, i + 2);
+                out.push_str(&sql[copied..i]);
+                let end = skip_block_comment(b, i + 2);
+                let body = if end >= i + 4 && sql[..end].ends_with("*/") {
+                    &sql[i + 2..end - 2]
+                } else {
+                    // Unterminated: never kept.
+                    ""
+                };
+                match kept_comment(body) {
+                    Some(kept) => {
+                        out.push_str("/* ");
+                        out.push_str(&kept);
+                        out.push_str(" */");
+                    }
+                    None => {
+                        if !out.is_empty() && !out.ends_with(|c: char| c.is_ascii_whitespace()) {
+                            out.push(' ');
+                        }
+                    }
+                }
+                i = end;
+                copied = i;
             }
             b'$' if !prev_ident => {
                 if let Some((body_end, tag_len)) = dollar_quote(b, i) {
@@ -215,6 +271,57 @@ pub fn normalize_into(sql: &str, out: &mut String) {
         }
     }
     out.push_str(&sql[copied.min(n)..]);
+}
+
+/// The sqlcommenter keys whose values are kept in normalized texts: tracing and routing
+/// metadata that frameworks put there, never request data.
+pub const SQLCOMMENTER_KEYS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "route",
+    "controller",
+    "action",
+    "framework",
+    "application",
+    "db_driver",
+];
+
+/// What of a block comment's `body` (between `/*` and `*/`) a normalized text keeps: a
+/// correlation marker (`correlation:<uuid>`, `bitville-<uuid>`, a bare UUID: a short word prefix
+/// and 36 characters of `[a-f0-9-]`), or the sqlcommenter pairs (`key='value',...`) whose key is
+/// on [`SQLCOMMENTER_KEYS`]. `None` drops the comment.
+pub fn kept_comment(body: &str) -> Option<String> {
+    let t = body.trim();
+    if is_correlation_marker(t) {
+        return Some(t.to_string());
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in t.split(',') {
+        let pair = pair.trim();
+        let (key, value) = pair.split_once('=')?;
+        let inner = value.strip_prefix('\'')?.strip_suffix('\'')?;
+        if inner.contains('\'') || key.is_empty() {
+            return None;
+        }
+        if SQLCOMMENTER_KEYS.contains(&key) {
+            kept.push(pair);
+        }
+    }
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+fn is_correlation_marker(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() < CORRELATION_ID_LEN || b.len() > CORRELATION_ID_LEN + 32 {
+        return false;
+    }
+    let (prefix, id) = b.split_at(b.len() - CORRELATION_ID_LEN);
+    id.iter()
+        .all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b'-')
+        && id.iter().filter(|&&c| c == b'-').count() == 4
+        && prefix
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b':' | b'.'))
 }
 
 /// Index just past the closing quote of a `'...'` body starting at `i` (or the end).
@@ -315,6 +422,458 @@ fn skip_number(b: &[u8], mut i: usize) -> usize {
         }
     }
     i
+}
+
+/// A text the server wrote about a statement, besides the statement itself: which rule masks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogText {
+    /// A primary message (`invalid input syntax for type integer: "..."`).
+    Message,
+    /// A `DETAIL` (`Key (email)=(...) already exists.`, `parameters: ...`, `prepare: ...`,
+    /// deadlock reports with the statements of each process).
+    Detail,
+    /// A `HINT`.
+    Hint,
+    /// A `CONTEXT` (`SQL statement "..."`, `COPY t, line 1, column a: "..."`).
+    Context,
+    /// A line the log parser could not read: its shape is unknown, so every quoted thing and
+    /// number is masked.
+    Unparsed,
+}
+
+impl QueryText {
+    /// `text` of kind `kind` as it may be shipped: as it is in `full` mode; with every value it
+    /// quotes masked (see [`scrub_text`]) in `normalized` mode; in `none` mode the message masked
+    /// the same way (it names the event) and the other kinds not at all. Truncated to
+    /// `max_chars` in every mode.
+    pub fn render_log_text(&self, kind: LogText, text: &str) -> Option<String> {
+        let mut out = match (self.mode, kind) {
+            (QueryTextMode::Full, _) => text.to_string(),
+            (QueryTextMode::None, LogText::Message) | (QueryTextMode::Normalized, _) => {
+                scrub(kind, text)
+            }
+            (QueryTextMode::None, _) => return None,
+        };
+        truncate_chars(&mut out, self.max_chars);
+        Some(out)
+    }
+}
+
+/// `text` of kind `kind` with its values masked (the `normalized` rule, no truncation).
+pub fn scrub(kind: LogText, text: &str) -> String {
+    match kind {
+        LogText::Unparsed => {
+            let mut out = String::with_capacity(text.len());
+            normalize_with(text, &mut out, Dq::Literal);
+            out
+        }
+        _ => scrub_text(text),
+    }
+}
+
+/// Words before a double-quoted name in PostgreSQL's messages that make it an identifier
+/// (`relation "t"`, `constraint "t_pkey"`, `user "bob"`); any other quoted thing is a value.
+const NAMES_BEFORE_IDENTIFIERS: &[&str] = &[
+    "relation",
+    "table",
+    "column",
+    "constraint",
+    "index",
+    "function",
+    "procedure",
+    "routine",
+    "aggregate",
+    "schema",
+    "database",
+    "role",
+    "user",
+    "type",
+    "domain",
+    "sequence",
+    "view",
+    "extension",
+    "operator",
+    "trigger",
+    "tablespace",
+    "parameter",
+    "publication",
+    "subscription",
+    "server",
+    "wrapper",
+    "collation",
+    "conversion",
+    "language",
+    "policy",
+    "rule",
+    "statistics",
+    "cursor",
+    "portal",
+    "statement",
+    "savepoint",
+    "slot",
+    "encoding",
+    "family",
+    "class",
+    "method",
+    "template",
+    "dictionary",
+    "configuration",
+    "channel",
+    "attribute",
+    "partition",
+    "file",
+    "directory",
+];
+
+/// Line starts after which the rest of the line (and the lines that continue it) is SQL text.
+const SQL_LINE_STARTS: &[&str] = &[
+    "parameters: ",
+    "Parameters: ",
+    "prepare: ",
+    "SQL statement \"",
+    "SQL expression \"",
+    "PL/pgSQL assignment \"",
+];
+
+/// Line starts that end a run of SQL lines (the next part of a DETAIL or CONTEXT).
+const SECTION_STARTS: &[&str] = &[
+    "Process ",
+    "PL/pgSQL function ",
+    "SQL function ",
+    "SQL statement \"",
+    "COPY ",
+    "JSON data, ",
+    "parameters: ",
+    "Parameters: ",
+    "prepare: ",
+    "while ",
+    "unnamed portal ",
+    "portal ",
+    "extended query ",
+];
+
+/// A server message, DETAIL, HINT or CONTEXT with every value it quotes masked, its words,
+/// numbers (pids, sizes, durations) and named identifiers kept.
+///
+/// - `"..."` stays when an identifier word ([`NAMES_BEFORE_IDENTIFIERS`]) comes right before it,
+///   else becomes `"?"` (`invalid input syntax for type integer: "?"`, `at or near "?"`);
+/// - `'...'` starting a word becomes `'?'` (an apostrophe inside a word, `don't`, stays);
+/// - `Key (email)=(...)`, `... = (...)` and `Failing row contains (...)`: the values become `?`;
+/// - `parameters:`, `prepare:`, `Process N: <statement>`, `SQL statement "..."`, `... with
+///   parameters: ...` and the lines continuing them are normalized as SQL;
+/// - `JSON data, line N: ...`: everything after the colon is masked.
+pub fn scrub_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_sql = false;
+    let mut mask_to_close = false;
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let trimmed = line.trim_start();
+        let starts_section = SECTION_STARTS.iter().any(|p| trimmed.starts_with(p));
+        if mask_to_close {
+            // The rest of a masked value list that ran over the line end.
+            match line.rfind(')') {
+                Some(at) => {
+                    out.push_str(&line[at..]);
+                    mask_to_close = false;
+                }
+                None => continue,
+            }
+            continue;
+        }
+        if in_sql && !starts_section {
+            normalize_into(line, &mut out);
+            continue;
+        }
+        in_sql = false;
+        if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
+            let at = line.len() - trimmed.len() + p.len();
+            out.push_str(&line[..at]);
+            normalize_into(&line[at..], &mut out);
+            in_sql = true;
+            continue;
+        }
+        if let Some(at) = process_statement_at(trimmed) {
+            let at = line.len() - trimmed.len() + at;
+            out.push_str(&line[..at]);
+            normalize_into(&line[at..], &mut out);
+            in_sql = true;
+            continue;
+        }
+        if let Some(at) = line.find("with parameters: ") {
+            let at = at + "with parameters: ".len();
+            out.push_str(&line[..at]);
+            normalize_into(&line[at..], &mut out);
+            in_sql = true;
+            continue;
+        }
+        if trimmed.starts_with("JSON data, ") {
+            if let Some(at) = line.find(": ") {
+                out.push_str(&line[..at + 2]);
+                out.push('?');
+                continue;
+            }
+        }
+        mask_to_close = scrub_line(line, &mut out);
+    }
+    out
+}
+
+/// `Process 123: UPDATE ...` (a deadlock DETAIL): where the statement starts.
+fn process_statement_at(line: &str) -> Option<usize> {
+    let rest = line.strip_prefix("Process ")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    (digits > 0 && rest[digits..].starts_with(": ")).then_some("Process ".len() + digits + 2)
+}
+
+/// One line of free text into `out`; true when a masked value list is still open at its end.
+fn scrub_line(line: &str, out: &mut String) -> bool {
+    let b = line.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < n {
+        match b[i] {
+            b'"' => {
+                let end = skip_until_quote(b, i + 1, b'"');
+                if quoted_is_identifier(&line[..i]) {
+                    i = end;
+                    continue;
+                }
+                out.push_str(&line[copied..i]);
+                out.push_str("\"?\"");
+                i = end;
+                copied = i;
+            }
+            b'\'' if i == 0 || !is_ident_byte(b[i - 1]) => {
+                out.push_str(&line[copied..i]);
+                i = skip_quoted(b, i + 1, false);
+                out.push_str("'?'");
+                copied = i;
+            }
+            b'(' if value_list_opens(&line[..i]) => {
+                out.push_str(&line[copied..=i]);
+                out.push('?');
+                // The values may hold parentheses and quotes: mask to the last `)` of the line.
+                match line[i + 1..].rfind(')') {
+                    Some(at) => {
+                        i = i + 1 + at;
+                        copied = i;
+                    }
+                    None => return true,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&line[copied.min(n)..]);
+    false
+}
+
+/// True when the text before a `"` ends with an identifier word (`relation `, `of table `).
+fn quoted_is_identifier(before: &str) -> bool {
+    let t = before.trim_end();
+    let word_start = t
+        .rfind(|c: char| !c.is_ascii_alphabetic())
+        .map_or(0, |p| p + 1);
+    let word = &t[word_start..];
+    !word.is_empty()
+        && before.len() > t.len()
+        && NAMES_BEFORE_IDENTIFIERS
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// True when a `(` after `before` opens a list of values: `Key (a)=(`, `(a) = (`,
+/// `Failing row contains (`.
+fn value_list_opens(before: &str) -> bool {
+    before.ends_with(")=") || before.ends_with(") = ") || before.ends_with("row contains ")
+}
+
+/// Properties of a text plan whose values are figures or keywords, never expressions: kept as
+/// they are (when they hold no quote). Every other property (`Filter`, `Index Cond`, `Output`,
+/// `Sort Key`, ...) is normalized as SQL.
+const PLAN_FIGURE_KEYS: &[&str] = &[
+    "Rows Removed by Filter",
+    "Rows Removed by Index Recheck",
+    "Rows Removed by Join Filter",
+    "Rows Removed by Conflict Filter",
+    "Heap Fetches",
+    "Heap Blocks",
+    "Buffers",
+    "Planning",
+    "Execution",
+    "I/O Timings",
+    "Sort Method",
+    "Planning Time",
+    "Execution Time",
+    "Batches",
+    "Buckets",
+    "Memory Usage",
+    "Peak Memory Usage",
+    "Disk Usage",
+    "Workers Planned",
+    "Workers Launched",
+    "JIT",
+    "Functions",
+    "Options",
+    "Timing",
+    "Full-sort Groups",
+    "Pre-sorted Groups",
+    "Hits",
+    "WAL",
+    "Storage",
+    "Tuples Inserted",
+    "Conflicting Tuples",
+    "Conflict Resolution",
+    "Conflict Arbiter Indexes",
+    "Index Searches",
+    "Window",
+];
+
+/// A text-format plan (auto_explain `log_format = text`) with every literal masked: node lines
+/// and figure properties stay, `Query Text` and every expression property (`Filter`, `Index
+/// Cond`, `Recheck Cond`, `Hash Cond`, `Join Filter`, `One-Time Filter`, `Output`, parameters)
+/// are normalized as SQL, and so is any line of unknown shape.
+pub fn normalize_plan_text(plan: &str) -> String {
+    let mut out = String::with_capacity(plan.len());
+    let mut in_query = false;
+    for (i, line) in plan.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let (arrow, body) = match body.strip_prefix("->") {
+            Some(rest) => {
+                let rest = rest.trim_start();
+                (&body[..body.len() - rest.len()], rest)
+            }
+            None => ("", body),
+        };
+        out.push_str(indent);
+        out.push_str(arrow);
+        if let Some(rest) = body.strip_prefix("Query Text:") {
+            out.push_str("Query Text:");
+            normalize_into(rest, &mut out);
+            in_query = true;
+            continue;
+        }
+        let node_at = body.find("  (cost=").or_else(|| body.find("  (actual "));
+        if in_query && node_at.is_none() {
+            // The query text runs over several lines until the first plan node.
+            normalize_into(body, &mut out);
+            continue;
+        }
+        in_query = false;
+        if let Some(at) = node_at {
+            let (head, figures) = body.split_at(at);
+            normalize_into(head, &mut out);
+            if figures.bytes().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b' ' | b'(' | b')' | b'=' | b'.' | b'_')
+            }) {
+                out.push_str(figures);
+            } else {
+                normalize_into(figures, &mut out);
+            }
+            continue;
+        }
+        if let Some((key, value)) = body.split_once(": ").or_else(|| body.split_once(':')) {
+            let figure = PLAN_FIGURE_KEYS.contains(&key)
+                || key.starts_with("Worker ")
+                || key.starts_with("Trigger ");
+            if figure && !value.contains(['\'', '"', '$']) {
+                out.push_str(body);
+            } else {
+                out.push_str(&body[..key.len()]);
+                normalize_into(&body[key.len()..], &mut out);
+            }
+            continue;
+        }
+        normalize_into(body, &mut out);
+    }
+    out
+}
+
+/// Keys of a JSON plan whose string values are names or keywords, never expressions: kept. Every
+/// other string (`Query Text`, `Filter`, `Index Cond`, `Output`, `Sort Key`, ...) is normalized.
+const PLAN_NAME_KEYS: &[&str] = &[
+    "Node Type",
+    "Parent Relationship",
+    "Relation Name",
+    "Schema",
+    "Alias",
+    "Index Name",
+    "Join Type",
+    "Strategy",
+    "Partial Mode",
+    "Scan Direction",
+    "Sort Method",
+    "Sort Space Type",
+    "Sort Methods Used",
+    "Operation",
+    "Subplan Name",
+    "CTE Name",
+    "Function Name",
+    "Tuplestore Name",
+    "Table Function Name",
+    "Trigger Name",
+    "Constraint Name",
+    "Relation",
+    "Custom Plan Provider",
+    "Conflict Resolution",
+    "Conflict Arbiter Indexes",
+    "Storage",
+    "Command",
+];
+
+/// A JSON plan (auto_explain `log_format = json`, parsed) with every literal-bearing string
+/// normalized in place: numbers and booleans stay, strings under [`PLAN_NAME_KEYS`] stay, every
+/// other string is normalized as SQL, and a key that is not a plain property name is masked.
+pub fn normalize_plan_json(plan: &mut crate::json::Json) {
+    use crate::json::Json;
+    fn walk(v: &mut Json, keep: bool) {
+        match v {
+            Json::Str(s) if !keep => *s = normalize(s),
+            Json::Array(items) => items.iter_mut().for_each(|i| walk(i, keep)),
+            Json::Object(fields) => {
+                for (k, val) in fields.iter_mut() {
+                    if !k
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b" -_/".contains(&c))
+                    {
+                        *k = "?".to_string();
+                    }
+                    walk(val, PLAN_NAME_KEYS.contains(&k.as_str()));
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(plan, false);
+}
+
+/// A YAML or XML plan (or any text of unknown structure) normalized as SQL whose double quotes
+/// are ordinary characters, after decoding XML's entities (so `&apos;x&apos;` is a literal too).
+/// Figures are masked as well: only the text's shape survives.
+pub fn normalize_plan_opaque(plan: &str) -> String {
+    let decoded;
+    let text = if plan.contains('&') {
+        decoded = plan
+            .replace("&apos;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        decoded.as_str()
+    } else {
+        plan
+    };
+    let mut out = String::with_capacity(text.len());
+    normalize_with(text, &mut out, Dq::Plain);
+    out
 }
 
 /// The correlation ID pattern: `<prefix>` followed by 36 characters of `[a-f0-9-]`, found
@@ -438,12 +997,236 @@ mod tests {
     }
 
     #[test]
-    fn keeps_quoted_identifiers_and_comments() {
+    fn keeps_quoted_identifiers_and_drops_comments() {
         assert_eq!(
             norm(r#"SELECT "col ""1""" FROM "t'2" /* a 'b' /* nested 3 */ */ -- it's 5"#),
-            r#"SELECT "col ""1""" FROM "t'2" /* a 'b' /* nested 3 */ */ -- it's 5"#
+            r#"SELECT "col ""1""" FROM "t'2"  "#
         );
-        assert_eq!(norm("SELECT 1 -- x\n, 2"), "SELECT ? -- x\n, ?");
+        assert_eq!(norm("SELECT 1 -- x\n, 2"), "SELECT ? \n, ?");
+        assert_eq!(norm("SELECT/*secret*/1"), "SELECT ?");
+        assert_eq!(norm("SELECT 1 /* never closed secret"), "SELECT ? ");
+    }
+
+    #[test]
+    fn keeps_correlation_markers_and_allowlisted_sqlcommenter_keys() {
+        let uuid = "0123abcd-0123-4567-89ab-0123456789ab";
+        assert_eq!(
+            norm(&format!("/* correlation:{uuid} */ SELECT 'x'")),
+            format!("/* correlation:{uuid} */ SELECT ?")
+        );
+        assert_eq!(
+            norm(&format!("SELECT 1 /*bitville-{uuid}*/")),
+            format!("SELECT ? /* bitville-{uuid} */")
+        );
+        assert_eq!(
+            norm("SELECT 1 /*controller='users',email='a%40b.com',traceparent='00-ab-cd-01'*/"),
+            "SELECT ? /* controller='users',traceparent='00-ab-cd-01' */"
+        );
+        // Nothing on the allowlist, or not sqlcommenter at all: dropped.
+        assert_eq!(norm("SELECT 1 /*user_email='a%40b.com'*/"), "SELECT ? ");
+        assert_eq!(norm("SELECT 1 /* route='/x' and more */"), "SELECT ? ");
+        assert_eq!(norm(&format!("SELECT 1 /* secret {uuid} */")), "SELECT ? ");
+    }
+
+    fn scrubbed(s: &str) -> String {
+        scrub_text(s)
+    }
+
+    #[test]
+    fn messages_keep_identifiers_and_mask_quoted_values() {
+        assert_eq!(
+            scrubbed(r#"invalid input syntax for type integer: "424242secret""#),
+            r#"invalid input syntax for type integer: "?""#
+        );
+        assert_eq!(
+            scrubbed(r#"unterminated quoted string at or near "'secret person"#),
+            r#"unterminated quoted string at or near "?""#
+        );
+        assert_eq!(
+            scrubbed(r#"syntax error at or near "secret" at character 8"#),
+            r#"syntax error at or near "?" at character 8"#
+        );
+        assert_eq!(
+            scrubbed(r#"duplicate key value violates unique constraint "users_email_key""#),
+            r#"duplicate key value violates unique constraint "users_email_key""#
+        );
+        assert_eq!(
+            scrubbed(r#"column "x" of relation "t" does not exist"#),
+            r#"column "x" of relation "t" does not exist"#
+        );
+        assert_eq!(
+            scrubbed("process 12 still waiting for ShareLock on transaction 734 after 1000.1 ms"),
+            "process 12 still waiting for ShareLock on transaction 734 after 1000.1 ms"
+        );
+        assert_eq!(scrubbed("it's 'secret' here"), "it's '?' here");
+        assert_eq!(
+            scrubbed(r#"value "999999999999" is out of range"#),
+            r#"value "?" is out of range"#
+        );
+    }
+
+    #[test]
+    fn details_mask_keys_rows_parameters_and_statements() {
+        assert_eq!(
+            scrubbed("Key (email)=(dup.person@example.com) already exists."),
+            "Key (email)=(?) already exists."
+        );
+        assert_eq!(
+            scrubbed(r#"Key (a, b)=(1, x)y)) is not present in table "t"."#),
+            r#"Key (a, b)=(?) is not present in table "t"."#
+        );
+        assert_eq!(
+            scrubbed("Failing row contains (7, secret, null)."),
+            "Failing row contains (?)."
+        );
+        assert_eq!(
+            scrubbed("Failing row contains (7, multi\nline secret)."),
+            "Failing row contains (?\n)."
+        );
+        assert_eq!(
+            scrubbed("parameters: $1 = 'secret', $2 = '42'"),
+            "parameters: $1 = ?, $2 = ?"
+        );
+        assert_eq!(
+            scrubbed("prepare: PREPARE p1(text) AS SELECT $1 || 'secret'"),
+            "prepare: PREPARE p1(text) AS SELECT $1 || ?"
+        );
+        assert_eq!(
+            scrubbed(
+                "Process 10 waits for ShareLock on transaction 5; blocked by process 11.\n\
+                 Process 11 waits for ShareLock on transaction 6; blocked by process 10.\n\
+                 Process 10: UPDATE t SET v = 'secret'\n  WHERE id = 424242\n\
+                 Process 11: UPDATE t SET v = 'other' WHERE id = 2"
+            ),
+            "Process 10 waits for ShareLock on transaction 5; blocked by process 11.\n\
+             Process 11 waits for ShareLock on transaction 6; blocked by process 10.\n\
+             Process 10: UPDATE t SET v = ?\n  WHERE id = ?\n\
+             Process 11: UPDATE t SET v = ? WHERE id = ?"
+        );
+        assert_eq!(
+            scrubbed("Token \"secret\" is invalid.\nJSON data, line 1: {\"a\":secret..."),
+            "Token \"?\" is invalid.\nJSON data, line 1: ?"
+        );
+    }
+
+    #[test]
+    fn contexts_mask_statements_and_copy_values() {
+        assert_eq!(
+            scrubbed(
+                "SQL statement \"SELECT 'secret', 42\"\nPL/pgSQL function f() line 3 at PERFORM"
+            ),
+            "SQL statement \"SELECT ?, ?\"\nPL/pgSQL function f() line 3 at PERFORM"
+        );
+        assert_eq!(
+            scrubbed(r#"COPY t, line 1, column email: "secret@example.com""#),
+            r#"COPY t, line 1, column email: "?""#
+        );
+        assert_eq!(
+            scrubbed("unnamed portal with parameters: $1 = 'secret'"),
+            "unnamed portal with parameters: $1 = ?"
+        );
+    }
+
+    #[test]
+    fn log_text_modes() {
+        let qt = QueryText::default();
+        let detail = "Key (email)=(secret) already exists.";
+        assert_eq!(
+            qt.render_log_text(LogText::Detail, detail).as_deref(),
+            Some("Key (email)=(?) already exists.")
+        );
+        let none = QueryText {
+            mode: QueryTextMode::None,
+            max_chars: 0,
+        };
+        assert_eq!(none.render_log_text(LogText::Detail, detail), None);
+        assert_eq!(
+            none.render_log_text(LogText::Message, r#"bad "secret""#)
+                .as_deref(),
+            Some(r#"bad "?""#)
+        );
+        let full = QueryText {
+            mode: QueryTextMode::Full,
+            max_chars: 0,
+        };
+        assert_eq!(
+            full.render_log_text(LogText::Detail, detail).as_deref(),
+            Some(detail)
+        );
+        assert_eq!(
+            scrub(
+                LogText::Unparsed,
+                r#"	WHERE a = "secret" AND b = 'x' AND c = 42"#
+            ),
+            "\tWHERE a = ? AND b = ? AND c = ?"
+        );
+    }
+
+    #[test]
+    fn text_plans_keep_figures_and_lose_literals() {
+        let plan = "Query Text: SELECT * FROM users WHERE email = 'secret@example.com'\n\
+                    \u{20}  AND id > 424242\n\
+                    Index Scan using users_email_key on users  (cost=0.29..8.31 rows=1 width=40) (actual time=0.010..0.011 rows=0 loops=1)\n\
+                    \u{20} Index Cond: (email = 'secret@example.com'::text)\n\
+                    \u{20} Filter: (id > 424242)\n\
+                    \u{20} Rows Removed by Filter: 3\n\
+                    \u{20} Buffers: shared hit=4 read=2\n\
+                    \u{20} ->  Seq Scan on t2  (cost=0.00..1.00 rows=10 width=4)\n\
+                    \u{20}       One-Time Filter: ($1 = 'x{\"a\":\"secret\"}'::jsonb)\n\
+                    \u{20}       Join Filter: (t2.v = ANY ('{1,2}'::integer[]))";
+        let n = normalize_plan_text(plan);
+        for secret in ["secret", "424242", "'{1,2}'"] {
+            assert!(!n.contains(secret), "{secret} in {n}");
+        }
+        assert!(n.contains("Index Scan using users_email_key on users  (cost=0.29..8.31 rows=1 width=40) (actual time=0.010..0.011 rows=0 loops=1)"), "{n}");
+        assert!(n.contains("Index Cond: (email = ?::text)"), "{n}");
+        assert!(n.contains("Rows Removed by Filter: 3"), "{n}");
+        assert!(n.contains("Buffers: shared hit=4 read=2"), "{n}");
+        assert!(
+            n.contains("  ->  Seq Scan on t2  (cost=0.00..1.00 rows=10 width=4)"),
+            "{n}"
+        );
+        assert!(
+            n.starts_with("Query Text: SELECT * FROM users WHERE email = ?\n   AND id > ?"),
+            "{n}"
+        );
+    }
+
+    #[test]
+    fn json_plans_keep_names_and_numbers_and_lose_literals() {
+        use crate::json::Json;
+        let mut plan = Json::object()
+            .field("Query Text", "SELECT * FROM t WHERE a = 'secret'")
+            .field(
+                "Plan",
+                Json::object()
+                    .field("Node Type", "Seq Scan")
+                    .field("Relation Name", "t")
+                    .field("Filter", "(a = 'secret'::text)")
+                    .field(
+                        "Output",
+                        vec![Json::from("a"), Json::from("'secret'::text")],
+                    )
+                    .field("Actual Rows", 5u64)
+                    .field("secret 'x'", 1u64),
+            );
+        normalize_plan_json(&mut plan);
+        let text = plan.to_json_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains(r#""Node Type":"Seq Scan""#), "{text}");
+        assert!(text.contains(r#""Filter":"(a = ?::text)""#), "{text}");
+        assert!(text.contains(r#""Actual Rows":5"#), "{text}");
+    }
+
+    #[test]
+    fn yaml_and_xml_plans_are_normalized_whole() {
+        let yaml = "Query Text: \"SELECT 'secret', 424242\"\nPlan: \n  Node Type: \"Result\"\n  Filter: \"(a = 'secret'::text)\"";
+        let n = normalize_plan_opaque(yaml);
+        assert!(!n.contains("secret") && !n.contains("424242"), "{n}");
+        assert!(n.contains("Node Type: \"Result\""), "{n}");
+        let xml = "<Query-Text>SELECT &apos;secret&apos;, &quot;c&quot;</Query-Text>";
+        let n = normalize_plan_opaque(xml);
+        assert!(!n.contains("secret"), "{n}");
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::entry::{Entry, Level};
+use super::events::EventClass;
 use super::parse::{EntryParser, Format};
+use super::plan::PlanFormat;
 use super::prefix::DEFAULT_PREFIX;
 use super::tail::{Follow, TailConfig, Tailer};
 
@@ -34,6 +36,10 @@ pub struct LogAnalysis {
     pub n_correlated: u64,
     /// Entries per severity.
     pub severities: Vec<(Level, u64)>,
+    /// Classified events (temp files, lock waits, checkpoints, ...) per class.
+    pub events: Vec<(EventClass, u64)>,
+    /// auto_explain plans, per format.
+    pub plans: Vec<(PlanFormat, u64)>,
     /// Every `duration: N ms`, sorted.
     pub durations_ms: Vec<f64>,
     /// The slowest entries (at most five), slowest first.
@@ -81,6 +87,7 @@ pub fn analyze_log(
     a.unparsed_samples = stats.samples;
     a.durations_ms.sort_by(f64::total_cmp);
     a.severities.sort();
+    a.events.sort();
     Ok(a)
 }
 
@@ -93,6 +100,19 @@ impl LogAnalysis {
         match self.severities.iter_mut().find(|(l, _)| *l == level) {
             Some((_, n)) => *n += 1,
             None => self.severities.push((level, 1)),
+        }
+        if let Some(ev) = &e.event {
+            match self.events.iter_mut().find(|(c, _)| *c == ev.class) {
+                Some((_, n)) => *n += 1,
+                None => self.events.push((ev.class, 1)),
+            }
+        }
+        if let Some(p) = e.plan() {
+            let f = PlanFormat::detect(p);
+            match self.plans.iter_mut().find(|(c, _)| *c == f) {
+                Some((_, n)) => *n += 1,
+                None => self.plans.push((f, 1)),
+            }
         }
         if let Some(d) = e.duration_ms {
             self.durations_ms.push(d);
@@ -139,6 +159,34 @@ impl fmt::Display for LogAnalysis {
                 "-".to_string()
             } else {
                 sev.join(", ")
+            }
+        )?;
+        let ev: Vec<String> = self
+            .events
+            .iter()
+            .map(|(c, n)| format!("{} {n}", c.as_str()))
+            .collect();
+        writeln!(
+            f,
+            "events:      {}",
+            if ev.is_empty() {
+                "none (English lc_messages needed)".to_string()
+            } else {
+                ev.join(", ")
+            }
+        )?;
+        let plans: Vec<String> = self
+            .plans
+            .iter()
+            .map(|(p, n)| format!("{n} {}", p.as_str()))
+            .collect();
+        writeln!(
+            f,
+            "plans:       {}",
+            if plans.is_empty() {
+                "none (auto_explain)".to_string()
+            } else {
+                plans.join(", ")
             }
         )?;
         let d = &self.durations_ms;
@@ -194,18 +242,26 @@ mod tests {
              2024-05-01 12:00:00.000 UTC [1] LOG:  duration: 5.000 ms  statement: SELECT 1\n\
              2024-05-01 12:00:00.000 UTC [1] LOG:  duration: 50.000 ms  statement: SELECT 2\n\
              2024-05-01 12:00:00.000 UTC [2] ERROR:  boom\n\
-             2024-05-01 12:00:00.000 UTC [2] STATEMENT:  SELECT 3\n",
+             2024-05-01 12:00:00.000 UTC [2] STATEMENT:  SELECT 3\n\
+             2024-05-01 12:00:00.000 UTC [2] LOG:  temporary file: path \"x\", size 8192\n\
+             2024-05-01 12:00:00.000 UTC [2] LOG:  checkpoint starting: time\n\
+             2024-05-01 12:00:00.000 UTC [2] LOG:  duration: 1.0 ms  plan:\n\t{\"Plan\": {}}\n",
         )
         .unwrap();
         let a = analyze_log(&path, None, None).unwrap();
         let _ = std::fs::remove_file(&path);
-        assert_eq!(a.n_lines, 5);
-        assert_eq!(a.n_entries, 3);
+        assert_eq!(a.n_lines, 9);
+        assert_eq!(a.n_entries, 6);
         assert_eq!(a.n_unparsed, 1);
-        assert_eq!(a.durations_ms, vec![5.0, 50.0]);
+        assert_eq!(a.durations_ms, vec![1.0, 5.0, 50.0]);
         assert_eq!(a.slowest[0].query(), Some("SELECT 2"));
         let text = a.to_string();
-        assert!(text.contains("severities:  LOG 2, ERROR 1"), "{text}");
+        assert!(text.contains("severities:  LOG 5, ERROR 1"), "{text}");
+        assert!(
+            text.contains("events:      temp_file 1, checkpoint_starting 1"),
+            "{text}"
+        );
+        assert!(text.contains("plans:       1 json"), "{text}");
         assert!(text.contains("at byte 0: garbage first"), "{text}");
         assert!(analyze_log(Path::new("/nonexistent/x.log"), None, None)
             .unwrap_err()
