@@ -24,21 +24,33 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
 use super::locks::{self, LockWaiter};
 use super::procfs::{self, ProcReader};
 use super::{col, unix_secs, CollectError};
 use crate::json::Json;
-use crate::normalize::{CorrelationPattern, QueryText};
+use crate::normalize::{Correlation, CorrelationPattern, QueryText};
 use crate::payload::{unix_now, Payload, Source};
 
 const COLLECTOR: &str = "activity";
 
-/// The per-second query. Rows: one per non-idle session that is not the agent. Column 13 is
-/// `leader_pid` (PostgreSQL 13+; NULL before), so parallel workers fold into their leader.
+/// The per-second query for PostgreSQL 14 and later. Rows: one per session that is not idle
+/// and not the agent, background processes included (their `state` is NULL: checkpointer,
+/// background writer, WAL writer, autovacuum, ...). Column 13 is `leader_pid` (PostgreSQL 13+),
+/// so parallel workers fold into their leader; column 14 is `query_id` (PostgreSQL 14+, NULL
+/// while `compute_query_id` is off).
+const SAMPLE_SQL_14: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
+     wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
+     query, leader_pid, query_id FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
+     AND application_name IS DISTINCT FROM 'bitville-monitor' \
+     AND backend_type IS DISTINCT FROM 'walsender'";
+
+/// [`SAMPLE_SQL_14`] for PostgreSQL 13, which has no `query_id`.
 const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query, leader_pid FROM pg_stat_activity \
-     WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
+     query, leader_pid, NULL::bigint FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
@@ -75,19 +87,92 @@ fn query_prepared(
 /// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
 const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query, NULL::int FROM pg_stat_activity \
-     WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
+     query, NULL::int, NULL::bigint FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
 /// `pg_stat_activity.leader_pid` exists from PostgreSQL 13.
 const LEADER_PID_SINCE: u32 = 130000;
 
+/// `pg_stat_activity.query_id` and `compute_query_id` exist from PostgreSQL 14.
+pub const QUERY_ID_SINCE: u32 = 140000;
+
+/// Most background processes listed per summary (a server has about ten).
+const MAX_BACKGROUND: usize = 50;
+
 /// Most errors kept per interval for the summary (the count is always exact).
 const MAX_ERRORS_KEPT: usize = 5;
 
-/// Most executions listed inside one correlated payload.
-const MAX_EXECUTIONS_PER_CORRELATION: usize = 20;
+/// Whether the server gives executions a `query_id` (the exact join between a sampled
+/// execution, its pg_stat_statements row and its log lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryIdStatus {
+    /// PostgreSQL before 14 has no `query_id`.
+    Unsupported {
+        /// `server_version_num`.
+        version: u32,
+    },
+    /// Query ids are computed.
+    On,
+    /// `compute_query_id` is off (or `auto` with no module that asks for it).
+    Off {
+        /// The `compute_query_id` setting.
+        setting: String,
+    },
+}
+
+impl QueryIdStatus {
+    /// A sentence for the agent's log and `--test`: what is missing and the fix; `None` when
+    /// query ids are computed.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            QueryIdStatus::On => None,
+            QueryIdStatus::Unsupported { version } => Some(format!(
+                "PostgreSQL {} has no query_id (14 and later have): sampled executions are \
+                 joined to pg_stat_statements and log lines by text and time only",
+                version / 10000
+            )),
+            QueryIdStatus::Off { setting } => Some(format!(
+                "compute_query_id is {setting}: sampled executions carry no query_id; set \
+                 compute_query_id = on (or auto with pg_stat_statements in \
+                 shared_preload_libraries) to join them exactly to pg_stat_statements and the log"
+            )),
+        }
+    }
+}
+
+/// Asks the server whether it computes query ids (`compute_query_id`, and for `auto` whether
+/// pg_stat_statements is preloaded).
+pub fn query_id_status(client: &mut postgres::Client) -> Result<QueryIdStatus, CollectError> {
+    let version = super::server_version_num(client, COLLECTOR)?;
+    if version < QUERY_ID_SINCE {
+        return Ok(QueryIdStatus::Unsupported { version });
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('compute_query_id'), \
+             current_setting('shared_preload_libraries')",
+            &[],
+        )
+        .map_err(CollectError::query(COLLECTOR, "compute_query_id"))?;
+    let setting: String = col::<&str>(&row, 0).unwrap_or("").to_string();
+    let preload: &str = col(&row, 1).unwrap_or("");
+    Ok(query_id_from_settings(&setting, preload))
+}
+
+fn query_id_from_settings(setting: &str, preload: &str) -> QueryIdStatus {
+    let with_pgss = preload
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "pg_stat_statements");
+    match setting {
+        "on" | "regress" | "verbose" => QueryIdStatus::On,
+        "auto" if with_pgss => QueryIdStatus::On,
+        other => QueryIdStatus::Off {
+            setting: other.to_string(),
+        },
+    }
+}
 
 /// Settings of the sampler.
 #[derive(Debug, Clone)]
@@ -126,9 +211,7 @@ impl ActivityConfig {
     pub fn from_collection(c: &crate::config::CollectionConfig) -> ActivityConfig {
         ActivityConfig {
             query_text: QueryText::from_collection(c),
-            correlation: CorrelationPattern {
-                prefix: c.correlation_prefix.clone(),
-            },
+            correlation: CorrelationPattern::from_collection(c),
             ..ActivityConfig::default()
         }
     }
@@ -171,12 +254,17 @@ struct Execution {
     client_addr: Option<String>,
     backend_type: Option<String>,
     query: Option<String>,
-    correlation_id: Option<String>,
+    correlation: Option<Correlation>,
+    query_id: Option<i64>,
+    background: bool,
     cpu_ticks: u64,
     read_bytes: u64,
     write_bytes: u64,
     os_seen: bool,
+    cpu_attributed: bool,
+    cpu_partial: bool,
     io_seen: bool,
+    io_attributed: bool,
     rss_bytes: u64,
     lock: Option<LockSeen>,
     n_worker_samples: u32,
@@ -240,14 +328,50 @@ impl Execution {
             .field("wait_event_type", self.wait_event_type.as_deref())
             .field("wait_event", self.wait_event.as_deref())
             .field("wait_events", Json::Array(waits))
-            .field("cpu_ms", self.os_seen.then(|| self.cpu_ms()))
-            .field("read_bytes", self.io_seen.then_some(self.read_bytes))
-            .field("write_bytes", self.io_seen.then_some(self.write_bytes))
+            .field("cpu_ms", self.cpu_attributed.then(|| self.cpu_ms()))
+            .field("cpu_partial", self.cpu_partial)
+            .field("read_bytes", self.io_attributed.then_some(self.read_bytes))
+            .field(
+                "write_bytes",
+                self.io_attributed.then_some(self.write_bytes),
+            )
             .field("rss_bytes", self.os_seen.then_some(self.rss_bytes))
             .field("lock", lock)
             .field("parallel_worker_samples", self.n_worker_samples)
             .field("query", self.query.as_deref())
-            .field("correlation_id", self.correlation_id.as_deref())
+            .field("query_id", self.query_id)
+            .field("correlation_id", self.correlation_id())
+            .field(
+                "correlation_source",
+                self.correlation.as_ref().map(|c| c.source.as_str()),
+            )
+    }
+
+    /// The statement a correlator merges into its request's record; `None` without a
+    /// correlation ID. `round` is the interval's last sampling round (was it still running?).
+    fn sampled_statement(&self, round: u64) -> Option<SampledStatement> {
+        let c = self.correlation.as_ref()?;
+        Some(SampledStatement {
+            correlation_id: c.id.clone(),
+            correlation_source: c.source.as_str(),
+            pid: self.pid,
+            start: self.query_start.unwrap_or(self.first_seen),
+            last_seen: self.last_seen,
+            running: self.round == round && self.state == "active",
+            duration_ms: self.duration_ms(),
+            cpu_ms: self.cpu_attributed.then(|| self.cpu_ms()),
+            io_bytes: self
+                .io_attributed
+                .then_some((self.read_bytes, self.write_bytes)),
+            n_samples: self.n_seen,
+            query: self.query.clone(),
+            query_id: self.query_id,
+            json: self.to_json(),
+        })
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.correlation.as_ref().map(|c| c.id.as_str())
     }
 
     /// What a lock tree shows about this session.
@@ -263,18 +387,27 @@ impl Execution {
             )
             .field("duration_ms", self.duration_ms())
             .field("query", self.query.as_deref())
-            .field("correlation_id", self.correlation_id.as_deref())
+            .field("query_id", self.query_id)
+            .field("correlation_id", self.correlation_id())
     }
 }
 
-/// The OS counters of a pid at its previous sample.
+/// The OS counters of a pid at its latest reading, and the execution it was running then.
 #[derive(Debug, Clone, Copy)]
 struct PidTrack {
     round: u64,
     start_ticks: u64,
     cpu_ticks: u64,
     io: Option<procfs::PidIo>,
+    exec: Option<ExecKey>,
 }
+
+/// Rounds a pid's last reading is kept while the pid is not sampled (an idle pooled
+/// connection): its next execution is charged from that reading.
+const TRACK_MAX_AGE_ROUNDS: u64 = 600;
+
+/// Most pids whose last reading is kept.
+const MAX_TRACKS: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct LockSnapshot {
@@ -294,8 +427,10 @@ struct LockAgg {
 /// What one call of [`ActivitySampler::sample`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SampleStats {
-    /// Non-idle sessions returned.
+    /// Rows returned: non-idle sessions and background processes.
     pub n_rows: usize,
+    /// Of those, background processes (checkpointer, WAL writer, autovacuum, ...).
+    pub n_background: usize,
     /// Sessions waiting on a lock.
     pub n_lock_waits: usize,
     /// Whether the lock tree was queried.
@@ -312,6 +447,7 @@ pub struct ActivitySampler {
     round: u64,
     interval_start: Option<f64>,
     last_sample_at: Option<f64>,
+    last_reading_at: Option<f64>,
     n_samples: u32,
     n_failed: u32,
     n_left_out: u64,
@@ -319,6 +455,7 @@ pub struct ActivitySampler {
     locks: LockAgg,
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
+    query_id_checked: bool,
     current: HashMap<i32, ExecKey>,
     leaders_by_start: HashMap<i64, ExecKey>,
     room_check_at: usize,
@@ -342,6 +479,7 @@ struct SessionRow<'a> {
     backend_type: Option<&'a str>,
     query: Option<&'a str>,
     leader_pid: Option<i32>,
+    query_id: Option<i64>,
 }
 
 impl<'a> SessionRow<'a> {
@@ -362,7 +500,18 @@ impl<'a> SessionRow<'a> {
             backend_type: col(row, 11),
             query: col(row, 12),
             leader_pid: col(row, 13),
+            query_id: col::<i64>(row, 14).filter(|q| *q != 0),
         })
+    }
+
+    /// A server process rather than a client's session: its state is NULL (checkpointer,
+    /// background writer, WAL writer, ...) or its type says so (autovacuum, logical replication
+    /// workers, extensions' background workers). Never correlated.
+    fn is_background(&self) -> bool {
+        self.state.is_none()
+            || self
+                .backend_type
+                .is_some_and(|t| t != "client backend" && t != "parallel worker")
     }
 
     /// For a parallel worker, its leader: `Some(Some(pid))` from `leader_pid` (PostgreSQL 13+),
@@ -403,6 +552,7 @@ impl ActivitySampler {
             round: 0,
             interval_start: None,
             last_sample_at: None,
+            last_reading_at: None,
             n_samples: 0,
             n_failed: 0,
             n_left_out: 0,
@@ -410,6 +560,7 @@ impl ActivitySampler {
             locks: LockAgg::default(),
             last_lock_query: None,
             version_num: None,
+            query_id_checked: false,
             current: HashMap::new(),
             leaders_by_start: HashMap::new(),
             room_check_at: 0,
@@ -417,9 +568,10 @@ impl ActivitySampler {
         }
     }
 
-    /// Executions held for the current interval (for tests and the agent's self-metrics).
+    /// Client executions held for the current interval, background processes not counted
+    /// (for tests and the agent's self-metrics).
     pub fn n_executions(&self) -> usize {
-        self.execs.len()
+        self.execs.values().filter(|e| !e.background).count()
     }
 
     fn record_error(&mut self, e: &CollectError) {
@@ -445,13 +597,27 @@ impl ActivitySampler {
             None => {
                 let v = super::server_version_num(client, COLLECTOR)?;
                 self.version_num = Some(v);
+                if !self.query_id_checked {
+                    // Said once per run, not per interval: the setting needs a restart anyway.
+                    self.query_id_checked = true;
+                    match query_id_status(client) {
+                        Ok(status) => {
+                            if let Some(p) = status.problem() {
+                                log::warn!("activity: {p}");
+                            }
+                        }
+                        Err(e) => log::debug!("{e}"),
+                    }
+                }
                 v
             }
         };
-        let (sql, name) = if version >= LEADER_PID_SINCE {
-            (SAMPLE_SQL_13, "bitville_sample_13")
+        let (sql, name) = if version >= QUERY_ID_SINCE {
+            (SAMPLE_SQL_14, "bitville_sample_v2_14")
+        } else if version >= LEADER_PID_SINCE {
+            (SAMPLE_SQL_13, "bitville_sample_v2_13")
         } else {
-            (SAMPLE_SQL_12, "bitville_sample_12")
+            (SAMPLE_SQL_12, "bitville_sample_v2_12")
         };
         let rows =
             query_prepared(client, name, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
@@ -486,6 +652,7 @@ impl ActivitySampler {
         self.leaders_by_start.clear();
         let mut stats = SampleStats {
             n_rows: rows.len(),
+            n_background: rows.iter().filter(|r| r.is_background()).count(),
             ..SampleStats::default()
         };
         // Leaders first, so that a parallel worker's CPU can be charged to its leader's
@@ -500,13 +667,12 @@ impl ActivitySampler {
                 }
             }
         }
-        // Tracks are only valid between consecutive samples: a pid that went idle and came back
-        // may have run many short queries meanwhile, which must not be charged to the next one.
-        let round = self.round;
-        self.tracks.retain(|_, t| t.round == round);
-        self.proc.end_round();
         // An empty sample carries no server time; the agent runs on the same host.
         let now = rows.first().map_or_else(unix_now, |r| r.now);
+        if self.cfg.read_procfs {
+            self.read_ended(now);
+        }
+        self.proc.end_round();
         self.interval_start.get_or_insert(now);
         self.last_sample_at = Some(now);
         (stats, now)
@@ -533,6 +699,9 @@ impl ActivitySampler {
         };
         exec.last_seen = row.now;
         exec.n_seen += 1;
+        if exec.query_id.is_none() {
+            exec.query_id = row.query_id;
+        }
         exec.round = round;
         let state = row.state.unwrap_or("");
         if exec.state != state {
@@ -552,7 +721,7 @@ impl ActivitySampler {
             }
         }
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, round);
+            self.read_pid(row.pid, key);
         }
     }
 
@@ -572,49 +741,146 @@ impl ActivitySampler {
         };
         exec.n_worker_samples += 1;
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, self.round);
+            self.read_pid(row.pid, key);
         }
         true
     }
 
-    fn account_os(
-        proc: &mut ProcReader,
-        tracks: &mut HashMap<i32, PidTrack>,
-        exec: &mut Execution,
-        pid: i32,
-        round: u64,
-    ) {
-        let Some(s) = proc.sample(pid) else {
-            tracks.remove(&pid);
+    /// Reads `/proc/<pid>` while it runs the execution `key` and charges what it spent since
+    /// its previous reading: to the execution it ran then when that one has ended (its tail),
+    /// else to `key`.
+    fn read_pid(&mut self, pid: i32, key: ExecKey) {
+        let Some(s) = self.proc.sample(pid) else {
+            self.tracks.remove(&pid);
             return;
         };
-        exec.os_seen = true;
-        exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
-        if let Some(prev) = tracks.get(&pid) {
-            if prev.round + 1 == round && prev.start_ticks == s.stat.start_ticks {
-                exec.cpu_ticks += s.stat.cpu_ticks.saturating_sub(prev.cpu_ticks);
-                if let (Some(p), Some(c)) = (prev.io, s.io) {
-                    exec.read_bytes += c.read_bytes.saturating_sub(p.read_bytes);
-                    exec.write_bytes += c.write_bytes.saturating_sub(p.write_bytes);
-                    exec.io_seen = true;
-                }
+        if let Some(exec) = self.execs.get_mut(&key) {
+            exec.os_seen = true;
+            exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
+            if s.io.is_some() {
+                exec.io_seen = true;
             }
         }
-        if s.io.is_some() {
-            exec.io_seen = true;
-        }
-        tracks.insert(
+        let prev = self.tracks.get(&pid).copied();
+        self.charge(prev, &s, Some(key));
+        self.tracks.insert(
             pid,
             PidTrack {
-                round,
+                round: self.round,
                 start_ticks: s.stat.start_ticks,
                 cpu_ticks: s.stat.cpu_ticks,
                 io: s.io,
+                exec: Some(key),
             },
         );
     }
 
+    /// The first reading after an execution ended: every pid read in the previous round while
+    /// running an execution and not read in this one is read once more, so the CPU and I/O of
+    /// the execution's last second (all of it for a query seen once) are charged to it.
+    fn read_ended(&mut self, now: f64) {
+        let round = self.round;
+        let ended: Vec<i32> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.round + 1 == round && t.exec.is_some())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ended {
+            let prev = self.tracks.get(&pid).copied();
+            match self.proc.sample(pid) {
+                Some(s) => {
+                    self.charge(prev, &s, None);
+                    self.tracks.insert(
+                        pid,
+                        PidTrack {
+                            round,
+                            start_ticks: s.stat.start_ticks,
+                            cpu_ticks: s.stat.cpu_ticks,
+                            io: s.io,
+                            exec: None,
+                        },
+                    );
+                }
+                None => {
+                    self.tracks.remove(&pid);
+                }
+            }
+        }
+        if self.tracks.len() > MAX_TRACKS {
+            let mut rounds: Vec<u64> = self.tracks.values().map(|t| t.round).collect();
+            rounds.sort_unstable();
+            let keep_from = rounds[rounds.len() - MAX_TRACKS];
+            self.tracks.retain(|_, t| t.round >= keep_from);
+        }
+        let oldest = round.saturating_sub(TRACK_MAX_AGE_ROUNDS);
+        self.tracks.retain(|_, t| t.round >= oldest);
+        self.last_reading_at = Some(now);
+    }
+
+    /// Charges the CPU and I/O `pid` spent between `prev` and `s`. The delta goes to the
+    /// execution running at `prev` when that one has ended (or nothing runs now), else to
+    /// `running`. Without a previous reading of this process, a process that started after the
+    /// previous sample is charged everything since its start; an older one only from now on
+    /// (its execution is marked `cpu_partial`).
+    fn charge(&mut self, prev: Option<PidTrack>, s: &procfs::PidSample, running: Option<ExecKey>) {
+        let same_process = prev.filter(|p| p.start_ticks == s.stat.start_ticks);
+        let (target, base_cpu, base_io) = match same_process {
+            Some(p) => {
+                let ended = p.exec.filter(|k| Some(*k) != running);
+                let target = match ended {
+                    Some(k) if self.execs.contains_key(&k) => Some(k),
+                    // The execution it ran was already shipped or dropped: the delta belongs to
+                    // neither.
+                    Some(_) => None,
+                    None => running,
+                };
+                (target, p.cpu_ticks, p.io)
+            }
+            None => {
+                let started = self.proc.process_start(&s.stat);
+                let fresh = match (started, self.last_reading_at) {
+                    // btime is whole seconds: a second of slack.
+                    (Some(st), Some(prev_sample)) => st + 1.0 >= prev_sample,
+                    _ => false,
+                };
+                if !fresh {
+                    if let Some(e) = running.and_then(|k| self.execs.get_mut(&k)) {
+                        e.cpu_partial = true;
+                    }
+                    return;
+                }
+                let zero = procfs::PidIo {
+                    read_bytes: 0,
+                    write_bytes: 0,
+                };
+                (running, 0, Some(zero))
+            }
+        };
+        let Some(exec) = target.and_then(|k| self.execs.get_mut(&k)) else {
+            return;
+        };
+        exec.cpu_ticks += s.stat.cpu_ticks.saturating_sub(base_cpu);
+        exec.cpu_attributed = true;
+        if let (Some(p), Some(c)) = (base_io, s.io) {
+            exec.read_bytes += c.read_bytes.saturating_sub(p.read_bytes);
+            exec.write_bytes += c.write_bytes.saturating_sub(p.write_bytes);
+            exec.io_seen = true;
+            exec.io_attributed = true;
+        }
+    }
+
     fn new_execution(&mut self, row: &SessionRow) -> Execution {
+        // Found in the raw text, before normalization and truncation can cut the marker.
+        let correlation = if row.is_background() {
+            None
+        } else {
+            let texts: &[&str] = match row.query {
+                Some(q) => &[q],
+                None => &[],
+            };
+            self.cfg.correlation.find(row.application_name, texts)
+        };
         let query = row.query.and_then(|q| {
             self.cfg
                 .query_text
@@ -638,15 +904,17 @@ impl ActivitySampler {
             client_addr: row.client_addr.map(|a| a.to_string()),
             backend_type: row.backend_type.map(str::to_string),
             query,
-            correlation_id: row
-                .application_name
-                .and_then(|a| self.cfg.correlation.extract(a))
-                .map(str::to_string),
+            correlation,
+            query_id: row.query_id,
+            background: row.is_background(),
             cpu_ticks: 0,
             read_bytes: 0,
             write_bytes: 0,
             os_seen: false,
+            cpu_attributed: false,
+            cpu_partial: false,
             io_seen: false,
+            io_attributed: false,
             rss_bytes: 0,
             lock: None,
             n_worker_samples: 0,
@@ -740,25 +1008,51 @@ impl ActivitySampler {
     }
 
     /// Closes the interval: returns the `pg_stat_activity` summary first, then one correlated
-    /// payload per correlation ID (at most `max_correlated`, longest first), and starts the
-    /// next interval. Call every `interval_s`, from the thread that calls [`Self::sample`].
+    /// record per request (at most `max_correlated`, by load; see [`super::correlate`]), and
+    /// starts the next interval. Without a log to wait for (`--once`, tests): the daemon uses
+    /// [`Self::finish_interval_parts`] and a shared correlator instead.
     pub fn finish_interval(&mut self) -> Vec<Payload> {
+        let (summary, statements) = self.finish_interval_parts();
+        let (start, end) = (
+            summary.data.get("interval_start").and_then(as_f64),
+            summary.data.get("interval_end").and_then(as_f64),
+        );
+        let mut c = Correlator::new(CorrelatorConfig {
+            grace: Duration::ZERO,
+            budget: self.cfg.max_correlated,
+            ..CorrelatorConfig::default()
+        });
+        c.add_sampled(statements, start, end, unix_now());
+        let mut out = vec![summary];
+        out.extend(c.take_all());
+        out
+    }
+
+    /// Closes the interval: the `pg_stat_activity` summary and the statements of correlated
+    /// requests it saw, for a [`Correlator`]. Call every `interval_s`, from the thread that
+    /// calls [`Self::sample`].
+    pub fn finish_interval_parts(&mut self) -> (Payload, Vec<SampledStatement>) {
         let collected_at = unix_now();
-        let execs: Vec<Execution> = self.execs.drain().map(|(_, e)| e).collect();
+        let round = self.round;
+        let (background, execs): (Vec<Execution>, Vec<Execution>) = self
+            .execs
+            .drain()
+            .map(|(_, e)| e)
+            .partition(|e| e.background);
         let n_seen = execs.len() as u64 + self.n_left_out;
         let selected = select(execs, self.cfg.max_executions);
         let n_left_out = n_seen - selected.len() as u64;
+        let mut background = background;
+        // The busiest first: CPU, then how often they waited.
+        background.sort_by(|a, b| {
+            b.cpu_ticks
+                .cmp(&a.cpu_ticks)
+                .then(b.waits.len().cmp(&a.waits.len()))
+                .then(a.pid.cmp(&b.pid))
+        });
+        background.truncate(MAX_BACKGROUND);
 
-        let mut by_corr: HashMap<&str, Vec<&Execution>> = HashMap::new();
-        for e in &selected {
-            if let Some(id) = e.correlation_id.as_deref() {
-                by_corr.entry(id).or_default().push(e);
-            }
-        }
-        let with_correlation = selected
-            .iter()
-            .filter(|e| e.correlation_id.is_some())
-            .count();
+        let with_correlation = selected.iter().filter(|e| e.correlation.is_some()).count();
         let start = self.interval_start;
         let end = self.last_sample_at;
         let locks = match (&self.locks.peak, &self.locks.last) {
@@ -810,33 +1104,22 @@ impl ActivitySampler {
                 "sessions",
                 Json::Array(selected.iter().map(Execution::to_json).collect()),
             )
+            .field(
+                "background",
+                Json::Array(background.iter().map(Execution::to_json).collect()),
+            )
             .field("locks", locks)
             .field("errors", Json::Array(std::mem::take(&mut self.errors)));
-        let mut out = vec![Payload {
+        let summary = Payload {
             source: Source::PgStatActivity,
             collected_at,
             correlation_id: None,
             data: summary,
-        }];
-
-        let mut groups: Vec<(&str, Vec<&Execution>)> = by_corr.into_iter().collect();
-        for (_, g) in groups.iter_mut() {
-            g.sort_by(|a, b| b.duration_ms().total_cmp(&a.duration_ms()));
-        }
-        groups.sort_by(|a, b| {
-            b.1[0]
-                .duration_ms()
-                .total_cmp(&a.1[0].duration_ms())
-                .then(a.0.cmp(b.0))
-        });
-        for (id, g) in groups.into_iter().take(self.cfg.max_correlated) {
-            out.push(Payload {
-                source: Source::PgStatActivity,
-                collected_at,
-                correlation_id: Some(id.to_string()),
-                data: correlated_json(id, &g, start, end),
-            });
-        }
+        };
+        let statements = selected
+            .iter()
+            .filter_map(|e| e.sampled_statement(round))
+            .collect();
 
         self.interval_start = None;
         self.last_sample_at = None;
@@ -847,7 +1130,7 @@ impl ActivitySampler {
         self.room_check_at = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
-        out
+        (summary, statements)
     }
 }
 
@@ -887,38 +1170,13 @@ fn select(mut execs: Vec<Execution>, cap: usize) -> Vec<Execution> {
     execs
 }
 
-fn correlated_json(id: &str, g: &[&Execution], start: Option<f64>, end: Option<f64>) -> Json {
-    let top = g[0];
-    let cpu: u64 = g.iter().map(|e| e.cpu_ms()).sum();
-    let read: u64 = g.iter().map(|e| e.read_bytes).sum();
-    let write: u64 = g.iter().map(|e| e.write_bytes).sum();
-    Json::object()
-        .field("correlation_id", id)
-        .field("query", top.query.as_deref())
-        .field("duration_ms", top.duration_ms())
-        .field("pid", top.pid)
-        .field("datname", top.datname.as_deref())
-        .field("usename", top.usename.as_deref())
-        .field("application_name", top.application_name.as_deref())
-        .field("client_addr", top.client_addr.as_deref())
-        .field("backend_type", top.backend_type.as_deref())
-        .field("state", top.state.as_str())
-        .field("query_start", top.query_start)
-        .field("cpu_ms", top.os_seen.then_some(cpu))
-        .field("read_bytes", top.io_seen.then_some(read))
-        .field("write_bytes", top.io_seen.then_some(write))
-        .field("interval_start", start)
-        .field("interval_end", end)
-        .field("n_executions", g.len())
-        .field(
-            "executions",
-            Json::Array(
-                g.iter()
-                    .take(MAX_EXECUTIONS_PER_CORRELATION)
-                    .map(|e| e.to_json())
-                    .collect(),
-            ),
-        )
+fn as_f64(v: &Json) -> Option<f64> {
+    match v {
+        Json::Float(f) => Some(*f),
+        Json::Int(i) => Some(*i as f64),
+        Json::UInt(u) => Some(*u as f64),
+        _ => None,
+    }
 }
 
 trait InstantExt {
@@ -969,12 +1227,17 @@ mod tests {
             client_addr: None,
             backend_type: Some("client backend".into()),
             query: Some("SELECT ?".into()),
-            correlation_id: None,
+            correlation: None,
+            query_id: None,
+            background: false,
             cpu_ticks,
             read_bytes: 0,
             write_bytes: 0,
             os_seen: true,
+            cpu_attributed: true,
+            cpu_partial: false,
             io_seen: false,
+            io_attributed: false,
             rss_bytes: 0,
             lock: None,
             n_worker_samples: 0,
@@ -1064,15 +1327,17 @@ mod tests {
         s.absorb(&[row(100, 1000.0, 999.0)]);
         p.set(100, 150, 5, Some((4096, 8192)));
         s.absorb(&[row(100, 1001.0, 999.0)]);
-        // The pid goes idle: its baseline is dropped, so the CPU it spends meanwhile is not
-        // charged to its next query.
+        // The query ends: the first sample after it reads the pid once more and charges the
+        // query's tail to it.
+        p.set(100, 170, 5, Some((5000, 8192)));
         s.absorb(&[]);
+        // Idle meanwhile: the next query is charged from the pid's last reading.
         p.set(100, 300, 5, Some((10_000, 10_000)));
         s.absorb(&[row(100, 1003.0, 1002.5)]);
         p.set(100, 320, 5, Some((10_000, 10_000)));
         s.absorb(&[row(100, 1004.0, 1002.5)]);
         // The pid is reused by a new backend (another start time, more ticks than the old one
-        // had): no delta across it.
+        // had): no delta across it, and its start is unknown here, so what follows is partial.
         p.set(100, 1000, 6, Some((0, 0)));
         s.absorb(&[row(100, 1005.0, 1002.5)]);
         let out = s.finish_interval();
@@ -1083,19 +1348,52 @@ mod tests {
                 .unwrap()
         };
         let first = by_start(999.0);
-        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(50) as f64);
-        assert_eq!(field_f64(first, "read_bytes"), 4096.0);
+        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(70) as f64);
+        assert_eq!(field_f64(first, "read_bytes"), 5000.0);
         assert_eq!(field_f64(first, "write_bytes"), 8192.0);
         assert_eq!(field_f64(first, "n_samples"), 2.0);
         assert_eq!(field_f64(first, "duration_ms"), 2000.0);
+        assert_eq!(
+            first.get("cpu_partial"),
+            Some(&Json::Bool(true)),
+            "no reading before it"
+        );
         let second = by_start(1002.5);
-        assert_eq!(field_f64(second, "cpu_ms"), procfs::ticks_to_ms(20) as f64);
+        assert_eq!(
+            field_f64(second, "cpu_ms"),
+            procfs::ticks_to_ms(130 + 20) as f64
+        );
+        assert_eq!(second.get("cpu_partial"), Some(&Json::Bool(true)));
         assert_eq!(field_f64(second, "n_samples"), 3.0);
         assert_eq!(
             first.get("query"),
             Some(&Json::Str("SELECT * FROM t WHERE id = ?".into()))
         );
         assert_eq!(field_f64(&out[0].data, "n_samples"), 6.0);
+    }
+
+    #[test]
+    fn a_query_seen_once_on_a_new_backend_is_charged_all_its_cpu() {
+        let p = FakeProc::new("once");
+        // Booted at 900 s: a start of 10_000 ticks is 1000 s (at 100 ticks a second).
+        std::fs::write(p.0.join("stat"), "cpu 1 2 3\nbtime 900\n").unwrap();
+        let tck = procfs::clock_ticks_per_sec();
+        let mut s = p.sampler(ActivityConfig::default());
+        p.set(50, 0, 1, None);
+        s.absorb(&[row(50, 999.0, 998.0)]);
+        // The backend connected after that sample and is seen once, mid-query.
+        p.set(300, 80, 100 * tck, None);
+        s.absorb(&[row(50, 1001.0, 998.0), row(300, 1001.0, 1000.5)]);
+        p.set(300, 150, 100 * tck, None);
+        s.absorb(&[row(50, 1002.0, 998.0)]);
+        let out = s.finish_interval();
+        let once = sessions(&out)
+            .iter()
+            .find(|e| field_f64(e, "pid") == 300.0)
+            .unwrap();
+        assert_eq!(field_f64(once, "cpu_ms"), procfs::ticks_to_ms(150) as f64);
+        assert_eq!(once.get("cpu_partial"), Some(&Json::Bool(false)));
+        assert_eq!(field_f64(once, "n_samples"), 1.0);
     }
 
     #[test]
@@ -1281,7 +1579,10 @@ mod tests {
     #[test]
     fn execution_json_has_python_names_and_os_figures() {
         let mut e = exec(7, 3.0, 300);
-        e.correlation_id = Some("abc".into());
+        e.correlation = Some(Correlation {
+            id: "abc".into(),
+            source: crate::normalize::CorrelationSource::Comment,
+        });
         let j = e.to_json();
         assert_eq!(j.get("duration_ms"), Some(&Json::Float(3000.0)));
         assert_eq!(j.get("cpu_ms"), Some(&Json::UInt(procfs::ticks_to_ms(300))));
@@ -1299,12 +1600,23 @@ mod tests {
     }
 
     #[test]
-    fn correlated_payload_reports_longest_execution() {
-        let (a, b) = (exec(1, 3.0, 100), exec(1, 9.0, 50));
-        let data = correlated_json("id", &[&b, &a], Some(1.0), Some(61.0));
-        assert_eq!(data.get("duration_ms"), Some(&Json::Float(9000.0)));
-        assert_eq!(data.get("n_executions"), Some(&Json::UInt(2)));
-        assert_eq!(data.get("query"), Some(&Json::Str("SELECT ?".into())));
+    fn query_id_status_follows_the_settings() {
+        assert_eq!(query_id_from_settings("on", ""), QueryIdStatus::On);
+        assert_eq!(
+            query_id_from_settings("auto", "auto_explain, \"pg_stat_statements\""),
+            QueryIdStatus::On
+        );
+        let off = query_id_from_settings("auto", "auto_explain");
+        assert!(off.problem().unwrap().contains("compute_query_id is auto"));
+        assert!(query_id_from_settings("off", "pg_stat_statements")
+            .problem()
+            .unwrap()
+            .contains("set compute_query_id = on"));
+        assert!(QueryIdStatus::Unsupported { version: 130004 }
+            .problem()
+            .unwrap()
+            .contains("PostgreSQL 13"));
+        assert_eq!(QueryIdStatus::On.problem(), None);
     }
 
     #[test]
