@@ -456,6 +456,7 @@ pub struct ActivitySampler {
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
     query_id_checked: bool,
+    n_background_execs: usize,
     current: HashMap<i32, ExecKey>,
     leaders_by_start: HashMap<i64, ExecKey>,
     room_check_at: usize,
@@ -561,6 +562,7 @@ impl ActivitySampler {
             last_lock_query: None,
             version_num: None,
             query_id_checked: false,
+            n_background_execs: 0,
             current: HashMap::new(),
             leaders_by_start: HashMap::new(),
             room_check_at: 0,
@@ -685,7 +687,12 @@ impl ActivitySampler {
             stats.n_lock_waits += 1;
         }
         if !self.execs.contains_key(&key) {
-            self.make_room();
+            // Background processes are few (one per server process) and never dropped.
+            if row.is_background() {
+                self.n_background_execs += 1;
+            } else {
+                self.make_room();
+            }
             let exec = self.new_execution(row);
             self.execs.insert(key, exec);
         }
@@ -926,18 +933,19 @@ impl ActivitySampler {
     /// running any more, down to `max_executions`.
     fn make_room(&mut self) {
         let cap = (self.cfg.max_executions.max(1) * 2).max(self.room_check_at);
-        if self.execs.len() < cap {
+        let n_client = self.execs.len().saturating_sub(self.n_background_execs);
+        if n_client < cap {
             return;
         }
         let round = self.round;
         let mut finished: Vec<(f64, ExecKey)> = self
             .execs
             .iter()
-            .filter(|(_, e)| e.round != round)
+            .filter(|(_, e)| e.round != round && !e.background)
             .map(|(k, e)| (e.score(), *k))
             .collect();
         finished.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let excess = self.execs.len() + 1 - self.cfg.max_executions.max(1);
+        let excess = n_client + 1 - self.cfg.max_executions.max(1);
         for (_, k) in finished.into_iter().take(excess) {
             self.execs.remove(&k);
             self.n_left_out += 1;
@@ -945,7 +953,8 @@ impl ActivitySampler {
         // When most executions are still running nothing could go: the map may exceed the cap
         // (it is bounded by max_connections then), and the next scan waits for a quarter more,
         // so a server with hundreds of active sessions does not rescan on every new row.
-        self.room_check_at = self.execs.len() + self.cfg.max_executions.max(4) / 2;
+        self.room_check_at = self.execs.len().saturating_sub(self.n_background_execs)
+            + self.cfg.max_executions.max(4) / 2;
     }
 
     fn lock_snapshot(
@@ -1128,6 +1137,7 @@ impl ActivitySampler {
         self.n_left_out = 0;
         self.locks = LockAgg::default();
         self.room_check_at = 0;
+        self.n_background_execs = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
         (summary, statements)
