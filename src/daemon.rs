@@ -669,7 +669,7 @@ fn run_logtail(ctx: &Context, corr: &SharedCorrelator) {
         if !statements.is_empty() {
             corr.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .add_logged(statements);
+                .add_logged(statements, crate::payload::unix_now());
         }
     };
     // A flush whose payloads could not all be appended is retried as a whole before the feed is

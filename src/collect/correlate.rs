@@ -97,6 +97,11 @@ pub struct LoggedStatement {
 }
 
 impl LoggedStatement {
+    /// When its line was written (start plus duration).
+    fn end(&self) -> f64 {
+        self.start + self.duration_ms.unwrap_or(0.0) / 1000.0
+    }
+
     /// A statement from the log's per-statement JSON (`correlation_id`, `pid`, `ts`,
     /// `duration_ms`); `None` when it has no correlation ID or time.
     pub fn from_log_json(json: Json) -> Option<LoggedStatement> {
@@ -137,6 +142,9 @@ pub struct CorrelatorConfig {
     pub budget: usize,
     /// Most statements held while waiting. Defaults to 20 000.
     pub max_held: usize,
+    /// Longest a log statement waits for the sampler's interval (a sampler that stopped
+    /// handing over). Defaults to 150 s.
+    pub max_wait: Duration,
 }
 
 impl Default for CorrelatorConfig {
@@ -145,6 +153,7 @@ impl Default for CorrelatorConfig {
             grace: Duration::from_secs(3),
             budget: 26,
             max_held: 20_000,
+            max_wait: Duration::from_secs(150),
         }
     }
 }
@@ -170,6 +179,13 @@ struct Held {
     related_logs: Vec<Json>,
     /// Flushes it has waited through while still running.
     deferred: u32,
+    /// When it may be shipped (local unix seconds); `None` until an interval covering it was
+    /// handed over by the sampler.
+    due_at: Option<f64>,
+    /// When it arrived (local unix seconds), for the longest wait.
+    arrived: f64,
+    /// The sampler's interval that saw it.
+    window: Window,
 }
 
 impl Held {
@@ -265,8 +281,8 @@ pub struct Correlator {
     cfg: CorrelatorConfig,
     held: HashMap<String, Vec<Held>>,
     n_held: usize,
-    window: Window,
-    flush_at: Option<f64>,
+    sampled_through: Option<f64>,
+    budget_left: usize,
     shipped: VecDeque<(String, i32, i64)>,
     shipped_set: std::collections::HashSet<(String, i32, i64)>,
     n_over_budget: u64,
@@ -280,8 +296,8 @@ impl Correlator {
             cfg,
             held: HashMap::new(),
             n_held: 0,
-            window: Window::default(),
-            flush_at: None,
+            sampled_through: None,
+            budget_left: cfg.budget,
             shipped: VecDeque::new(),
             shipped_set: Default::default(),
             n_over_budget: 0,
@@ -343,29 +359,46 @@ impl Correlator {
                         .is_some_and(|l| same_execution(l, s.pid, s.start, s.last_seen))
             });
             match log_at {
-                Some(i) => group[i].sampled = Some(s),
+                Some(i) => {
+                    group[i].sampled = Some(s);
+                    group[i].window = Window { start, end };
+                }
                 None => {
                     group.push(Held {
                         sampled: Some(s),
                         log: None,
                         related_logs: Vec::new(),
                         deferred: 0,
+                        due_at: None,
+                        arrived: now,
+                        window: Window { start, end },
                     });
                     self.n_held += 1;
                 }
             }
         }
-        self.window = Window {
-            start: self.window.start.or(start),
-            end,
-        };
-        self.flush_at = Some(now + self.cfg.grace.as_secs_f64());
+        if let Some(e) = end {
+            self.sampled_through = Some(self.sampled_through.map_or(e, |t| t.max(e)));
+        }
+        // What this interval covers is due after the grace: the sampled statements, and the
+        // log's statements of its time whose sampled twin would have come by now.
+        let due = now + self.cfg.grace.as_secs_f64();
+        let through = self.sampled_through;
+        for h in self.held.values_mut().flatten() {
+            let covered = h.sampled.is_some()
+                || through.is_some_and(|t| h.log.as_ref().is_some_and(|l| l.end() <= t + 1.0));
+            if h.due_at.is_none() && covered {
+                h.due_at = Some(due);
+            }
+        }
+        self.budget_left = self.cfg.budget;
         self.bound();
     }
 
     /// Correlated statements the log read (its per-statement JSON): joined to the sampled
     /// execution of the same backend and start, or held as statements of their own.
-    pub fn add_logged(&mut self, statements: Vec<LoggedStatement>) {
+    pub fn add_logged(&mut self, statements: Vec<LoggedStatement>, now: f64) {
+        let through = self.sampled_through;
         for l in statements {
             let pid = l.pid.unwrap_or(0);
             if self.was_shipped_near(&l.correlation_id, pid, l.start) {
@@ -383,11 +416,16 @@ impl Correlator {
                 }
                 Some(i) => group[i].related_logs.push(l.json),
                 None => {
+                    // The sampler already handed over this time: no twin is coming.
+                    let due_at = through.filter(|t| l.end() <= *t).map(|_| now);
                     group.push(Held {
                         sampled: None,
                         log: Some(l),
                         related_logs: Vec::new(),
                         deferred: 0,
+                        due_at,
+                        arrived: now,
+                        window: Window::default(),
                     });
                     self.n_held += 1;
                 }
@@ -396,30 +434,43 @@ impl Correlator {
         self.bound();
     }
 
-    /// The records due at `now` (unix seconds): `grace` after an interval was handed over.
+    /// The records due at `now` (local unix seconds): `grace` after the interval that covers
+    /// their statements was handed over.
     pub fn take_due(&mut self, now: f64) -> Vec<Payload> {
-        match self.flush_at {
-            Some(at) if now >= at => self.flush(false),
-            _ => Vec::new(),
+        let max_wait = self.cfg.max_wait.as_secs_f64();
+        let is_due = |h: &Held| match h.due_at {
+            Some(at) => now >= at,
+            None => now - h.arrived >= max_wait,
+        };
+        if !self.held.values().flatten().any(is_due) {
+            return Vec::new();
         }
+        self.flush(false, is_due)
     }
 
     /// Every record now, running statements included (shutdown, `--once`).
     pub fn take_all(&mut self) -> Vec<Payload> {
-        self.flush(true)
+        self.budget_left = self.budget_left.max(self.cfg.budget);
+        self.flush(true, |_| true)
     }
 
-    fn flush(&mut self, everything: bool) -> Vec<Payload> {
-        self.flush_at = None;
-        let window = std::mem::take(&mut self.window);
+    fn flush(&mut self, everything: bool, due: impl Fn(&Held) -> bool) -> Vec<Payload> {
         let mut ready: Vec<(String, Vec<Held>)> = Vec::new();
         for (id, group) in self.held.iter_mut() {
-            let (now, later): (Vec<Held>, Vec<Held>) = std::mem::take(group)
-                .into_iter()
-                .partition(|h| everything || !h.is_waiting());
-            let mut later = later;
-            for h in &mut later {
-                h.deferred += 1;
+            let mut now = Vec::new();
+            let mut later = Vec::new();
+            for mut h in std::mem::take(group) {
+                if !due(&h) {
+                    later.push(h);
+                } else if !everything && h.is_waiting() && h.due_at.is_some() {
+                    // Still running: its next interval completes it (or, if it ends before
+                    // the next sample, the next hand-over makes it due as it is).
+                    h.deferred += 1;
+                    h.due_at = None;
+                    later.push(h);
+                } else {
+                    now.push(h);
+                }
             }
             *group = later;
             if !now.is_empty() {
@@ -443,17 +494,18 @@ impl Correlator {
                 .then(lb.1.cmp(&la.1))
                 .then(a.0.cmp(&b.0))
         });
-        let budget = self.cfg.budget;
+        let budget = self.budget_left;
         if ready.len() > budget {
             self.n_over_budget += (ready.len() - budget) as u64;
         }
+        self.budget_left = budget.saturating_sub(ready.len());
         let mut out = Vec::new();
         for (id, mut group) in ready.into_iter().take(budget) {
             for h in &group {
                 self.remember(&id, h.key());
             }
             group.sort_by(|a, b| a.start().total_cmp(&b.start()));
-            out.push(record(&id, &group, window));
+            out.push(record(&id, &group));
         }
         out
     }
@@ -563,7 +615,17 @@ fn merge_sampled(old: SampledStatement, new: SampledStatement) -> SampledStateme
 }
 
 /// The record of one request: headed by its slowest statement, statements in start order.
-fn record(id: &str, group: &[Held], window: Window) -> Payload {
+fn record(id: &str, group: &[Held]) -> Payload {
+    let window = Window {
+        start: group
+            .iter()
+            .filter_map(|h| h.window.start)
+            .min_by(f64::total_cmp),
+        end: group
+            .iter()
+            .filter_map(|h| h.window.end)
+            .max_by(f64::total_cmp),
+    };
     let head = group
         .iter()
         .max_by(|a, b| a.load_ms().total_cmp(&b.load_ms()))
@@ -709,7 +771,7 @@ mod tests {
             1050.0,
         );
         assert!(c.take_due(1051.0).is_empty(), "inside the grace");
-        c.add_logged(vec![logged("r1", 10, 1003.012, Some(3012.0))]);
+        c.add_logged(vec![logged("r1", 10, 1003.012, Some(3012.0))], 1052.0);
         let out = c.take_due(1053.0);
         assert_eq!(out.len(), 1);
         let p = &out[0];
@@ -733,7 +795,7 @@ mod tests {
             "the log's statement JSON travels whole"
         );
         // Nothing is shipped twice, whoever brings it again.
-        c.add_logged(vec![logged("r1", 10, 1003.012, Some(3012.0))]);
+        c.add_logged(vec![logged("r1", 10, 1003.012, Some(3012.0))], 1052.0);
         c.add_sampled(
             vec![sampled("r1", 10, 1000.0, 2.7, false)],
             None,
@@ -779,12 +841,19 @@ mod tests {
             budget: 2,
             ..CorrelatorConfig::default()
         });
-        c.add_logged(vec![
-            logged("light", 1, 10.0, Some(100.0)),
-            logged("heavy", 2, 10.0, Some(400.0)),
-            logged("medium", 3, 10.0, Some(150.0)),
-            logged("medium", 3, 11.0, Some(150.0)),
-        ]);
+        c.add_logged(
+            vec![
+                logged("light", 1, 10.0, Some(100.0)),
+                logged("heavy", 2, 10.0, Some(400.0)),
+                logged("medium", 3, 10.0, Some(150.0)),
+                logged("medium", 3, 11.0, Some(150.0)),
+            ],
+            12.0,
+        );
+        assert!(
+            c.take_due(50.0).is_empty(),
+            "waits for the sampler's interval"
+        );
         c.add_sampled(vec![], None, Some(60.0), 60.0);
         let out = c.take_due(60.0);
         let ids: Vec<_> = out
@@ -812,6 +881,7 @@ mod tests {
             (0..5)
                 .map(|i| logged(&format!("l{i}"), 2, 10.0 + i as f64, Some(1.0)))
                 .collect(),
+            20.0,
         );
         assert_eq!(c.n_held(), 3);
         assert_eq!(c.n_dropped(), 3);
