@@ -84,15 +84,20 @@ pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> us
     (per_interval / 2).saturating_sub(4)
 }
 
-/// The correlator the sampler and log threads share, sized by [`correlated_budget`].
-pub fn correlator(cfg: &Config) -> SharedCorrelator {
-    Correlator::shared(CorrelatorConfig {
+/// The correlator's settings: its budget is [`correlated_budget`].
+pub fn correlator_config(cfg: &Config) -> CorrelatorConfig {
+    CorrelatorConfig {
         budget: correlated_budget(
             cfg.listener.max_requests_per_minute,
             cfg.collection.interval,
         ),
         ..CorrelatorConfig::default()
-    })
+    }
+}
+
+/// The correlator the sampler and log threads share.
+pub fn correlator(cfg: &Config) -> SharedCorrelator {
+    Correlator::shared(correlator_config(cfg))
 }
 
 /// Appends the correlator's due records (taken out first: the lock is never held while

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli;
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
+use crate::collect::correlate::{Correlator, LoggedStatement};
 use crate::collect::host::{HostCollector, WatchedPath};
 use crate::collect::statements::{StatementsCollector, StatementsConfig};
 use crate::config::Config;
@@ -105,6 +106,8 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
     }
     let mut feed = log_feed(&cfg, &mut client);
     if let Some(feed) = feed.as_mut() {
+        // Correlated statements are merged with the sampler's into one record per request.
+        feed.route_correlated();
         // The first poll opens the log at its end: the window's entries are what follows.
         feed.poll(Instant::now());
     }
@@ -117,7 +120,19 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
     if let Err(e) = sampler.sample(&mut client) {
         warn("activity", &e);
     }
-    payloads.extend(sampler.finish_interval());
+    let (summary, sampled) = sampler.finish_interval_parts();
+    let mut correlator = Correlator::new(daemon::correlator_config(&cfg));
+    let at = |k| match summary.data.get(k) {
+        Some(Json::Float(f)) => Some(*f),
+        _ => None,
+    };
+    correlator.add_sampled(
+        sampled,
+        at("interval_start"),
+        at("interval_end"),
+        unix_now(),
+    );
+    payloads.push(summary);
     match statements.collect(&mut client) {
         Ok(Some(p)) => payloads.push(p),
         Ok(None) => {}
@@ -147,7 +162,14 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
             payloads.extend(flush.payloads);
         }
         payloads.extend(feed.flush(Instant::now()).payloads);
+        let logged = feed
+            .take_correlated()
+            .into_iter()
+            .filter_map(LoggedStatement::from_log_json)
+            .collect();
+        correlator.add_logged(logged, unix_now());
     }
+    payloads.extend(correlator.take_all());
     Ok(payloads)
 }
 
