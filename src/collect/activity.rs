@@ -232,8 +232,62 @@ struct LockSeen {
     mode: Option<String>,
     relation: Option<String>,
     blockers: Vec<i32>,
+    /// Who the blockers were at the latest snapshot: pid, request, query, state, age.
+    blocker_details: Vec<Json>,
     max_wait_ms: Option<f64>,
     n_snapshots: u32,
+}
+
+/// Sessions this execution held up (directly or behind another waiter), each with its longest
+/// wait seen and its request.
+#[derive(Debug, Clone, Default)]
+struct BlockingSeen {
+    waiters: Vec<(i32, Option<String>, f64)>,
+}
+
+/// Most held-up sessions listed per blocker (the counts cover all).
+const MAX_BLOCKED_LISTED: usize = 20;
+
+impl BlockingSeen {
+    fn note(&mut self, pid: i32, correlation_id: Option<&str>, wait_ms: f64) {
+        match self.waiters.iter_mut().find(|w| w.0 == pid) {
+            Some(w) => w.2 = w.2.max(wait_ms),
+            None => self
+                .waiters
+                .push((pid, correlation_id.map(str::to_string), wait_ms)),
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        let total: f64 = self.waiters.iter().map(|w| w.2).sum();
+        let max = self.waiters.iter().map(|w| w.2).fold(0.0, f64::max);
+        let mut ids: Vec<&str> = self.waiters.iter().filter_map(|w| w.1.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Json::object()
+            .field("n_blocked", self.waiters.len())
+            .field("total_wait_ms", total)
+            .field("max_wait_ms", max)
+            .field(
+                "correlation_ids",
+                Json::Array(ids.into_iter().map(Json::from).collect()),
+            )
+            .field(
+                "blocked",
+                Json::Array(
+                    self.waiters
+                        .iter()
+                        .take(MAX_BLOCKED_LISTED)
+                        .map(|(pid, id, ms)| {
+                            Json::object()
+                                .field("pid", *pid)
+                                .field("correlation_id", id.as_deref())
+                                .field("wait_ms", *ms)
+                        })
+                        .collect(),
+                ),
+            )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +321,7 @@ struct Execution {
     io_attributed: bool,
     rss_bytes: u64,
     lock: Option<LockSeen>,
+    blocking: Option<BlockingSeen>,
     n_worker_samples: u32,
     round: u64,
 }
@@ -308,6 +363,7 @@ impl Execution {
                     "blocked_by",
                     Json::Array(l.blockers.iter().map(|&b| b.into()).collect()),
                 )
+                .field("blockers", Json::Array(l.blocker_details.clone()))
                 .field("max_wait_ms", l.max_wait_ms)
                 .field("n_snapshots", l.n_snapshots)
         });
@@ -337,6 +393,10 @@ impl Execution {
             )
             .field("rss_bytes", self.os_seen.then_some(self.rss_bytes))
             .field("lock", lock)
+            .field(
+                "blocking",
+                self.blocking.as_ref().map(BlockingSeen::to_json),
+            )
             .field("parallel_worker_samples", self.n_worker_samples)
             .field("query", self.query.as_deref())
             .field("query_id", self.query_id)
@@ -414,6 +474,7 @@ struct LockSnapshot {
     at: f64,
     n_blocked: usize,
     max_depth: u32,
+    total_wait_ms: f64,
     trees: Json,
 }
 
@@ -453,6 +514,7 @@ pub struct ActivitySampler {
     n_left_out: u64,
     errors: Vec<Json>,
     locks: LockAgg,
+    relation_names: locks::RelationNames,
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
     query_id_checked: bool,
@@ -559,6 +621,7 @@ impl ActivitySampler {
             n_left_out: 0,
             errors: Vec::new(),
             locks: LockAgg::default(),
+            relation_names: locks::RelationNames::default(),
             last_lock_query: None,
             version_num: None,
             query_id_checked: false,
@@ -924,6 +987,7 @@ impl ActivitySampler {
             io_attributed: false,
             rss_bytes: 0,
             lock: None,
+            blocking: None,
             n_worker_samples: 0,
             round: 0,
         }
@@ -963,12 +1027,18 @@ impl ActivitySampler {
         version: u32,
         now: f64,
     ) -> Result<(), CollectError> {
-        let waiters = locks::query_waiters(client, version)?;
+        let mut waiters = locks::query_waiters(client, version)?;
         if waiters.is_empty() {
             return Ok(());
         }
-        self.note_lock_waits(&waiters);
+        if let Err(e) = self.relation_names.resolve(client, &mut waiters) {
+            // The OIDs stay; the tree is still worth shipping.
+            log::debug!("{e}");
+            self.record_error(&e);
+        }
+        self.note_lock_waits(&waiters, now);
         let trees = locks::build_trees(&waiters);
+        let total_wait_ms = self.note_blocking(&trees, &waiters, now);
         let (execs, current) = (&self.execs, &self.current);
         let json = locks::trees_json(&trees, &waiters, |pid| {
             execs.get(current.get(&pid)?).map(|e| e.session_json(now))
@@ -977,23 +1047,99 @@ impl ActivitySampler {
             at: now,
             n_blocked: waiters.len(),
             max_depth: trees.iter().map(|t| t.depth).max().unwrap_or(0),
+            total_wait_ms,
             trees: json,
         };
         self.locks.n_snapshots += 1;
-        if self
-            .locks
-            .peak
-            .as_ref()
-            .is_none_or_smaller(snap.n_blocked, snap.max_depth)
-        {
+        if self.locks.peak.as_ref().is_none_or_smaller(&snap) {
             self.locks.peak = Some(snap.clone());
         }
         self.locks.last = Some(snap);
         Ok(())
     }
 
-    fn note_lock_waits(&mut self, waiters: &[LockWaiter]) {
+    /// How long `w` has waited: `pg_locks.waitstart` (PostgreSQL 14+), else its statement's
+    /// age (the wait began at or after the statement's start).
+    fn wait_of(&self, w: &LockWaiter, now: f64) -> f64 {
+        w.wait_ms.unwrap_or_else(|| {
+            self.current
+                .get(&w.pid)
+                .and_then(|k| self.execs.get(k))
+                .and_then(|e| e.query_start)
+                .map_or(0.0, |qs| ((now - qs) * 1000.0).max(0.0))
+        })
+    }
+
+    /// Charges every waiter to each session above it in its tree (its direct blocker, and that
+    /// one's blockers up to the root): a root that held up a chain of two blocked two sessions.
+    /// Returns the snapshot's total wait.
+    fn note_blocking(
+        &mut self,
+        trees: &[locks::LockTree],
+        waiters: &[LockWaiter],
+        now: f64,
+    ) -> f64 {
+        let waits: HashMap<i32, f64> = waiters
+            .iter()
+            .map(|w| (w.pid, self.wait_of(w, now)))
+            .collect();
+        for t in trees {
+            let parent: HashMap<i32, i32> = t
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.pid, n.parent?)))
+                .collect();
+            for n in t.nodes.iter().filter(|n| n.parent.is_some()) {
+                let wait = waits.get(&n.pid).copied().unwrap_or(0.0);
+                let id = self
+                    .current
+                    .get(&n.pid)
+                    .and_then(|k| self.execs.get(k))
+                    .and_then(|e| e.correlation_id().map(str::to_string));
+                let mut up = parent.get(&n.pid).copied();
+                let mut hops = 0;
+                while let Some(b) = up {
+                    // A cycle returns to the waiter; the tree is finite anyway.
+                    if b == n.pid || hops > t.nodes.len() {
+                        break;
+                    }
+                    if let Some(e) = self.current.get(&b).and_then(|k| self.execs.get_mut(k)) {
+                        e.blocking.get_or_insert_with(BlockingSeen::default).note(
+                            n.pid,
+                            id.as_deref(),
+                            wait,
+                        );
+                    }
+                    up = parent.get(&b).copied();
+                    hops += 1;
+                }
+            }
+        }
+        waits.values().sum()
+    }
+
+    fn note_lock_waits(&mut self, waiters: &[LockWaiter], now: f64) {
         for w in waiters {
+            let details: Vec<Json> = w
+                .blockers
+                .iter()
+                .map(
+                    |&b| match self.current.get(&b).and_then(|k| self.execs.get(k)) {
+                        Some(e) => Json::object()
+                            .field("pid", b)
+                            .field("correlation_id", e.correlation_id())
+                            .field("query", e.query.as_deref())
+                            .field("query_id", e.query_id)
+                            .field("state", e.state.as_str())
+                            .field(
+                                "xact_age_ms",
+                                e.xact_start.map(|x| ((now - x) * 1000.0).max(0.0)),
+                            ),
+                        // Not sampled: idle with a session-level lock, or a prepared transaction.
+                        None => Json::object().field("pid", b),
+                    },
+                )
+                .collect();
             let Some(key) = self.current.get(&w.pid) else {
                 continue;
             };
@@ -1005,11 +1151,16 @@ impl ActivitySampler {
                 mode: w.mode.clone(),
                 relation: w.relation.clone(),
                 blockers: Vec::new(),
+                blocker_details: Vec::new(),
                 max_wait_ms: None,
                 n_snapshots: 0,
             });
             seen.n_snapshots += 1;
             seen.blockers.clone_from(&w.blockers);
+            seen.blocker_details = details;
+            if seen.relation.is_none() {
+                seen.relation.clone_from(&w.relation);
+            }
             if let Some(ms) = w.wait_ms {
                 seen.max_wait_ms = Some(seen.max_wait_ms.map_or(ms, |m| m.max(ms)));
             }
@@ -1160,6 +1311,7 @@ fn snapshot_json(s: &LockSnapshot) -> Json {
     Json::object()
         .field("at", s.at)
         .field("n_blocked", s.n_blocked)
+        .field("total_wait_ms", s.total_wait_ms)
         .field("max_depth", s.max_depth)
         .field("trees", s.trees.clone())
 }
@@ -1203,14 +1355,21 @@ impl InstantExt for Option<Instant> {
 }
 
 trait PeakExt {
-    fn is_none_or_smaller(&self, n_blocked: usize, depth: u32) -> bool;
+    fn is_none_or_smaller(&self, snap: &LockSnapshot) -> bool;
 }
 
 impl PeakExt for Option<&LockSnapshot> {
-    fn is_none_or_smaller(&self, n_blocked: usize, depth: u32) -> bool {
+    /// The peak is the snapshot with the largest total wait (then the most waiters, then the
+    /// deepest): one 8 s wait matters more than two 1 s waits.
+    fn is_none_or_smaller(&self, snap: &LockSnapshot) -> bool {
         match self {
             None => true,
-            Some(p) => (n_blocked, depth) > (p.n_blocked, p.max_depth),
+            Some(p) => snap
+                .total_wait_ms
+                .total_cmp(&p.total_wait_ms)
+                .then(snap.n_blocked.cmp(&p.n_blocked))
+                .then(snap.max_depth.cmp(&p.max_depth))
+                .is_gt(),
         }
     }
 }
@@ -1250,6 +1409,7 @@ mod tests {
             io_attributed: false,
             rss_bytes: 0,
             lock: None,
+            blocking: None,
             n_worker_samples: 0,
             round: 0,
         }
@@ -1627,6 +1787,42 @@ mod tests {
             .unwrap()
             .contains("PostgreSQL 13"));
         assert_eq!(QueryIdStatus::On.problem(), None);
+    }
+
+    #[test]
+    fn the_peak_is_the_snapshot_with_the_largest_total_wait() {
+        let snap = |n_blocked, total_wait_ms| LockSnapshot {
+            at: 0.0,
+            n_blocked,
+            max_depth: 1,
+            total_wait_ms,
+            trees: Json::Null,
+        };
+        let two_short = snap(2, 2000.0);
+        let one_long = snap(1, 8000.0);
+        assert!(Some(&two_short).is_none_or_smaller(&one_long));
+        assert!(!Some(&one_long).is_none_or_smaller(&two_short));
+        assert!(
+            Some(&snap(1, 2000.0)).is_none_or_smaller(&two_short),
+            "then waiters"
+        );
+        assert!(None.is_none_or_smaller(&two_short));
+    }
+
+    #[test]
+    fn blocking_keeps_each_waiter_once_with_its_longest_wait() {
+        let mut b = BlockingSeen::default();
+        b.note(20, Some("r2"), 100.0);
+        b.note(30, None, 50.0);
+        b.note(20, Some("r2"), 900.0);
+        let j = b.to_json();
+        assert_eq!(j.get("n_blocked"), Some(&Json::UInt(2)));
+        assert_eq!(j.get("total_wait_ms"), Some(&Json::Float(950.0)));
+        assert_eq!(j.get("max_wait_ms"), Some(&Json::Float(900.0)));
+        assert_eq!(
+            j.get("correlation_ids"),
+            Some(&Json::Array(vec![Json::from("r2")]))
+        );
     }
 
     #[test]

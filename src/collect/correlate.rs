@@ -694,6 +694,8 @@ fn record(id: &str, group: &[Held]) -> Payload {
             "write_bytes",
             (!io.is_empty()).then(|| io.iter().map(|b| b.1).sum::<u64>()),
         )
+        .field("blocked", blocked(group))
+        .field("blocked_by", blocked_by(group))
         .field("interval_start", window.start)
         .field("interval_end", window.end)
         .field("n_statements", group.len())
@@ -716,6 +718,80 @@ fn record(id: &str, group: &[Held]) -> Payload {
         collected_at: head.start(),
         correlation_id: Some(id.to_string()),
         data,
+    }
+}
+
+/// The sampled statements' JSON.
+fn sampled_json(group: &[Held]) -> impl Iterator<Item = &Json> {
+    group
+        .iter()
+        .filter_map(|h| h.sampled.as_ref().map(|s| &s.json))
+}
+
+/// Whom the request held up, over its statements (each statement's `blocking`): distinct
+/// sessions, their total and longest wait, their requests; `null` when it blocked nobody.
+fn blocked(group: &[Held]) -> Json {
+    let mut waiters: Vec<(f64, f64, Json)> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for b in sampled_json(group).filter_map(|j| j.get("blocking")) {
+        if let Some(Json::Array(list)) = b.get("blocked") {
+            for w in list {
+                let pid = num(w.get("pid")).unwrap_or(0.0);
+                let ms = num(w.get("wait_ms")).unwrap_or(0.0);
+                match waiters.iter_mut().find(|x| x.0 == pid) {
+                    Some(x) => x.1 = x.1.max(ms),
+                    None => waiters.push((pid, ms, w.clone())),
+                }
+            }
+        }
+        if let Some(Json::Array(list)) = b.get("correlation_ids") {
+            ids.extend(list.iter().filter_map(|i| match i {
+                Json::Str(s) => Some(s.clone()),
+                _ => None,
+            }));
+        }
+    }
+    if waiters.is_empty() {
+        return Json::Null;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Json::object()
+        .field("n_sessions", waiters.len())
+        .field("total_wait_ms", waiters.iter().map(|w| w.1).sum::<f64>())
+        .field(
+            "max_wait_ms",
+            waiters.iter().map(|w| w.1).fold(0.0, f64::max),
+        )
+        .field(
+            "correlation_ids",
+            Json::Array(ids.into_iter().map(Json::from).collect()),
+        )
+}
+
+/// Who held the request up: the blockers of its statements' lock waits (pid, request, query,
+/// state, transaction age), each once; `null` when it never waited on a lock.
+fn blocked_by(group: &[Held]) -> Json {
+    let mut out: Vec<Json> = Vec::new();
+    for l in sampled_json(group).filter_map(|j| j.get("lock")) {
+        if let Some(Json::Array(list)) = l.get("blockers") {
+            for b in list {
+                if !out.iter().any(|o| o.get("pid") == b.get("pid")) {
+                    let mut b = b.clone();
+                    set(
+                        &mut b,
+                        "relation",
+                        l.get("relation").cloned().unwrap_or(Json::Null),
+                    );
+                    out.push(b);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        Json::Null
+    } else {
+        Json::Array(out)
     }
 }
 
