@@ -196,6 +196,13 @@ pub const KEYS: &[KeySpec] = &[
     ),
     key!(
         "collection",
+        "correlation_sources",
+        ["BITVILLE_PG_CORRELATION_SOURCES"],
+        "comment,application_name,traceparent",
+        "markers that link a statement to a request, most trusted first: comment (/* correlation:<uuid> */ in the query), application_name (the prefix above), traceparent (W3C, in application_name or a sqlcommenter comment); empty turns correlation off"
+    ),
+    key!(
+        "collection",
         "pause_file",
         ["BITVILLE_PG_PAUSE_FILE"],
         "",
@@ -496,6 +503,9 @@ pub struct CollectionConfig {
     pub query_max_chars: usize,
     /// The application_name prefix before a correlation uuid. Defaults to `bitville-`.
     pub correlation_prefix: String,
+    /// Which markers link a statement to a request. Defaults to comment, application_name and
+    /// traceparent.
+    pub correlation_sources: crate::normalize::CorrelationSources,
     /// While this file exists no database query is made.
     pub pause_file: Option<PathBuf>,
     /// Server log entries shipped in full per minute. Defaults to 5000.
@@ -1194,6 +1204,10 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        let correlation_sources = crate::normalize::CorrelationSources::parse(
+            &r.string("collection", "correlation_sources"),
+        )
+        .map_err(|why| r.error("collection", "correlation_sources", why))?;
         Ok(CollectionConfig {
             interval: Duration::from_secs(interval_s),
             sample_interval: Duration::from_millis(sample_ms),
@@ -1202,6 +1216,7 @@ impl Config {
             query_text,
             query_max_chars: r.number("collection", "query_max_chars", 16, 1_000_000)? as usize,
             correlation_prefix,
+            correlation_sources,
             pause_file: r.optional_path("collection", "pause_file"),
             log_max_entries_per_minute: r.number(
                 "collection",

@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
+use crate::collect::correlate::{Correlator, CorrelatorConfig, LoggedStatement, SharedCorrelator};
 use crate::collect::cycle::{CycleOptions, DbSteps, IntervalCycle};
 use crate::collect::statements::StatementsConfig;
 use crate::collect::{Backoff, CollectError};
@@ -72,15 +73,49 @@ pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
     (main, extra)
 }
 
-/// Correlated payloads each of the two producers (the activity sampler and the log tailer) may
-/// add per interval. The listener takes one payload per request and the shipper sends at most
-/// `max_requests_per_minute`; the collectors' steady output is held to half of that (less the
-/// four summary payloads of an interval), so a backlog after an outage always drains. What is
-/// over the budget stays inside the summaries, never lost.
+/// Correlated records (one per request, merged from the sampler and the log by the
+/// [`Correlator`](crate::collect::correlate::Correlator)) per interval. The listener takes one
+/// payload per HTTP request and the shipper sends at most `max_requests_per_minute`; the
+/// collectors' steady output is held to half of that (less the four summary payloads of an
+/// interval), so a backlog after an outage always drains. At the defaults (60 a minute, 60 s):
+/// 30 - 4 = 26 records an interval. What is over the budget stays inside the summaries, never
+/// lost.
 pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> usize {
     let per_interval =
         (f64::from(max_requests_per_minute) * interval.as_secs_f64() / 60.0) as usize;
-    (per_interval / 2).saturating_sub(4) / 2
+    (per_interval / 2).saturating_sub(4)
+}
+
+/// The correlator's settings: its budget is [`correlated_budget`].
+pub fn correlator_config(cfg: &Config) -> CorrelatorConfig {
+    CorrelatorConfig {
+        budget: correlated_budget(
+            cfg.listener.max_requests_per_minute,
+            cfg.collection.interval,
+        ),
+        ..CorrelatorConfig::default()
+    }
+}
+
+/// The correlator the sampler and log threads share.
+pub fn correlator(cfg: &Config) -> SharedCorrelator {
+    Correlator::shared(correlator_config(cfg))
+}
+
+/// Appends the correlator's due records (taken out first: the lock is never held while
+/// appending).
+fn append_due(ctx: &Context, corr: &SharedCorrelator, all: bool) {
+    let due = {
+        let mut c = corr.lock().unwrap_or_else(|p| p.into_inner());
+        if all {
+            c.take_all()
+        } else {
+            c.take_due(crate::payload::unix_now())
+        }
+    };
+    if !due.is_empty() {
+        ctx.append_all(&due);
+    }
 }
 
 /// The correlated budget of a configuration ([`correlated_budget`]) in words, and, when it is 0
@@ -558,13 +593,31 @@ fn write_status(ctx: &Context, ship: &StatusHandle) -> std::io::Result<()> {
     status::write(&ctx.config.collection.state_dir, &lines)
 }
 
-fn run_sampler(ctx: &Context) {
+fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let cfg = &ctx.config.collection;
     let budget = correlated_budget(ctx.config.listener.max_requests_per_minute, cfg.interval);
     let mut sampler = ActivitySampler::new(ActivityConfig {
         max_correlated: budget,
         ..ActivityConfig::from_collection(cfg)
     });
+    // The summary goes to the spool at once; the requests' statements wait in the correlator
+    // for their log lines (a short grace), and their records are appended when due.
+    let close = |sampler: &mut ActivitySampler| {
+        let (summary, statements) = sampler.finish_interval_parts();
+        ctx.append_all(std::slice::from_ref(&summary));
+        let window = |k| {
+            summary.data.get(k).and_then(|v| match v {
+                Json::Float(f) => Some(*f),
+                _ => None,
+            })
+        };
+        corr.lock().unwrap_or_else(|p| p.into_inner()).add_sampled(
+            statements,
+            window("interval_start"),
+            window("interval_end"),
+            crate::payload::unix_now(),
+        );
+    };
     let mut backoff = Backoff::default();
     let start = Instant::now();
     let mut samples = Ticker::new(start, cfg.sample_interval);
@@ -581,11 +634,13 @@ fn run_sampler(ctx: &Context) {
         ctx.db_step("activity", &mut backoff, |c| sampler.sample(c));
         let now = Instant::now();
         if now >= next_summary {
-            ctx.append_all(&sampler.finish_interval());
+            close(&mut sampler);
             next_summary = summaries.next_after(now).at;
         }
+        append_due(ctx, corr, false);
     }
-    ctx.append_all(&sampler.finish_interval());
+    close(&mut sampler);
+    append_due(ctx, corr, true);
 }
 
 impl DbSteps for Context {
@@ -701,7 +756,7 @@ fn open_log_feed(
     }
 }
 
-fn run_logtail(ctx: &Context) {
+fn run_logtail(ctx: &Context, corr: &SharedCorrelator) {
     let mut last_reason = None;
     // One backoff across the attempts, so a settings query that keeps timing out is skipped.
     let mut backoff = Backoff::default();
@@ -711,6 +766,21 @@ fn run_logtail(ctx: &Context) {
         }
         if ctx.shutdown.wait(ctx.config.collection.interval) {
             return;
+        }
+    };
+    feed.route_correlated();
+    // Correlated statements go to the correlator as soon as they are read (they also stay in
+    // the summary payloads, which are what the log position commits).
+    let hand_over = |feed: &mut LogFeed| {
+        let statements: Vec<LoggedStatement> = feed
+            .take_correlated()
+            .into_iter()
+            .filter_map(LoggedStatement::from_log_json)
+            .collect();
+        if !statements.is_empty() {
+            corr.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_logged(statements, crate::payload::unix_now());
         }
     };
     // A flush whose payloads could not all be appended is retried as a whole before the feed is
@@ -729,6 +799,7 @@ fn run_logtail(ctx: &Context) {
                 None if stopped => Some(feed.flush(now)),
                 None => feed.poll(now),
             };
+            hand_over(&mut feed);
             let Some(flush) = flush else { break };
             if !ctx.append_all(&flush.payloads) {
                 if !stopped {
@@ -829,12 +900,13 @@ pub fn run(
     });
     let mut threads = Vec::new();
     let spawned = (|| -> std::io::Result<()> {
-        let c = ctx.clone();
-        threads.push(spawn("sampler", move || run_sampler(&c))?);
+        let corr = correlator(&ctx.config);
+        let (c, k) = (ctx.clone(), corr.clone());
+        threads.push(spawn("sampler", move || run_sampler(&c, &k))?);
         let (c, s) = (ctx.clone(), ship_status.clone());
         threads.push(spawn("interval", move || run_interval(&c, &s))?);
-        let c = ctx.clone();
-        threads.push(spawn("logtail", move || run_logtail(&c))?);
+        let (c, k) = (ctx.clone(), corr);
+        threads.push(spawn("logtail", move || run_logtail(&c, &k))?);
         let stop = shutdown.clone();
         let mut shipper = shipper;
         threads.push(spawn("shipper", move || shipper.run(&stop))?);
@@ -900,18 +972,20 @@ mod tests {
 
     #[test]
     fn the_correlated_budget_keeps_collectors_under_half_the_pace() {
-        // Defaults: 60 requests a minute, 60 s interval: 30 for the collectors, 4 summaries.
-        assert_eq!(correlated_budget(60, Duration::from_secs(60)), 13);
+        // Defaults: 60 requests a minute, 60 s interval: 30 for the collectors, 4 summaries,
+        // one record per request (it was 13 per producer, two records per request).
+        assert_eq!(correlated_budget(60, Duration::from_secs(60)), 26);
         for (pace, secs) in [(60, 60), (100, 60), (60, 10), (10, 60), (6000, 1)] {
             let interval = Duration::from_secs(secs);
             let per_interval = pace as f64 * secs as f64 / 60.0;
-            let worst = 4 + 2 * correlated_budget(pace, interval);
+            let worst = 4 + correlated_budget(pace, interval);
             assert!(
                 worst as f64 <= per_interval / 2.0 + 4.0,
                 "pace {pace}, {secs} s: {worst}"
             );
         }
-        assert_eq!(correlated_budget(60, Duration::from_secs(10)), 0);
+        assert_eq!(correlated_budget(60, Duration::from_secs(10)), 1);
+        assert_eq!(correlated_budget(10, Duration::from_secs(10)), 0);
     }
 
     fn config_with(interval_s: &str, pace: &str) -> Config {

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use crate::cli;
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
+use crate::collect::correlate::{Correlator, LoggedStatement};
 use crate::collect::cycle::{DbSteps, IntervalCycle};
 use crate::collect::{Backoff, CollectError};
 use crate::config::Config;
 use crate::daemon;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
-use crate::payload::{envelope_body, render_record, AgentInfo, AgentStamp, Payload};
+use crate::payload::{envelope_body, render_record, unix_now, AgentInfo, AgentStamp, Payload};
 use crate::pool::{Pool, PooledClient};
 use crate::ship::{Shipper, StopSignal};
 use crate::shutdown::Shutdown;
@@ -168,6 +169,8 @@ pub fn collect(
     steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
     let mut feed = log_feed(&cfg, &steps);
     if let Some(feed) = feed.as_mut() {
+        // Correlated statements are merged with the sampler's into one record per request.
+        feed.route_correlated();
         // The first poll opens the log at its end: the window's entries are what follows.
         feed.poll(Instant::now());
     }
@@ -176,8 +179,20 @@ pub fn collect(
 
     steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
     let paused = steps.paused();
+    let mut correlator = Correlator::new(daemon::correlator_config(&cfg));
     if !paused {
-        payloads.extend(sampler.finish_interval());
+        let (summary, sampled) = sampler.finish_interval_parts();
+        let at = |k| match summary.data.get(k) {
+            Some(Json::Float(f)) => Some(*f),
+            _ => None,
+        };
+        correlator.add_sampled(
+            sampled,
+            at("interval_start"),
+            at("interval_end"),
+            unix_now(),
+        );
+        payloads.push(summary);
     }
     payloads.extend(cycle.run(&steps, || {
         let usage = crate::selfstats::usage();
@@ -194,7 +209,14 @@ pub fn collect(
             payloads.extend(flush.payloads);
         }
         payloads.extend(feed.flush(Instant::now()).payloads);
+        let logged = feed
+            .take_correlated()
+            .into_iter()
+            .filter_map(LoggedStatement::from_log_json)
+            .collect();
+        correlator.add_logged(logged, unix_now());
     }
+    payloads.extend(correlator.take_all());
     Ok(payloads)
 }
 

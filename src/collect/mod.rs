@@ -8,6 +8,7 @@
 //! which query. Nothing here panics on what the server or `/proc` returns.
 
 pub mod activity;
+pub mod correlate;
 pub mod cycle;
 pub mod host;
 pub mod locks;

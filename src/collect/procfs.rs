@@ -89,6 +89,14 @@ pub fn parse_io(text: &str) -> Option<PidIo> {
     })
 }
 
+/// `btime` (boot time, unix seconds) of `/proc/stat`.
+pub fn parse_btime(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|v| v as f64)
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 when the call fails.
 pub fn clock_ticks_per_sec() -> u64 {
     static TCK: OnceLock<u64> = OnceLock::new();
@@ -148,6 +156,7 @@ pub struct ProcReader {
     io_refused_at: Option<Instant>,
     open: HashMap<i32, OpenPid>,
     round: u64,
+    boot_time: Option<Option<f64>>,
 }
 
 impl Default for ProcReader {
@@ -176,7 +185,25 @@ impl ProcReader {
             io_refused_at: None,
             open: HashMap::new(),
             round: 0,
+            boot_time: None,
         }
+    }
+
+    /// When the machine booted, in unix seconds (`btime` of `<root>/stat`), read once; `None`
+    /// when the file cannot be read.
+    pub fn boot_time(&mut self) -> Option<f64> {
+        if self.boot_time.is_none() {
+            let text = std::fs::read_to_string(self.root.join("stat")).unwrap_or_default();
+            self.boot_time = Some(parse_btime(&text));
+        }
+        self.boot_time.flatten()
+    }
+
+    /// When the process of `stat` started, in unix seconds (to within a second: `btime` is whole
+    /// seconds).
+    pub fn process_start(&mut self, stat: &PidStat) -> Option<f64> {
+        let boot = self.boot_time()?;
+        Some(boot + stat.start_ticks as f64 / clock_ticks_per_sec() as f64)
     }
 
     /// Whether `/proc/<pid>/io` was refused recently (the privilege is missing).
@@ -353,6 +380,26 @@ mod tests {
         assert_eq!(r.sample(12), None, "gone");
         assert_eq!(r.sample(-1), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn boot_time_and_process_start() {
+        assert_eq!(
+            parse_btime("cpu 1 2\nbtime 1700000000\nprocesses 5\n"),
+            Some(1.7e9)
+        );
+        assert_eq!(parse_btime("cpu 1 2\n"), None);
+        let mut real = ProcReader::new();
+        let boot = real.boot_time().expect("/proc/stat has btime");
+        let own = parse_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let started = real.process_start(&own).unwrap();
+        let now = crate::payload::unix_now();
+        assert!(
+            boot < started && started <= now + 1.0,
+            "{boot} {started} {now}"
+        );
+        let mut none = ProcReader::with_root("/nonexistent-proc");
+        assert_eq!(none.process_start(&own), None);
     }
 
     #[test]

@@ -566,7 +566,7 @@ mod tests {
             ..Entry::default()
         };
         e.append(Part::Message, "", msg.as_bytes());
-        e.finish("bitville-");
+        e.finish(&crate::normalize::CorrelationPattern::default());
         e
     }
 

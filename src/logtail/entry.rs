@@ -351,7 +351,7 @@ impl Entry {
 
     /// Derives what the message implies once the entry is complete: the SQLSTATE of verbose
     /// output, the duration and statement text or plan, the correlation ID, and the event class.
-    pub fn finish(&mut self, correlation_prefix: &str) {
+    pub fn finish(&mut self, correlation: &crate::normalize::CorrelationPattern) {
         if self.sqlstate.is_none() {
             if let Some(code) = verbose_sqlstate(self.message.as_bytes()) {
                 self.sqlstate = Some(code.to_string());
@@ -368,21 +368,20 @@ impl Entry {
             None
         };
         if self.correlation_id.is_none() {
-            let found = self
-                .application_name
-                .as_deref()
-                .and_then(|a| crate::normalize::extract_correlation_id(a, correlation_prefix))
+            // The same markers, in the same order of trust, as the activity sampler's; the
+            // prefixed form inside a statement text is the Python agent's habit, kept.
+            let texts: Vec<&str> = [self.query(), self.statement.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            self.correlation_id = correlation
+                .find(self.application_name.as_deref(), &texts)
+                .map(|c| c.id)
                 .or_else(|| {
-                    self.query().and_then(|q| {
-                        crate::normalize::extract_correlation_id(q, correlation_prefix)
-                    })
-                })
-                .or_else(|| {
-                    self.statement.as_deref().and_then(|q| {
-                        crate::normalize::extract_correlation_id(q, correlation_prefix)
-                    })
+                    let prefixed = |t: &&str| correlation.extract(t).map(str::to_string);
+                    let accepted = correlation.sources.application_name;
+                    texts.iter().filter(|_| accepted).find_map(prefixed)
                 });
-            self.correlation_id = found.map(str::to_string);
         }
         self.event = super::events::classify(self);
     }
@@ -616,7 +615,7 @@ mod tests {
             "",
             b"00000: duration: 2.5 ms  statement: SELECT 1",
         );
-        e.finish(DEFAULT_CORRELATION_PREFIX);
+        e.finish(&crate::normalize::CorrelationPattern::default());
         assert_eq!(e.sqlstate.as_deref(), Some("00000"));
         assert_eq!(e.duration_ms, Some(2.5));
         assert_eq!(e.query(), Some("SELECT 1"));

@@ -87,6 +87,13 @@ pub struct LogFeed {
     own_entries: Vec<(Level, u64)>,
     /// Where the latest plan per query_id goes for the statements collector, when attached.
     plans: Option<PlanStore>,
+    /// Whether correlated statements go to [`LogFeed::take_correlated`] (the daemon's
+    /// correlator) instead of correlated `pg_log` payloads.
+    route_correlated: bool,
+    /// Held entries before this index were already handed to `take_correlated`.
+    correlated_from: usize,
+    /// Correlated statements of entries flushed before `take_correlated` was called.
+    correlated_out: Vec<Json>,
 }
 
 /// Adds one to `key`'s count.
@@ -130,6 +137,54 @@ impl LogFeed {
             event_counts: Vec::new(),
             own_entries: Vec::new(),
             plans: None,
+            route_correlated: false,
+            correlated_from: 0,
+            correlated_out: Vec::new(),
+        }
+    }
+
+    /// Hands correlated statements to [`LogFeed::take_correlated`] as soon as they are read,
+    /// and builds no correlated `pg_log` payloads of its own (the entries stay in the summary
+    /// payloads): the daemon merges them with the sampler's into one record per request.
+    pub fn route_correlated(&mut self) {
+        self.route_correlated = true;
+        self.cfg.payload.max_correlated = 0;
+    }
+
+    /// The correlated statements read since the last call, each as the log's per-statement
+    /// JSON of a correlated payload (so whatever the payload builder attaches travels along).
+    /// Empty unless [`LogFeed::route_correlated`] was called.
+    pub fn take_correlated(&mut self) -> Vec<Json> {
+        self.collect_correlated();
+        std::mem::take(&mut self.correlated_out)
+    }
+
+    fn collect_correlated(&mut self) {
+        if !self.route_correlated || self.correlated_from >= self.entries.len() {
+            return;
+        }
+        let fresh: Vec<Entry> = self.entries[self.correlated_from..]
+            .iter()
+            .filter(|e| e.correlation_id.is_some())
+            .cloned()
+            .collect();
+        self.correlated_from = self.entries.len();
+        if fresh.is_empty() {
+            return;
+        }
+        let opts = PayloadOptions {
+            max_correlated: usize::MAX,
+            ..self.cfg.payload
+        };
+        let origin = Origin {
+            file: None,
+            format: self.tailer.parser().format(),
+        };
+        let built = build_payloads(&fresh, &ParseStats::default(), &origin, &opts, unix_now());
+        for p in built.into_iter().filter(|p| p.correlation_id.is_some()) {
+            if let Some(Json::Array(entries)) = p.data.get("entries") {
+                self.correlated_out.extend(entries.iter().cloned());
+            }
         }
     }
 
@@ -214,8 +269,9 @@ impl LogFeed {
         let per_interval =
             collection.log_max_entries_per_minute as f64 * collection.interval.as_secs_f64() / 60.0;
         log::info!("server log: {}", src.description);
-        let parser = EntryParser::new(src.format, &src.prefix)
-            .with_correlation_prefix(&collection.correlation_prefix);
+        let parser = EntryParser::new(src.format, &src.prefix).with_correlation(
+            crate::normalize::CorrelationPattern::from_collection(collection),
+        );
         for w in parser.warnings() {
             log::warn!("{w}");
         }
@@ -277,6 +333,8 @@ impl LogFeed {
 
     /// Builds the payloads of everything held now, whatever the interval (shutdown, tests).
     pub fn flush(&mut self, now: Instant) -> Flush {
+        self.collect_correlated();
+        self.correlated_from = 0;
         self.last_flush = now;
         let entries = std::mem::take(&mut self.entries);
         self.held_bytes = 0;
