@@ -126,8 +126,8 @@ pub fn budget_note(cfg: &Config) -> (String, Option<String>) {
     let interval = cfg.collection.interval;
     let budget = correlated_budget(pace, interval);
     let line = format!(
-        "correlated budget: {budget} correlated payloads per interval from the sampler and {budget} \
-         from the log tailer ({} s interval, {pace} requests per minute)",
+        "correlated budget: {budget} correlated records per interval, one per request, sampler and \
+         log merged ({} s interval, {pace} requests per minute)",
         interval.as_secs()
     );
     if budget > 0 {
@@ -1004,9 +1004,9 @@ mod tests {
     #[test]
     fn a_zero_budget_is_a_warning_whose_fix_gives_a_budget() {
         let (line, warning) = budget_note(&config_with("60", "60"));
-        assert!(line.contains("13 correlated payloads"), "{line}");
+        assert!(line.contains("26 correlated records"), "{line}");
         assert_eq!(warning, None);
-        let (line, warning) = budget_note(&config_with("10", "60"));
+        let (line, warning) = budget_note(&config_with("5", "60"));
         assert!(line.contains("budget: 0 "), "{line}");
         let warning = warning.expect("0 is warned about");
         let fix_s: u64 = warning
