@@ -36,6 +36,7 @@ use crate::pool::Pool;
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
+use crate::spike::watch::Watch;
 use crate::spool::Spool;
 use crate::{logging, selfstats, status};
 
@@ -422,27 +423,66 @@ fn run_sampler(ctx: &Context) {
         max_correlated: budget,
         ..ActivityConfig::from_collection(cfg)
     });
+    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
+    let deep_options = crate::spike::deep::DeepOptions {
+        query_text: crate::normalize::QueryText::from_collection(cfg),
+        correlation: crate::normalize::CorrelationPattern {
+            prefix: cfg.correlation_prefix.clone(),
+        },
+    };
     let mut backoff = Backoff::default();
     let start = Instant::now();
+    let mut bursting = false;
     let mut samples = Ticker::new(start, cfg.sample_interval);
     let mut summaries = Ticker::new(start, cfg.interval);
     let mut next_summary = summaries.next_after(start).at;
+    let mut at = samples.next_after(start).at;
     loop {
-        let tick = samples.next_after(Instant::now());
-        if tick.skipped > 0 {
-            ctx.health.overran("activity sampler", tick.skipped);
-        }
-        if ctx.shutdown.wait_until(tick.at) {
+        if ctx.shutdown.wait_until(at) {
             break;
         }
-        ctx.db_step("activity", &mut backoff, |c| sampler.sample(c));
+        if ctx
+            .db_step("activity", &mut backoff, |c| sampler.sample(c))
+            .is_some()
+        {
+            // Spike reports go to the spool at once, not at the interval's end.
+            ctx.append_all(&watch.after_sample(&sampler.take_spike_snapshot()));
+            if watch.take_deep_due() {
+                if let Some(deep) = ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+                    crate::spike::deep::snapshot(c, &deep_options)
+                }) {
+                    watch.set_deep(deep);
+                }
+            }
+        }
         let now = Instant::now();
         if now >= next_summary {
-            ctx.append_all(&sampler.finish_interval());
+            let mut out = sampler.finish_interval();
+            if let Some(summary) = out.first_mut() {
+                watch.finish_interval(summary);
+            }
+            ctx.append_all(&out);
             next_summary = summaries.next_after(now).at;
         }
+        let period = watch.next_period();
+        let was_bursting = std::mem::replace(&mut bursting, period < cfg.sample_interval);
+        at = if bursting {
+            (at + period).max(Instant::now())
+        } else {
+            let tick = samples.next_after(Instant::now());
+            // After a burst the normal boundaries it passed were not missed.
+            if tick.skipped > 0 && !was_bursting {
+                ctx.health.overran("activity sampler", tick.skipped);
+            }
+            tick.at
+        };
     }
-    ctx.append_all(&sampler.finish_interval());
+    ctx.append_all(&watch.stop());
+    let mut out = sampler.finish_interval();
+    if let Some(summary) = out.first_mut() {
+        watch.finish_interval(summary);
+    }
+    ctx.append_all(&out);
 }
 
 /// The data directory and WAL directory of the server, for the filesystem figures.

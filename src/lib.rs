@@ -20,5 +20,6 @@ pub mod selftest;
 pub mod ship;
 pub mod shutdown;
 pub mod signals;
+pub mod spike;
 pub mod spool;
 pub mod status;

@@ -28,6 +28,8 @@ pub struct PidStat {
     pub rss_pages: u64,
     /// Whether `comm` is a PostgreSQL server process (`postgres` or `postmaster`).
     pub is_postgres: bool,
+    /// The run state (field 3): `b'R'` runnable, `b'D'` uninterruptible (I/O), `b'S'` sleeping...
+    pub state: u8,
 }
 
 /// What `/proc/<pid>/io` says about one process (storage-layer bytes).
@@ -60,7 +62,8 @@ pub fn parse_stat(text: &str) -> Option<PidStat> {
     // Field 3 (state) is the first after the comm; utime is field 14, stime 15, starttime 22,
     // rss 24.
     let mut fields = text[close + 1..].split_ascii_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let state = fields.next()?.bytes().next()?;
+    let utime: u64 = fields.nth(10)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     let start_ticks: u64 = fields.nth(6)?.parse().ok()?;
     let rss_pages: i64 = fields.nth(1)?.parse().ok()?;
@@ -69,6 +72,7 @@ pub fn parse_stat(text: &str) -> Option<PidStat> {
         start_ticks,
         rss_pages: rss_pages.max(0) as u64,
         is_postgres: comm.starts_with("postgres") || comm.starts_with("postmaster"),
+        state,
     })
 }
 
@@ -297,6 +301,7 @@ mod tests {
         assert_eq!(s.start_ticks, 987654);
         assert_eq!(s.rss_pages, 2048);
         assert!(s.is_postgres);
+        assert_eq!(s.state, b'R');
     }
 
     #[test]
