@@ -390,7 +390,7 @@ pub const KEYS: &[KeySpec] = &[
         "history_max_mb",
         ["BITVILLE_PG_HISTORY_MAX_MB"],
         "64",
-        "size cap of the flight recorder's two files together, in MiB (1 to 4096); 24 h of rows take about 15 MiB"
+        "size cap of the flight recorder's two files together, in MiB (1 to 4096); 24 h of 1 s rows take about 20 MiB"
     ),
 ];
 
