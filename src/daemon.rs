@@ -446,7 +446,7 @@ fn run_sampler(ctx: &Context) {
             .is_some()
         {
             // Spike reports go to the spool at once, not at the interval's end.
-            ctx.append_all(&watch.after_sample(&sampler.take_spike_snapshot()));
+            ctx.append_all(&watch.after_sample(sampler.take_spike_snapshot()));
             if watch.take_deep_due() {
                 if let Some(deep) = ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
                     crate::spike::deep::snapshot(c, &deep_options)

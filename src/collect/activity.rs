@@ -323,8 +323,8 @@ pub struct ActivitySampler {
     leaders_by_start: HashMap<i64, ExecKey>,
     room_check_at: usize,
     text_buf: String,
-    /// The last sample, for the spike code (see [`Self::take_spike_snapshot`]).
-    spike: crate::spike::SampleSnapshot,
+    /// The lock waiters of the last sample, when it queried them (for the spike code).
+    spike_waiters: Option<Vec<LockWaiter>>,
 }
 
 /// One row of the per-second query, decoded (strings borrowed from the driver's row).
@@ -416,14 +416,41 @@ impl ActivitySampler {
             leaders_by_start: HashMap::new(),
             room_check_at: 0,
             text_buf: String::new(),
-            spike: crate::spike::SampleSnapshot::default(),
+            spike_waiters: None,
         }
     }
 
     /// What the last sample saw, as plain values for the load timeline and the spike detector
-    /// (`crate::spike`); taken, so each sample is handed over once.
+    /// (`crate::spike`). Call after each successful [`Self::sample`], before
+    /// [`Self::finish_interval`]; the lock waiters are handed over once.
     pub fn take_spike_snapshot(&mut self) -> crate::spike::SampleSnapshot {
-        std::mem::take(&mut self.spike)
+        let rows = self
+            .current
+            .iter()
+            .filter_map(|(pid, key)| {
+                let e = self.execs.get(key)?;
+                Some(crate::spike::SampleRow {
+                    pid: *pid,
+                    exec_start: key.1,
+                    state: Some(e.state.clone()).filter(|s| !s.is_empty()),
+                    wait_event_type: e.wait_event_type.clone(),
+                    query_id: None,
+                    query: e.query.clone(),
+                    correlation_id: e.correlation_id.clone(),
+                    usename: e.usename.clone(),
+                    datname: e.datname.clone(),
+                    client_addr: e.client_addr.clone(),
+                    cpu_ticks_total: e.cpu_ticks,
+                    cpu_ticks: 0,
+                })
+            })
+            .collect();
+        crate::spike::SampleSnapshot {
+            at: self.last_sample_at.unwrap_or(0.0),
+            rows,
+            run_states: self.proc.last_round_states().iter().map(|s| s.1).collect(),
+            waiters: self.spike_waiters.take(),
+        }
     }
 
     /// Executions held for the current interval (for tests and the agent's self-metrics).
@@ -493,9 +520,6 @@ impl ActivitySampler {
         self.n_samples += 1;
         self.current.clear();
         self.leaders_by_start.clear();
-        self.spike.rows.clear();
-        self.spike.run_states.clear();
-        self.spike.waiters = None;
         let mut stats = SampleStats {
             n_rows: rows.len(),
             ..SampleStats::default()
@@ -519,7 +543,6 @@ impl ActivitySampler {
         self.proc.end_round();
         // An empty sample carries no server time; the agent runs on the same host.
         let now = rows.first().map_or_else(unix_now, |r| r.now);
-        self.spike.at = now;
         self.interval_start.get_or_insert(now);
         self.last_sample_at = Some(now);
         (stats, now)
@@ -564,26 +587,9 @@ impl ActivitySampler {
                 }),
             }
         }
-        let ticks_before = exec.cpu_ticks;
         if self.cfg.read_procfs {
-            if let Some(st) =
-                Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, round)
-            {
-                self.spike.run_states.push(st);
-            }
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, round);
         }
-        self.spike.rows.push(crate::spike::SampleRow {
-            pid: row.pid,
-            state: row.state.map(str::to_string),
-            wait_event_type: row.wait_event_type.map(str::to_string),
-            query_id: None,
-            query: exec.query.clone(),
-            correlation_id: exec.correlation_id.clone(),
-            usename: exec.usename.clone(),
-            datname: exec.datname.clone(),
-            client_addr: exec.client_addr.clone(),
-            cpu_ticks: exec.cpu_ticks - ticks_before,
-        });
     }
 
     /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
@@ -602,26 +608,21 @@ impl ActivitySampler {
         };
         exec.n_worker_samples += 1;
         if self.cfg.read_procfs {
-            if let Some(st) =
-                Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, self.round)
-            {
-                self.spike.run_states.push(st);
-            }
+            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, self.round);
         }
         true
     }
 
-    /// Charges the pid's CPU and I/O since its previous sample; returns its run state.
     fn account_os(
         proc: &mut ProcReader,
         tracks: &mut HashMap<i32, PidTrack>,
         exec: &mut Execution,
         pid: i32,
         round: u64,
-    ) -> Option<u8> {
+    ) {
         let Some(s) = proc.sample(pid) else {
             tracks.remove(&pid);
-            return None;
+            return;
         };
         exec.os_seen = true;
         exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
@@ -647,7 +648,6 @@ impl ActivitySampler {
                 io: s.io,
             },
         );
-        Some(s.stat.state)
     }
 
     fn new_execution(&mut self, row: &SessionRow) -> Execution {
@@ -727,7 +727,7 @@ impl ActivitySampler {
             return Ok(());
         }
         self.note_lock_waits(&waiters);
-        self.spike.waiters = Some(waiters.clone());
+        self.spike_waiters = Some(waiters.clone());
         let trees = locks::build_trees(&waiters);
         let (execs, current) = (&self.execs, &self.current);
         let json = locks::trees_json(&trees, &waiters, |pid| {

@@ -152,6 +152,8 @@ pub struct ProcReader {
     io_refused_at: Option<Instant>,
     open: HashMap<i32, OpenPid>,
     round: u64,
+    states: Vec<(i32, u8)>,
+    last_states: Vec<(i32, u8)>,
 }
 
 impl Default for ProcReader {
@@ -180,6 +182,8 @@ impl ProcReader {
             io_refused_at: None,
             open: HashMap::new(),
             round: 0,
+            states: Vec::new(),
+            last_states: Vec::new(),
         }
     }
 
@@ -188,9 +192,17 @@ impl ProcReader {
         self.io_refused_at.is_some()
     }
 
+    /// (pid, run state) of every PostgreSQL process read in the round that the last
+    /// [`ProcReader::end_round`] closed.
+    pub fn last_round_states(&self) -> &[(i32, u8)] {
+        &self.last_states
+    }
+
     /// Closes the files of pids not sampled since the previous call. Call once per sampling
     /// round, after the round's [`ProcReader::sample`] calls.
     pub fn end_round(&mut self) {
+        std::mem::swap(&mut self.states, &mut self.last_states);
+        self.states.clear();
         let round = self.round;
         self.open.retain(|_, o| o.round == round);
         self.round += 1;
@@ -257,6 +269,7 @@ impl ProcReader {
         if !stat.is_postgres {
             return None;
         }
+        self.states.push((pid, stat.state));
         let io = if self.io_allowed() {
             let file = match entry.as_mut().and_then(|e| e.io.take()) {
                 Some(f) => Ok(f),
@@ -348,6 +361,7 @@ mod tests {
         std::fs::write(dir.join("10/io"), "read_bytes: 1\nwrite_bytes: 2\n").unwrap();
         assert_eq!(r.sample(10).unwrap().io.map(|i| i.write_bytes), Some(2));
         r.end_round();
+        assert_eq!(r.last_round_states(), &[(10, b'R'), (10, b'R')]);
         // A cached file is re-read in place: new content shows without reopening.
         std::fs::write(dir.join("10/stat"), STAT.replace(" 1234 56 ", " 2000 56 ")).unwrap();
         assert_eq!(r.sample(10).unwrap().stat.cpu_ticks, 2056);

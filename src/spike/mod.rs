@@ -31,6 +31,8 @@ use crate::collect::locks::LockWaiter;
 pub struct SampleRow {
     /// Backend pid.
     pub pid: i32,
+    /// The execution's `query_start` in µs (with the pid, the execution's key).
+    pub exec_start: i64,
     /// `pg_stat_activity.state` (`None` for background processes).
     pub state: Option<String>,
     /// `wait_event_type` (`None`: on CPU when active).
@@ -47,7 +49,10 @@ pub struct SampleRow {
     pub datname: Option<String>,
     /// Client address.
     pub client_addr: Option<String>,
-    /// CPU ticks the backend spent since the previous sample (0 when unknown).
+    /// CPU ticks charged to the execution so far in this interval (the sampler's figure).
+    pub cpu_ticks_total: u64,
+    /// CPU ticks the backend spent since the previous sample: filled by [`watch::Watch`] from
+    /// `cpu_ticks_total` (0 when unknown).
     pub cpu_ticks: u64,
 }
 

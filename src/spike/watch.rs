@@ -8,6 +8,7 @@
 //! sample that started it and the end report by the sample that ended it (or by [`Watch::stop`]);
 //! the interval's timeline is bounded ([`MAX_INTERVAL_ROWS`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct Watch {
     normal: Duration,
     period: Duration,
     deep_wanted: bool,
+    /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
+    cpu_prev: HashMap<i32, (i64, u64)>,
 }
 
 fn spike_payload(data: Json) -> Payload {
@@ -96,11 +99,31 @@ impl Watch {
             normal,
             period: normal,
             deep_wanted: false,
+            cpu_prev: HashMap::new(),
         }
     }
 
+    /// Fills each row's `cpu_ticks` (since the previous sample) from the sampler's running
+    /// total of its execution: the whole total for an execution not seen before (or after the
+    /// interval restarted the totals).
+    fn cpu_deltas(&mut self, snap: &mut SampleSnapshot) {
+        let mut seen = HashMap::with_capacity(snap.rows.len());
+        for r in &mut snap.rows {
+            r.cpu_ticks = match self.cpu_prev.get(&r.pid) {
+                Some(&(start, total)) if start == r.exec_start && total <= r.cpu_ticks_total => {
+                    r.cpu_ticks_total - total
+                }
+                _ => r.cpu_ticks_total,
+            };
+            seen.insert(r.pid, (r.exec_start, r.cpu_ticks_total));
+        }
+        self.cpu_prev = seen;
+    }
+
     /// Takes in one sample; returns the spike reports to append now.
-    pub fn after_sample(&mut self, snap: &SampleSnapshot) -> Vec<Payload> {
+    pub fn after_sample(&mut self, mut snap: SampleSnapshot) -> Vec<Payload> {
+        self.cpu_deltas(&mut snap);
+        let snap = &snap;
         let host = self.host.sample();
         let row = Row::from_sample(snap, host);
         let period_s = self.period.as_secs_f64();
@@ -254,6 +277,37 @@ mod tests {
     }
 
     #[test]
+    fn cpu_is_charged_per_sample_from_the_running_totals() {
+        let mut w = Watch::with_host(
+            &spike_cfg(),
+            Duration::from_secs(1),
+            None,
+            HostLine::with_root("/nonexistent"),
+        );
+        let row = |start: i64, total: u64| SampleRow {
+            pid: 7,
+            exec_start: start,
+            cpu_ticks_total: total,
+            ..SampleRow::default()
+        };
+        let mut s = SampleSnapshot {
+            rows: vec![row(1, 10)],
+            ..SampleSnapshot::default()
+        };
+        w.cpu_deltas(&mut s);
+        assert_eq!(s.rows[0].cpu_ticks, 10, "a new execution: all it has");
+        s.rows = vec![row(1, 25)];
+        w.cpu_deltas(&mut s);
+        assert_eq!(s.rows[0].cpu_ticks, 15);
+        s.rows = vec![row(2, 3)];
+        w.cpu_deltas(&mut s);
+        assert_eq!(s.rows[0].cpu_ticks, 3, "the next query of the pid");
+        s.rows = vec![row(2, 1)];
+        w.cpu_deltas(&mut s);
+        assert_eq!(s.rows[0].cpu_ticks, 1, "totals restarted with the interval");
+    }
+
+    #[test]
     fn a_spike_gives_a_start_and_an_end_report_and_the_summary_its_timeline() {
         let dir = std::env::temp_dir().join(format!("bv-watch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -266,11 +320,11 @@ mod tests {
         );
         let mut reports = vec![];
         for i in 0..10 {
-            reports.extend(w.after_sample(&snap(i as f64, 1)));
+            reports.extend(w.after_sample(snap(i as f64, 1)));
         }
         assert!(reports.is_empty());
         for i in 10..15 {
-            reports.extend(w.after_sample(&snap(i as f64, 40)));
+            reports.extend(w.after_sample(snap(i as f64, 40)));
         }
         assert_eq!(reports.len(), 1);
         assert_eq!(
@@ -281,7 +335,7 @@ mod tests {
         assert!(!w.take_deep_due(), "once per spike");
         assert_eq!(w.next_period(), Duration::from_millis(250));
         for i in 15..20 {
-            reports.extend(w.after_sample(&snap(i as f64, 0)));
+            reports.extend(w.after_sample(snap(i as f64, 0)));
         }
         assert_eq!(reports.len(), 2);
         let end = &reports[1].data;
