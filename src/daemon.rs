@@ -446,14 +446,12 @@ fn run_sampler(ctx: &Context) {
             .is_some()
         {
             // Spike reports go to the spool at once, not at the interval's end.
-            ctx.append_all(&watch.after_sample(sampler.take_spike_snapshot()));
-            if watch.take_deep_due() {
-                if let Some(deep) = ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
-                    crate::spike::deep::snapshot(c, &deep_options)
-                }) {
-                    watch.set_deep(deep);
-                }
-            }
+            let snapshot = sampler.take_spike_snapshot();
+            ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
+                ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+                    crate::spike::deep::run(c, &deep_options, req)
+                })
+            }));
         }
         let now = Instant::now();
         if now >= next_summary {
@@ -477,7 +475,11 @@ fn run_sampler(ctx: &Context) {
             tick.at
         };
     }
-    ctx.append_all(&watch.stop());
+    ctx.append_all(&watch.stop(&mut |req| {
+        ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+            crate::spike::deep::run(c, &deep_options, req)
+        })
+    }));
     let mut out = sampler.finish_interval();
     if let Some(summary) = out.first_mut() {
         watch.finish_interval(summary);

@@ -105,6 +105,8 @@ pub struct SpikeCapture {
     host: HostPeaks,
     /// The deep snapshot, once taken.
     pub deep: Option<Json>,
+    /// The spike's own pg_stat_statements deltas, once known.
+    pub statements: Option<Json>,
 }
 
 impl SpikeCapture {
@@ -122,6 +124,7 @@ impl SpikeCapture {
             blockers: HashMap::new(),
             host: HostPeaks::default(),
             deep: None,
+            statements: None,
         }
     }
 
@@ -327,6 +330,10 @@ impl SpikeCapture {
                 },
             )
             .field("deep", if full { self.deep.clone() } else { None })
+            .field(
+                "statements",
+                if full { self.statements.clone() } else { None },
+            )
     }
 }
 

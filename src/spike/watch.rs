@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::attrib::Attribution;
+use super::deep::{self, Request};
 use super::detector::{Detector, DetectorConfig, Event, Point};
 use super::hostline::HostLine;
 use super::recorder::{Recorder, RecorderConfig};
@@ -54,7 +55,7 @@ pub struct Watch {
     top_n: usize,
     normal: Duration,
     period: Duration,
-    deep_wanted: bool,
+    statements_start: Vec<deep::StatementCounters>,
     /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
     cpu_prev: HashMap<i32, (i64, u64)>,
 }
@@ -98,7 +99,7 @@ impl Watch {
             top_n: cfg.attribution_top_n,
             normal,
             period: normal,
-            deep_wanted: false,
+            statements_start: Vec::new(),
             cpu_prev: HashMap::new(),
         }
     }
@@ -120,8 +121,14 @@ impl Watch {
         self.cpu_prev = seen;
     }
 
-    /// Takes in one sample; returns the spike reports to append now.
-    pub fn after_sample(&mut self, mut snap: SampleSnapshot) -> Vec<Payload> {
+    /// Takes in one sample; returns the spike reports to append now. `db` answers the deep
+    /// snapshot at a spike's start and the statement counters at its end (`None`: not
+    /// available, paused, or failed; the report goes out without them).
+    pub fn after_sample(
+        &mut self,
+        mut snap: SampleSnapshot,
+        db: &mut dyn FnMut(&Request) -> Option<deep::Answer>,
+    ) -> Vec<Payload> {
         self.cpu_deltas(&mut snap);
         let snap = &snap;
         let host = self.host.sample();
@@ -153,9 +160,14 @@ impl Watch {
             );
             let mut s = SpikeCapture::new(start, reason, baseline);
             s.add(snap, &row, period_s);
+            // The short report first: a spike that takes the server down still leaves it.
             out.push(self.report(&s, "start"));
+            self.statements_start.clear();
+            if let Some(a) = db(&Request::Start) {
+                s.deep = a.snapshot;
+                self.statements_start = a.statements;
+            }
             self.spike = Some(s);
-            self.deep_wanted = true;
             return out;
         }
         if let Some(s) = self.spike.as_mut() {
@@ -165,6 +177,7 @@ impl Watch {
             if let Some(mut s) = self.spike.take() {
                 s.end = Some(end);
                 s.end_reason = Some(reason);
+                self.add_statement_deltas(&mut s, db);
                 log::info!(
                     "load spike over: {:.1} s, {} samples",
                     end - s.start,
@@ -184,21 +197,24 @@ impl Watch {
         spike_payload(data)
     }
 
+    fn add_statement_deltas(
+        &mut self,
+        s: &mut SpikeCapture,
+        db: &mut dyn FnMut(&Request) -> Option<deep::Answer>,
+    ) {
+        let start = std::mem::take(&mut self.statements_start);
+        if start.is_empty() {
+            return;
+        }
+        let query_ids = start.iter().map(|c| c.query_id).collect();
+        if let Some(a) = db(&Request::End { query_ids }) {
+            s.statements = Some(deep::deltas(&start, &a.statements));
+        }
+    }
+
     /// Whether a spike lasts.
     pub fn in_spike(&self) -> bool {
         self.spike.is_some()
-    }
-
-    /// True once per spike, right after it started: time for the deep snapshot.
-    pub fn take_deep_due(&mut self) -> bool {
-        std::mem::take(&mut self.deep_wanted) && self.spike.is_some()
-    }
-
-    /// Attaches the deep snapshot to the spike in progress.
-    pub fn set_deep(&mut self, deep: Json) {
-        if let Some(s) = self.spike.as_mut() {
-            s.deep = Some(deep);
-        }
     }
 
     /// The request ids of the current spike's top requests (blockers first), for the correlated
@@ -228,10 +244,11 @@ impl Watch {
     }
 
     /// At shutdown: the end report of a spike still in progress (`end_reason = "agent_stop"`).
-    pub fn stop(&mut self) -> Vec<Payload> {
+    pub fn stop(&mut self, db: &mut dyn FnMut(&Request) -> Option<deep::Answer>) -> Vec<Payload> {
         match self.spike.take() {
             Some(mut s) => {
                 s.end_reason = Some("agent_stop");
+                self.add_statement_deltas(&mut s, db);
                 vec![self.report(&s, "end")]
             }
             None => Vec::new(),
@@ -318,30 +335,52 @@ mod tests {
             Some(&dir),
             HostLine::with_root(dir.join("no-proc")),
         );
+        let mut asked = vec![];
+        let mut db = |r: &Request| {
+            asked.push(r.clone());
+            Some(deep::Answer {
+                snapshot: Some(Json::object().field("lock_trees", Json::Array(vec![]))),
+                statements: vec![deep::StatementCounters {
+                    query_id: 9,
+                    calls: matches!(r, Request::End { .. }) as i64 * 5,
+                    ..deep::StatementCounters::default()
+                }],
+                query_ids: vec![9],
+            })
+        };
         let mut reports = vec![];
         for i in 0..10 {
-            reports.extend(w.after_sample(snap(i as f64, 1)));
+            reports.extend(w.after_sample(snap(i as f64, 1), &mut db));
         }
         assert!(reports.is_empty());
         for i in 10..15 {
-            reports.extend(w.after_sample(snap(i as f64, 40)));
+            reports.extend(w.after_sample(snap(i as f64, 40), &mut db));
         }
         assert_eq!(reports.len(), 1);
         assert_eq!(
             reports[0].data.get("phase"),
             Some(&Json::Str("start".into()))
         );
-        assert!(w.take_deep_due());
-        assert!(!w.take_deep_due(), "once per spike");
         assert_eq!(w.next_period(), Duration::from_millis(250));
         for i in 15..20 {
-            reports.extend(w.after_sample(snap(i as f64, 0)));
+            reports.extend(w.after_sample(snap(i as f64, 0), &mut db));
         }
         assert_eq!(reports.len(), 2);
         let end = &reports[1].data;
         assert_eq!(end.get("phase"), Some(&Json::Str("end".into())));
         assert_eq!(end.get("end"), Some(&Json::Float(14.0)));
         assert_eq!(end.get("spike_id"), reports[0].data.get("spike_id"));
+        let text = end.to_json_string();
+        assert!(
+            text.contains(r#""statements":[{"query_id":9,"calls":5,"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""deep":{"lock_trees":[]}"#), "{text}");
+        assert_eq!(
+            asked,
+            vec![Request::Start, Request::End { query_ids: vec![9] }],
+            "one deep snapshot at the start, the counters again at the end"
+        );
         let mut summary = spike_payload(Json::object());
         w.finish_interval(&mut summary);
         let text = summary.data.to_json_string();
