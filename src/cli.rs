@@ -42,6 +42,11 @@ modes:
       --check-config  load and validate the configuration, print it with secrets
                       masked, and exit
       --status        show what the running agent reports (spool, breaker, errors)
+      --report [--since DURATION | --at 'YYYY-MM-DD HH:MM']
+                      print the local flight recorder: active sessions per
+                      second and the load spikes (default: the last hour;
+                      DURATION like 30m, 2h, 1d; --at: 10 minutes around a
+                      UTC time); needs no database connection
       --analyze-log FILE [--prefix PREFIX]
                       parse a server log file and print what was understood
                       (PREFIX: its log_line_prefix; default PostgreSQL's '%m [%p] ')
@@ -78,6 +83,13 @@ pub enum Mode {
     Test,
     /// What the running agent reports.
     Status,
+    /// Print the flight recorder's history.
+    Report {
+        /// `--since`: the last this many seconds.
+        since_s: Option<u64>,
+        /// `--at`: 10 minutes around this time (unix seconds, UTC).
+        at: Option<i64>,
+    },
     /// Parse a log file and report.
     AnalyzeLog {
         /// The file.
@@ -108,6 +120,8 @@ where
     let mut config = None;
     let mut pid_file = None;
     let mut prefix = None;
+    let mut since_s = None;
+    let mut at = None;
     let mut mode: Option<Mode> = None;
     let mut args = args.into_iter().map(Into::into);
     let mut set_mode = |m: Mode, flag: &str| match &mode {
@@ -154,6 +168,29 @@ where
                     &arg,
                 )?;
             }
+            "--report" => set_mode(
+                Mode::Report {
+                    since_s: None,
+                    at: None,
+                },
+                &arg,
+            )?,
+            "--since" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a duration"))?
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
+                since_s = Some(crate::spike::render::parse_since(&value)?.round() as u64);
+            }
+            "--at" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a time"))?
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
+                at = Some(crate::spike::render::parse_at(&value)? as i64);
+            }
             "--prefix" => {
                 let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
                 let value = value
@@ -171,6 +208,15 @@ where
         (Mode::AnalyzeLog { prefix, .. }, given) => *prefix = given,
         (_, Some(_)) => return Err("--prefix goes with --analyze-log".into()),
         (_, None) => {}
+    }
+    match (&mut mode, since_s, at) {
+        (_, Some(_), Some(_)) => return Err("--since and --at cannot be combined".into()),
+        (Mode::Report { since_s: s, at: a }, since, when) => {
+            *s = since;
+            *a = when;
+        }
+        (_, None, None) => {}
+        _ => return Err("--since and --at go with --report".into()),
     }
     if config.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
         return Err("--config needs a non-empty path".into());
@@ -267,6 +313,43 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn report_takes_since_or_at() {
+        assert_eq!(
+            p(&["--report"]).unwrap().mode,
+            Mode::Report {
+                since_s: None,
+                at: None
+            }
+        );
+        assert_eq!(
+            p(&["--report", "--since", "30m"]).unwrap().mode,
+            Mode::Report {
+                since_s: Some(1800),
+                at: None
+            }
+        );
+        assert_eq!(
+            p(&["--at", "1970-01-01 00:01", "--report"]).unwrap().mode,
+            Mode::Report {
+                since_s: None,
+                at: Some(60)
+            }
+        );
+        assert!(
+            p(&["--report", "--since", "1h", "--at", "2026-12-01 14:32"])
+                .unwrap_err()
+                .contains("cannot be combined")
+        );
+        assert!(p(&["--once", "--since", "1h"])
+            .unwrap_err()
+            .contains("go with --report"));
+        assert!(p(&["--report", "--since", "soon"]).is_err());
+        assert!(p(&["--report", "--at"])
+            .unwrap_err()
+            .contains("needs a time"));
     }
 
     #[test]

@@ -329,6 +329,83 @@ pub const KEYS: &[KeySpec] = &[
         "",
         "append the agent's log to this file (reopened on SIGHUP); empty: standard error"
     ),
+    key!(
+        "spike",
+        "min_active_sessions",
+        ["BITVILLE_PG_MIN_ACTIVE_SESSIONS"],
+        "10",
+        "a spike needs at least this many active sessions (or backends in run state R or D): fewer cannot hurt a server however small its baseline"
+    ),
+    key!(
+        "spike",
+        "baseline_factor",
+        ["BITVILLE_PG_BASELINE_FACTOR"],
+        "3",
+        "a spike needs more than this many times the baseline (the 5-minute mean with the spike left out) of active sessions or R+D backends"
+    ),
+    key!(
+        "spike",
+        "load_per_cpu",
+        ["BITVILLE_PG_LOAD_PER_CPU"],
+        "2",
+        "load1 above this many times the CPU count is a spike by itself (twice as many runnable tasks as CPUs); 0 disables"
+    ),
+    key!(
+        "spike",
+        "end_after_quiet_s",
+        ["BITVILLE_PG_END_AFTER_QUIET_S"],
+        "10",
+        "a spike ends after this many seconds without a sample over the thresholds, so one calm second does not split it"
+    ),
+    key!(
+        "spike",
+        "baseline_s",
+        ["BITVILLE_PG_BASELINE_S"],
+        "300",
+        "time constant of the rolling baseline, in seconds (1 to 86400)"
+    ),
+    key!(
+        "spike",
+        "burst_sample_interval_ms",
+        ["BITVILLE_PG_BURST_SAMPLE_INTERVAL_MS"],
+        "250",
+        "pg_stat_activity sample period while a spike lasts (100 to 1000; 4 samples a second see the pile-up build)"
+    ),
+    key!(
+        "spike",
+        "burst_max_s",
+        ["BITVILLE_PG_BURST_MAX_S"],
+        "60",
+        "most seconds of burst sampling per spike; a longer spike goes on at the normal period"
+    ),
+    key!(
+        "spike",
+        "burst_budget_s_per_hour",
+        ["BITVILLE_PG_BURST_BUDGET_S_PER_HOUR"],
+        "300",
+        "most seconds of burst sampling in any hour, so flapping load cannot make the agent a load of its own"
+    ),
+    key!(
+        "spike",
+        "attribution_top_n",
+        ["BITVILLE_PG_ATTRIBUTION_TOP_N"],
+        "10",
+        "rows per table of the load attribution (queries, requests, users, databases, client addresses) before the \"other\" row (1 to 100)"
+    ),
+    key!(
+        "spike",
+        "history_hours",
+        ["BITVILLE_PG_HISTORY_HOURS"],
+        "24",
+        "hours of timeline and spike reports the local flight recorder keeps for --report (1 to 720)"
+    ),
+    key!(
+        "spike",
+        "history_max_mb",
+        ["BITVILLE_PG_HISTORY_MAX_MB"],
+        "64",
+        "size cap of the flight recorder's two files together, in MiB (1 to 4096); 24 h of 1 s rows take about 20 MiB"
+    ),
 ];
 
 /// Environment variables with the agent's prefix that are not configuration keys.
@@ -561,6 +638,33 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
 }
 
+/// The spike detector, burst sampling, load attribution and the flight recorder (`[spike]`).
+#[derive(Debug, Clone)]
+pub struct SpikeConfig {
+    /// Floor of active sessions (or R+D backends) for a spike. Defaults to 10.
+    pub min_active_sessions: u32,
+    /// Multiple of the baseline a spike exceeds. Defaults to 3.
+    pub baseline_factor: f64,
+    /// load1 per CPU that is a spike by itself; 0 disables. Defaults to 2.
+    pub load_per_cpu: f64,
+    /// Quiet time that ends a spike. Defaults to 10 s.
+    pub end_after_quiet: Duration,
+    /// Time constant of the baseline. Defaults to 300 s.
+    pub baseline: Duration,
+    /// Sample period while bursting. Defaults to 250 ms.
+    pub burst_sample_interval: Duration,
+    /// Most burst time per spike. Defaults to 60 s.
+    pub burst_max: Duration,
+    /// Most burst time per hour. Defaults to 300 s.
+    pub burst_budget_per_hour: Duration,
+    /// Rows per attribution table. Defaults to 10.
+    pub attribution_top_n: usize,
+    /// History the flight recorder keeps. Defaults to 24 h.
+    pub history: Duration,
+    /// Size cap of the flight recorder. Defaults to 64 MiB.
+    pub history_max_bytes: u64,
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -574,6 +678,8 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[spike]`.
+    pub spike: SpikeConfig,
 }
 
 /// A loaded configuration with what the operator should be told about it.
@@ -1037,6 +1143,7 @@ impl Config {
         let database = Self::database(&mut r)?;
         let collection = Self::collection(&mut r)?;
         let listener = Self::listener(&mut r)?;
+        let spike = Self::spike(&mut r)?;
         let max_mb = r.number("buffer", "max_size_mb", 1, 1024 * 1024)?;
         let buffer = BufferConfig {
             path: PathBuf::from(r.string("buffer", "path")),
@@ -1095,6 +1202,57 @@ impl Config {
                 level,
                 file: r.optional_path("log", "file"),
             },
+            spike,
+        })
+    }
+
+    fn spike(r: &mut Reader<'_>) -> Result<SpikeConfig, ConfigError> {
+        let decimal = |r: &Reader<'_>, key: &str, max: f64| -> Result<f64, ConfigError> {
+            let v = r.string("spike", key);
+            match v.parse::<f64>() {
+                Ok(x) if x.is_finite() && (0.0..=max).contains(&x) => Ok(x),
+                _ => Err(r.error(
+                    "spike",
+                    key,
+                    format!("\"{v}\" is not a number from 0 to {max}"),
+                )),
+            }
+        };
+        let factor = decimal(r, "baseline_factor", 1000.0)?;
+        if factor < 1.0 {
+            return Err(r.error(
+                "spike",
+                "baseline_factor",
+                format!("{factor} is below 1: every sample would be a spike"),
+            ));
+        }
+        Ok(SpikeConfig {
+            min_active_sessions: r.number("spike", "min_active_sessions", 1, 100_000)? as u32,
+            baseline_factor: factor,
+            load_per_cpu: decimal(r, "load_per_cpu", 1000.0)?,
+            end_after_quiet: Duration::from_secs(r.number(
+                "spike",
+                "end_after_quiet_s",
+                1,
+                3600,
+            )?),
+            baseline: Duration::from_secs(r.number("spike", "baseline_s", 1, 86_400)?),
+            burst_sample_interval: Duration::from_millis(r.number(
+                "spike",
+                "burst_sample_interval_ms",
+                100,
+                1000,
+            )?),
+            burst_max: Duration::from_secs(r.number("spike", "burst_max_s", 0, 3600)?),
+            burst_budget_per_hour: Duration::from_secs(r.number(
+                "spike",
+                "burst_budget_s_per_hour",
+                0,
+                3600,
+            )?),
+            attribution_top_n: r.number("spike", "attribution_top_n", 1, 100)? as usize,
+            history: Duration::from_secs(r.number("spike", "history_hours", 1, 720)? * 3600),
+            history_max_bytes: r.number("spike", "history_max_mb", 1, 4096)? << 20,
         })
     }
 

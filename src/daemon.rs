@@ -39,6 +39,7 @@ use crate::pool::{Pool, PooledClient};
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
+use crate::spike::watch::Watch;
 use crate::spool::Spool;
 use crate::{logging, selfstats, status};
 
@@ -600,10 +601,17 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
         max_correlated: budget,
         ..ActivityConfig::from_collection(cfg)
     });
-    // The summary goes to the spool at once; the requests' statements wait in the correlator
-    // for their log lines (a short grace), and their records are appended when due.
-    let close = |sampler: &mut ActivitySampler| {
-        let (summary, statements) = sampler.finish_interval_parts();
+    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
+    let deep_options = crate::spike::deep::DeepOptions {
+        query_text: crate::normalize::QueryText::from_collection(cfg),
+        correlation: crate::normalize::CorrelationPattern::from_collection(cfg),
+    };
+    // The summary (with the interval's timeline and load attribution) goes to the spool at
+    // once; the requests' statements wait in the correlator for their log lines (a short
+    // grace), and their records are appended when due.
+    let close = |sampler: &mut ActivitySampler, watch: &mut Watch| {
+        let (mut summary, statements) = sampler.finish_interval_parts();
+        watch.finish_interval(&mut summary);
         ctx.append_all(std::slice::from_ref(&summary));
         let window = |k| {
             summary.data.get(k).and_then(|v| match v {
@@ -620,26 +628,52 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     };
     let mut backoff = Backoff::default();
     let start = Instant::now();
+    let mut bursting = false;
     let mut samples = Ticker::new(start, cfg.sample_interval);
     let mut summaries = Ticker::new(start, cfg.interval);
     let mut next_summary = summaries.next_after(start).at;
+    let mut at = samples.next_after(start).at;
     loop {
-        let tick = samples.next_after(Instant::now());
-        if tick.skipped > 0 {
-            ctx.health.overran("activity sampler", tick.skipped);
-        }
-        if ctx.shutdown.wait_until(tick.at) {
+        if ctx.shutdown.wait_until(at) {
             break;
         }
-        ctx.db_step("activity", &mut backoff, |c| sampler.sample(c));
+        if ctx
+            .db_step("activity", &mut backoff, |c| sampler.sample(c))
+            .is_some()
+        {
+            // Spike reports go to the spool at once, not at the interval's end.
+            let snapshot = sampler.take_spike_snapshot();
+            ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
+                ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+                    crate::spike::deep::run(c, &deep_options, req)
+                })
+            }));
+        }
         let now = Instant::now();
         if now >= next_summary {
-            close(&mut sampler);
+            close(&mut sampler, &mut watch);
             next_summary = summaries.next_after(now).at;
         }
         append_due(ctx, corr, false);
+        let period = watch.next_period();
+        let was_bursting = std::mem::replace(&mut bursting, period < cfg.sample_interval);
+        at = if bursting {
+            (at + period).max(Instant::now())
+        } else {
+            let tick = samples.next_after(Instant::now());
+            // After a burst the normal boundaries it passed were not missed.
+            if tick.skipped > 0 && !was_bursting {
+                ctx.health.overran("activity sampler", tick.skipped);
+            }
+            tick.at
+        };
     }
-    close(&mut sampler);
+    ctx.append_all(&watch.stop(&mut |req| {
+        ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+            crate::spike::deep::run(c, &deep_options, req)
+        })
+    }));
+    close(&mut sampler, &mut watch);
     append_due(ctx, corr, true);
 }
 

@@ -63,6 +63,14 @@ fn run() -> i32 {
             println!("; configuration is valid");
             return cli::EXIT_OK;
         }
+        Mode::Report { since_s, at } => {
+            return bitville_pg_agent::spike::render::run(
+                &loaded.config.collection.state_dir,
+                since_s.map(|s| s as f64),
+                at.map(|a| a as f64),
+                bitville_pg_agent::payload::unix_now(),
+            );
+        }
         Mode::Status => {
             let stale = loaded.config.collection.interval * 3 + Duration::from_secs(10);
             let (report, healthy) = status::report(&loaded.config.collection.state_dir, stale);

@@ -506,6 +506,8 @@ pub struct ActivitySampler {
     leaders_by_start: HashMap<i64, ExecKey>,
     room_check_at: usize,
     text_buf: String,
+    /// The lock waiters of the last sample, when it queried them (for the spike code).
+    spike_waiters: Option<Vec<LockWaiter>>,
 }
 
 /// One row of the per-second query, decoded (strings borrowed from the driver's row).
@@ -613,6 +615,40 @@ impl ActivitySampler {
             leaders_by_start: HashMap::new(),
             room_check_at: 0,
             text_buf: String::new(),
+            spike_waiters: None,
+        }
+    }
+
+    /// What the last sample saw, as plain values for the load timeline and the spike detector
+    /// (`crate::spike`). Call after each successful [`Self::sample`], before
+    /// [`Self::finish_interval`]; the lock waiters are handed over once.
+    pub fn take_spike_snapshot(&mut self) -> crate::spike::SampleSnapshot {
+        let rows = self
+            .current
+            .iter()
+            .filter_map(|(pid, key)| {
+                let e = self.execs.get(key)?;
+                Some(crate::spike::SampleRow {
+                    pid: *pid,
+                    exec_start: key.1,
+                    state: Some(e.state.clone()).filter(|s| !s.is_empty()),
+                    wait_event_type: e.wait_event_type.clone(),
+                    query_id: e.query_id,
+                    query: e.query.clone(),
+                    correlation_id: e.correlation_id().map(str::to_string),
+                    usename: e.usename.clone(),
+                    datname: e.datname.clone(),
+                    client_addr: e.client_addr.clone(),
+                    cpu_ticks_total: e.cpu_ticks,
+                    cpu_ticks: 0,
+                })
+            })
+            .collect();
+        crate::spike::SampleSnapshot {
+            at: self.last_sample_at.unwrap_or(0.0),
+            rows,
+            run_states: self.proc.last_round_states().iter().map(|s| s.1).collect(),
+            waiters: self.spike_waiters.take(),
         }
     }
 
@@ -1019,6 +1055,7 @@ impl ActivitySampler {
             self.record_error(&e);
         }
         self.note_lock_waits(&waiters, now);
+        self.spike_waiters = Some(waiters.clone());
         let trees = locks::build_trees(&waiters);
         let total_wait_ms = self.note_blocking(&trees, &waiters, now);
         let (execs, current) = (&self.execs, &self.current);
