@@ -173,8 +173,8 @@ fn a_locked_statistics_view_costs_the_server_log_few_errors() {
     eprintln!("{n} lock timeouts in 8 s: {:#?}", &during[before..]);
     assert!(n >= 1, "the lock was not met: {}", agent.log_text());
     assert!(
-        n <= 12,
-        "{n} lock-timeout errors in 8 s: {:#?}",
+        n <= 16,
+        "{n} lock-timeout errors in 8 s (34 before the back-off): {:#?}",
         &during[before..]
     );
     assert_eq!(agent.stop().code(), Some(0));

@@ -259,6 +259,11 @@ pub(crate) struct Ctx {
     pub tables_budget: Duration,
 }
 
+/// Timeouts of this many parts in one cycle mean a lock that holds back more than one view: the
+/// rest of the cycle is skipped and the whole collector backs off (one locked view only backs
+/// its own part off).
+const BROAD_TIMEOUTS: u32 = 2;
+
 /// Per-part backoff and last-run bookkeeping, and the block's error list while it is built.
 struct Runner<'a> {
     cycle: u64,
@@ -270,9 +275,10 @@ struct Runner<'a> {
     version_stale: bool,
     /// The parts run inside one read-only transaction (see [`Health::collect`]).
     in_transaction: bool,
-    /// A part timed out in this cycle: the rest would most likely meet the same lock, so they
-    /// are skipped (one lock-timeout error in the server log per cycle, not one per part).
-    timed_out: bool,
+    /// Parts that timed out in this cycle. From [`BROAD_TIMEOUTS`] on the statistics are locked
+    /// broadly (not one view): the remaining parts would meet the same lock, so they are skipped
+    /// and the whole collector backs off.
+    timeouts: u32,
 }
 
 impl Runner<'_> {
@@ -292,7 +298,7 @@ impl Runner<'_> {
                 }
             }
         }
-        if self.timed_out {
+        if self.timeouts >= BROAD_TIMEOUTS {
             out.push(part.name(), Json::Null);
             return;
         }
@@ -323,8 +329,10 @@ impl Runner<'_> {
                 if e.is_timeout() {
                     let skip = backoff.record_timeout(self.cycle);
                     err.push("backed_off_cycles", skip);
-                    err.push("rest_of_cycle_skipped", true);
-                    self.timed_out = true;
+                    self.timeouts += 1;
+                    if self.timeouts >= BROAD_TIMEOUTS {
+                        err.push("rest_of_cycle_skipped", true);
+                    }
                 }
                 self.version_stale |= e.is_version_mismatch();
                 self.errors.push(err);
@@ -368,7 +376,7 @@ pub struct Health {
     cycle: u64,
     last_collect: Option<Instant>,
     backoffs: HashMap<Part, Backoff>,
-    /// The whole collector's back-off: a timeout in any part holds every part back.
+    /// The whole collector's back-off, after a cycle in which [`BROAD_TIMEOUTS`] parts timed out.
     gate: Backoff,
     last_run: HashMap<Part, Instant>,
     databases: databases::Databases,
@@ -453,13 +461,13 @@ impl Health {
             }
         };
         if !self.gate.allows(self.cycle) {
-            // A part timed out lately: the whole collector waits (1, 2, 4, ... cycles), so a
-            // locked statistics view costs the server log a few errors, not one per cycle.
+            // The statistics were locked broadly lately: the whole collector waits (1, 2, 4, ...
+            // cycles), so such a lock costs the server log a few errors, not several per cycle.
             out.push(
                 "errors",
                 Json::Array(vec![Json::object()
                     .field("collector", "health")
-                    .field("skipped", "backed off after a timeout")
+                    .field("skipped", "backed off after timeouts of several parts")
                     .field("consecutive_timeouts", self.gate.consecutive_timeouts())
                     .field(
                         "resume_in_cycles",
@@ -486,7 +494,7 @@ impl Health {
             errors: Vec::new(),
             version_stale: false,
             in_transaction,
-            timed_out: false,
+            timeouts: 0,
         };
         let (dbs, ckpt, wal, slots) = (
             &mut self.databases,
@@ -532,8 +540,7 @@ impl Health {
         let mut errors = std::mem::take(&mut runner.errors);
         let mut stale = runner.version_stale;
         let in_transaction = runner.in_transaction;
-        let timed_out = runner.timed_out;
-        if timed_out {
+        if runner.timeouts >= BROAD_TIMEOUTS {
             self.gate.record_timeout(self.cycle);
             if in_transaction {
                 commit(client);
@@ -666,7 +673,7 @@ fn collect_relations(
         errors: Vec::new(),
         version_stale: false,
         in_transaction,
-        timed_out: false,
+        timeouts: 0,
     };
     let tables = &mut state.tables;
     runner.run(Part::Tables, out, client, |c| tables.collect(c, ctx));
