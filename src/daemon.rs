@@ -193,23 +193,35 @@ struct HealthState {
     overruns: u64,
     paused: bool,
     n_append_errors: u64,
-    /// Appends that failed since the last one that worked (logged once per streak).
+    /// Appends that failed in the current streak (logged once per streak).
     append_streak: u64,
+    /// When the last append failed: a streak ends only after [`AgentHealth::streak_quiet`]
+    /// without a failure, so a filesystem that is full again right after each reclaim is still
+    /// one streak.
+    last_append_failure: Option<Instant>,
 }
+
+/// The least time appends must keep working before a streak of failed appends counts as over.
+const STREAK_QUIET_MIN: Duration = Duration::from_secs(30);
 
 /// What the agent knows about its own work, shared by the threads.
 #[derive(Debug)]
 pub struct AgentHealth {
     started: Instant,
+    /// How long appends must keep working before a streak of failures ends: two intervals, at
+    /// least [`STREAK_QUIET_MIN`] (a failure that recurs once per interval is one streak).
+    streak_quiet: Duration,
     pause_file: Mutex<Option<PathBuf>>,
     state: Mutex<HealthState>,
 }
 
 impl AgentHealth {
-    /// Fresh bookkeeping; `pause_file` is the emergency brake.
-    pub fn new(pause_file: Option<PathBuf>) -> AgentHealth {
+    /// Fresh bookkeeping; `pause_file` is the emergency brake; `interval` the collection
+    /// interval (it sets how long a streak of failed appends lasts).
+    pub fn new(pause_file: Option<PathBuf>, interval: Duration) -> AgentHealth {
         AgentHealth {
             started: Instant::now(),
+            streak_quiet: (2 * interval).max(STREAK_QUIET_MIN),
             pause_file: Mutex::new(pause_file),
             state: Mutex::default(),
         }
@@ -290,13 +302,23 @@ impl AgentHealth {
         let mut st = self.lock();
         st.n_append_errors += 1;
         st.append_streak += 1;
+        st.last_append_failure = Some(Instant::now());
         st.append_streak == 1
     }
 
-    /// Ends a streak of failed appends: how many failed in it, if any did.
+    /// Ends a streak of failed appends once appends have worked for `streak_quiet`: how many
+    /// failed in it, if a streak ended now.
     fn append_worked(&self) -> Option<u64> {
-        let n = std::mem::take(&mut self.lock().append_streak);
-        (n > 0).then_some(n)
+        let quiet_for = self.streak_quiet;
+        let mut st = self.lock();
+        let quiet = st
+            .last_append_failure
+            .is_none_or(|t| t.elapsed() >= quiet_for);
+        if st.append_streak == 0 || !quiet {
+            return None;
+        }
+        st.last_append_failure = None;
+        Some(std::mem::take(&mut st.append_streak))
     }
 
     /// Overruns, paused, append errors: read together under one lock.
@@ -408,7 +430,9 @@ impl Context {
                 Ok(_) => {
                     if let Some(n) = self.health.append_worked() {
                         log::info!(
-                            "spool: appending works again; {n} payloads could not be stored meanwhile"
+                            "spool: appending works again (for {} s now); {n} payloads could \
+                             not be stored in the streak before",
+                            self.health.streak_quiet.as_secs()
                         );
                     }
                 }
@@ -417,7 +441,7 @@ impl Context {
                     if self.health.append_failed() {
                         log::error!(
                             "spool: {} payload not stored: {e} (further failures are counted in \
-                             data.agent.spool.append_errors, not logged, until an append works again)",
+                             data.agent.spool.append_errors, not logged, until appends have worked again for a while)",
                             p.source.as_str()
                         );
                     }
@@ -925,7 +949,10 @@ pub fn run(
 ) -> i32 {
     let ship_status = shipper.status_handle();
     let ctx = Arc::new(Context {
-        health: AgentHealth::new(loaded.config.collection.pause_file.clone()),
+        health: AgentHealth::new(
+            loaded.config.collection.pause_file.clone(),
+            loaded.config.collection.interval,
+        ),
         config: loaded.config.clone(),
         pool,
         extra_pools,

@@ -246,7 +246,7 @@ fn status_follows_the_breaker_and_the_drained_backlog_within_seconds() {
     );
     assert!(!listener.stored().is_empty());
     assert!(
-        agent.log_text().contains("correlated budget: 1498 "),
+        agent.log_text().contains("correlated budget: 2996 "),
         "the start-up log states the budget:\n{}",
         agent.log_text()
     );
