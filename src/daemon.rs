@@ -313,7 +313,7 @@ impl AgentHealth {
         let mut st = self.lock();
         let quiet = st
             .last_append_failure
-            .is_none_or(|t| t.elapsed() >= quiet_for);
+            .map_or(true, |t| t.elapsed() >= quiet_for);
         if st.append_streak == 0 || !quiet {
             return None;
         }
