@@ -676,8 +676,10 @@ fn scrub_line(line: &str, out: &mut String) -> bool {
 fn quoted_is_identifier(before: &str) -> bool {
     let t = before.trim_end();
     let word_start = t
-        .rfind(|c: char| !c.is_ascii_alphabetic())
-        .map_or(0, |p| p + 1);
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !c.is_ascii_alphabetic())
+        .map_or(0, |(p, c)| p + c.len_utf8());
     let word = &t[word_start..];
     !word.is_empty()
         && before.len() > t.len()
@@ -1125,6 +1127,70 @@ mod tests {
             scrubbed("unnamed portal with parameters: $1 = 'secret'"),
             "unnamed portal with parameters: $1 = ?"
         );
+    }
+
+    #[test]
+    fn no_rule_panics_on_any_text() {
+        // A small deterministic generator over the bytes that matter to the rules, with
+        // multi-byte characters next to every delimiter.
+        let pieces = [
+            "'",
+            "\"",
+            "$",
+            "$a$",
+            "(",
+            ")",
+            ")=(",
+            ") = (",
+            "Failing row contains (",
+            "/*",
+            "*/",
+            "--",
+            "\n",
+            "\\",
+            "E'",
+            "U&'",
+            "é",
+            "ü\"",
+            "関",
+            "Process 1: ",
+            "Key (",
+            "parameters: ",
+            "SQL statement \"",
+            "JSON data, line 1: ",
+            "relation ",
+            "ö'",
+            "Query Text:",
+            "  (cost=",
+            "->  ",
+            "Filter: ",
+            "1.5",
+            "&apos;",
+            ": ",
+            "ab",
+            " ",
+        ];
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for _ in 0..3000 {
+            let mut t = String::new();
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            x = x.wrapping_add(1);
+            let _ = normalize(&t);
+            let _ = scrub_text(&t);
+            let _ = scrub(LogText::Unparsed, &t);
+            let _ = normalize_plan_text(&t);
+            let _ = normalize_plan_opaque(&t);
+            let _ = kept_comment(&t);
+            let mut j = crate::json::Json::object().field(&t, t.as_str());
+            normalize_plan_json(&mut j);
+            let mut cut = t.clone();
+            truncate_chars(&mut cut, 3);
+        }
     }
 
     #[test]

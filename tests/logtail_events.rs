@@ -264,7 +264,8 @@ fn run(destination: &str) {
         .iter()
         .find(|e| {
             class_of(e) == "checkpoint_starting"
-                && matches!(e.get("reason"), Some(Json::Str(r)) if r.contains("immediate"))
+                // PG18 calls an immediate checkpoint "fast".
+                && matches!(e.get("reason"), Some(Json::Str(r)) if r.contains("immediate") || r.contains("fast"))
         })
         .expect("the CHECKPOINT's start");
     let _ = cp;

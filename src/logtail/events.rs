@@ -695,4 +695,59 @@ mod tests {
             EventClass::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), EventClass::ALL.len());
     }
+
+    #[test]
+    fn nothing_panics_on_any_message() {
+        let pieces = [
+            "process ",
+            "1",
+            " still waiting for ",
+            " acquired ",
+            " on ",
+            " after ",
+            " ms",
+            "é",
+            "関",
+            "temporary file: ",
+            "size ",
+            "checkpoint complete: ",
+            "wrote ",
+            " removed",
+            "automatic vacuum of table ",
+            "\"",
+            "pages: ",
+            "\n",
+            "Process holding the lock: ",
+            ", ",
+            ".",
+            "Wait queue: ",
+            "deadlock detected",
+            "Process ",
+            " waits for ",
+            "canceling statement due to ",
+            "out of memory",
+            "request of size ",
+            "memory context \"",
+        ];
+        let mut x: u64 = 0x853C49E6748FEA9B;
+        for _ in 0..3000 {
+            let mut m = String::new();
+            let mut d = String::new();
+            for i in 0..(x % 14) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let piece = pieces[(x % pieces.len() as u64) as usize];
+                if i % 3 == 0 {
+                    d.push_str(piece)
+                } else {
+                    m.push_str(piece)
+                }
+            }
+            x = x.wrapping_add(1);
+            for level in [Level::Log, Level::Error] {
+                let _ = event(level, &m, Some(&d));
+            }
+        }
+    }
 }
