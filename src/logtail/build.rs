@@ -405,11 +405,12 @@ pub fn request_statements<'a>(members: &[&'a Entry]) -> Vec<StatementRecord<'a>>
         if let Some(q) = e.query() {
             // A statement still open never got its duration line; this one replaces it.
             st.open = None;
+            let plan = st.plan.take().filter(|p| within_window(p, e));
             out.push(StatementRecord {
                 first: e,
                 text: Some(q),
                 duration_ms: e.duration_ms,
-                plan: st.plan.take(),
+                plan,
                 events: std::mem::take(&mut st.events),
                 error: None,
             });
@@ -421,13 +422,26 @@ pub fn request_statements<'a>(members: &[&'a Entry]) -> Vec<StatementRecord<'a>>
         if let (Some(d), Some(i)) = (e.duration_ms, st.open) {
             out[i].duration_ms = Some(d);
             if out[i].plan.is_none() {
-                out[i].plan = st.plan.take();
+                out[i].plan = st.plan.take().filter(|p| within_window(p, e));
             }
             out[i].events.append(&mut st.events);
             st.open = None;
         }
     }
     out
+}
+
+/// True when a plan logged at `plan`'s time can belong to the statement that ended at `end`
+/// (its duration back, with a second of slack for clock rounding); true when a time is unknown.
+fn within_window(plan: &Entry, end: &Entry) -> bool {
+    let ts = |e: &Entry| e.timestamp.as_deref().and_then(timestamp_to_unix);
+    match (ts(plan), ts(end)) {
+        (Some(p), Some(t)) => {
+            let start = t - end.duration_ms.unwrap_or(0.0) / 1000.0;
+            p >= start - 1.0 && p <= t + 1.0
+        }
+        _ => true,
+    }
 }
 
 /// One entry as JSON; absent fields are left out to keep payloads small. Every text that may
@@ -841,6 +855,29 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn a_plan_from_outside_the_statements_time_window_is_not_attached() {
+        let mut old_plan = entry(
+            "duration: 5.0 ms  plan:\nQuery Text: SELECT 1\nResult  (cost=0.00..0.01 rows=1 width=4)",
+            Some(ID),
+            Level::Log,
+        );
+        old_plan.timestamp = Some("2024-05-01 11:50:00.000 UTC".into());
+        let stmt = entry(
+            "duration: 5.0 ms  statement: SELECT 2",
+            Some(ID),
+            Level::Log,
+        );
+        let members = vec![&old_plan, &stmt];
+        let stmts = request_statements(&members);
+        assert_eq!(stmts.len(), 1);
+        assert!(stmts[0].plan.is_none());
+        let mut recent = old_plan.clone();
+        recent.timestamp = stmt.timestamp.clone();
+        let members = vec![&recent, &stmt];
+        assert!(request_statements(&members)[0].plan.is_some());
     }
 
     #[test]
