@@ -201,7 +201,14 @@ pub fn build_payloads(
             members
                 .iter()
                 .take(MAX_ENTRIES_PER_CORRELATION)
-                .map(|e| entry_json(e, opts))
+                .map(|e| {
+                    let mut j = entry_json(e, opts);
+                    // The plan travels once, on its statement (`statements[].plan`).
+                    if let Json::Object(fields) = &mut j {
+                        fields.retain(|(k, _)| k != "plan");
+                    }
+                    j
+                })
                 .collect::<Vec<_>>(),
         );
         data.push(
