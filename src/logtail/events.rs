@@ -681,6 +681,15 @@ mod tests {
             ),
             Some(EventClass::LockFailure)
         );
+        // PG18 log_lock_failures: no wait time, and a comma before the wait queue.
+        assert_eq!(
+            json(
+                Level::Log,
+                "process 77 could not obtain ExclusiveLock on relation 16384 of database 5",
+                Some("Processes holding the lock: 70, 71, Wait queue: .")
+            ),
+            r#"{"class":"lock_failure","pid":77,"lock_mode":"ExclusiveLock","lock_on":"relation 16384 of database 5","blocker_pids":[70,71],"wait_queue":[]}"#
+        );
         assert_eq!(classes(Level::Log, "statement: SELECT 1", None), None);
         assert_eq!(classes(Level::Log, "process 1 something else", None), None);
         for junk in [
