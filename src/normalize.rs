@@ -473,7 +473,7 @@ pub fn scrub(kind: LogText, text: &str) -> String {
 
 /// Words before a double-quoted name in PostgreSQL's messages that make it an identifier
 /// (`relation "t"`, `constraint "t_pkey"`, `user "bob"`); any other quoted thing is a value.
-const NAMES_BEFORE_IDENTIFIERS: &[&str] = &[
+pub const NAMES_BEFORE_IDENTIFIERS: &[&str] = &[
     "relation",
     "table",
     "column",
@@ -697,7 +697,7 @@ fn value_list_opens(before: &str) -> bool {
 /// Properties of a text plan whose values are figures or keywords, never expressions: kept as
 /// they are (when they hold no quote). Every other property (`Filter`, `Index Cond`, `Output`,
 /// `Sort Key`, ...) is normalized as SQL.
-const PLAN_FIGURE_KEYS: &[&str] = &[
+pub const PLAN_FIGURE_KEYS: &[&str] = &[
     "Rows Removed by Filter",
     "Rows Removed by Index Recheck",
     "Rows Removed by Join Filter",
@@ -801,7 +801,7 @@ pub fn normalize_plan_text(plan: &str) -> String {
 
 /// Keys of a JSON plan whose string values are names or keywords, never expressions: kept. Every
 /// other string (`Query Text`, `Filter`, `Index Cond`, `Output`, `Sort Key`, ...) is normalized.
-const PLAN_NAME_KEYS: &[&str] = &[
+pub const PLAN_NAME_KEYS: &[&str] = &[
     "Node Type",
     "Parent Relationship",
     "Relation Name",
