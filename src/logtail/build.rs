@@ -180,21 +180,50 @@ pub fn build_payloads(
     };
     groups.sort_by(|a, b| slowest(&b.1).total_cmp(&slowest(&a.1)));
     for (id, members) in groups.into_iter().take(opts.max_correlated) {
+        // A plan's duration repeats its statement's: the head and the total are statements'.
         let head = members
             .iter()
             .copied()
             .max_by(|a, b| {
-                a.duration_ms
-                    .unwrap_or(-1.0)
-                    .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                let d = |e: &Entry| match (e.plan_at, e.duration_ms) {
+                    (None, Some(d)) => d,
+                    (Some(_), Some(_)) => -0.5,
+                    _ => -1.0,
+                };
+                d(a).total_cmp(&d(b))
             })
             .expect("a group has members");
+        let statements = request_statements(&members);
         let mut data = entry_json(head, opts);
+        if let Json::Object(fields) = &mut data {
+            fields.retain(|(k, _)| k != "plan");
+        }
+        if data.get("query").is_none() {
+            // `log_statement` + a bare `duration:` line: the text is on the statement record.
+            let slowest_text = statements
+                .iter()
+                .filter(|s| s.text.is_some())
+                .max_by(|a, b| {
+                    a.duration_ms
+                        .unwrap_or(-1.0)
+                        .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                });
+            if let Some(q) = slowest_text
+                .and_then(|s| s.text)
+                .and_then(|t| opts.text_rule().render(t))
+            {
+                data.push("query", q);
+            }
+        }
         data.push("kind", "log_correlated");
         data.push("n_entries", members.len());
         data.push(
             "total_duration_ms",
-            members.iter().filter_map(|e| e.duration_ms).sum::<f64>(),
+            members
+                .iter()
+                .filter(|e| e.plan_at.is_none())
+                .filter_map(|e| e.duration_ms)
+                .sum::<f64>(),
         );
         data.push(
             "entries",
@@ -213,7 +242,7 @@ pub fn build_payloads(
         );
         data.push(
             "statements",
-            request_statements(&members)
+            statements
                 .iter()
                 .take(MAX_ENTRIES_PER_CORRELATION)
                 .map(|s| s.to_json(opts))
@@ -856,12 +885,49 @@ mod tests {
             1.0,
         );
         let correlated = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        // The slowest statement heads the record; the plan's duration is not counted twice.
+        assert_eq!(
+            correlated.data.get("duration_ms"),
+            Some(&Json::Float(4100.0))
+        );
+        assert_eq!(
+            correlated.data.get("total_duration_ms"),
+            Some(&Json::Float(5001.5))
+        );
         let text = correlated.data.to_json_string();
         assert!(
             text.contains(r#""statements":[{"query":"SELECT * FROM t WHERE a = ?""#),
             "{text}"
         );
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn with_log_statement_the_record_takes_its_query_from_the_statement() {
+        let es = vec![
+            entry(
+                "statement: SELECT pg_sleep(0.9), 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
+            entry("duration: 900.5 ms", Some(ID), Level::Log),
+        ];
+        let ps = build_payloads(
+            &es,
+            &ParseStats::default(),
+            &Origin {
+                file: None,
+                format: Format::Stderr,
+            },
+            &PayloadOptions::default(),
+            1.0,
+        );
+        let c = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(900.5)));
+        assert_eq!(
+            c.data.get("query"),
+            Some(&Json::from("SELECT pg_sleep(?), ?"))
+        );
     }
 
     #[test]
