@@ -475,7 +475,7 @@ pub fn scrub(kind: LogText, text: &str) -> String {
 
 /// Words before a double-quoted name in PostgreSQL's messages that make it an identifier
 /// (`relation "t"`, `constraint "t_pkey"`, `user "bob"`); any other quoted thing is a value.
-const NAMES_BEFORE_IDENTIFIERS: &[&str] = &[
+pub const NAMES_BEFORE_IDENTIFIERS: &[&str] = &[
     "relation",
     "table",
     "column",
@@ -678,8 +678,10 @@ fn scrub_line(line: &str, out: &mut String) -> bool {
 fn quoted_is_identifier(before: &str) -> bool {
     let t = before.trim_end();
     let word_start = t
-        .rfind(|c: char| !c.is_ascii_alphabetic())
-        .map_or(0, |p| p + 1);
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !c.is_ascii_alphabetic())
+        .map_or(0, |(p, c)| p + c.len_utf8());
     let word = &t[word_start..];
     !word.is_empty()
         && before.len() > t.len()
@@ -697,7 +699,7 @@ fn value_list_opens(before: &str) -> bool {
 /// Properties of a text plan whose values are figures or keywords, never expressions: kept as
 /// they are (when they hold no quote). Every other property (`Filter`, `Index Cond`, `Output`,
 /// `Sort Key`, ...) is normalized as SQL.
-const PLAN_FIGURE_KEYS: &[&str] = &[
+pub const PLAN_FIGURE_KEYS: &[&str] = &[
     "Rows Removed by Filter",
     "Rows Removed by Index Recheck",
     "Rows Removed by Join Filter",
@@ -801,7 +803,7 @@ pub fn normalize_plan_text(plan: &str) -> String {
 
 /// Keys of a JSON plan whose string values are names or keywords, never expressions: kept. Every
 /// other string (`Query Text`, `Filter`, `Index Cond`, `Output`, `Sort Key`, ...) is normalized.
-const PLAN_NAME_KEYS: &[&str] = &[
+pub const PLAN_NAME_KEYS: &[&str] = &[
     "Node Type",
     "Parent Relationship",
     "Relation Name",
@@ -1414,6 +1416,70 @@ mod tests {
             scrubbed("unnamed portal with parameters: $1 = 'secret'"),
             "unnamed portal with parameters: $1 = ?"
         );
+    }
+
+    #[test]
+    fn no_rule_panics_on_any_text() {
+        // A small deterministic generator over the bytes that matter to the rules, with
+        // multi-byte characters next to every delimiter.
+        let pieces = [
+            "'",
+            "\"",
+            "$",
+            "$a$",
+            "(",
+            ")",
+            ")=(",
+            ") = (",
+            "Failing row contains (",
+            "/*",
+            "*/",
+            "--",
+            "\n",
+            "\\",
+            "E'",
+            "U&'",
+            "é",
+            "ü\"",
+            "関",
+            "Process 1: ",
+            "Key (",
+            "parameters: ",
+            "SQL statement \"",
+            "JSON data, line 1: ",
+            "relation ",
+            "ö'",
+            "Query Text:",
+            "  (cost=",
+            "->  ",
+            "Filter: ",
+            "1.5",
+            "&apos;",
+            ": ",
+            "ab",
+            " ",
+        ];
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for _ in 0..3000 {
+            let mut t = String::new();
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            x = x.wrapping_add(1);
+            let _ = normalize(&t);
+            let _ = scrub_text(&t);
+            let _ = scrub(LogText::Unparsed, &t);
+            let _ = normalize_plan_text(&t);
+            let _ = normalize_plan_opaque(&t);
+            let _ = kept_comment(&t);
+            let mut j = crate::json::Json::object().field(&t, t.as_str());
+            normalize_plan_json(&mut j);
+            let mut cut = t.clone();
+            truncate_chars(&mut cut, 3);
+        }
     }
 
     #[test]

@@ -265,6 +265,32 @@ fn database_checks(cfg: &Config, pool: &Pool, out: &mut Vec<Check>) {
     });
     out.push(log_check(cfg, &mut client));
     out.push(proc_check(&mut client));
+    out.push(log_settings_check(&mut client));
+}
+
+/// The settings that make the log explain slow queries and spikes with bounded cost (events,
+/// auto_explain); a warning lists what to change (docs/logs.md says why).
+fn log_settings_check(client: &mut postgres::Client) -> Check {
+    let rows = match client.query(logtail::analyze::ADVICE_SETTINGS_QUERY, &[]) {
+        Ok(rows) => rows,
+        Err(e) => return check("log settings", Verdict::Warn, e.to_string()),
+    };
+    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let advice =
+        logtail::analyze::settings_advice(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    if advice.is_empty() {
+        check(
+            "log settings",
+            Verdict::Ok,
+            "events and auto_explain plans are logged with bounded cost",
+        )
+    } else {
+        check(
+            "log settings",
+            Verdict::Warn,
+            format!("recommended: {}", advice.join("; ")),
+        )
+    }
 }
 
 fn log_check(cfg: &Config, client: &mut postgres::Client) -> Check {

@@ -3,7 +3,8 @@
 //! `log_autovacuum_min_duration = 0`, `log_connections = on`): a spilled sort, a lock wait with
 //! its blocker, a deadlock, a lock timeout, a statement timeout, a checkpoint and an autovacuum
 //! each arrive classified with their figures through the real tailer and feed, per-class counts
-//! travel with them, and the agent's own session's lines are counted apart, never shipped.
+//! travel with them, and the agent's own session's lines are counted apart, never shipped. A
+//! statement burst far over `log_max_entries_per_minute` still ships every event.
 
 mod common;
 
@@ -264,7 +265,8 @@ fn run(destination: &str) {
         .iter()
         .find(|e| {
             class_of(e) == "checkpoint_starting"
-                && matches!(e.get("reason"), Some(Json::Str(r)) if r.contains("immediate"))
+                // PG18 calls an immediate checkpoint "fast".
+                && matches!(e.get("reason"), Some(Json::Str(r)) if r.contains("immediate") || r.contains("fast"))
         })
         .expect("the CHECKPOINT's start");
     let _ = cp;
@@ -333,4 +335,143 @@ fn jsonlog_events_arrive_classified_with_their_figures_on_pg15_and_later() {
         return;
     }
     run("jsonlog");
+}
+
+/// A burst of statements far over the budget (`log_min_duration_statement = 0`): every
+/// checkpoint, temp-file and lock-wait event of that interval is still shipped, and the plain
+/// statements beyond the budget are only counted.
+#[test]
+fn a_statement_burst_over_the_budget_still_ships_every_event() {
+    let pg = TestPg::builder()
+        .setting("logging_collector", "on")
+        .setting("log_destination", "stderr")
+        .setting("log_directory", "log")
+        .setting("log_filename", "postgresql-%Y%m%d-%H%M%S.log")
+        .setting("log_line_prefix", "%m [%p] %q%u@%d %a ")
+        .setting("log_rotation_age", "0")
+        .setting("log_rotation_size", "0")
+        .setting("lc_messages", "C")
+        .setting("log_min_duration_statement", "0")
+        .setting("log_temp_files", "0")
+        .setting("log_lock_waits", "on")
+        .setting("deadlock_timeout", "100ms")
+        .setting("log_checkpoints", "on")
+        .start();
+    let src = discovered(&pg);
+    let state = TempDir::new("logtail-burst");
+    let mut cfg = TailConfig::new(src.follow.clone(), Some(state.path().to_path_buf()));
+    cfg.start_at_end = false;
+    cfg.settle = Duration::ZERO;
+    let mut feed = LogFeed::new(
+        Tailer::new(cfg, EntryParser::new(src.format, &src.prefix)),
+        FeedConfig {
+            interval: Duration::from_secs(3600),
+            max_entries_per_interval: 100,
+            ..FeedConfig::default()
+        },
+        Instant::now(),
+    );
+    let mut admin = pg.admin();
+    admin
+        .batch_execute(
+            "CREATE TABLE acct(id int PRIMARY KEY, v int); INSERT INTO acct VALUES (1, 0)",
+        )
+        .unwrap();
+    let mut c = session(&pg, "burst");
+    let mut n_checkpoints = 0;
+    let mut n_temp = 0;
+    for round in 0..5 {
+        for i in 0..400 {
+            c.batch_execute(&format!("SELECT {i}")).unwrap();
+        }
+        c.batch_execute(
+            "SET work_mem = '64kB'; \
+             SELECT count(*) FROM (SELECT g FROM generate_series(1, 50000) g ORDER BY g DESC OFFSET 1) s",
+        )
+        .unwrap();
+        n_temp += 1;
+        if round % 2 == 0 {
+            admin.batch_execute("CHECKPOINT").unwrap();
+            n_checkpoints += 1;
+        }
+    }
+    // One lock wait in the middle of more statements.
+    admin
+        .batch_execute("BEGIN; UPDATE acct SET v = 1 WHERE id = 1")
+        .unwrap();
+    let (host, port) = (pg.socket_dir().to_str().unwrap().to_string(), pg.port());
+    let waiter = std::thread::spawn(move || {
+        let mut b = postgres::Config::new()
+            .host(&host)
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name("burst-b")
+            .connect(postgres::NoTls)
+            .unwrap();
+        b.batch_execute("UPDATE acct SET v = 2 WHERE id = 1")
+            .unwrap();
+    });
+    for i in 0..400 {
+        c.batch_execute(&format!("SELECT {i}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    admin.batch_execute("COMMIT").unwrap();
+    waiter.join().unwrap();
+    assert!(c.batch_execute("SELECT * FROM end_of_burst").is_err());
+
+    let mut payloads: Vec<Json> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let now = Instant::now();
+        let _ = feed.poll(now);
+        let fl = feed.flush(now);
+        payloads.extend(fl.payloads.iter().map(|p| p.data.clone()));
+        feed.commit(&fl).unwrap();
+        let all: String = payloads.iter().map(Json::to_json_string).collect();
+        if all.contains("end_of_burst") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the end of the burst never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = events(&payloads);
+    let count = |class: &str| got.iter().filter(|e| class_of(e) == class).count();
+    let mut raw = String::new();
+    for f in std::fs::read_dir(pg.data_dir().join("log")).unwrap() {
+        raw.push_str(&String::from_utf8_lossy(
+            &std::fs::read(f.unwrap().path()).unwrap(),
+        ));
+    }
+    let logged = |what: &str| raw.matches(what).count();
+    // Every event the server logged was shipped, however far over the budget the burst went.
+    assert!(logged("LOG:  temporary file: ") >= n_temp);
+    assert_eq!(count("temp_file"), logged("LOG:  temporary file: "));
+    assert!(logged("LOG:  checkpoint starting: ") >= n_checkpoints);
+    assert_eq!(
+        count("checkpoint_starting"),
+        logged("LOG:  checkpoint starting: ")
+    );
+    assert_eq!(
+        count("checkpoint_complete"),
+        logged("LOG:  checkpoint complete: ")
+    );
+    assert_eq!(count("lock_wait"), logged(" still waiting for "));
+    assert!(count("lock_wait") >= 1 && count("lock_acquired") >= 1);
+    let over: u64 = payloads
+        .iter()
+        .filter_map(
+            |p| match p.get("over_budget").and_then(|o| o.get("entries")) {
+                Some(Json::UInt(n)) => Some(*n),
+                _ => None,
+            },
+        )
+        .sum();
+    assert!(
+        over > 2000,
+        "the burst was mostly counted, not shipped: {over}"
+    );
 }

@@ -4,12 +4,14 @@
 //! statement in the request's record (`statements[].plan` as a JSON object, `plan_summary` saying
 //! it spilled, `events` with the temp file), with no literal in it; a request that waited for a
 //! lock says so on its statement; and on PG14+ the plan store holds the latest plan under the
-//! `query_id` pg_stat_statements reports for that statement.
+//! `query_id` pg_stat_statements reports for that statement, and the statements collector ships it
+//! on that statement's row.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use bitville_pg_agent::collect::statements::{StatementsCollector, StatementsConfig};
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::logtail::tail::{TailConfig, Tailer};
 use bitville_pg_agent::logtail::{
@@ -114,6 +116,19 @@ fn the_plan_of_a_correlated_slow_query_arrives_on_its_statement_without_literals
         )
         .unwrap();
     let src = discovered(&pg);
+    let store = PlanStore::default();
+    let stmt_state = TempDir::new("logtail-plans-statements");
+    let mut stmt_cfg = StatementsConfig::new(stmt_state.path());
+    stmt_cfg.plans = Some(store.clone());
+    let mut statements_collector = StatementsCollector::new(stmt_cfg);
+    let mut monitor = pg.admin();
+    assert!(
+        statements_collector
+            .collect(&mut monitor)
+            .unwrap()
+            .is_none(),
+        "the first interval is the baseline"
+    );
 
     // Request A: a sort that spills (work_mem 64kB), with a literal in it.
     let mut a = session(&pg, &format!("bitville-{UUID_A}"));
@@ -154,7 +169,6 @@ fn the_plan_of_a_correlated_slow_query_arrives_on_its_statement_without_literals
     let mut cfg = TailConfig::new(src.follow.clone(), Some(state.path().to_path_buf()));
     cfg.start_at_end = false;
     cfg.settle = Duration::ZERO;
-    let store = PlanStore::default();
     let mut feed = LogFeed::new(
         Tailer::new(cfg, EntryParser::new(src.format, &src.prefix)),
         FeedConfig {
@@ -221,5 +235,24 @@ fn the_plan_of_a_correlated_slow_query_arrives_on_its_statement_without_literals
         assert_eq!(stored.summary.get("spilled"), Some(&Json::Bool(true)));
         assert!(!stored.plan.to_json_string().contains("SECRETplan"));
         assert_eq!(sorted.get("query_id"), Some(&Json::Int(qid)));
+        // The statements collector attaches it to the row of that queryid.
+        let p = statements_collector
+            .collect(&mut monitor)
+            .unwrap()
+            .expect("a delta payload");
+        let Some(Json::Array(rows)) = p.data.get("statements") else {
+            panic!("no statements in {}", p.data.to_json_string())
+        };
+        let row = rows
+            .iter()
+            .find(|r| r.get("queryid") == Some(&Json::from(qid.to_string())))
+            .expect("the sort's row");
+        assert_eq!(row.get("plan_format"), Some(&Json::from("json")));
+        assert!(matches!(row.get("plan"), Some(Json::Object(_))));
+        assert_eq!(
+            row.get("plan_summary").and_then(|s| s.get("spilled")),
+            Some(&Json::Bool(true))
+        );
+        assert!(!p.data.to_json_string().contains("SECRETplan"));
     }
 }

@@ -611,6 +611,10 @@ pub struct StatementsConfig {
     /// first interval is a new baseline instead of one delta spanning the downtime. Defaults to
     /// 1 hour.
     pub max_baseline_age: Duration,
+    /// The log tailer's latest auto_explain plans per query_id: each interval's plans are
+    /// attached to the shipped row of the same queryid (`plan`, `plan_format`, `plan_summary`).
+    /// Defaults to none.
+    pub plans: Option<crate::logtail::PlanStore>,
 }
 
 impl StatementsConfig {
@@ -631,6 +635,7 @@ impl StatementsConfig {
             query_text: QueryText::default(),
             recheck: Duration::from_secs(300),
             max_baseline_age: Duration::from_secs(3600),
+            plans: None,
         }
     }
 }
@@ -927,6 +932,12 @@ impl StatementsCollector {
         self.fetch_texts(client, schema, &deltas)?;
 
         let cols = columns_for(cur.ext_version);
+        let mut plans = self
+            .cfg
+            .plans
+            .as_ref()
+            .map(|p| p.take())
+            .unwrap_or_default();
         let mut statements = Vec::with_capacity(deltas.len());
         for d in &deltas {
             let text = self.texts.get(&(d.key.1, d.key.2)).cloned().flatten();
@@ -938,6 +949,14 @@ impl StatementsCollector {
                 .field("status", d.status);
             push_counters(&mut o, &d.d, &cols);
             o.push("query", text);
+            if let Some(i) = plans.iter().position(|p| p.query_id == d.key.2) {
+                let p = plans.swap_remove(i);
+                o.push("plan_format", p.format.as_str());
+                if p.plan != Json::Null {
+                    o.push("plan", p.plan);
+                }
+                o.push("plan_summary", p.summary);
+            }
             statements.push(o);
         }
         let mut other = [0.0; N_SLOTS];

@@ -229,9 +229,137 @@ impl fmt::Display for LogAnalysis {
     }
 }
 
+/// The server settings [`settings_advice`] judges, as `(name, setting)` rows.
+pub const ADVICE_SETTINGS_QUERY: &str = "SELECT name, setting FROM pg_catalog.pg_settings \
+     WHERE name IN ('lc_messages', 'log_temp_files', 'log_lock_waits', 'log_checkpoints', \
+     'log_autovacuum_min_duration', 'shared_preload_libraries', 'session_preload_libraries', \
+     'auto_explain.log_min_duration', 'auto_explain.log_format', 'auto_explain.log_analyze', \
+     'auto_explain.log_timing', 'auto_explain.log_buffers', 'auto_explain.sample_rate')";
+
+/// What to change so the log explains slow queries and spikes with bounded cost (see
+/// docs/logs.md): English messages, the event settings, auto_explain with `json`, `log_analyze`
+/// without per-node timing, buffers, a duration threshold or sample rate. Empty when all is well.
+pub fn settings_advice<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let rows: Vec<(&str, &str)> = rows.into_iter().collect();
+    let get = |k: &str| rows.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    let on = |k: &str| get(k).is_some_and(|v| v == "on");
+    let mut advice = Vec::new();
+    if let Some(lc) = get("lc_messages") {
+        let english = lc.is_empty()
+            || lc == "C"
+            || lc == "POSIX"
+            || lc.starts_with("C.")
+            || lc.starts_with("en");
+        if !english {
+            advice.push(format!(
+                "lc_messages = 'C' (is '{lc}': events are recognised in English only)"
+            ));
+        }
+    }
+    if get("log_temp_files") == Some("-1") {
+        advice.push("log_temp_files = 0 (or a size in kB): spills to disk".into());
+    }
+    if get("log_lock_waits").is_some() && !on("log_lock_waits") {
+        advice.push("log_lock_waits = on: lock waits with their blockers".into());
+    }
+    if get("log_checkpoints").is_some() && !on("log_checkpoints") {
+        advice.push("log_checkpoints = on".into());
+    }
+    if get("log_autovacuum_min_duration") == Some("-1") {
+        advice.push("log_autovacuum_min_duration = 0 (or a threshold in ms)".into());
+    }
+    match get("auto_explain.log_min_duration") {
+        None => advice.push(
+            "shared_preload_libraries += 'auto_explain' with auto_explain.log_min_duration = \
+             500ms, log_format = json, log_analyze = on, log_timing = off, log_buffers = on: \
+             plans of slow queries"
+                .into(),
+        ),
+        Some(min) => {
+            if min == "-1" {
+                advice.push("auto_explain.log_min_duration = 500ms (plans are off)".into());
+            }
+            if get("auto_explain.log_format").is_some_and(|f| f != "json") {
+                advice.push("auto_explain.log_format = json (read exactly)".into());
+            }
+            if !on("auto_explain.log_analyze") {
+                advice.push("auto_explain.log_analyze = on (actual rows, spills)".into());
+            } else if on("auto_explain.log_timing") {
+                advice.push(
+                    "auto_explain.log_timing = off (log_analyze times every node of every \
+                     statement otherwise)"
+                        .into(),
+                );
+            }
+            if !on("auto_explain.log_buffers") {
+                advice.push("auto_explain.log_buffers = on".into());
+            }
+            let rate: f64 = get("auto_explain.sample_rate")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1.0);
+            if min == "0" && rate >= 1.0 {
+                advice.push(
+                    "auto_explain.log_min_duration = 0 explains every statement: raise it \
+                     (e.g. 500ms) or lower auto_explain.sample_rate"
+                        .into(),
+                );
+            }
+        }
+    }
+    advice
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_advice_names_what_is_missing_and_nothing_when_all_is_well() {
+        let good = [
+            ("lc_messages", "C.UTF-8"),
+            ("log_temp_files", "0"),
+            ("log_lock_waits", "on"),
+            ("log_checkpoints", "on"),
+            ("log_autovacuum_min_duration", "0"),
+            ("auto_explain.log_min_duration", "500"),
+            ("auto_explain.log_format", "json"),
+            ("auto_explain.log_analyze", "on"),
+            ("auto_explain.log_timing", "off"),
+            ("auto_explain.log_buffers", "on"),
+            ("auto_explain.sample_rate", "1"),
+        ];
+        assert!(settings_advice(good).is_empty());
+        let bare = [
+            ("lc_messages", "de_DE.UTF-8"),
+            ("log_temp_files", "-1"),
+            ("log_lock_waits", "off"),
+        ];
+        let a = settings_advice(bare).join("\n");
+        for want in [
+            "lc_messages = 'C'",
+            "log_temp_files = 0",
+            "log_lock_waits = on",
+            "auto_explain",
+        ] {
+            assert!(a.contains(want), "{want} in {a}");
+        }
+        let costly = [
+            ("auto_explain.log_min_duration", "0"),
+            ("auto_explain.log_format", "text"),
+            ("auto_explain.log_analyze", "on"),
+            ("auto_explain.log_timing", "on"),
+            ("auto_explain.log_buffers", "off"),
+        ];
+        let a = settings_advice(costly).join("\n");
+        for want in [
+            "log_format = json",
+            "log_timing = off",
+            "log_buffers = on",
+            "sample_rate",
+        ] {
+            assert!(a.contains(want), "{want} in {a}");
+        }
+    }
 
     #[test]
     fn reports_entries_durations_and_unparsable_lines() {

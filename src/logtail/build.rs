@@ -180,33 +180,69 @@ pub fn build_payloads(
     };
     groups.sort_by(|a, b| slowest(&b.1).total_cmp(&slowest(&a.1)));
     for (id, members) in groups.into_iter().take(opts.max_correlated) {
+        // A plan's duration repeats its statement's: the head and the total are statements'.
         let head = members
             .iter()
             .copied()
             .max_by(|a, b| {
-                a.duration_ms
-                    .unwrap_or(-1.0)
-                    .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                let d = |e: &Entry| match (e.plan_at, e.duration_ms) {
+                    (None, Some(d)) => d,
+                    (Some(_), Some(_)) => -0.5,
+                    _ => -1.0,
+                };
+                d(a).total_cmp(&d(b))
             })
             .expect("a group has members");
+        let statements = request_statements(&members);
         let mut data = entry_json(head, opts);
+        if let Json::Object(fields) = &mut data {
+            fields.retain(|(k, _)| k != "plan");
+        }
+        if data.get("query").is_none() {
+            // `log_statement` + a bare `duration:` line: the text is on the statement record.
+            let slowest_text = statements
+                .iter()
+                .filter(|s| s.text.is_some())
+                .max_by(|a, b| {
+                    a.duration_ms
+                        .unwrap_or(-1.0)
+                        .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                });
+            if let Some(q) = slowest_text
+                .and_then(|s| s.text)
+                .and_then(|t| opts.text_rule().render(t))
+            {
+                data.push("query", q);
+            }
+        }
         data.push("kind", "log_correlated");
         data.push("n_entries", members.len());
         data.push(
             "total_duration_ms",
-            members.iter().filter_map(|e| e.duration_ms).sum::<f64>(),
+            members
+                .iter()
+                .filter(|e| e.plan_at.is_none())
+                .filter_map(|e| e.duration_ms)
+                .sum::<f64>(),
         );
         data.push(
             "entries",
             members
                 .iter()
                 .take(MAX_ENTRIES_PER_CORRELATION)
-                .map(|e| entry_json(e, opts))
+                .map(|e| {
+                    let mut j = entry_json(e, opts);
+                    // The plan travels once, on its statement (`statements[].plan`).
+                    if let Json::Object(fields) = &mut j {
+                        fields.retain(|(k, _)| k != "plan");
+                    }
+                    j
+                })
                 .collect::<Vec<_>>(),
         );
         data.push(
             "statements",
-            request_statements(&members)
+            statements
                 .iter()
                 .take(MAX_ENTRIES_PER_CORRELATION)
                 .map(|s| s.to_json(opts))
@@ -405,11 +441,12 @@ pub fn request_statements<'a>(members: &[&'a Entry]) -> Vec<StatementRecord<'a>>
         if let Some(q) = e.query() {
             // A statement still open never got its duration line; this one replaces it.
             st.open = None;
+            let plan = st.plan.take().filter(|p| within_window(p, e));
             out.push(StatementRecord {
                 first: e,
                 text: Some(q),
                 duration_ms: e.duration_ms,
-                plan: st.plan.take(),
+                plan,
                 events: std::mem::take(&mut st.events),
                 error: None,
             });
@@ -421,13 +458,26 @@ pub fn request_statements<'a>(members: &[&'a Entry]) -> Vec<StatementRecord<'a>>
         if let (Some(d), Some(i)) = (e.duration_ms, st.open) {
             out[i].duration_ms = Some(d);
             if out[i].plan.is_none() {
-                out[i].plan = st.plan.take();
+                out[i].plan = st.plan.take().filter(|p| within_window(p, e));
             }
             out[i].events.append(&mut st.events);
             st.open = None;
         }
     }
     out
+}
+
+/// True when a plan logged at `plan`'s time can belong to the statement that ended at `end`
+/// (its duration back, with a second of slack for clock rounding); true when a time is unknown.
+fn within_window(plan: &Entry, end: &Entry) -> bool {
+    let ts = |e: &Entry| e.timestamp.as_deref().and_then(timestamp_to_unix);
+    match (ts(plan), ts(end)) {
+        (Some(p), Some(t)) => {
+            let start = t - end.duration_ms.unwrap_or(0.0) / 1000.0;
+            p >= start - 1.0 && p <= t + 1.0
+        }
+        _ => true,
+    }
 }
 
 /// One entry as JSON; absent fields are left out to keep payloads small. Every text that may
@@ -835,12 +885,72 @@ mod tests {
             1.0,
         );
         let correlated = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        // The slowest statement heads the record; the plan's duration is not counted twice.
+        assert_eq!(
+            correlated.data.get("duration_ms"),
+            Some(&Json::Float(4100.0))
+        );
+        assert_eq!(
+            correlated.data.get("total_duration_ms"),
+            Some(&Json::Float(5001.5))
+        );
         let text = correlated.data.to_json_string();
         assert!(
             text.contains(r#""statements":[{"query":"SELECT * FROM t WHERE a = ?""#),
             "{text}"
         );
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn with_log_statement_the_record_takes_its_query_from_the_statement() {
+        let es = vec![
+            entry(
+                "statement: SELECT pg_sleep(0.9), 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
+            entry("duration: 900.5 ms", Some(ID), Level::Log),
+        ];
+        let ps = build_payloads(
+            &es,
+            &ParseStats::default(),
+            &Origin {
+                file: None,
+                format: Format::Stderr,
+            },
+            &PayloadOptions::default(),
+            1.0,
+        );
+        let c = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(900.5)));
+        assert_eq!(
+            c.data.get("query"),
+            Some(&Json::from("SELECT pg_sleep(?), ?"))
+        );
+    }
+
+    #[test]
+    fn a_plan_from_outside_the_statements_time_window_is_not_attached() {
+        let mut old_plan = entry(
+            "duration: 5.0 ms  plan:\nQuery Text: SELECT 1\nResult  (cost=0.00..0.01 rows=1 width=4)",
+            Some(ID),
+            Level::Log,
+        );
+        old_plan.timestamp = Some("2024-05-01 11:50:00.000 UTC".into());
+        let stmt = entry(
+            "duration: 5.0 ms  statement: SELECT 2",
+            Some(ID),
+            Level::Log,
+        );
+        let members = vec![&old_plan, &stmt];
+        let stmts = request_statements(&members);
+        assert_eq!(stmts.len(), 1);
+        assert!(stmts[0].plan.is_none());
+        let mut recent = old_plan.clone();
+        recent.timestamp = stmt.timestamp.clone();
+        let members = vec![&recent, &stmt];
+        assert!(request_statements(&members)[0].plan.is_some());
     }
 
     #[test]

@@ -681,6 +681,15 @@ mod tests {
             ),
             Some(EventClass::LockFailure)
         );
+        // PG18 log_lock_failures: no wait time, and a comma before the wait queue.
+        assert_eq!(
+            json(
+                Level::Log,
+                "process 77 could not obtain ExclusiveLock on relation 16384 of database 5",
+                Some("Processes holding the lock: 70, 71, Wait queue: .")
+            ),
+            r#"{"class":"lock_failure","pid":77,"lock_mode":"ExclusiveLock","lock_on":"relation 16384 of database 5","blocker_pids":[70,71],"wait_queue":[]}"#
+        );
         assert_eq!(classes(Level::Log, "statement: SELECT 1", None), None);
         assert_eq!(classes(Level::Log, "process 1 something else", None), None);
         for junk in [
@@ -694,5 +703,60 @@ mod tests {
         let names: std::collections::BTreeSet<_> =
             EventClass::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), EventClass::ALL.len());
+    }
+
+    #[test]
+    fn nothing_panics_on_any_message() {
+        let pieces = [
+            "process ",
+            "1",
+            " still waiting for ",
+            " acquired ",
+            " on ",
+            " after ",
+            " ms",
+            "é",
+            "関",
+            "temporary file: ",
+            "size ",
+            "checkpoint complete: ",
+            "wrote ",
+            " removed",
+            "automatic vacuum of table ",
+            "\"",
+            "pages: ",
+            "\n",
+            "Process holding the lock: ",
+            ", ",
+            ".",
+            "Wait queue: ",
+            "deadlock detected",
+            "Process ",
+            " waits for ",
+            "canceling statement due to ",
+            "out of memory",
+            "request of size ",
+            "memory context \"",
+        ];
+        let mut x: u64 = 0x853C49E6748FEA9B;
+        for _ in 0..3000 {
+            let mut m = String::new();
+            let mut d = String::new();
+            for i in 0..(x % 14) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let piece = pieces[(x % pieces.len() as u64) as usize];
+                if i % 3 == 0 {
+                    d.push_str(piece)
+                } else {
+                    m.push_str(piece)
+                }
+            }
+            x = x.wrapping_add(1);
+            for level in [Level::Log, Level::Error] {
+                let _ = event(level, &m, Some(&d));
+            }
+        }
     }
 }

@@ -34,10 +34,10 @@ pub struct FeedConfig {
     /// How payloads are built.
     pub payload: PayloadOptions,
     /// Entries shipped in full per interval. Beyond it (a log burst, e.g.
-    /// `log_min_duration_statement = 0` under load) only warnings and worse and entries with a
-    /// correlation ID are kept; the others are read and counted (`over_budget`), so the tailer
-    /// keeps up with the file and the spool keeps room for the other collectors. Defaults to
-    /// unlimited.
+    /// `log_min_duration_statement = 0` under load) only events, warnings and worse and entries
+    /// with a correlation ID are kept (plain statement entries stop at four fifths of it); the
+    /// others are read and counted (`over_budget`), so the tailer keeps up with the file and the
+    /// spool keeps room for the other collectors. Defaults to unlimited.
     pub max_entries_per_interval: usize,
 }
 

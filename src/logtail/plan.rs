@@ -965,4 +965,59 @@ Sort  (cost=10.00..10.25 rows=100 width=8) (actual time=30.000..40.500 rows=5000
             PlanFormat::Yaml
         );
     }
+
+    #[test]
+    fn nothing_panics_on_any_plan_text() {
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            "\\u",
+            "\\ud83d",
+            ":",
+            ",",
+            "1",
+            "-2.5e3",
+            "\"Plans\"",
+            "\"Plan\"",
+            "\"Node Type\"",
+            "é",
+            "関",
+            "  (cost=",
+            "rows=",
+            "(actual ",
+            "time=",
+            "..",
+            "loops=",
+            "\n",
+            "  ->  ",
+            "Buffers: ",
+            "shared hit=",
+            "temp read=",
+            "Sort Method: ",
+            "Disk:",
+            "Buckets: ",
+            "Batches: ",
+            "<",
+            "Node Type: ",
+            "true",
+            "nul",
+        ];
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        for _ in 0..3000 {
+            let mut t = String::new();
+            for _ in 0..(x % 16) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            x = x.wrapping_add(1);
+            let p = ship(&t, false, 300, Some(1.0));
+            assert!(p.plan.to_json_string().len() <= 300 || matches!(p.plan, Json::Str(_)));
+            let _ = ship(&t, true, 65536, None);
+        }
+    }
 }
