@@ -33,7 +33,7 @@ use crate::collect::{Backoff, CollectError};
 use crate::config::{self, Config};
 use crate::health::HealthOptions;
 use crate::json::Json;
-use crate::logtail::{self, LogFeed};
+use crate::logtail::{self, LogFeed, PlanStore};
 use crate::payload::Payload;
 use crate::pool::{Pool, PooledClient};
 use crate::schedule::Ticker;
@@ -358,6 +358,9 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// The agent's own bookkeeping.
     pub health: AgentHealth,
+    /// The latest auto_explain plan per query_id: written by the log thread, attached to the
+    /// pg_stat_statements rows by the interval thread.
+    pub plans: PlanStore,
 }
 
 impl Context {
@@ -733,7 +736,9 @@ pub fn cycle_options(cfg: &Config) -> CycleOptions {
 }
 
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
-    let mut cycle = IntervalCycle::new(cycle_options(&ctx.config));
+    let mut options = cycle_options(&ctx.config);
+    options.statements.plans = Some(ctx.plans.clone());
+    let mut cycle = IntervalCycle::new(options);
     cycle.prime(ctx);
     let mut cpu_before = selfstats::usage().cpu_total();
     let mut ticker = Ticker::new(Instant::now(), ctx.config.collection.interval);
@@ -797,12 +802,10 @@ fn open_log_feed(
                 ctx.config.listener.max_requests_per_minute,
                 ctx.config.collection.interval,
             );
-            Some(LogFeed::from_source(
-                &source,
-                &ctx.config.collection,
-                budget,
-                Instant::now(),
-            ))
+            Some(
+                LogFeed::from_source(&source, &ctx.config.collection, budget, Instant::now())
+                    .with_plan_store(ctx.plans.clone()),
+            )
         }
         Err(why) => {
             if last_reason.as_deref() != Some(why.0.as_str()) {
@@ -958,6 +961,7 @@ pub fn run(
         extra_pools,
         spool,
         shutdown: shutdown.clone(),
+        plans: PlanStore::default(),
     });
     let mut threads = Vec::new();
     let spawned = (|| -> std::io::Result<()> {
