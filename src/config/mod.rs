@@ -46,7 +46,7 @@ mod render;
 mod secret;
 mod typed;
 
-pub use keys::{KeySpec, KEYS};
+pub use keys::{Allowed, KeySpec, KEYS};
 pub use raw::{agent_env, Origin, RawConfig};
 pub use render::{describe, example_ini, markdown_table};
 pub use secret::{excerpt, mask_url, Secret};
@@ -209,6 +209,44 @@ mod tests {
     }
 
     #[test]
+    fn every_range_a_doc_states_is_the_one_its_row_enforces() {
+        let mut checked = 0;
+        for spec in KEYS {
+            let bounds = match spec.allowed {
+                Allowed::Range(min, max) | Allowed::Cap(min, max) => Some((min as f64, max as f64)),
+                Allowed::Decimal(min, max) => Some((min, max)),
+                Allowed::Chars(min, max) => Some((min as f64, max as f64)),
+                Allowed::Text | Allowed::OneOf(_) => None,
+            };
+            // "(1000 to 30000)", "(1 to 4096);", "(1 to 50 characters)": the figures after a "(".
+            for (open, _) in spec.doc.match_indices('(') {
+                let words: Vec<&str> = spec.doc[open + 1..].split([' ', ')', ';']).collect();
+                let [min, "to", max, ..] = words[..] else {
+                    continue;
+                };
+                let (Ok(min), Ok(max)) = (min.parse::<f64>(), max.parse::<f64>()) else {
+                    continue;
+                };
+                assert_eq!(
+                    Some((min, max)),
+                    bounds,
+                    "[{}] {}: {}",
+                    spec.section,
+                    spec.key,
+                    spec.doc
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 11, "only {checked} documented ranges found");
+        for spec in KEYS {
+            if let Allowed::OneOf(words) = spec.allowed {
+                assert!(words.contains(&spec.default), "{}", spec.key);
+            }
+        }
+    }
+
+    #[test]
     fn the_shipped_example_lists_every_key_with_its_default() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -349,6 +387,41 @@ mod tests {
         assert_eq!(
             err,
             "environment BITVILLE_PG_DB_PORT: [database] port: 70000 is out of range (1 to 65535)"
+        );
+    }
+
+    #[test]
+    fn words_decimals_and_dependent_caps_are_checked_from_the_table() {
+        let err = |text: &str| from_text(text, &[]).unwrap_err().to_string();
+        assert_eq!(
+            err("[log]\nlevel = loud\n"),
+            "agent.ini:2: [log] level: \"loud\" is not one of error, warn, info, debug, trace"
+        );
+        assert_eq!(
+            err("[collection]\nquery_text = raw\n"),
+            "agent.ini:2: [collection] query_text: \"raw\" is not one of full, normalized, none"
+        );
+        assert_eq!(
+            err("[spike]\nload_per_cpu = 1001\n"),
+            "agent.ini:2: [spike] load_per_cpu: \"1001\" is not a number from 0 to 1000"
+        );
+        let (c, _) = from_text(
+            "[log]\nlevel = WARNING\n[collection]\nquery_text = normalised\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.log.level, log::LevelFilter::Warn);
+        assert_eq!(c.collection.query_text, QueryTextMode::Normalized);
+        let (c, w) = from_text(
+            "[collection]\ninterval_s = 2\nsample_interval_ms = 5000\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.collection.sample_interval, Duration::from_millis(2000));
+        assert!(
+            w.iter()
+                .any(|m| m.contains("sample_interval_ms = 5000 is not allowed (at most 2000)")),
+            "{w:?}"
         );
     }
 

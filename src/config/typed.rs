@@ -8,13 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::keys::KeySpec;
+use super::keys::{Allowed, KeySpec};
 use super::raw::{find_key, Origin, RawConfig};
 use super::secret::{excerpt, Secret};
-use super::{
-    ConfigError, LOCK_TIMEOUT_MAX_MS, MAX_POOL_SIZE, STATEMENT_TIMEOUT_MAX_MS,
-    STATEMENT_TIMEOUT_MIN_MS,
-};
+use super::ConfigError;
 
 /// How query texts leave the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +244,72 @@ impl Reader<'_> {
         }
         Ok(applied)
     }
+
+    /// A whole-number key, checked against its row in [`KEYS`](super::KEYS): `Range` rejects a
+    /// value outside it, `Cap` clamps it with a warning.
+    fn whole(&mut self, section: &str, key: &str) -> Result<u64, ConfigError> {
+        self.whole_at_most(section, key, u64::MAX)
+    }
+
+    /// [`Reader::whole`] with the row's upper bound lowered to `at_most` (a bound that depends
+    /// on another key's value).
+    fn whole_at_most(
+        &mut self,
+        section: &str,
+        key: &str,
+        at_most: u64,
+    ) -> Result<u64, ConfigError> {
+        match self.spec(section, key).allowed {
+            Allowed::Range(min, max) => self.number(section, key, min, max.min(at_most)),
+            Allowed::Cap(min, max) => self.capped(section, key, min, max.min(at_most)),
+            other => panic!("[{section}] {key} is {other:?} in KEYS, not a whole number"),
+        }
+    }
+
+    /// A `Decimal` key within its row's range; outside it is an error.
+    fn decimal(&self, section: &str, key: &str) -> Result<f64, ConfigError> {
+        let Allowed::Decimal(min, max) = self.spec(section, key).allowed else {
+            panic!("[{section}] {key} is not a decimal in KEYS");
+        };
+        let v = self.string(section, key);
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && (min..=max).contains(&x) => Ok(x),
+            _ => Err(self.error(
+                section,
+                key,
+                format!("\"{v}\" is not a number from {min} to {max}"),
+            )),
+        }
+    }
+
+    /// A `Chars` key's text, of as many characters as its row allows; another is an error.
+    fn chars(&self, section: &str, key: &str) -> Result<String, ConfigError> {
+        let Allowed::Chars(min, max) = self.spec(section, key).allowed else {
+            panic!("[{section}] {key} is not a Chars key in KEYS");
+        };
+        let v = self.string(section, key);
+        let n = v.chars().count();
+        if !(min..=max).contains(&n) {
+            return Err(self.error(
+                section,
+                key,
+                format!(
+                    "{} must be {min} to {max} characters (it is {n})",
+                    excerpt(&v)
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// The error for a `OneOf` key's value that is none of its row's words.
+    fn not_one_of(&self, section: &str, key: &str, value: &str) -> ConfigError {
+        let Allowed::OneOf(words) = self.spec(section, key).allowed else {
+            panic!("[{section}] {key} is not a OneOf key in KEYS");
+        };
+        let reason = format!("{} is not one of {}", excerpt(value), words.join(", "));
+        self.error(section, key, reason)
+    }
 }
 
 impl Config {
@@ -257,7 +320,7 @@ impl Config {
         let collection = Self::collection(&mut r)?;
         let listener = Self::listener(&mut r)?;
         let spike = Self::spike(&mut r)?;
-        let max_mb = r.number("buffer", "max_size_mb", 1, 1024 * 1024)?;
+        let max_mb = r.whole("buffer", "max_size_mb")?;
         let buffer = BufferConfig {
             path: PathBuf::from(r.string("buffer", "path")),
             max_size_bytes: max_mb << 20,
@@ -268,16 +331,7 @@ impl Config {
             "info" => log::LevelFilter::Info,
             "debug" => log::LevelFilter::Debug,
             "trace" => log::LevelFilter::Trace,
-            other => {
-                return Err(r.error(
-                    "log",
-                    "level",
-                    format!(
-                        "{} is not one of error, warn, info, debug, trace",
-                        excerpt(other)
-                    ),
-                ))
-            }
+            other => return Err(r.not_one_of("log", "level", other)),
         };
         // Every extra database holds one of the pool's connections; the main database keeps one.
         if collection.databases.len() >= database.pool_max_size {
@@ -320,18 +374,7 @@ impl Config {
     }
 
     fn spike(r: &mut Reader<'_>) -> Result<SpikeConfig, ConfigError> {
-        let decimal = |r: &Reader<'_>, key: &str, max: f64| -> Result<f64, ConfigError> {
-            let v = r.string("spike", key);
-            match v.parse::<f64>() {
-                Ok(x) if x.is_finite() && (0.0..=max).contains(&x) => Ok(x),
-                _ => Err(r.error(
-                    "spike",
-                    key,
-                    format!("\"{v}\" is not a number from 0 to {max}"),
-                )),
-            }
-        };
-        let factor = decimal(r, "baseline_factor", 1000.0)?;
+        let factor = r.decimal("spike", "baseline_factor")?;
         if factor < 1.0 {
             return Err(r.error(
                 "spike",
@@ -340,32 +383,21 @@ impl Config {
             ));
         }
         Ok(SpikeConfig {
-            min_active_sessions: r.number("spike", "min_active_sessions", 1, 100_000)? as u32,
+            min_active_sessions: r.whole("spike", "min_active_sessions")? as u32,
             baseline_factor: factor,
-            load_per_cpu: decimal(r, "load_per_cpu", 1000.0)?,
-            end_after_quiet: Duration::from_secs(r.number(
-                "spike",
-                "end_after_quiet_s",
-                1,
-                3600,
-            )?),
-            baseline: Duration::from_secs(r.number("spike", "baseline_s", 1, 86_400)?),
-            burst_sample_interval: Duration::from_millis(r.number(
-                "spike",
-                "burst_sample_interval_ms",
-                100,
-                1000,
-            )?),
-            burst_max: Duration::from_secs(r.number("spike", "burst_max_s", 0, 3600)?),
-            burst_budget_per_hour: Duration::from_secs(r.number(
-                "spike",
-                "burst_budget_s_per_hour",
-                0,
-                3600,
-            )?),
-            attribution_top_n: r.number("spike", "attribution_top_n", 1, 100)? as usize,
-            history: Duration::from_secs(r.number("spike", "history_hours", 1, 720)? * 3600),
-            history_max_bytes: r.number("spike", "history_max_mb", 1, 4096)? << 20,
+            load_per_cpu: r.decimal("spike", "load_per_cpu")?,
+            end_after_quiet: Duration::from_secs(r.whole("spike", "end_after_quiet_s")?),
+            baseline: Duration::from_secs(r.whole("spike", "baseline_s")?),
+            burst_sample_interval: Duration::from_millis(
+                r.whole("spike", "burst_sample_interval_ms")?,
+            ),
+            burst_max: Duration::from_secs(r.whole("spike", "burst_max_s")?),
+            burst_budget_per_hour: Duration::from_secs(
+                r.whole("spike", "burst_budget_s_per_hour")?,
+            ),
+            attribution_top_n: r.whole("spike", "attribution_top_n")? as usize,
+            history: Duration::from_secs(r.whole("spike", "history_hours")? * 3600),
+            history_max_bytes: r.whole("spike", "history_max_mb")? << 20,
         })
     }
 
@@ -374,7 +406,7 @@ impl Config {
         if host.is_empty() {
             return Err(r.error("database", "host", "must not be empty".into()));
         }
-        let port = r.number("database", "port", 1, 65535)? as u16;
+        let port = r.whole("database", "port")? as u16;
         let mut password = Secret::new(r.string("database", "password"));
         if let Some(file) = r.optional_path("database", "password_file") {
             let text = crate::fsutil::read_regular_to_string(&file, crate::fsutil::MAX_TEXT_FILE)
@@ -400,16 +432,10 @@ impl Config {
                 }
             }
         }
-        let statement_timeout_ms = r.capped(
-            "database",
-            "statement_timeout_ms",
-            STATEMENT_TIMEOUT_MIN_MS,
-            STATEMENT_TIMEOUT_MAX_MS,
-        )?;
-        let lock_timeout_ms = r.capped("database", "lock_timeout_ms", 1, LOCK_TIMEOUT_MAX_MS)?;
-        let idle_ms = r.capped("database", "idle_in_transaction_timeout_ms", 1000, 60_000)?;
-        let pool_max_size =
-            r.capped("database", "pool_max_size", 1, MAX_POOL_SIZE as u64)? as usize;
+        let statement_timeout_ms = r.whole("database", "statement_timeout_ms")?;
+        let lock_timeout_ms = r.whole("database", "lock_timeout_ms")?;
+        let idle_ms = r.whole("database", "idle_in_transaction_timeout_ms")?;
+        let pool_max_size = r.whole("database", "pool_max_size")? as usize;
         Ok(DatabaseConfig {
             dbname: r.string("database", "name"),
             user: r.string("database", "user"),
@@ -419,18 +445,8 @@ impl Config {
             statement_timeout: Duration::from_millis(statement_timeout_ms),
             lock_timeout: Duration::from_millis(lock_timeout_ms),
             idle_in_transaction_timeout: Duration::from_millis(idle_ms),
-            connect_timeout: Duration::from_secs(r.number(
-                "database",
-                "connect_timeout_s",
-                1,
-                300,
-            )?),
-            acquire_timeout: Duration::from_secs(r.number(
-                "database",
-                "acquire_timeout_s",
-                1,
-                3600,
-            )?),
+            connect_timeout: Duration::from_secs(r.whole("database", "connect_timeout_s")?),
+            acquire_timeout: Duration::from_secs(r.whole("database", "acquire_timeout_s")?),
             pool_max_size,
         })
     }
@@ -449,8 +465,8 @@ impl Config {
                 format!("{} is longer than 63 bytes", excerpt(bad)),
             ));
         }
-        let interval_s = r.number("collection", "interval_s", 1, 3600)?;
-        let sample_ms = r.capped("collection", "sample_interval_ms", 100, interval_s * 1000)?;
+        let interval_s = r.whole("collection", "interval_s")?;
+        let sample_ms = r.whole_at_most("collection", "sample_interval_ms", interval_s * 1000)?;
         let query_text = match r
             .string("collection", "query_text")
             .to_ascii_lowercase()
@@ -459,13 +475,7 @@ impl Config {
             "full" => QueryTextMode::Full,
             "normalized" | "normalised" => QueryTextMode::Normalized,
             "none" => QueryTextMode::None,
-            other => {
-                return Err(r.error(
-                    "collection",
-                    "query_text",
-                    format!("{} is not one of full, normalized, none", excerpt(other)),
-                ))
-            }
+            other => return Err(r.not_one_of("collection", "query_text", other)),
         };
         let correlation_prefix = r.string("collection", "correlation_prefix");
         if correlation_prefix.is_empty() {
@@ -485,30 +495,20 @@ impl Config {
             log_path: r.optional_path("collection", "log_path"),
             state_dir: PathBuf::from(r.string("collection", "state_dir")),
             query_text,
-            query_max_chars: r.number("collection", "query_max_chars", 16, 1_000_000)? as usize,
+            query_max_chars: r.whole("collection", "query_max_chars")? as usize,
             correlation_prefix,
             correlation_sources,
             pause_file: r.optional_path("collection", "pause_file"),
-            log_max_entries_per_minute: r.number(
-                "collection",
-                "log_max_entries_per_minute",
-                100,
-                10_000_000,
-            )? as usize,
-            plan_max_bytes: r.number("collection", "plan_max_bytes", 1024, 1 << 20)? as usize,
-            health_top_n: r.number("collection", "health_top_n", 1, 100)? as usize,
-            health_slow_interval: Duration::from_secs(r.number(
-                "collection",
-                "health_slow_interval_s",
-                60,
-                86_400,
-            )?),
-            health_tables_budget: Duration::from_millis(r.number(
-                "collection",
-                "health_tables_budget_ms",
-                1,
-                10_000,
-            )?),
+            log_max_entries_per_minute: r.whole("collection", "log_max_entries_per_minute")?
+                as usize,
+            plan_max_bytes: r.whole("collection", "plan_max_bytes")? as usize,
+            health_top_n: r.whole("collection", "health_top_n")? as usize,
+            health_slow_interval: Duration::from_secs(
+                r.whole("collection", "health_slow_interval_s")?,
+            ),
+            health_tables_budget: Duration::from_millis(
+                r.whole("collection", "health_tables_budget_ms")?,
+            ),
             databases,
         })
     }
@@ -532,18 +532,7 @@ impl Config {
             }
             Some(_) => {}
         }
-        let project_id = r.string("listener", "project_id");
-        let n = project_id.chars().count();
-        if !(1..=50).contains(&n) {
-            return Err(r.error(
-                "listener",
-                "project_id",
-                format!(
-                    "{} must be 1 to 50 characters (it is {n})",
-                    excerpt(&project_id)
-                ),
-            ));
-        }
+        let project_id = r.chars("listener", "project_id")?;
         let ca_file = r.optional_path("listener", "ca_file");
         if let Some(ca) = &ca_file {
             if let Err(e) = std::fs::metadata(ca) {
@@ -559,16 +548,10 @@ impl Config {
             api_key: Secret::new(r.string("listener", "api_key")),
             project_id,
             ca_file,
-            timeout: Duration::from_secs(r.number("listener", "timeout_s", 1, 300)?),
-            max_requests_per_minute: r.number("listener", "max_requests_per_minute", 1, 6000)?
-                as u32,
-            breaker_failures: r.number("listener", "breaker_failures", 1, 1000)? as u32,
-            breaker_reset: Duration::from_secs(r.number(
-                "listener",
-                "breaker_reset_s",
-                1,
-                86_400,
-            )?),
+            timeout: Duration::from_secs(r.whole("listener", "timeout_s")?),
+            max_requests_per_minute: r.whole("listener", "max_requests_per_minute")? as u32,
+            breaker_failures: r.whole("listener", "breaker_failures")? as u32,
+            breaker_reset: Duration::from_secs(r.whole("listener", "breaker_reset_s")?),
         })
     }
 }
