@@ -64,64 +64,78 @@ fn parse_ini(text: &str) -> Result<Vec<IniEntry>, (usize, String)> {
     let mut entries = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
-        let t = raw.trim();
-        if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
-            continue;
-        }
-        if let Some(inner) = t.strip_prefix('[') {
-            if inner.starts_with('[') {
-                return Err((
-                    line,
-                    "\"[[\" is not a section header; write one pair of brackets, e.g. [listener]"
-                        .into(),
-                ));
-            }
-            let Some(end) = inner.find(']') else {
-                return Err((
-                    line,
-                    "the section header is not closed: a \"]\" is missing".into(),
-                ));
-            };
-            let rest = inner[end + 1..].trim();
-            if !(rest.is_empty() || rest.starts_with(';') || rest.starts_with('#')) {
-                return Err((
-                    line,
-                    "text after the section header's \"]\" (a header stands alone on its line)"
-                        .into(),
-                ));
-            }
-            let name = inner[..end].trim();
-            if !is_name(name) {
-                return Err((
-                    line,
-                    "the section name is empty or not a name (letters, digits, _ - .)".into(),
-                ));
-            }
-            section = name.to_string();
-            continue;
-        }
-        let Some(pos) = t.find(['=', ':']) else {
-            return Err((
+        match parse_line(raw.trim()).map_err(|reason| (line, reason.to_string()))? {
+            Line::Skip => {}
+            Line::Section(name) => section = name.to_string(),
+            Line::Entry(key, value) => entries.push(IniEntry {
+                section: section.clone(),
+                key: key.to_ascii_lowercase(),
+                value: value.to_string(),
                 line,
-                "neither a [section] header, a key = value line nor a comment (is the = missing?)"
-                    .into(),
-            ));
-        };
-        let key = t[..pos].trim();
-        if !is_name(key) {
-            return Err((
-                line,
-                "the key before the = is empty or not a name (letters, digits, _ - .)".into(),
-            ));
+            }),
         }
-        entries.push(IniEntry {
-            section: section.clone(),
-            key: key.to_ascii_lowercase(),
-            value: t[pos + 1..].trim().to_string(),
-            line,
-        });
     }
     Ok(entries)
+}
+
+/// What one trimmed line of an INI file is.
+enum Line<'a> {
+    /// Blank or a comment.
+    Skip,
+    /// A `[section]` header: the name.
+    Section(&'a str),
+    /// A `key = value` line: the key as written and the trimmed value.
+    Entry(&'a str, &'a str),
+}
+
+/// Reads one trimmed line, or says why it is none of the lines an INI file may have.
+fn parse_line(t: &str) -> Result<Line<'_>, &'static str> {
+    if t.is_empty() || is_comment(t) {
+        return Ok(Line::Skip);
+    }
+    if let Some(inner) = t.strip_prefix('[') {
+        if inner.starts_with('[') {
+            return Err(
+                "\"[[\" is not a section header; write one pair of brackets, e.g. [listener]",
+            );
+        }
+        let end = inner
+            .find(']')
+            .ok_or("the section header is not closed: a \"]\" is missing")?;
+        let rest = inner[end + 1..].trim();
+        if !(rest.is_empty() || is_comment(rest)) {
+            return Err(
+                "text after the section header's \"]\" (a header stands alone on its line)",
+            );
+        }
+        let name = named(
+            inner[..end].trim(),
+            "the section name is empty or not a name (letters, digits, _ - .)",
+        )?;
+        return Ok(Line::Section(name));
+    }
+    let pos = t.find(['=', ':']).ok_or(
+        "neither a [section] header, a key = value line nor a comment (is the = missing?)",
+    )?;
+    let key = named(
+        t[..pos].trim(),
+        "the key before the = is empty or not a name (letters, digits, _ - .)",
+    )?;
+    Ok(Line::Entry(key, t[pos + 1..].trim()))
+}
+
+/// Whether trimmed text is a comment (`;` or `#`).
+fn is_comment(t: &str) -> bool {
+    t.starts_with(';') || t.starts_with('#')
+}
+
+/// `s` if it [is a name](is_name), else the error `otherwise`.
+fn named<'a>(s: &'a str, otherwise: &'static str) -> Result<&'a str, &'static str> {
+    if is_name(s) {
+        Ok(s)
+    } else {
+        Err(otherwise)
+    }
 }
 
 /// The values rust-ini reads from already validated text, by (section, lower-case key); the

@@ -50,12 +50,11 @@ pub enum Allowed {
 
 /// One row of [`KEYS`]: `key!([secret] section, key, [env names], default, allowed, doc)`.
 macro_rules! key {
-    ($section:literal, $key:literal, [$($env:literal),*], $default:literal, $allowed:expr, $doc:literal) => {
-        KeySpec { section: $section, key: $key, env: &[$($env),*], default: $default, secret: false, allowed: $allowed, doc: $doc }
+    (@ $secret:expr, $section:literal, $key:literal, [$($env:literal),*], $default:literal, $allowed:expr, $doc:literal) => {
+        KeySpec { section: $section, key: $key, env: &[$($env),*], default: $default, secret: $secret, allowed: $allowed, doc: $doc }
     };
-    (secret $section:literal, $key:literal, [$($env:literal),*], $default:literal, $allowed:expr, $doc:literal) => {
-        KeySpec { section: $section, key: $key, env: &[$($env),*], default: $default, secret: true, allowed: $allowed, doc: $doc }
-    };
+    (secret $($row:tt)*) => { key!(@ true, $($row)*) };
+    ($($row:tt)*) => { key!(@ false, $($row)*) };
 }
 
 /// Every key the agent knows, with its default. The example config, README's key table and
