@@ -405,6 +405,8 @@ mod tests {
             err("[spike]\nload_per_cpu = 1001\n"),
             "agent.ini:2: [spike] load_per_cpu: \"1001\" is not a number from 0 to 1000"
         );
+        let long = err(&format!("[spike]\nbaseline_factor = {}\n", "9".repeat(200)));
+        assert!(long.len() < 120 && long.contains("999...\""), "{long}");
         let (c, _) = from_text(
             "[log]\nlevel = WARNING\n[collection]\nquery_text = normalised\n",
             &[],

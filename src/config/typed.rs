@@ -47,7 +47,7 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     /// Longest wait for a pooled connection. Defaults to 30 s.
     pub acquire_timeout: Duration,
-    /// Most connections open at once, at most [`MAX_POOL_SIZE`]. Defaults to 5.
+    /// Most connections open at once, at most [`MAX_POOL_SIZE`](super::MAX_POOL_SIZE). Defaults to 5.
     pub pool_max_size: usize,
 }
 
@@ -171,6 +171,9 @@ pub struct Config {
 }
 
 /// Reads typed values out of a [`RawConfig`], turning every failure into a [`ConfigError`].
+///
+/// Its panics only say that a read and its key's row disagree (say `whole` on a `Text` key):
+/// a programming error that every test loading the defaults catches, never a bad value.
 struct Reader<'a> {
     raw: &'a RawConfig,
     warnings: &'a mut Vec<String>,
@@ -277,7 +280,7 @@ impl Reader<'_> {
             _ => Err(self.error(
                 section,
                 key,
-                format!("\"{v}\" is not a number from {min} to {max}"),
+                format!("{} is not a number from {min} to {max}", excerpt(&v)),
             )),
         }
     }
