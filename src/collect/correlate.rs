@@ -193,7 +193,7 @@ impl Held {
         self.sampled
             .as_ref()
             .map(|s| s.pid)
-            .or(self.log.as_ref()?.pid)
+            .or_else(|| self.log.as_ref().and_then(|l| l.pid))
     }
 
     fn start(&self) -> f64 {
@@ -908,6 +908,40 @@ mod tests {
             out[0].data.get("duration_source"),
             Some(&Json::Str("sampled".into()))
         );
+    }
+
+    #[test]
+    fn a_request_over_two_intervals_gives_two_records_without_repeats() {
+        let mut c = Correlator::new(CorrelatorConfig {
+            grace: Duration::ZERO,
+            ..CorrelatorConfig::default()
+        });
+        c.add_sampled(
+            vec![sampled("r", 7, 100.0, 2.0, false)],
+            Some(90.0),
+            Some(150.0),
+            150.0,
+        );
+        let first = c.take_due(150.0);
+        c.add_sampled(
+            vec![
+                sampled("r", 7, 100.0, 2.0, false),
+                sampled("r", 7, 160.0, 3.0, false),
+            ],
+            Some(150.0),
+            Some(210.0),
+            210.0,
+        );
+        let second = c.take_due(210.0);
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_eq!(first[0].correlation_id, second[0].correlation_id);
+        assert_eq!(
+            f(&second[0].data, "n_statements"),
+            1.0,
+            "the first is not repeated"
+        );
+        assert!((second[0].collected_at - 160.0).abs() < 1e-9);
+        assert_eq!(f(&second[0].data, "interval_start"), 150.0);
     }
 
     #[test]
