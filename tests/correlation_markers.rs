@@ -128,6 +128,8 @@ fn a_request_marked_twice_is_one_record_joined_by_its_log_line() {
     let d = data["duration_ms"].as_f64().unwrap();
     assert!((1500.0..3000.0).contains(&d), "{r}");
     let st = &data["statements"][0];
+    assert!(data["pid"].is_number(), "{r}");
+    assert_eq!(data["pid"], st["pid"], "{r}");
     assert!(
         st["log"]["duration_ms"].is_number(),
         "the log's statement: {r}"
