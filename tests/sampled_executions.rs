@@ -154,6 +154,16 @@ fn query_id_of_a_sampled_execution_is_its_pg_stat_statements_queryid() {
         .find(|s| matches!(s.get("query"), Some(Json::Str(q)) if q.contains("qid_probe")))
         .unwrap_or_else(|| panic!("no probe in {}", deltas.data.to_json_string()));
 
+    // Neither the sample nor the compute_query_id check leaves an error in the server log.
+    let log = std::fs::read_to_string(pg.server_log()).unwrap();
+    assert!(
+        // FIXME: the sample's first EXECUTE on a fresh connection logs `prepared statement
+        // "bitville_sample_..." does not exist` (activity::query_prepared, fixed on the opspool
+        // branch); drop this exception once that fix is merged.
+        !log.lines()
+            .any(|l| l.contains("ERROR:") && !l.contains("prepared statement \"bitville_sample_")),
+        "server log has errors:\n{log}"
+    );
     if version >= QUERY_ID_SINCE {
         // The harness preloads pg_stat_statements, so `auto` computes query ids.
         assert_eq!(status, QueryIdStatus::On);
