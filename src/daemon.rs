@@ -1,12 +1,13 @@
 //! The running agent: threads with one job each around the spool.
 //!
 //! - `sampler`: samples pg_stat_activity every `sample_interval` and appends the activity summary
-//!   (with the lock trees and correlated payloads) at every interval boundary.
+//!   (with the lock trees) at every interval boundary; hands the interval's correlated statements
+//!   to the shared correlator and appends its records when they are due.
 //! - `interval`: at every interval boundary collects pg_stat_statements deltas, the server-health
 //!   figures and the host figures (with the agent's own cost in `data.agent`), appends them,
 //!   syncs the spool and rewrites the status file.
 //! - `logtail`: follows the server log and appends `pg_log` payloads, committing the log position
-//!   only after the append.
+//!   only after the append; hands correlated statements to the correlator as they are read.
 //! - `shipper`: sends what is in the spool (see `ship`).
 //!
 //! Invariants:
@@ -711,6 +712,9 @@ fn run_logtail(ctx: &Context, corr: &SharedCorrelator) {
             break;
         }
     }
+    // The sampler may have taken its last records before these statements came: whichever
+    // thread stops last ships what is left.
+    append_due(ctx, corr, true);
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {

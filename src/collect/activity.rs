@@ -1,16 +1,24 @@
-//! The activity sampler: samples non-idle sessions every second, aggregates every query execution
-//! it sees during an interval, and emits one `pg_stat_activity` summary per interval plus one
-//! correlated payload per correlation ID (the listener links those to PHP requests).
+//! The activity sampler: samples non-idle sessions and background processes every second,
+//! aggregates every query execution it sees during an interval, and emits one `pg_stat_activity`
+//! summary per interval plus the statements of correlated requests, which
+//! [`super::correlate`] turns into one record per request (the listener links those to PHP
+//! requests).
 //!
 //! An execution is one (pid, query_start) pair: the same query text run twice is two executions,
-//! and the correlation ID is carried along, never used as a key. Between two consecutive samples
-//! of a pid, the CPU ticks and I/O bytes it spent (from `/proc/<pid>`) are added to the execution
-//! running at the second sample, which is what answers "which query burned the CPU".
+//! and the correlation ID (found in the raw text and `application_name` by
+//! [`CorrelationPattern::find`]) is carried along, never used as a key. The agent keeps each
+//! pid's last `/proc/<pid>` reading (CPU ticks, I/O bytes) and the execution it ran then; every
+//! reading charges the difference since the previous one to that execution when it has ended,
+//! else to the one running now, and a pid whose execution ended since the previous sample is
+//! read once more. So a query seen in a single sample is charged its CPU, which is what answers
+//! "which query burned the CPU"; what cannot be attributed is `null`, never 0.
 //!
 //! Invariants:
 //! - The per-second query touches only `pg_stat_activity`, excludes idle sessions, the agent's
 //!   own sessions (application_name `bitville-monitor` and its own pid) and WAL senders, and calls
 //!   no function per row (`now()` and `pg_backend_pid()` are init-plans, evaluated once).
+//! - Background processes (state NULL) are sampled like executions, listed apart
+//!   (`background[]`), never dropped for room and never correlated.
 //! - `pg_blocking_pids()` runs (in [`super::locks`]) only when a sample saw a session waiting on
 //!   a lock, and at most once per `lock_snapshot_min_gap`.
 //! - Memory is bounded: at most `2 * max_executions` executions are held (more only while more
@@ -183,8 +191,9 @@ pub struct ActivityConfig {
     pub correlation: CorrelationPattern,
     /// Most executions listed per summary. Defaults to 200.
     pub max_executions: usize,
-    /// Most correlated payloads per interval (one per correlation ID, longest first); the rest
-    /// stay in the summary only. Defaults to 10, so the listener's rate limit (shared by every payload) keeps room.
+    /// Most correlated records [`ActivitySampler::finish_interval`] returns (one per request,
+    /// by load); the rest stay in the summary only. Defaults to 10; the daemon uses
+    /// `daemon::correlated_budget` for its shared correlator instead.
     pub max_correlated: usize,
     /// Shortest time between two lock-tree queries. Defaults to 1 s.
     pub lock_snapshot_min_gap: Duration,
