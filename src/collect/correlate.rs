@@ -103,7 +103,9 @@ impl LoggedStatement {
     }
 
     /// A statement from the log's per-statement JSON (`correlation_id`, `pid`, `ts`,
-    /// `duration_ms`); `None` when it has no correlation ID or time.
+    /// `duration_ms`, and `start_ts` when the log knows the start): the start is `start_ts`, else
+    /// the line's time less the duration (PostgreSQL writes `duration:` when the statement
+    /// ends). `None` when it has no correlation ID or time.
     pub fn from_log_json(json: Json) -> Option<LoggedStatement> {
         let correlation_id = match json.get("correlation_id") {
             Some(Json::Str(s)) => s.clone(),
@@ -112,10 +114,11 @@ impl LoggedStatement {
         let ts = num(json.get("ts"))?;
         let duration_ms = num(json.get("duration_ms"));
         let pid = num(json.get("pid")).map(|p| p as i32);
+        let start = num(json.get("start_ts")).unwrap_or(ts - duration_ms.unwrap_or(0.0) / 1000.0);
         Some(LoggedStatement {
             correlation_id,
             pid,
-            start: ts - duration_ms.unwrap_or(0.0) / 1000.0,
+            start,
             duration_ms,
             json,
         })
@@ -1003,6 +1006,23 @@ mod tests {
         assert!(
             ids.contains(&"s".to_string()),
             "sampled statements go last: {ids:?}"
+        );
+    }
+
+    #[test]
+    fn the_log_start_is_start_ts_or_the_line_time_less_the_duration() {
+        let j = Json::object()
+            .field("correlation_id", "x")
+            .field("ts", 10.0)
+            .field("duration_ms", 2000.0);
+        assert_eq!(
+            LoggedStatement::from_log_json(j.clone()).unwrap().start,
+            8.0
+        );
+        let with_start = j.field("start_ts", 7.5);
+        assert_eq!(
+            LoggedStatement::from_log_json(with_start).unwrap().start,
+            7.5
         );
     }
 
