@@ -461,7 +461,9 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     // The summary goes to the spool at once; the requests' statements wait in the correlator
     // for their log lines (a short grace), and their records are appended when due.
     let close = |sampler: &mut ActivitySampler| {
-        let (summary, statements) = sampler.finish_interval_parts();
+        let (mut summary, statements) = sampler.finish_interval_parts();
+        let counts = corr.lock().unwrap_or_else(|p| p.into_inner()).take_counts();
+        summary.data.push("correlated", counts);
         ctx.append_all(std::slice::from_ref(&summary));
         let window = |k| {
             summary.data.get(k).and_then(|v| match v {

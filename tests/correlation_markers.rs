@@ -87,6 +87,15 @@ fn each_marker_links_its_request_with_the_right_id() {
         let statements = data["statements"].as_array().expect("statements");
         assert_eq!(statements.len(), 1, "{r}");
     }
+    // The summaries count what the correlator shipped.
+    assert!(common::e2e::wait_until(LIVENESS, || listener
+        .stored()
+        .iter()
+        .any(|v| {
+            v["source"] == "pg_stat_activity"
+                && v["correlation_id"].is_null()
+                && v["data"]["correlated"]["records"].as_u64().unwrap_or(0) >= 1
+        })));
     // The marker comment was found in the raw text; with literals masked the comment stays,
     // so the shipped text still says which request it was.
     let comment = wait_record(&listener, COMMENT_ID);

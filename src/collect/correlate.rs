@@ -290,6 +290,8 @@ pub struct Correlator {
     shipped_set: std::collections::HashSet<(String, i32, i64)>,
     n_over_budget: u64,
     n_dropped: u64,
+    /// Counts since the last [`Correlator::take_counts`]: records, over budget, dropped.
+    since: (u64, u64, u64),
 }
 
 impl Correlator {
@@ -305,6 +307,7 @@ impl Correlator {
             shipped_set: Default::default(),
             n_over_budget: 0,
             n_dropped: 0,
+            since: (0, 0, 0),
         }
     }
 
@@ -327,6 +330,18 @@ impl Correlator {
     /// Statements waiting for their record.
     pub fn n_held(&self) -> usize {
         self.n_held
+    }
+
+    /// What happened since the previous call, for the activity summary: `{records,
+    /// over_budget, dropped, held}` (records shipped, requests left out by the budget,
+    /// statements dropped for memory, statements waiting now).
+    pub fn take_counts(&mut self) -> Json {
+        let (records, over, dropped) = std::mem::take(&mut self.since);
+        Json::object()
+            .field("records", records)
+            .field("over_budget", over)
+            .field("dropped", dropped)
+            .field("held", self.n_held)
     }
 
     /// The statements of a closed interval (`start`..`end`, server time): their records are due
@@ -500,7 +515,9 @@ impl Correlator {
         let budget = self.budget_left;
         if ready.len() > budget {
             self.n_over_budget += (ready.len() - budget) as u64;
+            self.since.1 += (ready.len() - budget) as u64;
         }
+        self.since.0 += ready.len().min(budget) as u64;
         self.budget_left = budget.saturating_sub(ready.len());
         let mut out = Vec::new();
         for (id, mut group) in ready.into_iter().take(budget) {
@@ -560,6 +577,7 @@ impl Correlator {
             }
             self.n_held -= 1;
             self.n_dropped += 1;
+            self.since.2 += 1;
         }
     }
 }
@@ -981,6 +999,14 @@ mod tests {
         );
         assert_eq!(f(&out[1].data, "n_statements"), 2.0);
         assert_eq!(c.n_over_budget(), 1);
+        assert_eq!(
+            c.take_counts().to_json_string(),
+            r#"{"records":2,"over_budget":1,"dropped":0,"held":0}"#
+        );
+        assert_eq!(
+            c.take_counts().to_json_string(),
+            r#"{"records":0,"over_budget":0,"dropped":0,"held":0}"#
+        );
     }
 
     #[test]
