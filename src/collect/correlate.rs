@@ -286,8 +286,10 @@ pub struct Correlator {
     n_held: usize,
     sampled_through: Option<f64>,
     budget_left: usize,
+    /// Shipped statements, oldest first (for eviction), and by (request, pid) their starts in
+    /// ms (for the look-up every added statement makes).
     shipped: VecDeque<(String, i32, i64)>,
-    shipped_set: std::collections::HashSet<(String, i32, i64)>,
+    shipped_by: HashMap<(String, i32), Vec<i64>>,
     n_over_budget: u64,
     n_dropped: u64,
     /// Counts since the last [`Correlator::take_counts`]: records, over budget, dropped.
@@ -304,7 +306,7 @@ impl Correlator {
             sampled_through: None,
             budget_left: cfg.budget,
             shipped: VecDeque::new(),
-            shipped_set: Default::default(),
+            shipped_by: HashMap::new(),
             n_over_budget: 0,
             n_dropped: 0,
             since: (0, 0, 0),
@@ -531,13 +533,22 @@ impl Correlator {
     }
 
     fn remember(&mut self, id: &str, key: (i32, i64)) {
-        let k = (id.to_string(), key.0, key.1);
-        if self.shipped_set.insert(k.clone()) {
-            self.shipped.push_back(k);
+        let starts = self.shipped_by.entry((id.to_string(), key.0)).or_default();
+        if starts.contains(&key.1) {
+            return;
         }
+        starts.push(key.1);
+        self.shipped.push_back((id.to_string(), key.0, key.1));
         while self.shipped.len() > MAX_SHIPPED_KEYS {
-            if let Some(old) = self.shipped.pop_front() {
-                self.shipped_set.remove(&old);
+            let Some((old_id, old_pid, old_ms)) = self.shipped.pop_front() else {
+                break;
+            };
+            let k = (old_id, old_pid);
+            if let Some(v) = self.shipped_by.get_mut(&k) {
+                v.retain(|&s| s != old_ms);
+                if v.is_empty() {
+                    self.shipped_by.remove(&k);
+                }
             }
         }
     }
@@ -547,38 +558,47 @@ impl Correlator {
     fn was_shipped_near(&self, id: &str, pid: i32, start: f64) -> bool {
         let ms = (start * 1000.0).round() as i64;
         let slack = (SAME_START_S * 1000.0) as i64;
-        // The set is keyed by the exact start; the recent keys are few enough to scan.
-        self.shipped
-            .iter()
-            .rev()
-            .take(4096)
-            .any(|(i, p, s)| i == id && *p == pid && (s - ms).abs() <= slack)
+        self.shipped_by
+            .get(&(id.to_string(), pid))
+            .is_some_and(|v| v.iter().any(|s| (s - ms).abs() <= slack))
     }
 
-    /// Drops the oldest log-only statements, then the oldest of any kind, above `max_held`.
+    /// Drops the oldest log-only statements, then the oldest of any kind, above `max_held`: a
+    /// tenth more at once, so a burst does not rescan everything per statement.
     fn bound(&mut self) {
-        while self.n_held > self.cfg.max_held.max(1) {
-            let oldest = self
-                .held
-                .iter()
-                .flat_map(|(id, g)| g.iter().enumerate().map(move |(i, h)| (id, i, h)))
-                .min_by(|a, b| {
-                    (a.2.sampled.is_some(), a.2.start())
-                        .partial_cmp(&(b.2.sampled.is_some(), b.2.start()))
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                })
-                .map(|(id, i, _)| (id.clone(), i));
-            let Some((id, i)) = oldest else { break };
+        let max = self.cfg.max_held.max(1);
+        if self.n_held <= max {
+            return;
+        }
+        let n_drop = (self.n_held - max + max / 10).min(self.n_held);
+        let mut all: Vec<(bool, f64, String, usize)> = self
+            .held
+            .iter()
+            .flat_map(|(id, g)| {
+                g.iter()
+                    .enumerate()
+                    .map(move |(i, h)| (h.sampled.is_some(), h.start(), id.clone(), i))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut doomed: HashMap<String, Vec<usize>> = HashMap::new();
+        for (_, _, id, i) in all.into_iter().take(n_drop) {
+            doomed.entry(id).or_default().push(i);
+        }
+        for (id, mut idx) in doomed {
+            idx.sort_unstable_by(|a, b| b.cmp(a));
             if let Some(g) = self.held.get_mut(&id) {
-                g.remove(i);
+                for i in idx {
+                    g.remove(i);
+                }
                 if g.is_empty() {
                     self.held.remove(&id);
                 }
             }
-            self.n_held -= 1;
-            self.n_dropped += 1;
-            self.since.2 += 1;
         }
+        self.n_held -= n_drop;
+        self.n_dropped += n_drop as u64;
+        self.since.2 += n_drop as u64;
     }
 }
 
