@@ -1211,7 +1211,19 @@ impl ActivitySampler {
         let n_seen = execs.len() as u64 + self.n_left_out;
         let selected = select(execs, self.cfg.max_executions);
         let n_left_out = n_seen - selected.len() as u64;
-        let mut background = background;
+        // Only the background processes that did something: CPU or I/O charged, or a wait that
+        // is not their main loop's idle wait (type `Activity`). An idle server's checkpointer,
+        // WAL writer, ... are counted, not listed, which keeps the idle summary small.
+        let n_background_seen = background.len();
+        let mut background: Vec<Execution> = background
+            .into_iter()
+            .filter(|e| {
+                e.cpu_ticks > 0
+                    || e.read_bytes > 0
+                    || e.write_bytes > 0
+                    || e.waits.iter().any(|w| w.kind != "Activity")
+            })
+            .collect();
         // The busiest first: CPU, then how often they waited.
         background.sort_by(|a, b| {
             b.cpu_ticks
@@ -1273,6 +1285,7 @@ impl ActivitySampler {
                 "sessions",
                 Json::Array(selected.iter().map(Execution::to_json).collect()),
             )
+            .field("n_background_seen", n_background_seen)
             .field(
                 "background",
                 Json::Array(background.iter().map(Execution::to_json).collect()),
@@ -1573,6 +1586,67 @@ mod tests {
         assert_eq!(field_f64(once, "cpu_ms"), procfs::ticks_to_ms(150) as f64);
         assert_eq!(once.get("cpu_partial"), Some(&Json::Bool(false)));
         assert_eq!(field_f64(once, "n_samples"), 1.0);
+    }
+
+    #[test]
+    fn background_processes_are_listed_apart_and_only_when_busy() {
+        let p = FakeProc::new("bg");
+        let mut s = p.sampler(ActivityConfig::default());
+        let bg = |pid, kind, event, now| SessionRow {
+            pid,
+            now,
+            state: None,
+            backend_type: Some(kind),
+            wait_event_type: Some("Activity"),
+            wait_event: Some(event),
+            application_name: Some(""),
+            ..SessionRow::default()
+        };
+        for (i, cpu) in [(0u64, 10u64), (1, 40), (2, 70)] {
+            let now = 1000.0 + i as f64;
+            p.set(40, cpu, 1, None);
+            p.set(41, 5, 1, None);
+            let stats = s
+                .absorb(&[
+                    bg(40, "checkpointer", "CheckpointerMain", now),
+                    bg(41, "walwriter", "WalWriterMain", now),
+                    row(7, now, 999.0),
+                ])
+                .0;
+            assert_eq!(stats.n_background, 2);
+        }
+        assert_eq!(
+            s.n_executions(),
+            1,
+            "background is not counted as client work"
+        );
+        let out = s.finish_interval();
+        let data = &out[0].data;
+        assert_eq!(field_f64(data, "n_background_seen"), 2.0);
+        let listed = match data.get("background") {
+            Some(Json::Array(a)) => a.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            listed.len(),
+            1,
+            "the idle WAL writer is counted, not listed"
+        );
+        assert_eq!(
+            listed[0].get("backend_type"),
+            Some(&Json::Str("checkpointer".into()))
+        );
+        assert_eq!(
+            field_f64(&listed[0], "cpu_ms"),
+            procfs::ticks_to_ms(60) as f64
+        );
+        assert_eq!(listed[0].get("correlation_id"), Some(&Json::Null));
+        assert_eq!(sessions(&out).len(), 1);
+        assert_eq!(
+            out.len(),
+            2,
+            "the summary and the client's request, no other record"
+        );
     }
 
     #[test]
