@@ -1,12 +1,13 @@
 //! The running agent: threads with one job each around the spool.
 //!
 //! - `sampler`: samples pg_stat_activity every `sample_interval` and appends the activity summary
-//!   (with the lock trees and correlated payloads) at every interval boundary.
+//!   (with the lock trees) at every interval boundary; hands the interval's correlated statements
+//!   to the shared correlator and appends its records when they are due.
 //! - `interval`: at every interval boundary collects pg_stat_statements deltas, the server-health
 //!   figures and the host figures (with the agent's own cost in `data.agent`), appends them and
 //!   syncs the spool.
 //! - `logtail`: follows the server log and appends `pg_log` payloads, committing the log position
-//!   only after the append.
+//!   only after the append; hands correlated statements to the correlator as they are read.
 //! - `shipper`: sends what is in the spool (see `ship`).
 //! - `status`: rewrites the status file when the breaker changes state and when a backlog has
 //!   drained (and logs how long that took), otherwise every few seconds.
@@ -639,6 +640,8 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let close = |sampler: &mut ActivitySampler, watch: &mut Watch| {
         let (mut summary, statements) = sampler.finish_interval_parts();
         watch.finish_interval(&mut summary);
+        let counts = corr.lock().unwrap_or_else(|p| p.into_inner()).take_counts();
+        summary.data.push("correlated", counts);
         ctx.append_all(std::slice::from_ref(&summary));
         let window = |k| {
             summary.data.get(k).and_then(|v| match v {
@@ -877,6 +880,9 @@ fn run_logtail(ctx: &Context, corr: &SharedCorrelator) {
             break;
         }
     }
+    // The sampler may have taken its last records before these statements came: whichever
+    // thread stops last ships what is left.
+    append_due(ctx, corr, true);
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {

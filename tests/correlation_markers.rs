@@ -87,6 +87,15 @@ fn each_marker_links_its_request_with_the_right_id() {
         let statements = data["statements"].as_array().expect("statements");
         assert_eq!(statements.len(), 1, "{r}");
     }
+    // The summaries count what the correlator shipped.
+    assert!(common::e2e::wait_until(LIVENESS, || listener
+        .stored()
+        .iter()
+        .any(|v| {
+            v["source"] == "pg_stat_activity"
+                && v["correlation_id"].is_null()
+                && v["data"]["correlated"]["records"].as_u64().unwrap_or(0) >= 1
+        })));
     // The marker comment was found in the raw text; with literals masked the comment stays,
     // so the shipped text still says which request it was.
     let comment = wait_record(&listener, COMMENT_ID);
@@ -128,6 +137,8 @@ fn a_request_marked_twice_is_one_record_joined_by_its_log_line() {
     let d = data["duration_ms"].as_f64().unwrap();
     assert!((1500.0..3000.0).contains(&d), "{r}");
     let st = &data["statements"][0];
+    assert!(data["pid"].is_number(), "{r}");
+    assert_eq!(data["pid"], st["pid"], "{r}");
     assert!(
         st["log"]["duration_ms"].is_number(),
         "the log's statement: {r}"

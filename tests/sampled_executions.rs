@@ -154,6 +154,16 @@ fn query_id_of_a_sampled_execution_is_its_pg_stat_statements_queryid() {
         .find(|s| matches!(s.get("query"), Some(Json::Str(q)) if q.contains("qid_probe")))
         .unwrap_or_else(|| panic!("no probe in {}", deltas.data.to_json_string()));
 
+    // Neither the sample nor the compute_query_id check leaves an error in the server log.
+    let log = std::fs::read_to_string(pg.server_log()).unwrap();
+    assert!(
+        // FIXME: the sample's first EXECUTE on a fresh connection logs `prepared statement
+        // "bitville_sample_..." does not exist` (activity::query_prepared, fixed on the opspool
+        // branch); drop this exception once that fix is merged.
+        !log.lines()
+            .any(|l| l.contains("ERROR:") && !l.contains("prepared statement \"bitville_sample_")),
+        "server log has errors:\n{log}"
+    );
     if version >= QUERY_ID_SINCE {
         // The harness preloads pg_stat_statements, so `auto` computes query ids.
         assert_eq!(status, QueryIdStatus::On);
@@ -235,4 +245,41 @@ fn a_forced_checkpoint_shows_the_checkpointer_in_the_summary() {
     assert!(array(summary, "sessions")
         .iter()
         .all(|s| s.get("backend_type") != Some(&Json::Str("checkpointer".into()))));
+}
+
+#[test]
+fn without_query_ids_the_agent_says_so_once_with_the_fix() {
+    let pg = TestPg::start();
+    let mut admin = pg.admin();
+    let modern = pg.major_version() >= 14;
+    if modern {
+        admin
+            .batch_execute("ALTER SYSTEM SET compute_query_id = off")
+            .unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    let pool = Pool::new(&pg.db_config());
+    let mut c = pool.acquire().unwrap();
+    // The reload reaches new sessions at once; the pool's first connection is one.
+    let status = query_id_status(&mut c).unwrap();
+    let problem = status.problem().expect("a problem to report");
+    if modern {
+        assert_eq!(
+            status,
+            QueryIdStatus::Off {
+                setting: "off".into()
+            }
+        );
+        assert!(problem.contains("set compute_query_id = on"), "{problem}");
+    } else {
+        assert!(problem.contains("has no query_id"), "{problem}");
+    }
+    drop(c);
+
+    let listener = common::listener::TestListener::start(common::e2e::KEY);
+    let rig = common::e2e::Rig::new("qid-off", &pg, &listener.url());
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let said = out.stderr.matches(problem.as_str()).count();
+    assert_eq!(said, 1, "said once:\n{}", out.stderr);
 }

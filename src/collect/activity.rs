@@ -1,16 +1,24 @@
-//! The activity sampler: samples non-idle sessions every second, aggregates every query execution
-//! it sees during an interval, and emits one `pg_stat_activity` summary per interval plus one
-//! correlated payload per correlation ID (the listener links those to PHP requests).
+//! The activity sampler: samples non-idle sessions and background processes every second,
+//! aggregates every query execution it sees during an interval, and emits one `pg_stat_activity`
+//! summary per interval plus the statements of correlated requests, which
+//! [`super::correlate`] turns into one record per request (the listener links those to PHP
+//! requests).
 //!
 //! An execution is one (pid, query_start) pair: the same query text run twice is two executions,
-//! and the correlation ID is carried along, never used as a key. Between two consecutive samples
-//! of a pid, the CPU ticks and I/O bytes it spent (from `/proc/<pid>`) are added to the execution
-//! running at the second sample, which is what answers "which query burned the CPU".
+//! and the correlation ID (found in the raw text and `application_name` by
+//! [`CorrelationPattern::find`]) is carried along, never used as a key. The agent keeps each
+//! pid's last `/proc/<pid>` reading (CPU ticks, I/O bytes) and the execution it ran then; every
+//! reading charges the difference since the previous one to that execution when it has ended,
+//! else to the one running now, and a pid whose execution ended since the previous sample is
+//! read once more. So a query seen in a single sample is charged its CPU, which is what answers
+//! "which query burned the CPU"; what cannot be attributed is `null`, never 0.
 //!
 //! Invariants:
 //! - The per-second query touches only `pg_stat_activity`, excludes idle sessions, the agent's
 //!   own sessions (application_name `bitville-monitor` and its own pid) and WAL senders, and calls
 //!   no function per row (`now()` and `pg_backend_pid()` are init-plans, evaluated once).
+//! - Background processes (state NULL) are sampled like executions, listed apart
+//!   (`background[]`), never dropped for room and never correlated.
 //! - `pg_blocking_pids()` runs (in [`super::locks`]) only when a sample saw a session waiting on
 //!   a lock, and at most once per `lock_snapshot_min_gap`.
 //! - Memory is bounded: at most `2 * max_executions` executions are held (more only while more
@@ -166,8 +174,9 @@ pub struct ActivityConfig {
     pub correlation: CorrelationPattern,
     /// Most executions listed per summary. Defaults to 200.
     pub max_executions: usize,
-    /// Most correlated payloads per interval (one per correlation ID, longest first); the rest
-    /// stay in the summary only. Defaults to 10, so the listener's rate limit (shared by every payload) keeps room.
+    /// Most correlated records [`ActivitySampler::finish_interval`] returns (one per request,
+    /// by load); the rest stay in the summary only. Defaults to 10; the daemon uses
+    /// `daemon::correlated_budget` for its shared correlator instead.
     pub max_correlated: usize,
     /// Shortest time between two lock-tree queries. Defaults to 1 s.
     pub lock_snapshot_min_gap: Duration,
@@ -1221,7 +1230,19 @@ impl ActivitySampler {
         let n_seen = execs.len() as u64 + self.n_left_out;
         let selected = select(execs, self.cfg.max_executions);
         let n_left_out = n_seen - selected.len() as u64;
-        let mut background = background;
+        // Only the background processes that did something: CPU or I/O charged, or a wait that
+        // is not their main loop's idle wait (type `Activity`). An idle server's checkpointer,
+        // WAL writer, ... are counted, not listed, which keeps the idle summary small.
+        let n_background_seen = background.len();
+        let mut background: Vec<Execution> = background
+            .into_iter()
+            .filter(|e| {
+                e.cpu_ticks > 0
+                    || e.read_bytes > 0
+                    || e.write_bytes > 0
+                    || e.waits.iter().any(|w| w.kind != "Activity")
+            })
+            .collect();
         // The busiest first: CPU, then how often they waited.
         background.sort_by(|a, b| {
             b.cpu_ticks
@@ -1283,6 +1304,7 @@ impl ActivitySampler {
                 "sessions",
                 Json::Array(selected.iter().map(Execution::to_json).collect()),
             )
+            .field("n_background_seen", n_background_seen)
             .field(
                 "background",
                 Json::Array(background.iter().map(Execution::to_json).collect()),
@@ -1583,6 +1605,67 @@ mod tests {
         assert_eq!(field_f64(once, "cpu_ms"), procfs::ticks_to_ms(150) as f64);
         assert_eq!(once.get("cpu_partial"), Some(&Json::Bool(false)));
         assert_eq!(field_f64(once, "n_samples"), 1.0);
+    }
+
+    #[test]
+    fn background_processes_are_listed_apart_and_only_when_busy() {
+        let p = FakeProc::new("bg");
+        let mut s = p.sampler(ActivityConfig::default());
+        let bg = |pid, kind, event, now| SessionRow {
+            pid,
+            now,
+            state: None,
+            backend_type: Some(kind),
+            wait_event_type: Some("Activity"),
+            wait_event: Some(event),
+            application_name: Some(""),
+            ..SessionRow::default()
+        };
+        for (i, cpu) in [(0u64, 10u64), (1, 40), (2, 70)] {
+            let now = 1000.0 + i as f64;
+            p.set(40, cpu, 1, None);
+            p.set(41, 5, 1, None);
+            let stats = s
+                .absorb(&[
+                    bg(40, "checkpointer", "CheckpointerMain", now),
+                    bg(41, "walwriter", "WalWriterMain", now),
+                    row(7, now, 999.0),
+                ])
+                .0;
+            assert_eq!(stats.n_background, 2);
+        }
+        assert_eq!(
+            s.n_executions(),
+            1,
+            "background is not counted as client work"
+        );
+        let out = s.finish_interval();
+        let data = &out[0].data;
+        assert_eq!(field_f64(data, "n_background_seen"), 2.0);
+        let listed = match data.get("background") {
+            Some(Json::Array(a)) => a.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            listed.len(),
+            1,
+            "the idle WAL writer is counted, not listed"
+        );
+        assert_eq!(
+            listed[0].get("backend_type"),
+            Some(&Json::Str("checkpointer".into()))
+        );
+        assert_eq!(
+            field_f64(&listed[0], "cpu_ms"),
+            procfs::ticks_to_ms(60) as f64
+        );
+        assert_eq!(listed[0].get("correlation_id"), Some(&Json::Null));
+        assert_eq!(sessions(&out).len(), 1);
+        assert_eq!(
+            out.len(),
+            2,
+            "the summary and the client's request, no other record"
+        );
     }
 
     #[test]

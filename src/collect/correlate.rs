@@ -103,7 +103,9 @@ impl LoggedStatement {
     }
 
     /// A statement from the log's per-statement JSON (`correlation_id`, `pid`, `ts`,
-    /// `duration_ms`); `None` when it has no correlation ID or time.
+    /// `duration_ms`, and `start_ts` when the log knows the start): the start is `start_ts`, else
+    /// the line's time less the duration (PostgreSQL writes `duration:` when the statement
+    /// ends). `None` when it has no correlation ID or time.
     pub fn from_log_json(json: Json) -> Option<LoggedStatement> {
         let correlation_id = match json.get("correlation_id") {
             Some(Json::Str(s)) => s.clone(),
@@ -112,10 +114,11 @@ impl LoggedStatement {
         let ts = num(json.get("ts"))?;
         let duration_ms = num(json.get("duration_ms"));
         let pid = num(json.get("pid")).map(|p| p as i32);
+        let start = num(json.get("start_ts")).unwrap_or(ts - duration_ms.unwrap_or(0.0) / 1000.0);
         Some(LoggedStatement {
             correlation_id,
             pid,
-            start: ts - duration_ms.unwrap_or(0.0) / 1000.0,
+            start,
             duration_ms,
             json,
         })
@@ -193,7 +196,7 @@ impl Held {
         self.sampled
             .as_ref()
             .map(|s| s.pid)
-            .or(self.log.as_ref()?.pid)
+            .or_else(|| self.log.as_ref().and_then(|l| l.pid))
     }
 
     fn start(&self) -> f64 {
@@ -283,10 +286,14 @@ pub struct Correlator {
     n_held: usize,
     sampled_through: Option<f64>,
     budget_left: usize,
+    /// Shipped statements, oldest first (for eviction), and by (request, pid) their starts in
+    /// ms (for the look-up every added statement makes).
     shipped: VecDeque<(String, i32, i64)>,
-    shipped_set: std::collections::HashSet<(String, i32, i64)>,
+    shipped_by: HashMap<(String, i32), Vec<i64>>,
     n_over_budget: u64,
     n_dropped: u64,
+    /// Counts since the last [`Correlator::take_counts`]: records, over budget, dropped.
+    since: (u64, u64, u64),
 }
 
 impl Correlator {
@@ -299,9 +306,10 @@ impl Correlator {
             sampled_through: None,
             budget_left: cfg.budget,
             shipped: VecDeque::new(),
-            shipped_set: Default::default(),
+            shipped_by: HashMap::new(),
             n_over_budget: 0,
             n_dropped: 0,
+            since: (0, 0, 0),
         }
     }
 
@@ -324,6 +332,18 @@ impl Correlator {
     /// Statements waiting for their record.
     pub fn n_held(&self) -> usize {
         self.n_held
+    }
+
+    /// What happened since the previous call, for the activity summary: `{records,
+    /// over_budget, dropped, held}` (records shipped, requests left out by the budget,
+    /// statements dropped for memory, statements waiting now).
+    pub fn take_counts(&mut self) -> Json {
+        let (records, over, dropped) = std::mem::take(&mut self.since);
+        Json::object()
+            .field("records", records)
+            .field("over_budget", over)
+            .field("dropped", dropped)
+            .field("held", self.n_held)
     }
 
     /// The statements of a closed interval (`start`..`end`, server time): their records are due
@@ -497,7 +517,9 @@ impl Correlator {
         let budget = self.budget_left;
         if ready.len() > budget {
             self.n_over_budget += (ready.len() - budget) as u64;
+            self.since.1 += (ready.len() - budget) as u64;
         }
+        self.since.0 += ready.len().min(budget) as u64;
         self.budget_left = budget.saturating_sub(ready.len());
         let mut out = Vec::new();
         for (id, mut group) in ready.into_iter().take(budget) {
@@ -511,13 +533,22 @@ impl Correlator {
     }
 
     fn remember(&mut self, id: &str, key: (i32, i64)) {
-        let k = (id.to_string(), key.0, key.1);
-        if self.shipped_set.insert(k.clone()) {
-            self.shipped.push_back(k);
+        let starts = self.shipped_by.entry((id.to_string(), key.0)).or_default();
+        if starts.contains(&key.1) {
+            return;
         }
+        starts.push(key.1);
+        self.shipped.push_back((id.to_string(), key.0, key.1));
         while self.shipped.len() > MAX_SHIPPED_KEYS {
-            if let Some(old) = self.shipped.pop_front() {
-                self.shipped_set.remove(&old);
+            let Some((old_id, old_pid, old_ms)) = self.shipped.pop_front() else {
+                break;
+            };
+            let k = (old_id, old_pid);
+            if let Some(v) = self.shipped_by.get_mut(&k) {
+                v.retain(|&s| s != old_ms);
+                if v.is_empty() {
+                    self.shipped_by.remove(&k);
+                }
             }
         }
     }
@@ -527,37 +558,47 @@ impl Correlator {
     fn was_shipped_near(&self, id: &str, pid: i32, start: f64) -> bool {
         let ms = (start * 1000.0).round() as i64;
         let slack = (SAME_START_S * 1000.0) as i64;
-        // The set is keyed by the exact start; the recent keys are few enough to scan.
-        self.shipped
-            .iter()
-            .rev()
-            .take(4096)
-            .any(|(i, p, s)| i == id && *p == pid && (s - ms).abs() <= slack)
+        self.shipped_by
+            .get(&(id.to_string(), pid))
+            .is_some_and(|v| v.iter().any(|s| (s - ms).abs() <= slack))
     }
 
-    /// Drops the oldest log-only statements, then the oldest of any kind, above `max_held`.
+    /// Drops the oldest log-only statements, then the oldest of any kind, above `max_held`: a
+    /// tenth more at once, so a burst does not rescan everything per statement.
     fn bound(&mut self) {
-        while self.n_held > self.cfg.max_held.max(1) {
-            let oldest = self
-                .held
-                .iter()
-                .flat_map(|(id, g)| g.iter().enumerate().map(move |(i, h)| (id, i, h)))
-                .min_by(|a, b| {
-                    (a.2.sampled.is_some(), a.2.start())
-                        .partial_cmp(&(b.2.sampled.is_some(), b.2.start()))
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                })
-                .map(|(id, i, _)| (id.clone(), i));
-            let Some((id, i)) = oldest else { break };
+        let max = self.cfg.max_held.max(1);
+        if self.n_held <= max {
+            return;
+        }
+        let n_drop = (self.n_held - max + max / 10).min(self.n_held);
+        let mut all: Vec<(bool, f64, String, usize)> = self
+            .held
+            .iter()
+            .flat_map(|(id, g)| {
+                g.iter()
+                    .enumerate()
+                    .map(move |(i, h)| (h.sampled.is_some(), h.start(), id.clone(), i))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut doomed: HashMap<String, Vec<usize>> = HashMap::new();
+        for (_, _, id, i) in all.into_iter().take(n_drop) {
+            doomed.entry(id).or_default().push(i);
+        }
+        for (id, mut idx) in doomed {
+            idx.sort_unstable_by(|a, b| b.cmp(a));
             if let Some(g) = self.held.get_mut(&id) {
-                g.remove(i);
+                for i in idx {
+                    g.remove(i);
+                }
                 if g.is_empty() {
                     self.held.remove(&id);
                 }
             }
-            self.n_held -= 1;
-            self.n_dropped += 1;
         }
+        self.n_held -= n_drop;
+        self.n_dropped += n_drop as u64;
+        self.since.2 += n_drop as u64;
     }
 }
 
@@ -911,6 +952,40 @@ mod tests {
     }
 
     #[test]
+    fn a_request_over_two_intervals_gives_two_records_without_repeats() {
+        let mut c = Correlator::new(CorrelatorConfig {
+            grace: Duration::ZERO,
+            ..CorrelatorConfig::default()
+        });
+        c.add_sampled(
+            vec![sampled("r", 7, 100.0, 2.0, false)],
+            Some(90.0),
+            Some(150.0),
+            150.0,
+        );
+        let first = c.take_due(150.0);
+        c.add_sampled(
+            vec![
+                sampled("r", 7, 100.0, 2.0, false),
+                sampled("r", 7, 160.0, 3.0, false),
+            ],
+            Some(150.0),
+            Some(210.0),
+            210.0,
+        );
+        let second = c.take_due(210.0);
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_eq!(first[0].correlation_id, second[0].correlation_id);
+        assert_eq!(
+            f(&second[0].data, "n_statements"),
+            1.0,
+            "the first is not repeated"
+        );
+        assert!((second[0].collected_at - 160.0).abs() < 1e-9);
+        assert_eq!(f(&second[0].data, "interval_start"), 150.0);
+    }
+
+    #[test]
     fn log_only_requests_and_the_budget_by_load() {
         let mut c = Correlator::new(CorrelatorConfig {
             grace: Duration::ZERO,
@@ -944,6 +1019,14 @@ mod tests {
         );
         assert_eq!(f(&out[1].data, "n_statements"), 2.0);
         assert_eq!(c.n_over_budget(), 1);
+        assert_eq!(
+            c.take_counts().to_json_string(),
+            r#"{"records":2,"over_budget":1,"dropped":0,"held":0}"#
+        );
+        assert_eq!(
+            c.take_counts().to_json_string(),
+            r#"{"records":0,"over_budget":0,"dropped":0,"held":0}"#
+        );
     }
 
     #[test]
@@ -969,6 +1052,23 @@ mod tests {
         assert!(
             ids.contains(&"s".to_string()),
             "sampled statements go last: {ids:?}"
+        );
+    }
+
+    #[test]
+    fn the_log_start_is_start_ts_or_the_line_time_less_the_duration() {
+        let j = Json::object()
+            .field("correlation_id", "x")
+            .field("ts", 10.0)
+            .field("duration_ms", 2000.0);
+        assert_eq!(
+            LoggedStatement::from_log_json(j.clone()).unwrap().start,
+            8.0
+        );
+        let with_start = j.field("start_ts", 7.5);
+        assert_eq!(
+            LoggedStatement::from_log_json(with_start).unwrap().start,
+            7.5
         );
     }
 

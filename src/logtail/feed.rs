@@ -152,7 +152,9 @@ impl LogFeed {
     }
 
     /// The correlated statements read since the last call, each as the log's per-statement
-    /// JSON of a correlated payload (so whatever the payload builder attaches travels along).
+    /// JSON of a correlated payload (its `statements[]` when the builder assembles them, else
+    /// its `entries[]`, with `correlation_id` added), so whatever the builder attaches (plan,
+    /// events) travels along.
     /// Empty unless [`LogFeed::route_correlated`] was called.
     pub fn take_correlated(&mut self) -> Vec<Json> {
         self.collect_correlated();
@@ -182,8 +184,21 @@ impl LogFeed {
         };
         let built = build_payloads(&fresh, &ParseStats::default(), &origin, &opts, unix_now());
         for p in built.into_iter().filter(|p| p.correlation_id.is_some()) {
-            if let Some(Json::Array(entries)) = p.data.get("entries") {
-                self.correlated_out.extend(entries.iter().cloned());
+            // Per-statement records when the builder assembles them (text, duration, plan and
+            // events of one statement), else the entries; each names its request.
+            let items = match (p.data.get("statements"), p.data.get("entries")) {
+                (Some(Json::Array(s)), _) if !s.is_empty() => s,
+                (_, Some(Json::Array(e))) => e,
+                _ => continue,
+            };
+            for item in items {
+                let mut item = item.clone();
+                if item.get("correlation_id").is_none() {
+                    if let Some(id) = p.correlation_id.as_deref() {
+                        item.push("correlation_id", id);
+                    }
+                }
+                self.correlated_out.push(item);
             }
         }
     }
@@ -560,6 +575,38 @@ mod tests {
             text.contains(r#""over_budget":{"entries":5,"severity_counts":{"LOG":5}}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn routed_correlated_statements_are_handed_over_once_and_no_correlated_payload_is_built() {
+        let dir = std::env::temp_dir().join(format!("logtail-route-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("pg.log");
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let mut f = std::fs::File::create(&log).unwrap();
+        writeln!(
+            f,
+            "2024-05-01 12:00:03.000 UTC [7] LOG:  duration: 3000.000 ms  statement: /* correlation:{id} */ SELECT pg_sleep(3)"
+        )
+        .unwrap();
+        writeln!(f, "2024-05-01 12:00:03.100 UTC [8] LOG:  unrelated").unwrap();
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), None);
+        tc.start_at_end = false;
+        tc.settle = Duration::ZERO;
+        let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] "));
+        let t0 = Instant::now();
+        let mut feed = LogFeed::new(tailer, FeedConfig::default(), t0);
+        feed.route_correlated();
+        assert!(feed.poll(t0).is_none(), "the interval has not passed");
+        let got = feed.take_correlated();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].get("correlation_id"), Some(&Json::Str(id.into())));
+        assert_eq!(got[0].get("pid"), Some(&Json::UInt(7)));
+        assert!(feed.take_correlated().is_empty(), "handed over once");
+        let fl = feed.flush(t0);
+        assert!(feed.take_correlated().is_empty(), "not again at the flush");
+        assert!(fl.payloads.iter().all(|p| p.correlation_id.is_none()));
+        assert_eq!(fl.payloads[0].data.get("count"), Some(&Json::UInt(2)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
