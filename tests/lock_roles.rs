@@ -217,11 +217,7 @@ fn a_lock_chain_names_each_blocker_and_what_the_root_held_up() {
     // The sampler's lock and relation-name queries leave no error in the server log.
     let log = std::fs::read_to_string(pg.server_log()).unwrap();
     assert!(
-        // FIXME: the sample's first EXECUTE on a fresh connection logs `prepared statement
-        // "bitville_sample_..." does not exist` (activity::query_prepared, fixed on the opspool
-        // branch); drop this exception once that fix is merged.
-        !log.lines()
-            .any(|l| l.contains("ERROR:") && !l.contains("prepared statement \"bitville_sample_")),
+        !log.lines().any(|l| l.contains("ERROR:")),
         "server log has errors:\n{log}"
     );
 }
