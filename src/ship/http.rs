@@ -273,15 +273,20 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
+    /// A self-signed CA certificate (P-256, valid until 2126), made once with `openssl req -x509`.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjTCCATOgAwIBAgIUY6UfJv7+HPeu0GbEI5wfg7Qjz2QwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQYml0dmlsbGUtdGVzdC1jYTAgFw0yNjEyMDEwOTA3NTRaGA8y\nMTI2MTEwNzA5MDc1NFowGzEZMBcGA1UEAwwQYml0dmlsbGUtdGVzdC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABEiedUnPQJhDGmV5dZK9Ztk0DH+U4UXyPdEz\ndsWYwFDhWrrGqi5FotvClSQKK6wgdIDtChjHq3oYXh1kpoBvFkSjUzBRMB0GA1Ud\nDgQWBBTPyFHPQcIyveSjA7JIWrq3Hg3KJjAfBgNVHSMEGDAWgBTPyFHPQcIyveSj\nA7JIWrq3Hg3KJjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQCV\nANDySgoEXEn/FCP46mB9owEA9EfHZNn9wTLIpT16bQIgZBiVlmmQZ1FBNwIorHVi\nk4w+VgvgfTXF0zJR+dS3rd4=\n-----END CERTIFICATE-----\n";
+
     #[test]
-    fn the_system_bundle_parses_when_present() {
-        if Path::new(SYSTEM_CA_BUNDLE).exists() {
-            assert!(!load_ca_file(Path::new(SYSTEM_CA_BUNDLE))
-                .unwrap()
-                .is_empty());
-        } else {
-            assert!(load_ca_file(Path::new(SYSTEM_CA_BUNDLE)).is_err());
-        }
+    fn a_real_certificate_counts_and_text_around_it_is_ignored() {
+        let path = temp_file(
+            "one-ca.pem",
+            &format!("a comment line\n{TEST_CA}trailing text\n"),
+        );
+        assert_eq!(load_ca_file(&path).unwrap().len(), 1);
+        let two = temp_file("two-ca.pem", &format!("{TEST_CA}{TEST_CA}"));
+        assert_eq!(load_ca_file(&two).unwrap().len(), 2);
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(two);
     }
 
     #[test]

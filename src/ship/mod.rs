@@ -181,8 +181,6 @@ pub enum ShipError {
         /// What ureq said.
         detail: String,
     },
-    /// The spool failed while reading or acknowledging.
-    Spool(SpoolError),
 }
 
 impl ShipError {
@@ -253,25 +251,11 @@ impl fmt::Display for ShipError {
             }
             ShipError::Tls { url, detail } => write!(f, "tls with {url} failed: {detail}"),
             ShipError::Transport { url, detail } => write!(f, "post to {url} failed: {detail}"),
-            ShipError::Spool(e) => write!(f, "spool: {e}"),
         }
     }
 }
 
-impl std::error::Error for ShipError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ShipError::Spool(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<SpoolError> for ShipError {
-    fn from(e: SpoolError) -> ShipError {
-        ShipError::Spool(e)
-    }
-}
+impl std::error::Error for ShipError {}
 
 /// Maps a listener answer onto the contract: `Ok` for 2xx, a classified error otherwise.
 pub fn classify_reply(url: &str, reply: http::Reply, now: SystemTime) -> Result<(), ShipError> {
