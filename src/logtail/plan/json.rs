@@ -144,7 +144,8 @@ impl JsonParser<'_> {
         }
     }
 
-    /// A string starting at the current `"`; `None` (incomplete) when it never closes.
+    /// A string starting at the current `"`; `None` (incomplete) when it never closes or an
+    /// escape in it is cut or malformed.
     fn string(&mut self) -> Option<String> {
         self.i += 1;
         let mut out = Vec::new();
@@ -156,7 +157,11 @@ impl JsonParser<'_> {
                     return Some(String::from_utf8_lossy(&out).into_owned());
                 }
                 b'\\' => {
-                    let e = *self.b.get(self.i + 1)?;
+                    // A cut right after the backslash or inside `\uXXXX` leaves the string
+                    // unclosed: the document is incomplete, like any other cut.
+                    let Some(&e) = self.b.get(self.i + 1) else {
+                        break;
+                    };
                     self.i += 2;
                     match e {
                         b'n' => out.push(b'\n'),
@@ -169,7 +174,9 @@ impl JsonParser<'_> {
                                 let h = p.b.get(at..at + 4)?;
                                 u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
                             };
-                            let mut cp = hex(self, self.i)?;
+                            let Some(mut cp) = hex(self, self.i) else {
+                                break;
+                            };
                             self.i += 4;
                             if (0xD800..0xDC00).contains(&cp)
                                 && self.b.get(self.i..self.i + 2) == Some(b"\\u")
@@ -196,5 +203,22 @@ impl JsonParser<'_> {
         }
         self.complete = false;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_cut_inside_an_escape_is_incomplete() {
+        // auto_explain escapes the query text's newlines, so a cut lands after a backslash often.
+        assert!(!parse_json(r#"{"Query Text": "SELECT 1\"#).1);
+        assert!(!parse_json(r#"{"Query Text": "SELECT \u00"#).1);
+        assert!(!parse_json(r#"["\"#).1);
+        let cut = r#"{"Plan": {"Node Type": "Result", "Output": "a\"#;
+        assert!(super::super::ship(cut, false, 65536, None).truncated);
+        // A complete document with escapes stays complete.
+        assert!(parse_json(r#"{"Query Text": "SELECT 1\n\u00e9"}"#).1);
     }
 }
