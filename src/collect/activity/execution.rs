@@ -129,7 +129,8 @@ impl ActivitySampler {
         }
         // An empty sample carries no server time; the agent runs on the same host.
         let now = rows.first().map_or_else(unix_now, |r| r.now);
-        if self.cfg.read_procfs {
+        self.decide_procfs_host();
+        if self.reads_procfs() {
             self.read_ended(now);
         }
         self.proc.end_round();
@@ -185,7 +186,7 @@ impl ActivitySampler {
                 }),
             }
         }
-        if self.cfg.read_procfs {
+        if self.reads_procfs() {
             self.read_pid(row.pid, key);
         }
     }
@@ -205,7 +206,7 @@ impl ActivitySampler {
             return false;
         };
         exec.n_worker_samples += 1;
-        if self.cfg.read_procfs {
+        if self.reads_procfs() {
             self.read_pid(row.pid, key);
         }
         true
@@ -215,7 +216,9 @@ impl ActivitySampler {
     /// its previous reading: to the execution it ran then when that one has ended (its tail),
     /// else to `key`.
     fn read_pid(&mut self, pid: i32, key: ExecKey) {
-        let Some(s) = self.proc.sample(pid) else {
+        let sample = self.proc.sample(pid);
+        self.note_pid_read(sample.is_some());
+        let Some(s) = sample else {
             self.tracks.remove(&pid);
             return;
         };

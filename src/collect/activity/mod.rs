@@ -37,6 +37,7 @@
 
 mod execution;
 mod lock_roles;
+mod procfs_host;
 mod query;
 mod render;
 mod spike_hook;
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use self::execution::{Execution, PidTrack};
 use self::lock_roles::LockAgg;
+use self::procfs_host::ProcfsHost;
 pub use self::query::{query_id_status, QueryIdStatus, QUERY_ID_SINCE};
 use self::query::{query_prepared, sample_sql, SessionRow};
 use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
@@ -77,8 +79,8 @@ pub struct ActivityConfig {
     pub max_correlated: usize,
     /// Shortest time between two lock-tree queries. Defaults to 1 s.
     pub lock_snapshot_min_gap: Duration,
-    /// Whether to read `/proc/<pid>`: only meaningful when the server runs on this host.
-    /// Defaults to true.
+    /// Whether to read `/proc/<pid>`. Defaults to true; even then the figures are read only
+    /// when the server's backends are this host's PostgreSQL processes (detected).
     pub read_procfs: bool,
 }
 
@@ -148,6 +150,7 @@ pub struct ActivitySampler {
     text_buf: String,
     /// The lock waiters of the last sample, when it queried them (for the spike code).
     spike_waiters: Option<Vec<LockWaiter>>,
+    procfs: ProcfsHost,
 }
 
 impl ActivitySampler {
@@ -182,6 +185,7 @@ impl ActivitySampler {
             room_check_at: 0,
             text_buf: String::new(),
             spike_waiters: None,
+            procfs: ProcfsHost::default(),
         }
     }
 
@@ -289,6 +293,8 @@ impl ActivitySampler {
         self.n_background_execs = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
+        // And it may not be the same server: whether it runs here is decided again.
+        self.procfs.local = None;
         parts
     }
 }

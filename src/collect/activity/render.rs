@@ -163,6 +163,7 @@ impl ActivitySampler {
         let start = self.interval_start;
         let end = self.last_sample_at;
         let locks = self.locks.to_json();
+        let (procfs_enabled, procfs_reason) = self.procfs_status();
         let summary = Json::object()
             .field("interval_start", start)
             .field("interval_end", end)
@@ -183,7 +184,8 @@ impl ActivitySampler {
             .field(
                 "procfs",
                 Json::object()
-                    .field("enabled", self.cfg.read_procfs)
+                    .field("enabled", procfs_enabled)
+                    .field("reason", procfs_reason)
                     .field("io_permitted", !self.proc.io_refused()),
             )
             .field(
