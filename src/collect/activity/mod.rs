@@ -18,7 +18,8 @@
 //! per-execution aggregation (waits, OS figures charged between readings, worker folding, the
 //! memory bound); `lock_roles` what lock trees say (each waiter's blockers, each blocker's
 //! held-up sessions, the peak snapshot); `render` the summary JSON and the statements for the
-//! correlator; `spike_hook` the per-sample snapshot for [`crate::spike`].
+//! correlator; `procfs_host` whether `/proc` describes the server's backends at all (a remote
+//! server's pids are strangers here); `spike_hook` the per-sample snapshot for [`crate::spike`].
 //!
 //! Invariants:
 //! - The per-second query touches only `pg_stat_activity`, excludes idle sessions, the agent's
@@ -32,6 +33,9 @@
 //!   sessions than that are running at once); when full, the least interesting executions no
 //!   longer running are dropped and counted in `n_left_out`.
 //! - A parallel worker's CPU and I/O are charged to its leader's execution.
+//! - `/proc/<pid>` is read only when the server's backends are this host's PostgreSQL processes
+//!   (decided again every interval); otherwise the summary's `procfs.enabled` is false with a
+//!   `reason`.
 //! - Query texts are rendered (normalized, truncated) once, when an execution is first seen.
 //! - A failed sample is counted and named in the summary's `errors`; it never loses the interval.
 

@@ -34,6 +34,14 @@ const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
+/// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
+const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
+     wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
+     query, NULL::int, NULL::bigint FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
+     AND application_name IS DISTINCT FROM 'bitville-monitor' \
+     AND backend_type IS DISTINCT FROM 'walsender'";
+
 /// Runs `sql` as a statement prepared once per connection ([`PooledClient::query_cached`]).
 /// Planning pg_stat_activity's view costs the server far more than executing it (481 against
 /// 27 µs a query in a hot loop), and the sample runs every second: the cached plan cuts the
@@ -45,14 +53,6 @@ pub(super) fn query_prepared(
 ) -> Result<Vec<postgres::Row>, postgres::Error> {
     client.query_cached(sql)
 }
-
-/// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
-const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
-     wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query, NULL::int, NULL::bigint FROM pg_stat_activity \
-     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
-     AND application_name IS DISTINCT FROM 'bitville-monitor' \
-     AND backend_type IS DISTINCT FROM 'walsender'";
 
 /// `pg_stat_activity.leader_pid` exists from PostgreSQL 13.
 const LEADER_PID_SINCE: u32 = 130000;
