@@ -1,0 +1,645 @@
+//! Per-execution aggregation: what one (pid, query_start) pair did over the interval (states,
+//! waits, how often it was seen), the OS figures of its backend charged honestly between
+//! readings, parallel workers folded into their leader, and the bound on memory.
+//!
+//! Invariants:
+//! - Each pid's last `/proc/<pid>` reading (CPU ticks, I/O bytes) and the execution it ran then
+//!   are kept; a reading charges the difference since the previous one to that execution when
+//!   it has ended, else to the one running now, and a pid whose execution ended since the
+//!   previous sample is read once more. What cannot be attributed stays unmarked (`null` in the
+//!   JSON), never 0.
+//! - A parallel worker's CPU and I/O are charged to its leader's execution.
+//! - At most `2 * max_executions` client executions are held (more only while more sessions
+//!   than that run at once); background processes are never dropped.
+//! - Query texts are rendered (normalized, truncated) once, when an execution is first seen.
+
+use super::lock_roles::{BlockingSeen, LockSeen};
+use super::query::{micros, SessionRow};
+use super::{ActivitySampler, ExecKey, SampleStats};
+use crate::collect::procfs;
+use crate::normalize::Correlation;
+use crate::payload::unix_now;
+
+#[derive(Debug, Clone)]
+pub(super) struct WaitSeen {
+    pub(super) kind: String,
+    pub(super) event: String,
+    pub(super) count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Execution {
+    pub(super) pid: i32,
+    pub(super) query_start: Option<f64>,
+    pub(super) xact_start: Option<f64>,
+    pub(super) first_seen: f64,
+    pub(super) last_seen: f64,
+    pub(super) n_seen: u32,
+    pub(super) state: String,
+    pub(super) wait_event_type: Option<String>,
+    pub(super) wait_event: Option<String>,
+    pub(super) waits: Vec<WaitSeen>,
+    pub(super) datname: Option<String>,
+    pub(super) usename: Option<String>,
+    pub(super) application_name: Option<String>,
+    pub(super) client_addr: Option<String>,
+    pub(super) backend_type: Option<String>,
+    pub(super) query: Option<String>,
+    pub(super) correlation: Option<Correlation>,
+    pub(super) query_id: Option<i64>,
+    pub(super) background: bool,
+    pub(super) cpu_ticks: u64,
+    pub(super) read_bytes: u64,
+    pub(super) write_bytes: u64,
+    pub(super) os_seen: bool,
+    pub(super) cpu_attributed: bool,
+    pub(super) cpu_partial: bool,
+    pub(super) io_seen: bool,
+    pub(super) io_attributed: bool,
+    pub(super) rss_bytes: u64,
+    pub(super) lock: Option<LockSeen>,
+    pub(super) blocking: Option<BlockingSeen>,
+    pub(super) n_worker_samples: u32,
+    pub(super) round: u64,
+}
+
+impl Execution {
+    pub(super) fn duration_ms(&self) -> f64 {
+        match self.query_start {
+            Some(qs) => ((self.last_seen - qs) * 1000.0).max(0.0),
+            None => ((self.last_seen - self.first_seen) * 1000.0).max(0.0),
+        }
+    }
+
+    pub(super) fn cpu_ms(&self) -> u64 {
+        procfs::ticks_to_ms(self.cpu_ticks)
+    }
+
+    /// Ranking when memory or the payload is full: long-running and CPU-hungry executions win.
+    pub(super) fn score(&self) -> f64 {
+        self.duration_ms() + self.cpu_ms() as f64
+    }
+
+    pub(super) fn correlation_id(&self) -> Option<&str> {
+        self.correlation.as_ref().map(|c| c.id.as_str())
+    }
+}
+
+/// The OS counters of a pid at its latest reading, and the execution it was running then.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PidTrack {
+    pub(super) round: u64,
+    pub(super) start_ticks: u64,
+    pub(super) cpu_ticks: u64,
+    pub(super) io: Option<procfs::PidIo>,
+    pub(super) exec: Option<ExecKey>,
+}
+
+/// Rounds a pid's last reading is kept while the pid is not sampled (an idle pooled
+/// connection): its next execution is charged from that reading.
+const TRACK_MAX_AGE_ROUNDS: u64 = 600;
+
+/// Most pids whose last reading is kept.
+const MAX_TRACKS: usize = 4096;
+
+impl ActivitySampler {
+    /// Aggregates one sample's rows: the part of [`Self::sample`] after the query, separate so
+    /// it can be tested without a server. Returns the sample's figures and its server time.
+    pub(super) fn absorb(&mut self, rows: &[SessionRow]) -> (SampleStats, f64) {
+        self.round += 1;
+        self.n_samples += 1;
+        self.current.clear();
+        self.leaders_by_start.clear();
+        let mut stats = SampleStats {
+            n_rows: rows.len(),
+            n_background: rows.iter().filter(|r| r.is_background()).count(),
+            ..SampleStats::default()
+        };
+        // Leaders first, so that a parallel worker's CPU can be charged to its leader's
+        // execution in the second pass.
+        for row in rows.iter().filter(|r| r.worker_leader().is_none()) {
+            self.absorb_row(row, &mut stats);
+        }
+        for row in rows {
+            if let Some(leader) = row.worker_leader() {
+                if !self.fold_worker(row, leader) {
+                    self.absorb_row(row, &mut stats);
+                }
+            }
+        }
+        // An empty sample carries no server time; the agent runs on the same host.
+        let now = rows.first().map_or_else(unix_now, |r| r.now);
+        self.decide_procfs_host();
+        if self.reads_procfs() {
+            self.read_ended(now);
+        }
+        self.proc.end_round();
+        self.interval_start.get_or_insert(now);
+        self.last_sample_at = Some(now);
+        (stats, now)
+    }
+
+    /// Adds one session row to its execution.
+    fn absorb_row(&mut self, row: &SessionRow, stats: &mut SampleStats) {
+        let key = row.key();
+        if row.wait_event_type == Some("Lock") {
+            stats.n_lock_waits += 1;
+        }
+        if !self.execs.contains_key(&key) {
+            // Background processes are few (one per server process) and never dropped.
+            if row.is_background() {
+                self.n_background_execs += 1;
+            } else {
+                self.make_room();
+            }
+            let exec = self.new_execution(row);
+            self.execs.insert(key, exec);
+        }
+        self.current.insert(row.pid, key);
+        if key.1 != i64::MIN && row.worker_leader().is_none() {
+            self.leaders_by_start.insert(key.1, key);
+        }
+        let round = self.round;
+        let Some(exec) = self.execs.get_mut(&key) else {
+            return;
+        };
+        exec.last_seen = row.now;
+        exec.n_seen += 1;
+        if exec.query_id.is_none() {
+            exec.query_id = row.query_id;
+        }
+        exec.round = round;
+        let state = row.state.unwrap_or("");
+        if exec.state != state {
+            exec.state.clear();
+            exec.state.push_str(state);
+        }
+        set_opt(&mut exec.wait_event_type, row.wait_event_type);
+        set_opt(&mut exec.wait_event, row.wait_event);
+        if let (Some(t), Some(e)) = (row.wait_event_type, row.wait_event) {
+            match exec.waits.iter_mut().find(|w| w.kind == t && w.event == e) {
+                Some(w) => w.count += 1,
+                None => exec.waits.push(WaitSeen {
+                    kind: t.to_string(),
+                    event: e.to_string(),
+                    count: 1,
+                }),
+            }
+        }
+        if self.reads_procfs() {
+            self.read_pid(row.pid, key);
+        }
+    }
+
+    /// Charges a parallel worker's CPU and I/O to its leader's execution. False when the leader
+    /// was not in this sample (the worker is then reported on its own).
+    fn fold_worker(&mut self, row: &SessionRow, leader: Option<i32>) -> bool {
+        // Without leader_pid (PostgreSQL 12), a worker shares its leader's query_start.
+        let key = match leader {
+            Some(l) => self.current.get(&l).copied(),
+            None => self.leaders_by_start.get(&micros(row.query_start)).copied(),
+        };
+        let Some(key) = key else {
+            return false;
+        };
+        let Some(exec) = self.execs.get_mut(&key) else {
+            return false;
+        };
+        exec.n_worker_samples += 1;
+        if self.reads_procfs() {
+            self.read_pid(row.pid, key);
+        }
+        true
+    }
+
+    /// Reads `/proc/<pid>` while it runs the execution `key` and charges what it spent since
+    /// its previous reading: to the execution it ran then when that one has ended (its tail),
+    /// else to `key`.
+    fn read_pid(&mut self, pid: i32, key: ExecKey) {
+        let sample = self.proc.sample(pid);
+        self.note_pid_read(sample.is_some());
+        let Some(s) = sample else {
+            self.tracks.remove(&pid);
+            return;
+        };
+        if let Some(exec) = self.execs.get_mut(&key) {
+            exec.os_seen = true;
+            exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
+            if s.io.is_some() {
+                exec.io_seen = true;
+            }
+        }
+        let prev = self.tracks.get(&pid).copied();
+        self.charge(prev, &s, Some(key));
+        self.tracks.insert(
+            pid,
+            PidTrack {
+                round: self.round,
+                start_ticks: s.stat.start_ticks,
+                cpu_ticks: s.stat.cpu_ticks,
+                io: s.io,
+                exec: Some(key),
+            },
+        );
+    }
+
+    /// The first reading after an execution ended: every pid read in the previous round while
+    /// running an execution and not read in this one is read once more, so the CPU and I/O of
+    /// the execution's last second (all of it for a query seen once) are charged to it.
+    fn read_ended(&mut self, now: f64) {
+        let round = self.round;
+        let ended: Vec<i32> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.round + 1 == round && t.exec.is_some())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ended {
+            let prev = self.tracks.get(&pid).copied();
+            match self.proc.sample(pid) {
+                Some(s) => {
+                    self.charge(prev, &s, None);
+                    self.tracks.insert(
+                        pid,
+                        PidTrack {
+                            round,
+                            start_ticks: s.stat.start_ticks,
+                            cpu_ticks: s.stat.cpu_ticks,
+                            io: s.io,
+                            exec: None,
+                        },
+                    );
+                }
+                None => {
+                    self.tracks.remove(&pid);
+                }
+            }
+        }
+        if self.tracks.len() > MAX_TRACKS {
+            let mut rounds: Vec<u64> = self.tracks.values().map(|t| t.round).collect();
+            rounds.sort_unstable();
+            let keep_from = rounds[rounds.len() - MAX_TRACKS];
+            self.tracks.retain(|_, t| t.round >= keep_from);
+        }
+        let oldest = round.saturating_sub(TRACK_MAX_AGE_ROUNDS);
+        self.tracks.retain(|_, t| t.round >= oldest);
+        self.last_reading_at = Some(now);
+    }
+
+    /// Charges the CPU and I/O `pid` spent between `prev` and `s`. The delta goes to the
+    /// execution running at `prev` when that one has ended (or nothing runs now), else to
+    /// `running`. Without a previous reading of this process, a process that started after the
+    /// previous sample is charged everything since its start; an older one only from now on
+    /// (its execution is marked `cpu_partial`).
+    fn charge(&mut self, prev: Option<PidTrack>, s: &procfs::PidSample, running: Option<ExecKey>) {
+        let same_process = prev.filter(|p| p.start_ticks == s.stat.start_ticks);
+        let (target, base_cpu, base_io) = match same_process {
+            Some(p) => {
+                let ended = p.exec.filter(|k| Some(*k) != running);
+                let target = match ended {
+                    Some(k) if self.execs.contains_key(&k) => Some(k),
+                    // The execution it ran was already shipped or dropped: the delta belongs to
+                    // neither.
+                    Some(_) => None,
+                    None => running,
+                };
+                (target, p.cpu_ticks, p.io)
+            }
+            None => {
+                let started = self.proc.process_start(&s.stat);
+                let fresh = match (started, self.last_reading_at) {
+                    // btime is whole seconds: a second of slack.
+                    (Some(st), Some(prev_sample)) => st + 1.0 >= prev_sample,
+                    _ => false,
+                };
+                if !fresh {
+                    if let Some(e) = running.and_then(|k| self.execs.get_mut(&k)) {
+                        e.cpu_partial = true;
+                    }
+                    return;
+                }
+                let zero = procfs::PidIo {
+                    read_bytes: 0,
+                    write_bytes: 0,
+                };
+                (running, 0, Some(zero))
+            }
+        };
+        let Some(exec) = target.and_then(|k| self.execs.get_mut(&k)) else {
+            return;
+        };
+        exec.cpu_ticks += s.stat.cpu_ticks.saturating_sub(base_cpu);
+        exec.cpu_attributed = true;
+        if let (Some(p), Some(c)) = (base_io, s.io) {
+            exec.read_bytes += c.read_bytes.saturating_sub(p.read_bytes);
+            exec.write_bytes += c.write_bytes.saturating_sub(p.write_bytes);
+            exec.io_seen = true;
+            exec.io_attributed = true;
+        }
+    }
+
+    pub(super) fn new_execution(&mut self, row: &SessionRow) -> Execution {
+        // Found in the raw text, before normalization and truncation can cut the marker.
+        let correlation = if row.is_background() {
+            None
+        } else {
+            let texts: &[&str] = match row.query {
+                Some(q) => &[q],
+                None => &[],
+            };
+            self.cfg.correlation.find(row.application_name, texts)
+        };
+        let query = row.query.and_then(|q| {
+            self.cfg
+                .query_text
+                .render_into(q, &mut self.text_buf)
+                .then(|| self.text_buf.clone())
+        });
+        Execution {
+            pid: row.pid,
+            query_start: row.query_start,
+            xact_start: row.xact_start,
+            first_seen: row.now,
+            last_seen: row.now,
+            n_seen: 0,
+            state: String::new(),
+            wait_event_type: None,
+            wait_event: None,
+            waits: Vec::new(),
+            datname: row.datname.map(str::to_string),
+            usename: row.usename.map(str::to_string),
+            application_name: row.application_name.map(str::to_string),
+            client_addr: row.client_addr.map(|a| a.to_string()),
+            backend_type: row.backend_type.map(str::to_string),
+            query,
+            correlation,
+            query_id: row.query_id,
+            background: row.is_background(),
+            cpu_ticks: 0,
+            read_bytes: 0,
+            write_bytes: 0,
+            os_seen: false,
+            cpu_attributed: false,
+            cpu_partial: false,
+            io_seen: false,
+            io_attributed: false,
+            rss_bytes: 0,
+            lock: None,
+            blocking: None,
+            n_worker_samples: 0,
+            round: 0,
+        }
+    }
+
+    /// Keeps memory bounded: when full, drops the least interesting executions that are not
+    /// running any more, down to `max_executions`.
+    fn make_room(&mut self) {
+        let cap = (self.cfg.max_executions.max(1) * 2).max(self.room_check_at);
+        let n_client = self.execs.len().saturating_sub(self.n_background_execs);
+        if n_client < cap {
+            return;
+        }
+        let round = self.round;
+        let mut finished: Vec<(f64, ExecKey)> = self
+            .execs
+            .iter()
+            .filter(|(_, e)| e.round != round && !e.background)
+            .map(|(k, e)| (e.score(), *k))
+            .collect();
+        finished.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let excess = n_client + 1 - self.cfg.max_executions.max(1);
+        for (_, k) in finished.into_iter().take(excess) {
+            self.execs.remove(&k);
+            self.n_left_out += 1;
+        }
+        // When most executions are still running nothing could go: the map may exceed the cap
+        // (it is bounded by max_connections then), and the next scan waits for a quarter more,
+        // so a server with hundreds of active sessions does not rescan on every new row.
+        self.room_check_at = self.execs.len().saturating_sub(self.n_background_execs)
+            + self.cfg.max_executions.max(4) / 2;
+    }
+}
+
+pub(super) fn set_opt(slot: &mut Option<String>, v: Option<&str>) {
+    match (slot.as_mut(), v) {
+        (Some(s), Some(v)) if s == v => {}
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (None, Some(v)) => *slot = Some(v.to_string()),
+        (_, None) => *slot = None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use crate::collect::activity::ActivityConfig;
+    use crate::json::Json;
+
+    #[test]
+    fn cpu_and_io_are_charged_between_consecutive_samples_only() {
+        let p = FakeProc::new("cpu");
+        let mut s = p.sampler(ActivityConfig::default());
+        p.set(100, 100, 5, Some((0, 0)));
+        s.absorb(&[row(100, 1000.0, 999.0)]);
+        p.set(100, 150, 5, Some((4096, 8192)));
+        s.absorb(&[row(100, 1001.0, 999.0)]);
+        // The query ends: the first sample after it reads the pid once more and charges the
+        // query's tail to it.
+        p.set(100, 170, 5, Some((5000, 8192)));
+        s.absorb(&[]);
+        // Idle meanwhile: the next query is charged from the pid's last reading.
+        p.set(100, 300, 5, Some((10_000, 10_000)));
+        s.absorb(&[row(100, 1003.0, 1002.5)]);
+        p.set(100, 320, 5, Some((10_000, 10_000)));
+        s.absorb(&[row(100, 1004.0, 1002.5)]);
+        // The pid is reused by a new backend (another start time, more ticks than the old one
+        // had): no delta across it, and its start is unknown here, so what follows is partial.
+        p.set(100, 1000, 6, Some((0, 0)));
+        s.absorb(&[row(100, 1005.0, 1002.5)]);
+        let out = s.finish_interval();
+        let by_start = |qs: f64| {
+            sessions(&out)
+                .iter()
+                .find(|e| e.get("query_start") == Some(&Json::Float(qs)))
+                .unwrap()
+        };
+        let first = by_start(999.0);
+        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(70) as f64);
+        assert_eq!(field_f64(first, "read_bytes"), 5000.0);
+        assert_eq!(field_f64(first, "write_bytes"), 8192.0);
+        assert_eq!(field_f64(first, "n_samples"), 2.0);
+        assert_eq!(field_f64(first, "duration_ms"), 2000.0);
+        assert_eq!(
+            first.get("cpu_partial"),
+            Some(&Json::Bool(true)),
+            "no reading before it"
+        );
+        let second = by_start(1002.5);
+        assert_eq!(
+            field_f64(second, "cpu_ms"),
+            procfs::ticks_to_ms(130 + 20) as f64
+        );
+        assert_eq!(second.get("cpu_partial"), Some(&Json::Bool(true)));
+        assert_eq!(field_f64(second, "n_samples"), 3.0);
+        assert_eq!(
+            first.get("query"),
+            Some(&Json::Str("SELECT * FROM t WHERE id = ?".into()))
+        );
+        assert_eq!(field_f64(&out[0].data, "n_samples"), 6.0);
+    }
+
+    #[test]
+    fn a_query_seen_once_on_a_new_backend_is_charged_all_its_cpu() {
+        let p = FakeProc::new("once");
+        // Booted at 900 s: a start of 10_000 ticks is 1000 s (at 100 ticks a second).
+        std::fs::write(p.0.join("stat"), "cpu 1 2 3\nbtime 900\n").unwrap();
+        let tck = procfs::clock_ticks_per_sec();
+        let mut s = p.sampler(ActivityConfig::default());
+        p.set(50, 0, 1, None);
+        s.absorb(&[row(50, 999.0, 998.0)]);
+        // The backend connected after that sample and is seen once, mid-query.
+        p.set(300, 80, 100 * tck, None);
+        s.absorb(&[row(50, 1001.0, 998.0), row(300, 1001.0, 1000.5)]);
+        p.set(300, 150, 100 * tck, None);
+        s.absorb(&[row(50, 1002.0, 998.0)]);
+        let out = s.finish_interval();
+        let once = sessions(&out)
+            .iter()
+            .find(|e| field_f64(e, "pid") == 300.0)
+            .unwrap();
+        assert_eq!(field_f64(once, "cpu_ms"), procfs::ticks_to_ms(150) as f64);
+        assert_eq!(once.get("cpu_partial"), Some(&Json::Bool(false)));
+        assert_eq!(field_f64(once, "n_samples"), 1.0);
+    }
+
+    #[test]
+    fn parallel_workers_are_folded_by_leader_pid_or_query_start() {
+        let p = FakeProc::new("par");
+        let mut s = p.sampler(ActivityConfig::default());
+        let leader = row(200, 1000.0, 999.0);
+        let pg13_worker = SessionRow {
+            pid: 201,
+            leader_pid: Some(200),
+            backend_type: Some("parallel worker"),
+            ..row(201, 1000.0, 999.1)
+        };
+        let pg12_worker = SessionRow {
+            pid: 202,
+            backend_type: Some("parallel worker"),
+            ..row(202, 1000.0, 999.0)
+        };
+        for (pid, cpu) in [(200, 10), (201, 10), (202, 10)] {
+            p.set(pid, cpu, 1, None);
+        }
+        s.absorb(&[pg13_worker, pg12_worker, leader]);
+        for (pid, cpu) in [(200, 20), (201, 30), (202, 40)] {
+            p.set(pid, cpu, 1, None);
+        }
+        s.absorb(&[
+            SessionRow {
+                now: 1001.0,
+                ..pg13_worker
+            },
+            SessionRow {
+                now: 1001.0,
+                ..pg12_worker
+            },
+            SessionRow {
+                now: 1001.0,
+                ..leader
+            },
+        ]);
+        let out = s.finish_interval();
+        let all = sessions(&out);
+        assert_eq!(all.len(), 1, "workers are not executions of their own");
+        assert_eq!(field_f64(&all[0], "parallel_worker_samples"), 4.0);
+        assert_eq!(
+            field_f64(&all[0], "cpu_ms"),
+            procfs::ticks_to_ms(10 + 20 + 30) as f64
+        );
+    }
+
+    #[test]
+    fn waits_are_counted_and_the_last_state_wins() {
+        let p = FakeProc::new("waits");
+        let mut s = p.sampler(ActivityConfig {
+            read_procfs: false,
+            ..ActivityConfig::default()
+        });
+        let io = SessionRow {
+            wait_event_type: Some("IO"),
+            wait_event: Some("DataFileRead"),
+            ..row(9, 1000.0, 999.0)
+        };
+        let stats = s.absorb(&[io]).0;
+        assert_eq!(stats.n_lock_waits, 0);
+        s.absorb(&[SessionRow { now: 1001.0, ..io }]);
+        let lock = SessionRow {
+            now: 1002.0,
+            wait_event_type: Some("Lock"),
+            wait_event: Some("relation"),
+            state: Some("active"),
+            ..io
+        };
+        assert_eq!(s.absorb(&[lock]).0.n_lock_waits, 1);
+        s.absorb(&[SessionRow {
+            now: 1003.0,
+            state: Some("idle in transaction"),
+            wait_event_type: None,
+            wait_event: None,
+            ..io
+        }]);
+        let out = s.finish_interval();
+        let e = &sessions(&out)[0];
+        assert_eq!(
+            e.get("state"),
+            Some(&Json::Str("idle in transaction".into()))
+        );
+        assert_eq!(e.get("wait_event"), Some(&Json::Null));
+        let waits = e.get("wait_events").unwrap().to_json_string();
+        assert_eq!(
+            waits,
+            r#"[{"wait_event_type":"IO","wait_event":"DataFileRead","count":2},{"wait_event_type":"Lock","wait_event":"relation","count":1}]"#
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_and_running_executions_are_kept() {
+        let p = FakeProc::new("cap");
+        let mut s = p.sampler(ActivityConfig {
+            max_executions: 2,
+            read_procfs: false,
+            ..ActivityConfig::default()
+        });
+        // pid 1 runs the whole time; pids 10.. each run one short query.
+        for i in 0..10 {
+            let t = 1000.0 + i as f64;
+            s.absorb(&[row(1, t, 999.0), row(10 + i, t, t - 0.5)]);
+            assert!(s.n_executions() <= 4, "round {i}: {}", s.n_executions());
+        }
+        let out = s.finish_interval();
+        let data = &out[0].data;
+        assert_eq!(field_f64(data, "n_executions_seen"), 11.0);
+        assert_eq!(field_f64(data, "count"), 2.0);
+        assert_eq!(field_f64(data, "n_left_out"), 9.0);
+        assert_eq!(
+            field_f64(&sessions(&out)[0], "pid"),
+            1.0,
+            "the long runner is kept"
+        );
+    }
+
+    #[test]
+    fn set_opt_reuses_and_clears() {
+        let mut s = None;
+        set_opt(&mut s, Some("Lock"));
+        set_opt(&mut s, Some("IO"));
+        assert_eq!(s.as_deref(), Some("IO"));
+        set_opt(&mut s, None);
+        assert_eq!(s, None);
+    }
+}
