@@ -126,7 +126,7 @@ pub const KEYS: &[KeySpec] = &[
         "connect_timeout_s",
         ["BITVILLE_PG_CONNECT_TIMEOUT_S"],
         "5",
-        "seconds to wait for the socket connection to the server"
+        "seconds one connection attempt may take as a whole (socket, authentication, session set-up)"
     ),
     key!(
         "database",
