@@ -221,15 +221,15 @@ struct Idle {
     since: Instant,
 }
 
-/// Statements prepared on one connection, by their SQL text. They live and die with the
-/// connection: a new connection starts with none, so nothing ever executes a statement the
-/// server does not have (which would write an ERROR into the server log).
+/// Statements prepared on one connection, by the caller's name for them. They live and die
+/// with the connection: a new connection starts with none, so nothing ever executes a statement
+/// the server does not have (which would write an ERROR into the server log).
 #[derive(Default)]
 struct Prepared(Vec<(&'static str, postgres::Statement)>);
 
 impl Prepared {
-    fn get(&self, sql: &str) -> Option<&postgres::Statement> {
-        self.0.iter().find(|(s, _)| *s == sql).map(|(_, st)| st)
+    fn get(&self, name: &str) -> Option<&postgres::Statement> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, st)| st)
     }
 }
 
@@ -763,27 +763,29 @@ impl PooledClient {
         self.broken = true;
     }
 
-    /// Runs `sql` (without parameters) as a statement prepared once per connection: the first
-    /// call on a connection prepares it (protocol-level Parse, so the server caches the plan),
-    /// later calls only execute it. The connection's own record of what it prepared decides,
-    /// so the normal path never executes a missing statement and never leaves an ERROR in the
-    /// server log. Should the server lose the statement anyway (a transaction-pooling proxy
-    /// between agent and server), it is forgotten and the plain query runs.
+    /// Runs `sql` (without parameters) as the statement `name`, prepared once per connection:
+    /// the first call on a connection prepares it (protocol-level Parse, so the server caches
+    /// the plan), later calls only execute it. The connection's own record of what it prepared
+    /// decides, so the normal path never executes a missing statement and never leaves an ERROR
+    /// in the server log. A `name` always stands for the same `sql`. Should the server lose the
+    /// statement anyway (a transaction-pooling proxy between agent and server), it is
+    /// forgotten and the plain query runs.
     pub fn query_cached(
         &mut self,
-        sql: &'static str,
+        name: &'static str,
+        sql: &str,
     ) -> Result<Vec<postgres::Row>, postgres::Error> {
-        let statement = match self.prepared.get(sql) {
+        let statement = match self.prepared.get(name) {
             Some(st) => st.clone(),
             None => {
                 let st = self.deref_mut().prepare(sql)?;
-                self.prepared.0.push((sql, st.clone()));
+                self.prepared.0.push((name, st.clone()));
                 st
             }
         };
         match self.deref_mut().query(&statement, &[]) {
             Err(e) if e.code().map(|c| c.code()) == Some("26000") => {
-                self.prepared.0.retain(|(s, _)| *s != sql);
+                self.prepared.0.retain(|(n, _)| *n != name);
                 self.deref_mut().query_typed(sql, &[])
             }
             other => other,

@@ -43,16 +43,18 @@ const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
-/// Runs `sql` as a statement prepared once per connection ([`PooledClient::query_cached`]).
-/// Planning pg_stat_activity's view costs the server far more than executing it (481 against
-/// 27 µs a query in a hot loop), and the sample runs every second: the cached plan cuts the
-/// agent's CPU inside PostgreSQL by 30 to 50 % (BENCHMARKS.md). The connection knows what it
-/// prepared, so no `EXECUTE` of a missing statement ever writes an ERROR into the server log.
+/// Runs `sql` as the statement `name`, prepared once per connection
+/// ([`PooledClient::query_cached`]). Planning pg_stat_activity's view costs the server far more
+/// than executing it (481 against 27 µs a query in a hot loop), and the sample runs every
+/// second: the cached plan cuts the agent's CPU inside PostgreSQL by 30 to 50 %
+/// (BENCHMARKS.md). The connection knows what it prepared, so no `EXECUTE` of a missing
+/// statement ever writes an ERROR into the server log.
 fn query_prepared(
     client: &mut PooledClient,
-    sql: &'static str,
+    name: &'static str,
+    sql: &str,
 ) -> Result<Vec<postgres::Row>, postgres::Error> {
-    client.query_cached(sql)
+    client.query_cached(name, sql)
 }
 
 /// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
@@ -431,12 +433,13 @@ impl ActivitySampler {
                 v
             }
         };
-        let sql = if version >= LEADER_PID_SINCE {
-            SAMPLE_SQL_13
+        let (sql, name) = if version >= LEADER_PID_SINCE {
+            (SAMPLE_SQL_13, "bitville_sample_13")
         } else {
-            SAMPLE_SQL_12
+            (SAMPLE_SQL_12, "bitville_sample_12")
         };
-        let rows = query_prepared(client, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
+        let rows =
+            query_prepared(client, name, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
         let decoded: Vec<SessionRow> = rows.iter().filter_map(SessionRow::decode).collect();
         let (mut stats, now) = self.absorb(&decoded);
         stats.n_rows = rows.len();
