@@ -4,6 +4,8 @@
 //! unit-tested without starting anything. Each mode is one variant of [`Mode`]; adding a mode
 //! means adding a variant, its flag in [`parse`] and a line in [`USAGE`].
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// Exit status: success.
@@ -40,6 +42,11 @@ modes:
       --check-config  load and validate the configuration, print it with secrets
                       masked, and exit
       --status        show what the running agent reports (spool, breaker, errors)
+      --report [--since DURATION | --at 'YYYY-MM-DD HH:MM']
+                      print the local flight recorder: active sessions per
+                      second and the load spikes (default: the last hour;
+                      DURATION like 30m, 2h, 1d; --at: 10 minutes around a
+                      UTC time); needs no database connection
       --analyze-log FILE [--prefix PREFIX]
                       parse a server log file and print what was understood
                       (PREFIX: its log_line_prefix; default PostgreSQL's '%m [%p] ')
@@ -53,7 +60,8 @@ options:
 
 exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 configuration error (--status:
             not running), 4 database unreachable at start, 5 spool or state directory
-            unusable, 6 a --test check failed
+            unusable, 6 a --test check failed, 130 a second stop signal forced the
+            exit
 ";
 
 /// What the agent was asked to do.
@@ -75,6 +83,13 @@ pub enum Mode {
     Test,
     /// What the running agent reports.
     Status,
+    /// Print the flight recorder's history.
+    Report {
+        /// `--since`: the last this many seconds.
+        since_s: Option<u64>,
+        /// `--at`: 10 minutes around this time (unix seconds, UTC).
+        at: Option<i64>,
+    },
     /// Parse a log file and report.
     AnalyzeLog {
         /// The file.
@@ -95,13 +110,20 @@ pub struct Cli {
     pub mode: Mode,
 }
 
-/// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
+/// Parses the arguments after the program name. They are taken as `OsString`s: a path may be
+/// any bytes, and an argument that is not UTF-8 is a usage error, never a panic.
+pub fn parse<I, S>(args: I) -> Result<Cli, String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
     let mut config = None;
     let mut pid_file = None;
     let mut prefix = None;
+    let mut since_s = None;
+    let mut at = None;
     let mut mode: Option<Mode> = None;
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().map(Into::into);
     let mut set_mode = |m: Mode, flag: &str| match &mode {
         Some(existing) if *existing != m => {
             Err(format!("{flag} cannot be combined with another mode"))
@@ -111,14 +133,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             Ok(())
         }
     };
-    while let Some(arg) = args.next() {
+    while let Some(os_arg) = args.next() {
+        if let Some(path) = os_arg.as_bytes().strip_prefix(b"--config=".as_slice()) {
+            config = Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+            continue;
+        }
+        let Some(arg) = os_arg.to_str().map(str::to_string) else {
+            return Err(format!(
+                "argument {:?} is not valid UTF-8 (only paths may be)",
+                os_arg.to_string_lossy()
+            ));
+        };
         match arg.as_str() {
             "-c" | "--config" => {
                 let path = args.next().ok_or_else(|| format!("{arg} needs a path"))?;
                 config = Some(PathBuf::from(path));
-            }
-            a if a.starts_with("--config=") => {
-                config = Some(PathBuf::from(&a["--config=".len()..]))
             }
             "--pid-file" => {
                 let path = args.next().ok_or_else(|| format!("{arg} needs a path"))?;
@@ -139,8 +168,34 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
                     &arg,
                 )?;
             }
+            "--report" => set_mode(
+                Mode::Report {
+                    since_s: None,
+                    at: None,
+                },
+                &arg,
+            )?,
+            "--since" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a duration"))?
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
+                since_s = Some(crate::spike::render::parse_since(&value)?.round() as u64);
+            }
+            "--at" => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a time"))?
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
+                at = Some(crate::spike::render::parse_at(&value)? as i64);
+            }
             "--prefix" => {
                 let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                let value = value
+                    .into_string()
+                    .map_err(|_| format!("{arg} needs a UTF-8 value"))?;
                 prefix = Some(value);
             }
             "-V" | "--version" => set_mode(Mode::Version, &arg)?,
@@ -153,6 +208,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
         (Mode::AnalyzeLog { prefix, .. }, given) => *prefix = given,
         (_, Some(_)) => return Err("--prefix goes with --analyze-log".into()),
         (_, None) => {}
+    }
+    match (&mut mode, since_s, at) {
+        (_, Some(_), Some(_)) => return Err("--since and --at cannot be combined".into()),
+        (Mode::Report { since_s: s, at: a }, since, when) => {
+            *s = since;
+            *a = when;
+        }
+        (_, None, None) => {}
+        _ => return Err("--since and --at go with --report".into()),
     }
     if config.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
         return Err("--config needs a non-empty path".into());
@@ -224,6 +288,68 @@ mod tests {
         assert!(p(&["--once", "--dry-run"])
             .unwrap_err()
             .contains("cannot be combined"));
+    }
+
+    #[test]
+    fn non_utf8_arguments_are_paths_or_usage_errors_never_panics() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"/etc/\xffagent.ini".to_vec());
+        let cli = parse([OsString::from("-c"), bad()]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from(bad())));
+        let mut eq = b"--config=".to_vec();
+        eq.extend_from_slice(bad().as_bytes());
+        let cli = parse([OsString::from_vec(eq), OsString::from("--once")]).unwrap();
+        assert_eq!(
+            (cli.config, cli.mode),
+            (Some(PathBuf::from(bad())), Mode::Once)
+        );
+        let err = parse([OsString::from_vec(b"--\xff".to_vec())]).unwrap_err();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+        let err = parse([
+            OsString::from("--analyze-log"),
+            OsString::from("/l"),
+            OsString::from("--prefix"),
+            bad(),
+        ])
+        .unwrap_err();
+        assert!(err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn report_takes_since_or_at() {
+        assert_eq!(
+            p(&["--report"]).unwrap().mode,
+            Mode::Report {
+                since_s: None,
+                at: None
+            }
+        );
+        assert_eq!(
+            p(&["--report", "--since", "30m"]).unwrap().mode,
+            Mode::Report {
+                since_s: Some(1800),
+                at: None
+            }
+        );
+        assert_eq!(
+            p(&["--at", "1970-01-01 00:01", "--report"]).unwrap().mode,
+            Mode::Report {
+                since_s: None,
+                at: Some(60)
+            }
+        );
+        assert!(
+            p(&["--report", "--since", "1h", "--at", "2026-12-01 14:32"])
+                .unwrap_err()
+                .contains("cannot be combined")
+        );
+        assert!(p(&["--once", "--since", "1h"])
+            .unwrap_err()
+            .contains("go with --report"));
+        assert!(p(&["--report", "--since", "soon"]).is_err());
+        assert!(p(&["--report", "--at"])
+            .unwrap_err()
+            .contains("needs a time"));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! - `sampler`: samples pg_stat_activity every `sample_interval` and appends the activity summary
 //!   (with the lock trees and correlated payloads) at every interval boundary.
 //! - `interval`: at every interval boundary collects pg_stat_statements deltas, the server-health
-//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them,
-//!   syncs the spool and rewrites the status file.
+//!   figures and the host figures (with the agent's own cost in `data.agent`), appends them and
+//!   syncs the spool.
 //! - `logtail`: follows the server log and appends `pg_log` payloads, committing the log position
 //!   only after the append.
 //! - `shipper`: sends what is in the spool (see `ship`).
+//! - `status`: rewrites the status file when the breaker changes state and when a backlog has
+//!   drained (and logs how long that took), otherwise every few seconds.
 //!
 //! Invariants:
 //! - Collectors only append to the spool; they never wait for the shipper.
@@ -24,18 +26,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::collect::activity::{ActivityConfig, ActivitySampler};
-use crate::collect::host::{HostCollector, WatchedPath};
-use crate::collect::statements::{StatementsCollector, StatementsConfig};
+use crate::collect::correlate::{Correlator, CorrelatorConfig, LoggedStatement, SharedCorrelator};
+use crate::collect::cycle::{CycleOptions, DbSteps, IntervalCycle};
+use crate::collect::statements::StatementsConfig;
 use crate::collect::{Backoff, CollectError};
 use crate::config::{self, Config};
-use crate::health::{Health, HealthOptions};
+use crate::health::HealthOptions;
 use crate::json::Json;
-use crate::logtail::{self, LogFeed};
-use crate::payload::{unix_now, Payload, Source};
+use crate::logtail::{self, LogFeed, PlanStore};
+use crate::payload::Payload;
 use crate::pool::{Pool, PooledClient};
 use crate::schedule::Ticker;
 use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
+use crate::spike::watch::Watch;
 use crate::spool::Spool;
 use crate::{logging, selfstats, status};
 
@@ -70,15 +74,87 @@ pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
     (main, extra)
 }
 
-/// Correlated payloads each of the two producers (the activity sampler and the log tailer) may
-/// add per interval. The listener takes one payload per request and the shipper sends at most
-/// `max_requests_per_minute`; the collectors' steady output is held to half of that (less the
-/// four summary payloads of an interval), so a backlog after an outage always drains. What is
-/// over the budget stays inside the summaries, never lost.
+/// Correlated records (one per request, merged from the sampler and the log by the
+/// [`Correlator`](crate::collect::correlate::Correlator)) per interval. The listener takes one
+/// payload per HTTP request and the shipper sends at most `max_requests_per_minute`; the
+/// collectors' steady output is held to half of that (less the four summary payloads of an
+/// interval), so a backlog after an outage always drains. At the defaults (60 a minute, 60 s):
+/// 30 - 4 = 26 records an interval. What is over the budget stays inside the summaries, never
+/// lost.
 pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> usize {
     let per_interval =
         (f64::from(max_requests_per_minute) * interval.as_secs_f64() / 60.0) as usize;
-    (per_interval / 2).saturating_sub(4) / 2
+    (per_interval / 2).saturating_sub(4)
+}
+
+/// The correlator's settings: its budget is [`correlated_budget`].
+pub fn correlator_config(cfg: &Config) -> CorrelatorConfig {
+    CorrelatorConfig {
+        budget: correlated_budget(
+            cfg.listener.max_requests_per_minute,
+            cfg.collection.interval,
+        ),
+        ..CorrelatorConfig::default()
+    }
+}
+
+/// The correlator the sampler and log threads share.
+pub fn correlator(cfg: &Config) -> SharedCorrelator {
+    Correlator::shared(correlator_config(cfg))
+}
+
+/// Appends the correlator's due records (taken out first: the lock is never held while
+/// appending).
+fn append_due(ctx: &Context, corr: &SharedCorrelator, all: bool) {
+    let due = {
+        let mut c = corr.lock().unwrap_or_else(|p| p.into_inner());
+        if all {
+            c.take_all()
+        } else {
+            c.take_due(crate::payload::unix_now())
+        }
+    };
+    if !due.is_empty() {
+        ctx.append_all(&due);
+    }
+}
+
+/// The correlated budget of a configuration ([`correlated_budget`]) in words, and, when it is 0
+/// (no correlated payload at all), the warning with the fix: the shortest `interval_s` at this
+/// pace, or the lowest pace at this interval, that gives at least one.
+pub fn budget_note(cfg: &Config) -> (String, Option<String>) {
+    let pace = cfg.listener.max_requests_per_minute;
+    let interval = cfg.collection.interval;
+    let budget = correlated_budget(pace, interval);
+    let line = format!(
+        "correlated budget: {budget} correlated records per interval, one per request, sampler and \
+         log merged ({} s interval, {pace} requests per minute)",
+        interval.as_secs()
+    );
+    if budget > 0 {
+        return (line, None);
+    }
+    let interval_fix = (interval.as_secs()..=3600)
+        .find(|&s| correlated_budget(pace, Duration::from_secs(s)) > 0)
+        .map(|s| format!("[collection] interval_s = {s}"));
+    let pace_fix = (pace..=6000)
+        .find(|&p| correlated_budget(p, interval) > 0)
+        .map(|p| {
+            format!("[listener] max_requests_per_minute = {p} (if the listener's limit allows)")
+        });
+    let fixes: Vec<String> = interval_fix.into_iter().chain(pace_fix).collect();
+    let warning = format!(
+        "the correlated budget is 0: with interval_s = {} and max_requests_per_minute = {pace} no \
+         correlated payload (per PHP request) is shipped at all, the executions stay only in the \
+         summaries; fix: {}",
+        interval.as_secs(),
+        if fixes.is_empty() {
+            "a longer interval or a higher pace".to_string()
+        } else {
+            fixes.join(", or ")
+        }
+    );
+    (line, Some(warning))
 }
 
 /// The spool options for the `[buffer]` configuration.
@@ -117,21 +193,35 @@ struct HealthState {
     overruns: u64,
     paused: bool,
     n_append_errors: u64,
+    /// Appends that failed in the current streak (logged once per streak).
+    append_streak: u64,
+    /// When the last append failed: a streak ends only after [`AgentHealth::streak_quiet`]
+    /// without a failure, so a filesystem that is full again right after each reclaim is still
+    /// one streak.
+    last_append_failure: Option<Instant>,
 }
+
+/// The least time appends must keep working before a streak of failed appends counts as over.
+const STREAK_QUIET_MIN: Duration = Duration::from_secs(30);
 
 /// What the agent knows about its own work, shared by the threads.
 #[derive(Debug)]
 pub struct AgentHealth {
     started: Instant,
+    /// How long appends must keep working before a streak of failures ends: two intervals, at
+    /// least [`STREAK_QUIET_MIN`] (a failure that recurs once per interval is one streak).
+    streak_quiet: Duration,
     pause_file: Mutex<Option<PathBuf>>,
     state: Mutex<HealthState>,
 }
 
 impl AgentHealth {
-    /// Fresh bookkeeping; `pause_file` is the emergency brake.
-    pub fn new(pause_file: Option<PathBuf>) -> AgentHealth {
+    /// Fresh bookkeeping; `pause_file` is the emergency brake; `interval` the collection
+    /// interval (it sets how long a streak of failed appends lasts).
+    pub fn new(pause_file: Option<PathBuf>, interval: Duration) -> AgentHealth {
         AgentHealth {
             started: Instant::now(),
+            streak_quiet: (2 * interval).max(STREAK_QUIET_MIN),
             pause_file: Mutex::new(pause_file),
             state: Mutex::default(),
         }
@@ -207,8 +297,28 @@ impl AgentHealth {
         std::mem::take(&mut self.lock().db_time)
     }
 
-    fn append_failed(&self) {
-        self.lock().n_append_errors += 1;
+    /// Counts a failed append; true for the first of a streak (the one to log).
+    fn append_failed(&self) -> bool {
+        let mut st = self.lock();
+        st.n_append_errors += 1;
+        st.append_streak += 1;
+        st.last_append_failure = Some(Instant::now());
+        st.append_streak == 1
+    }
+
+    /// Ends a streak of failed appends once appends have worked for `streak_quiet`: how many
+    /// failed in it, if a streak ended now.
+    fn append_worked(&self) -> Option<u64> {
+        let quiet_for = self.streak_quiet;
+        let mut st = self.lock();
+        let quiet = st
+            .last_append_failure
+            .map_or(true, |t| t.elapsed() >= quiet_for);
+        if st.append_streak == 0 || !quiet {
+            return None;
+        }
+        st.last_append_failure = None;
+        Some(std::mem::take(&mut st.append_streak))
     }
 
     /// Overruns, paused, append errors: read together under one lock.
@@ -248,6 +358,9 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// The agent's own bookkeeping.
     pub health: AgentHealth,
+    /// The latest auto_explain plan per query_id: written by the log thread, attached to the
+    /// pg_stat_statements rows by the interval thread.
+    pub plans: PlanStore,
 }
 
 impl Context {
@@ -259,11 +372,22 @@ impl Context {
         backoff: &mut Backoff,
         f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
     ) -> Option<T> {
+        self.db_step_on(&self.pool, name, backoff, f)
+    }
+
+    /// [`Context::db_step`] on a given pool (the extra databases have their own).
+    fn db_step_on<T>(
+        &self,
+        pool: &Pool,
+        name: &'static str,
+        backoff: &mut Backoff,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
+    ) -> Option<T> {
         if self.health.paused() || !backoff.should_run() {
             self.health.skipped(name);
             return None;
         }
-        let mut client = match self.pool.acquire() {
+        let mut client = match pool.acquire() {
             Ok(c) => c,
             Err(e) => {
                 self.health.failed(name, e.to_string());
@@ -289,15 +413,42 @@ impl Context {
         }
     }
 
+    /// Connections the agent holds to the server now, over every pool: the figure the
+    /// 5-connection promise is about.
+    fn connections_held(&self) -> usize {
+        self.pool.stats().size
+            + self
+                .extra_pools
+                .iter()
+                .map(|(_, p)| p.stats().size)
+                .sum::<usize>()
+    }
+
     /// Appends payloads to the spool; returns false when any append failed (the spool counts and
     /// reports the loss).
     fn append_all(&self, payloads: &[Payload]) -> bool {
         let mut all = true;
         for p in payloads {
-            if let Err(e) = self.spool.append(p) {
-                all = false;
-                self.health.append_failed();
-                log::error!("spool: {} payload not stored: {e}", p.source.as_str());
+            match self.spool.append(p) {
+                Ok(_) => {
+                    if let Some(n) = self.health.append_worked() {
+                        log::info!(
+                            "spool: appending works again (for {} s now); {n} payloads could \
+                             not be stored in the streak before",
+                            self.health.streak_quiet.as_secs()
+                        );
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    if self.health.append_failed() {
+                        log::error!(
+                            "spool: {} payload not stored: {e} (further failures are counted in \
+                             data.agent.spool.append_errors, not logged, until appends have worked again for a while)",
+                            p.source.as_str()
+                        );
+                    }
+                }
             }
         }
         all
@@ -326,7 +477,7 @@ pub fn agent_block(
         .field("cpu_seconds", usage.cpu_total().as_secs_f64())
         .field("cpu_seconds_interval", cpu_interval.as_secs_f64())
         .field("db_time_ms_interval", db_time.as_secs_f64() * 1000.0)
-        .field("connections_held", pool.size)
+        .field("connections_held", ctx.connections_held())
         .field(
             "pool",
             Json::object()
@@ -366,7 +517,67 @@ pub fn agent_block(
         .field("paused", paused)
 }
 
-fn write_status(ctx: &Context, ship: &StatusHandle) {
+/// How often the status thread looks at the shipper and the spool (two mutex reads).
+const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Logs a failed status write once per streak of failures, and the recovery.
+#[derive(Default)]
+struct WriteStreak(Option<String>);
+
+impl WriteStreak {
+    fn record<E: std::fmt::Display>(&mut self, what: &str, result: Result<(), E>) {
+        match (result, self.0.is_some()) {
+            (Ok(()), true) => {
+                log::info!("{what}: writing works again");
+                self.0 = None;
+            }
+            (Ok(()), false) => {}
+            (Err(e), false) => {
+                log::warn!("{what}: {e} (logged once until it works again)");
+                self.0 = Some(e.to_string());
+            }
+            (Err(e), true) => self.0 = Some(e.to_string()),
+        }
+    }
+}
+
+/// The status thread: rewrites the status file when the breaker changes state and when a
+/// backlog has drained (logging how long it took), otherwise every few seconds.
+fn run_status(ctx: &Context, ship: &StatusHandle) {
+    let mut watch = status::StatusWatch::new();
+    let mut streak = WriteStreak::default();
+    loop {
+        let shipped = ship.get();
+        let o = status::Observation {
+            breaker: shipped.breaker.name(),
+            pending: ctx.spool.stats().n_pending,
+            failing: shipped.last_error.is_some()
+                || !matches!(shipped.breaker, crate::ship::breaker::State::Closed { .. }),
+            sent: shipped.stats.n_sent,
+        };
+        let now = Instant::now();
+        let d = watch.observe(o, now);
+        if let Some(line) = d.log {
+            log::info!("{line}");
+        }
+        if d.write {
+            streak.record(&status_what(ctx), write_status(ctx, ship));
+            watch.written(o, now);
+        }
+        if ctx.shutdown.wait(STATUS_POLL) {
+            break;
+        }
+    }
+}
+
+fn status_what(ctx: &Context) -> String {
+    format!(
+        "status file in {}",
+        ctx.config.collection.state_dir.display()
+    )
+}
+
+fn write_status(ctx: &Context, ship: &StatusHandle) -> std::io::Result<()> {
     let spool = ctx.spool.stats();
     let shipped = ship.get();
     let (_, paused, _) = ctx.health.counters();
@@ -394,7 +605,7 @@ fn write_status(ctx: &Context, ship: &StatusHandle) {
             "last_send_error",
             shipped.last_error.unwrap_or_else(|| "none".into()),
         ),
-        ("connections_held", ctx.pool.stats().size.to_string()),
+        ("connections_held", ctx.connections_held().to_string()),
     ];
     let collectors = ctx.health.lock().collectors.clone();
     let errors: Vec<String> = collectors
@@ -409,82 +620,130 @@ fn write_status(ctx: &Context, ship: &StatusHandle) {
             errors.join("; ")
         },
     ));
-    if let Err(e) = status::write(&ctx.config.collection.state_dir, &lines) {
-        log::warn!(
-            "cannot write the status file in {}: {e}",
-            ctx.config.collection.state_dir.display()
-        );
-    }
+    status::write(&ctx.config.collection.state_dir, &lines)
 }
 
-fn run_sampler(ctx: &Context) {
+fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let cfg = &ctx.config.collection;
     let budget = correlated_budget(ctx.config.listener.max_requests_per_minute, cfg.interval);
     let mut sampler = ActivitySampler::new(ActivityConfig {
         max_correlated: budget,
         ..ActivityConfig::from_collection(cfg)
     });
+    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
+    let deep_options = crate::spike::deep::DeepOptions {
+        query_text: crate::normalize::QueryText::from_collection(cfg),
+        correlation: crate::normalize::CorrelationPattern::from_collection(cfg),
+    };
+    // The summary (with the interval's timeline and load attribution) goes to the spool at
+    // once; the requests' statements wait in the correlator for their log lines (a short
+    // grace), and their records are appended when due.
+    let close = |sampler: &mut ActivitySampler, watch: &mut Watch| {
+        let (mut summary, statements) = sampler.finish_interval_parts();
+        watch.finish_interval(&mut summary);
+        ctx.append_all(std::slice::from_ref(&summary));
+        let window = |k| {
+            summary.data.get(k).and_then(|v| match v {
+                Json::Float(f) => Some(*f),
+                _ => None,
+            })
+        };
+        corr.lock().unwrap_or_else(|p| p.into_inner()).add_sampled(
+            statements,
+            window("interval_start"),
+            window("interval_end"),
+            crate::payload::unix_now(),
+        );
+    };
     let mut backoff = Backoff::default();
     let start = Instant::now();
+    let mut bursting = false;
     let mut samples = Ticker::new(start, cfg.sample_interval);
     let mut summaries = Ticker::new(start, cfg.interval);
     let mut next_summary = summaries.next_after(start).at;
+    let mut at = samples.next_after(start).at;
     loop {
-        let tick = samples.next_after(Instant::now());
-        if tick.skipped > 0 {
-            ctx.health.overran("activity sampler", tick.skipped);
-        }
-        if ctx.shutdown.wait_until(tick.at) {
+        if ctx.shutdown.wait_until(at) {
             break;
         }
-        ctx.db_step("activity", &mut backoff, |c| sampler.sample(c));
+        if ctx
+            .db_step("activity", &mut backoff, |c| sampler.sample(c))
+            .is_some()
+        {
+            // Spike reports go to the spool at once, not at the interval's end.
+            let snapshot = sampler.take_spike_snapshot();
+            ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
+                ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+                    crate::spike::deep::run(c, &deep_options, req)
+                })
+            }));
+        }
         let now = Instant::now();
         if now >= next_summary {
-            ctx.append_all(&sampler.finish_interval());
+            close(&mut sampler, &mut watch);
             next_summary = summaries.next_after(now).at;
         }
+        append_due(ctx, corr, false);
+        let period = watch.next_period();
+        let was_bursting = std::mem::replace(&mut bursting, period < cfg.sample_interval);
+        at = if bursting {
+            (at + period).max(Instant::now())
+        } else {
+            let tick = samples.next_after(Instant::now());
+            // After a burst the normal boundaries it passed were not missed.
+            if tick.skipped > 0 && !was_bursting {
+                ctx.health.overran("activity sampler", tick.skipped);
+            }
+            tick.at
+        };
     }
-    ctx.append_all(&sampler.finish_interval());
+    ctx.append_all(&watch.stop(&mut |req| {
+        ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
+            crate::spike::deep::run(c, &deep_options, req)
+        })
+    }));
+    close(&mut sampler, &mut watch);
+    append_due(ctx, corr, true);
 }
 
-/// The data directory and WAL directory of the server, for the filesystem figures.
-pub fn server_paths(client: &mut postgres::Client) -> Result<Vec<WatchedPath>, CollectError> {
-    let row = client
-        .query_one("SELECT current_setting('data_directory')", &[])
-        .map_err(CollectError::query("host", "data_directory"))?;
-    let data: String = row.get(0);
-    let data = PathBuf::from(data);
-    Ok(vec![
-        WatchedPath {
-            label: "wal".into(),
-            path: data.join("pg_wal"),
+impl DbSteps for Context {
+    fn step<T>(
+        &self,
+        database: Option<&str>,
+        name: &'static str,
+        backoff: &mut Backoff,
+        f: impl FnOnce(&mut PooledClient) -> Result<T, CollectError>,
+    ) -> Option<T> {
+        let pool = match database {
+            None => &self.pool,
+            Some(db) => &self.extra_pools.iter().find(|(n, _)| n == db)?.1,
+        };
+        self.db_step_on(pool, name, backoff, f)
+    }
+}
+
+/// The interval cycle's options for the `[collection]` and `[buffer]` configuration.
+pub fn cycle_options(cfg: &Config) -> CycleOptions {
+    let c = &cfg.collection;
+    CycleOptions {
+        statements: StatementsConfig::from_collection(c),
+        health: HealthOptions {
+            top_n: c.health_top_n,
+            slow_every: c.health_slow_interval,
+            tables_budget: c.health_tables_budget,
         },
-        WatchedPath {
-            label: "data_directory".into(),
-            path: data,
-        },
-    ])
+        spool_path: cfg.buffer.path.clone(),
+        databases: c.databases.clone(),
+    }
 }
 
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
-    let cfg = &ctx.config.collection;
-    let mut statements = StatementsCollector::new(StatementsConfig::from_collection(cfg));
-    let mut health = Health::new(HealthOptions {
-        top_n: cfg.health_top_n,
-        slow_every: cfg.health_slow_interval,
-        tables_budget: cfg.health_tables_budget,
-    });
-    let mut host = HostCollector::new();
-    let mut paths = vec![WatchedPath {
-        label: "spool".into(),
-        path: ctx.config.buffer.path.clone(),
-    }];
-    let (mut b_paths, mut b_statements, mut b_health) =
-        (Backoff::default(), Backoff::default(), Backoff::default());
-    let mut have_server_paths = false;
-    host.collect(&paths);
+    let mut options = cycle_options(&ctx.config);
+    options.statements.plans = Some(ctx.plans.clone());
+    let mut cycle = IntervalCycle::new(options);
+    cycle.prime(ctx);
     let mut cpu_before = selfstats::usage().cpu_total();
-    let mut ticker = Ticker::new(Instant::now(), cfg.interval);
+    let mut ticker = Ticker::new(Instant::now(), ctx.config.collection.interval);
     loop {
         let tick = ticker.next_after(Instant::now());
         if tick.skipped > 0 {
@@ -493,74 +752,37 @@ fn run_interval(ctx: &Context, ship: &StatusHandle) {
         if ctx.shutdown.wait_until(tick.at) {
             break;
         }
-        if !have_server_paths {
-            if let Some(found) = ctx.db_step("settings", &mut b_paths, |c| server_paths(c)) {
-                paths.extend(found);
-                have_server_paths = true;
-            }
-        }
-        if let Some(Some(p)) =
-            ctx.db_step("statements", &mut b_statements, |c| statements.collect(c))
-        {
-            ctx.append_all(&[p]);
-        }
-        // Health reports its own failures inside the block (it never fails as a whole).
-        let mut postgres = ctx.db_step("health", &mut b_health, |c| {
-            Ok::<_, CollectError>(health.collect(c, Instant::now()))
-        });
-        if let Some(block) = postgres.as_mut().filter(|_| !ctx.extra_pools.is_empty()) {
-            let others: Vec<Json> = ctx
-                .extra_pools
-                .iter()
-                .map(|(name, pool)| match pool.acquire() {
-                    Ok(mut c) => health.collect_database(name, &mut c, Instant::now()),
-                    Err(e) => Json::object().field("database", name.as_str()).field(
-                        "errors",
-                        Json::Array(vec![Json::object()
-                            .field("collector", "health")
-                            .field("error", e.to_string())]),
-                    ),
-                })
-                .collect();
-            block.push("other_databases", Json::Array(others));
-        }
-        if let Some(mut data) = host.collect(&paths) {
-            if let Some(block) = postgres {
-                data.push("postgres", block);
-            }
+        let payloads = cycle.run(ctx, || {
             let cpu_now = selfstats::usage().cpu_total();
-            let agent = agent_block(
+            let block = agent_block(
                 ctx,
                 ship,
                 cpu_now.saturating_sub(cpu_before),
                 ctx.health.take_db_time(),
             );
             cpu_before = cpu_now;
-            data.push("agent", agent);
-            ctx.append_all(&[Payload {
-                source: Source::SystemMetrics,
-                collected_at: unix_now(),
-                correlation_id: None,
-                data,
-            }]);
-        }
+            block
+        });
+        ctx.append_all(&payloads);
         if let Err(e) = ctx.spool.sync() {
             log::error!("spool sync failed: {e}");
         }
-        write_status(ctx, ship);
         selfstats::release_free_memory();
     }
 }
 
 /// Finds the server log (asking the server for its settings, or when it cannot be asked, using
 /// the settings it gave before) and opens a feed on it.
-fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogFeed> {
+fn open_log_feed(
+    ctx: &Context,
+    backoff: &mut Backoff,
+    last_reason: &mut Option<String>,
+) -> Option<LogFeed> {
     let (log_path, state_dir) = (
         ctx.config.collection.log_path.as_deref(),
         &ctx.config.collection.state_dir,
     );
-    let mut backoff = Backoff::default();
-    let asked = ctx.db_step("logtail", &mut backoff, |c| {
+    let asked = ctx.db_step("logtail", backoff, |c| {
         logtail::discover_from_server(c, log_path, Some(state_dir))
             .map_err(CollectError::query("logtail", "settings"))
     });
@@ -582,12 +804,10 @@ fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogF
                 ctx.config.listener.max_requests_per_minute,
                 ctx.config.collection.interval,
             );
-            Some(LogFeed::from_source(
-                &source,
-                &ctx.config.collection,
-                budget,
-                Instant::now(),
-            ))
+            Some(
+                LogFeed::from_source(&source, &ctx.config.collection, budget, Instant::now())
+                    .with_plan_store(ctx.plans.clone()),
+            )
         }
         Err(why) => {
             if last_reason.as_deref() != Some(why.0.as_str()) {
@@ -599,19 +819,37 @@ fn open_log_feed(ctx: &Context, last_reason: &mut Option<String>) -> Option<LogF
     }
 }
 
-fn run_logtail(ctx: &Context) {
+fn run_logtail(ctx: &Context, corr: &SharedCorrelator) {
     let mut last_reason = None;
+    // One backoff across the attempts, so a settings query that keeps timing out is skipped.
+    let mut backoff = Backoff::default();
     let mut feed = loop {
-        if let Some(feed) = open_log_feed(ctx, &mut last_reason) {
+        if let Some(feed) = open_log_feed(ctx, &mut backoff, &mut last_reason) {
             break feed;
         }
         if ctx.shutdown.wait(ctx.config.collection.interval) {
             return;
         }
     };
+    feed.route_correlated();
+    // Correlated statements go to the correlator as soon as they are read (they also stay in
+    // the summary payloads, which are what the log position commits).
+    let hand_over = |feed: &mut LogFeed| {
+        let statements: Vec<LoggedStatement> = feed
+            .take_correlated()
+            .into_iter()
+            .filter_map(LoggedStatement::from_log_json)
+            .collect();
+        if !statements.is_empty() {
+            corr.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_logged(statements, crate::payload::unix_now());
+        }
+    };
     // A flush whose payloads could not all be appended is retried as a whole before the feed is
     // polled again: committing a later position would skip its entries.
     let mut pending = None;
+    let mut commit_streak = WriteStreak::default();
     loop {
         let stopped = ctx.shutdown.wait(LOG_POLL);
         // Poll until the feed has nothing more to hand out, so a burst is read as fast as it is
@@ -624,6 +862,7 @@ fn run_logtail(ctx: &Context) {
                 None if stopped => Some(feed.flush(now)),
                 None => feed.poll(now),
             };
+            hand_over(&mut feed);
             let Some(flush) = flush else { break };
             if !ctx.append_all(&flush.payloads) {
                 if !stopped {
@@ -631,9 +870,7 @@ fn run_logtail(ctx: &Context) {
                 }
                 break;
             }
-            if let Err(e) = feed.commit(&flush) {
-                log::warn!("logtail: cannot save the log position: {e}");
-            }
+            commit_streak.record("logtail: saving the log position", feed.commit(&flush));
             if stopped || ctx.shutdown.is_stopped() {
                 break;
             }
@@ -650,13 +887,16 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinH
 
 /// Applies a reloaded configuration: what can change at runtime changes (log level, log file,
 /// pause file); the rest is named and needs a restart. An invalid file changes nothing.
+///
+/// `log_file` is the log file in use now (a reload may have switched it): SIGHUP reopens that one
+/// (for logrotate), never the one the agent started with.
 fn reload(
     path: Option<&Path>,
-    running: &Config,
     running_raw: &config::RawConfig,
+    log_file: &mut Option<PathBuf>,
     health: &AgentHealth,
 ) {
-    if let Some(file) = &running.log.file {
+    if let Some(file) = log_file.as_ref() {
         if let Err(e) = logging::reopen(file) {
             log::error!("cannot reopen the log file {}: {e}", file.display());
         }
@@ -673,12 +913,13 @@ fn reload(
     }
     logging::set_level(loaded.config.log.level);
     health.set_pause_file(loaded.config.collection.pause_file.clone());
-    if loaded.config.log.file != running.log.file {
+    if loaded.config.log.file != *log_file {
         if let Some(file) = &loaded.config.log.file {
             if let Err(e) = logging::reopen(file) {
                 log::error!("cannot open the new log file {}: {e}", file.display());
             }
         }
+        log_file.clone_from(&loaded.config.log.file);
     }
     let runtime = [
         ("log", "level"),
@@ -713,24 +954,31 @@ pub fn run(
 ) -> i32 {
     let ship_status = shipper.status_handle();
     let ctx = Arc::new(Context {
-        health: AgentHealth::new(loaded.config.collection.pause_file.clone()),
+        health: AgentHealth::new(
+            loaded.config.collection.pause_file.clone(),
+            loaded.config.collection.interval,
+        ),
         config: loaded.config.clone(),
         pool,
         extra_pools,
         spool,
         shutdown: shutdown.clone(),
+        plans: PlanStore::default(),
     });
     let mut threads = Vec::new();
     let spawned = (|| -> std::io::Result<()> {
-        let c = ctx.clone();
-        threads.push(spawn("sampler", move || run_sampler(&c))?);
+        let corr = correlator(&ctx.config);
+        let (c, k) = (ctx.clone(), corr.clone());
+        threads.push(spawn("sampler", move || run_sampler(&c, &k))?);
         let (c, s) = (ctx.clone(), ship_status.clone());
         threads.push(spawn("interval", move || run_interval(&c, &s))?);
-        let c = ctx.clone();
-        threads.push(spawn("logtail", move || run_logtail(&c))?);
+        let (c, k) = (ctx.clone(), corr);
+        threads.push(spawn("logtail", move || run_logtail(&c, &k))?);
         let stop = shutdown.clone();
         let mut shipper = shipper;
         threads.push(spawn("shipper", move || shipper.run(&stop))?);
+        let (c, s) = (ctx.clone(), ship_status.clone());
+        threads.push(spawn("status", move || run_status(&c, &s))?);
         Ok(())
     })();
     if let Err(e) = spawned {
@@ -743,11 +991,16 @@ pub fn run(
         ctx.config.collection.interval.as_secs(),
         ctx.config.buffer.path.display()
     );
-    write_status(&ctx, &ship_status);
+    let (budget, budget_warning) = budget_note(&ctx.config);
+    log::info!("{budget}");
+    if let Some(w) = budget_warning {
+        log::warn!("{w}");
+    }
     let mut seen = 0;
+    let mut log_file = ctx.config.log.file.clone();
     while let Event::Reload(n) = shutdown.wait_event(seen) {
         seen = n;
-        reload(config_path, &ctx.config, &loaded.raw, &ctx.health);
+        reload(config_path, &loaded.raw, &mut log_file, &ctx.health);
     }
     // The idle shipper waits on the spool, not on the stop token: wake it.
     ctx.spool.wake_waiters();
@@ -769,7 +1022,9 @@ pub fn run(
     if let Err(e) = ctx.spool.sync() {
         log::error!("spool sync at shutdown failed: {e}");
     }
-    write_status(&ctx, &ship_status);
+    if let Err(e) = write_status(&ctx, &ship_status) {
+        log::warn!("{}: {e}", status_what(&ctx));
+    }
     ctx.pool.close_idle();
     for (_, p) in &ctx.extra_pools {
         p.close_idle();
@@ -784,17 +1039,57 @@ mod tests {
 
     #[test]
     fn the_correlated_budget_keeps_collectors_under_half_the_pace() {
-        // Defaults: 60 requests a minute, 60 s interval: 30 for the collectors, 4 summaries.
-        assert_eq!(correlated_budget(60, Duration::from_secs(60)), 13);
+        // Defaults: 60 requests a minute, 60 s interval: 30 for the collectors, 4 summaries,
+        // one record per request (it was 13 per producer, two records per request).
+        assert_eq!(correlated_budget(60, Duration::from_secs(60)), 26);
         for (pace, secs) in [(60, 60), (100, 60), (60, 10), (10, 60), (6000, 1)] {
             let interval = Duration::from_secs(secs);
             let per_interval = pace as f64 * secs as f64 / 60.0;
-            let worst = 4 + 2 * correlated_budget(pace, interval);
+            let worst = 4 + correlated_budget(pace, interval);
             assert!(
                 worst as f64 <= per_interval / 2.0 + 4.0,
                 "pace {pace}, {secs} s: {worst}"
             );
         }
-        assert_eq!(correlated_budget(60, Duration::from_secs(10)), 0);
+        assert_eq!(correlated_budget(60, Duration::from_secs(10)), 1);
+        assert_eq!(correlated_budget(10, Duration::from_secs(10)), 0);
+    }
+
+    fn config_with(interval_s: &str, pace: &str) -> Config {
+        let env: BTreeMap<String, String> = [
+            ("BITVILLE_PG_INTERVAL_S", interval_s),
+            ("BITVILLE_PG_MAX_REQUESTS_PER_MINUTE", pace),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut warnings = Vec::new();
+        let raw = config::RawConfig::build(None, &env, &mut warnings).unwrap();
+        Config::from_raw(&raw, &mut warnings).unwrap()
+    }
+
+    #[test]
+    fn a_zero_budget_is_a_warning_whose_fix_gives_a_budget() {
+        let (line, warning) = budget_note(&config_with("60", "60"));
+        assert!(line.contains("26 correlated records"), "{line}");
+        assert_eq!(warning, None);
+        let (line, warning) = budget_note(&config_with("5", "60"));
+        assert!(line.contains("budget: 0 "), "{line}");
+        let warning = warning.expect("0 is warned about");
+        let fix_s: u64 = warning
+            .split("interval_s = ")
+            .nth(2)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no interval fix: {warning}"));
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s)) > 0,
+            "{warning}"
+        );
+        assert!(
+            correlated_budget(60, Duration::from_secs(fix_s - 1)) == 0,
+            "{warning}"
+        );
+        assert!(warning.contains("max_requests_per_minute = "), "{warning}");
     }
 }

@@ -21,5 +21,6 @@ pub mod selftest;
 pub mod ship;
 pub mod shutdown;
 pub mod signals;
+pub mod spike;
 pub mod spool;
 pub mod status;

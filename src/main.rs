@@ -23,7 +23,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> i32 {
-    let cli = match cli::parse(std::env::args().skip(1)) {
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("bitville-pg-agent: {e}\n\n{}", cli::USAGE);
@@ -54,9 +54,22 @@ fn run() -> i32 {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            let (budget, budget_warning) = daemon::budget_note(&loaded.config);
+            if let Some(w) = budget_warning {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config::describe(&loaded.raw));
-            println!("\n; configuration is valid");
+            println!("\n; {budget}");
+            println!("; configuration is valid");
             return cli::EXIT_OK;
+        }
+        Mode::Report { since_s, at } => {
+            return bitville_pg_agent::spike::render::run(
+                &loaded.config.collection.state_dir,
+                since_s.map(|s| s as f64),
+                at.map(|a| a as f64),
+                bitville_pg_agent::payload::unix_now(),
+            );
         }
         Mode::Status => {
             let stale = loaded.config.collection.interval * 3 + Duration::from_secs(10);
@@ -93,16 +106,19 @@ fn run() -> i32 {
     match cli.mode {
         Mode::Test => selftest::run(cfg),
         Mode::DryRun => {
-            let pool = Pool::new(&cfg.database);
-            oneshot::dry_run(cfg, &pool)
+            let (pool, extra_pools) = daemon::pools(cfg);
+            oneshot::dry_run(cfg, &pool, &extra_pools)
         }
         Mode::Once => match open_storage(&loaded) {
             Ok((spool, shipper)) => {
-                let pool = Pool::new(&cfg.database);
-                if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
-                    return code;
+                let (pool, extra_pools) = daemon::pools(cfg);
+                // While paused not even the start-up check queries the database.
+                if !oneshot::paused(cfg) {
+                    if let Err(code) = check_database(&pool, &cfg.collection.state_dir, false) {
+                        return code;
+                    }
                 }
-                oneshot::once(cfg, &pool, spool, shipper)
+                oneshot::once(cfg, &pool, &extra_pools, spool, shipper)
             }
             Err(code) => code,
         },

@@ -1,12 +1,14 @@
 //! `--test`: everything an operator needs checked before trusting the agent, one line per check,
 //! each failure with its fix. Nothing is written to the monitored database, nothing is stored at
-//! the listener, and a running agent is not disturbed (the spool is probed, not locked).
+//! the listener (its probe is refused by the right endpoint), and a running agent is not
+//! disturbed (the spool is probed, not locked).
 
 use std::path::Path;
 
 use crate::cli;
 use crate::config::Config;
 use crate::daemon;
+use crate::json::Json;
 use crate::logtail;
 use crate::pool::Pool;
 use crate::ship::http::Client;
@@ -71,8 +73,94 @@ fn writable_dir(name: &'static str, dir: &Path) -> Check {
     }
 }
 
-/// The listener: `{}` is refused with 400 after the key was accepted (the listener checks the
-/// key before the schema), so nothing is stored.
+/// The `source` of the listener probe: no ingest endpoint accepts it, and the postgres endpoint
+/// refuses it with a 400 whose `details` name `source`.
+pub const PROBE_SOURCE: &str = "bitville_probe";
+
+/// The probe body: valid for the postgres ingest schema except for `source`, so the postgres
+/// endpoint answers 400 naming `source` after it checked the key, and stores nothing.
+pub fn probe_body(project: &str) -> String {
+    Json::object()
+        .field("project", project)
+        .field("timestamp", crate::payload::unix_now())
+        .field("source", PROBE_SOURCE)
+        .field(
+            "data",
+            Json::object().field("probe", "bitville-pg-agent --test: not data, refuse me"),
+        )
+        .to_json_string()
+}
+
+/// At most this much of a listener answer is shown.
+const ANSWER_CHARS: usize = 160;
+
+fn short_answer(body: &str) -> String {
+    let t = body.trim();
+    let mut out: String = t.chars().take(ANSWER_CHARS).collect();
+    if t.chars().count() > ANSWER_CHARS {
+        out.push_str("...");
+    }
+    out
+}
+
+const FIX_URL: &str =
+    "fix: [listener] url must end in /ingest/postgres (the exact path, no trailing slash)";
+
+/// What the listener's answer to the probe says. Only the postgres ingest endpoint answers 400
+/// naming `source`; another ingest endpoint (`/ingest/php`) names the fields of its own schema.
+pub fn judge_probe(url: &str, status: u16, body: &str) -> Check {
+    let names_source = body.to_ascii_lowercase().contains("source");
+    match status {
+        400 if names_source => check(
+            "listener",
+            Verdict::Ok,
+            format!(
+                "{url} reachable, API key accepted, postgres ingest endpoint recognised (the probe \
+                 was refused for its source, nothing stored)"
+            ),
+        ),
+        400 => check(
+            "listener",
+            Verdict::Fail,
+            format!(
+                "{url} refused the probe for other fields than source ({}): this is not the \
+                 postgres ingest endpoint; {FIX_URL}",
+                short_answer(body)
+            ),
+        ),
+        200..=299 => check(
+            "listener",
+            Verdict::Fail,
+            format!(
+                "{url} accepted the probe (source \"{PROBE_SOURCE}\") with {status}: the postgres \
+                 ingest endpoint refuses it, so this is another endpoint (it may have stored the \
+                 probe); {FIX_URL}"
+            ),
+        ),
+        401 => check(
+            "listener",
+            Verdict::Fail,
+            format!("{url} refused the API key (401); fix: [listener] api_key"),
+        ),
+        404 => check(
+            "listener",
+            Verdict::Fail,
+            format!("{url} answered 404; {FIX_URL}"),
+        ),
+        429 => check(
+            "listener",
+            Verdict::Warn,
+            format!("{url} reachable but rate limiting (429); the key and the path could not be checked"),
+        ),
+        _ => check(
+            "listener",
+            Verdict::Fail,
+            format!("{url} answered {status}: {}", short_answer(body)),
+        ),
+    }
+}
+
+/// The listener: one probe that only the postgres ingest endpoint refuses the expected way.
 fn listener(cfg: &Config) -> Check {
     let client = match Client::new(&daemon::shipper_options(&cfg.listener)) {
         Ok(c) => c,
@@ -84,26 +172,8 @@ fn listener(cfg: &Config) -> Check {
             )
         }
     };
-    match client.post("{}") {
-        Ok(r) if r.status == 400 || r.status == 200 => {
-            check("listener", Verdict::Ok, format!("{} reachable, API key accepted", cfg.listener.url))
-        }
-        Ok(r) if r.status == 401 => check(
-            "listener",
-            Verdict::Fail,
-            format!("{} refused the API key (401); fix: [listener] api_key", cfg.listener.url),
-        ),
-        Ok(r) if r.status == 404 => check(
-            "listener",
-            Verdict::Fail,
-            format!("{} answered 404; fix: [listener] url must be the exact ingest path (no trailing slash)", cfg.listener.url),
-        ),
-        Ok(r) if r.status == 429 => check(
-            "listener",
-            Verdict::Warn,
-            format!("{} reachable but rate limiting (429); the key could not be checked", cfg.listener.url),
-        ),
-        Ok(r) => check("listener", Verdict::Fail, format!("{} answered {}: {}", cfg.listener.url, r.status, r.body.trim())),
+    match client.post(&probe_body(&cfg.listener.project_id)) {
+        Ok(r) => judge_probe(client.url(), r.status, &r.body),
         Err(e) => check(
             "listener",
             Verdict::Fail,
@@ -195,6 +265,32 @@ fn database_checks(cfg: &Config, pool: &Pool, out: &mut Vec<Check>) {
     });
     out.push(log_check(cfg, &mut client));
     out.push(proc_check(&mut client));
+    out.push(log_settings_check(&mut client));
+}
+
+/// The settings that make the log explain slow queries and spikes with bounded cost (events,
+/// auto_explain); a warning lists what to change (docs/logs.md says why).
+fn log_settings_check(client: &mut postgres::Client) -> Check {
+    let rows = match client.query(logtail::analyze::ADVICE_SETTINGS_QUERY, &[]) {
+        Ok(rows) => rows,
+        Err(e) => return check("log settings", Verdict::Warn, e.to_string()),
+    };
+    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let advice =
+        logtail::analyze::settings_advice(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    if advice.is_empty() {
+        check(
+            "log settings",
+            Verdict::Ok,
+            "events and auto_explain plans are logged with bounded cost",
+        )
+    } else {
+        check(
+            "log settings",
+            Verdict::Warn,
+            format!("recommended: {}", advice.join("; ")),
+        )
+    }
 }
 
 fn log_check(cfg: &Config, client: &mut postgres::Client) -> Check {
@@ -259,5 +355,48 @@ pub fn run(cfg: &Config) -> i32 {
         cli::EXIT_TEST_FAILED
     } else {
         cli::EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_400_naming_source_is_the_postgres_endpoint() {
+        let url = "http://l/ingest/postgres";
+        let ok = judge_probe(
+            url,
+            400,
+            "{\"error\":\"Bad Request\",\"details\":\"source must be one of the four\"}",
+        );
+        assert_eq!(ok.verdict, Verdict::Ok, "{ok}");
+        for (status, body) in [
+            (
+                400,
+                "{\"error\":\"Bad Request\",\"details\":\"request_id is required\"}",
+            ),
+            (200, "{\"success\":true,\"row_id\":1}"),
+            (404, "{\"error\":\"Not Found\"}"),
+        ] {
+            let c = judge_probe("http://l/ingest/php", status, body);
+            assert_eq!(c.verdict, Verdict::Fail, "{c}");
+            assert!(c.detail.contains("url must end in /ingest/postgres"), "{c}");
+        }
+        let c = judge_probe(url, 401, "");
+        assert!(
+            c.verdict == Verdict::Fail && c.detail.contains("api_key"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn the_probe_is_valid_for_the_postgres_schema_except_its_source() {
+        let body = probe_body("proj");
+        for field in ["\"project\":\"proj\"", "\"timestamp\":", "\"data\":{"] {
+            assert!(body.contains(field), "{body}");
+        }
+        assert!(body.contains("\"source\":\"bitville_probe\""), "{body}");
+        assert!(crate::payload::Source::parse(PROBE_SOURCE).is_none());
     }
 }

@@ -1,11 +1,17 @@
 //! The status file: what the running agent tells `--status` (and an operator with `cat`).
 //!
-//! The daemon rewrites `<state_dir>/status` atomically (temp file, rename) after every cycle as
-//! plain `key: value` lines. `--status` reads it and adds what only the reader can know: how old
-//! the file is and whether the process that wrote it is still alive.
+//! The daemon rewrites `<state_dir>/status` atomically (temp file, rename) as plain
+//! `key: value` lines: at once when the breaker changes state and when a backlog has drained,
+//! otherwise every [`STATUS_EVERY`] ([`StatusWatch`] decides). `--status` reads it and adds what
+//! only the reader can know: how old the file is and whether the process that wrote it is still
+//! alive.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The status file is rewritten at least this often while the agent runs.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// The file name inside the state directory.
 pub const STATUS_FILE: &str = "status";
@@ -24,9 +30,99 @@ pub fn write(state_dir: &Path, lines: &[(&str, String)]) -> std::io::Result<()> 
         text.push_str(&value.replace(['\n', '\r'], " "));
         text.push('\n');
     }
+    // One writer at a time: two threads sharing the temp file could rename a torn one.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = state_dir.join(".status.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path(state_dir))
+}
+
+/// What the status watch looks at, read from the shipper and the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The breaker's state name (`closed`, `open`, `half-open`).
+    pub breaker: &'static str,
+    /// Records in the spool not yet acknowledged.
+    pub pending: u64,
+    /// Whether the last send failed (or the breaker is not closed).
+    pub failing: bool,
+    /// Payloads acknowledged since the start.
+    pub sent: u64,
+}
+
+/// What to do after an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Rewrite the status file now.
+    pub write: bool,
+    /// A line for the agent's log (a backlog that finished draining).
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backlog {
+    since: Instant,
+    sent_before: u64,
+    peak: u64,
+}
+
+/// Decides when the status file is rewritten (breaker change, backlog emptied, or every
+/// [`STATUS_EVERY`]) and follows a backlog, from the first failed send (or the records found
+/// at start) until the spool is empty, to say how long it took. Pure: time is passed in.
+#[derive(Debug, Default)]
+pub struct StatusWatch {
+    written: Option<(&'static str, u64, Instant)>,
+    backlog: Option<Backlog>,
+    started: bool,
+}
+
+impl StatusWatch {
+    /// A watch that has written nothing yet.
+    pub fn new() -> StatusWatch {
+        StatusWatch::default()
+    }
+
+    /// Looks at the current state; say [`StatusWatch::written`] after writing.
+    pub fn observe(&mut self, o: Observation, now: Instant) -> Decision {
+        let first = !std::mem::replace(&mut self.started, true);
+        if self.backlog.is_none() && o.pending > 0 && (o.failing || first) {
+            self.backlog = Some(Backlog {
+                since: now,
+                sent_before: o.sent,
+                peak: o.pending,
+            });
+        }
+        let mut log = None;
+        if let Some(b) = self.backlog.as_mut() {
+            b.peak = b.peak.max(o.pending);
+            if o.pending == 0 {
+                log = Some(format!(
+                    "backlog drained: the spool is empty again after {} s ({} payloads delivered \
+                     since it began, at most {} waiting)",
+                    now.duration_since(b.since).as_secs(),
+                    o.sent.saturating_sub(b.sent_before),
+                    b.peak
+                ));
+                self.backlog = None;
+            }
+        }
+        let write = match self.written {
+            None => true,
+            Some((breaker, pending, at)) => {
+                breaker != o.breaker
+                    || (pending > 0 && o.pending == 0)
+                    || log.is_some()
+                    || now.duration_since(at) >= STATUS_EVERY
+            }
+        };
+        Decision { write, log }
+    }
+
+    /// Records that the status file was written with `o` at `now`.
+    pub fn written(&mut self, o: Observation, now: Instant) {
+        self.written = Some((o.breaker, o.pending, now));
+    }
 }
 
 /// The value of `key` in status text.
@@ -107,6 +203,68 @@ mod tests {
         assert!(healthy, "{report}");
         assert!(report.starts_with("state: running\n"), "{report}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn obs(breaker: &'static str, pending: u64, failing: bool, sent: u64) -> Observation {
+        Observation {
+            breaker,
+            pending,
+            failing,
+            sent,
+        }
+    }
+
+    #[test]
+    fn the_status_is_written_on_breaker_changes_and_when_the_backlog_empties() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = StatusWatch::new();
+        let mut step = |o: Observation, now: Instant| {
+            let d = w.observe(o, now);
+            if d.write {
+                w.written(o, now);
+            }
+            d
+        };
+        assert!(step(obs("closed", 0, false, 0), at(0)).write, "first");
+        assert!(
+            !step(obs("closed", 3, false, 0), at(100)).write,
+            "nothing new"
+        );
+        assert!(
+            !step(obs("closed", 3, true, 0), at(200)).write,
+            "a failure alone"
+        );
+        assert!(
+            step(obs("open", 5, true, 0), at(300)).write,
+            "breaker opened"
+        );
+        assert!(!step(obs("open", 6, true, 0), at(400)).write);
+        assert!(step(obs("open", 9, true, 0), at(5400)).write, "periodic");
+        assert!(step(obs("half-open", 9, true, 0), at(5500)).write);
+        assert!(
+            step(obs("closed", 4, false, 5), at(5600)).write,
+            "breaker closed"
+        );
+        let d = step(obs("closed", 0, false, 9), at(7300));
+        assert!(d.write, "backlog emptied");
+        let line = d.log.expect("the drain is logged");
+        assert!(
+            line.contains("after 7 s") && line.contains("9 payloads") && line.contains("at most 9"),
+            "{line}"
+        );
+        // Ordinary appends and sends are no backlog.
+        assert_eq!(step(obs("closed", 2, false, 10), at(7400)).log, None);
+        assert_eq!(step(obs("closed", 0, false, 12), at(7500)).log, None);
+    }
+
+    #[test]
+    fn records_found_at_start_are_a_backlog() {
+        let t0 = Instant::now();
+        let mut w = StatusWatch::new();
+        assert!(w.observe(obs("closed", 40, false, 0), t0).log.is_none());
+        let d = w.observe(obs("closed", 0, false, 40), t0 + Duration::from_secs(2));
+        assert!(d.log.is_some_and(|l| l.contains("40 payloads")));
     }
 
     #[test]

@@ -573,7 +573,10 @@ fn executions_over_the_cap_are_counted_not_kept() {
             tx.send(app).unwrap();
         });
         // Sample until the sleep is seen, then let it finish: one execution each round.
-        while sampler.sample(&mut c).unwrap().n_rows == 0 {
+        while {
+            let st = sampler.sample(&mut c).unwrap();
+            st.n_rows == st.n_background
+        } {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(sampler.n_executions() <= 4, "memory stays bounded");

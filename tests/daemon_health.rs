@@ -71,6 +71,23 @@ fn system_metrics_carry_server_health_for_the_main_and_an_extra_database() {
         last["data"]["agent"]["pool"]["max"], 4,
         "the extra database takes one connection of five"
     );
+    // The extra database's connection counts too: it held one while its health was collected.
+    let held = last["data"]["agent"]["connections_held"].as_u64().unwrap();
+    let main_pool = last["data"]["agent"]["pool"]["idle"].as_u64().unwrap()
+        + last["data"]["agent"]["pool"]["in_use"].as_u64().unwrap();
+    assert_eq!(
+        held,
+        main_pool + 1,
+        "connections_held counts the main pool only: {}",
+        last["data"]["agent"]
+    );
+    assert!(
+        last["data"]["agent"]["collectors"]["health (other databases)"]["ok"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "the extra database's health does not go through the step runner: {}",
+        last["data"]["agent"]["collectors"]
+    );
     let other_block = &pgblock["other_databases"][0];
     assert!(
         other_block["errors"]

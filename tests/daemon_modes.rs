@@ -87,6 +87,15 @@ fn dry_run_prints_schema_valid_payloads_of_the_four_sources_and_sends_nothing() 
             out.stderr
         );
     }
+    // One full collection: the daemon's interval cycle, server health included.
+    let metrics = bodies
+        .iter()
+        .find(|v| source(v) == "system_metrics")
+        .unwrap();
+    assert!(
+        metrics["data"]["postgres"]["connections"].is_object(),
+        "the dry run's system_metrics lacks the server-health block: {metrics}"
+    );
     assert!(listener.requests().is_empty(), "a dry run sends nothing");
     let spooled = std::fs::read_dir(rig.spool_dir()).map_or(0, |d| {
         d.filter(|e| {
@@ -96,6 +105,37 @@ fn dry_run_prints_schema_valid_payloads_of_the_four_sources_and_sends_nothing() 
         .count()
     });
     assert_eq!(spooled, 0, "a dry run spools nothing");
+}
+
+#[test]
+fn dry_run_makes_no_query_while_the_pause_file_exists() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    let mut rig = Rig::new("modes-dry-pause", &pg, &listener.url());
+    let pause = rig.state_dir().join("pause");
+    std::fs::create_dir_all(rig.state_dir()).unwrap();
+    std::fs::write(&pause, "").unwrap();
+    rig.set("collection", "pause_file", &pause.display().to_string());
+    let mut admin = pg.admin();
+    let before = monitor_calls(&mut admin);
+    let out = rig.run(&["--dry-run"], LIVENESS);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        monitor_calls(&mut admin),
+        before,
+        "the dry run queried the server although the pause file exists:\n{}",
+        out.stderr
+    );
+    let sources: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| source(&serde_json::from_str(l).unwrap()).to_string())
+        .collect();
+    assert!(
+        sources.iter().any(|s| s == "system_metrics"),
+        "host figures are still collected while paused: {sources:?}"
+    );
+    assert!(out.stderr.contains("pause file"), "{}", out.stderr);
 }
 
 #[test]
@@ -344,6 +384,54 @@ fn sighup_rejects_an_invalid_config_and_applies_a_new_log_level() {
         applied,
         "no debug line after reloading level = debug:\n{}",
         agent.log_text()
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sighup_after_a_reload_switched_log_files_reopens_the_new_file_not_the_first() {
+    let pg = TestPg::start();
+    let listener = TestListener::start(KEY);
+    let mut rig = Rig::new("modes-hup-file", &pg, &listener.url());
+    let (first, second) = (
+        rig.state_dir().join("first.log"),
+        rig.state_dir().join("second.log"),
+    );
+    std::fs::create_dir_all(rig.state_dir()).unwrap();
+    rig.set("log", "level", "info");
+    rig.set("log", "file", &first.display().to_string());
+    let mut agent = rig.start();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        wait_until(LIVENESS, || read(&first).contains("running:")),
+        "the first log file has no start-up line:\n{}",
+        read(&first)
+    );
+
+    rig.set("log", "file", &second.display().to_string());
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(LIVENESS, || read(&second)
+            .contains("configuration reloaded")),
+        "the reload is not logged in the new file:\n{}",
+        read(&second)
+    );
+    // As logrotate would: the old file is gone, then SIGHUP.
+    std::fs::remove_file(&first).unwrap();
+    agent.signal(libc::SIGHUP);
+    let second_reload = wait_until(LIVENESS, || {
+        read(&second).matches("configuration reloaded").count() >= 2
+    });
+    let status = agent.stop();
+    assert!(
+        second_reload,
+        "the second reload is not logged in the new file:\n{}",
+        read(&second)
+    );
+    assert!(
+        !first.exists(),
+        "SIGHUP recreated the log file the agent started with:\n{}",
+        read(&first)
     );
     assert_eq!(status.code(), Some(0));
 }

@@ -194,12 +194,14 @@ fn random_bytes_never_panic_and_respect_the_cap() {
         let _ = parse_flat_object(&bytes, &mut key_buf, &mut scratch, |_, _| {});
         let mut r = CsvRecord::new();
         r.push(&bytes, true);
-        let _ = r.take("bitville-");
+        let _ = r.take(&bitville_pg_agent::normalize::CorrelationPattern::default());
         let norm = normalize(&text);
         // Every literal becomes one `?`: the text never grows.
         assert!(norm.len() <= text.len(), "normalized text grew: {norm:?}");
         let _ = parse_statement_message(&text);
         let _ = extract_correlation_id(&text, "bitville-");
+        let _ =
+            bitville_pg_agent::normalize::CorrelationPattern::default().find(Some(&text), &[&text]);
         let head: String = text.chars().take(40).collect();
         let _ = timestamp_to_unix(&head);
     }

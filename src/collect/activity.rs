@@ -24,22 +24,34 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
 use super::locks::{self, LockWaiter};
 use super::procfs::{self, ProcReader};
 use super::{col, unix_secs, CollectError};
 use crate::json::Json;
-use crate::normalize::{CorrelationPattern, QueryText};
+use crate::normalize::{Correlation, CorrelationPattern, QueryText};
 use crate::payload::{unix_now, Payload, Source};
 use crate::pool::PooledClient;
 
 const COLLECTOR: &str = "activity";
 
-/// The per-second query. Rows: one per non-idle session that is not the agent. Column 13 is
-/// `leader_pid` (PostgreSQL 13+; NULL before), so parallel workers fold into their leader.
+/// The per-second query for PostgreSQL 14 and later. Rows: one per session that is not idle
+/// and not the agent, background processes included (their `state` is NULL: checkpointer,
+/// background writer, WAL writer, autovacuum, ...). Column 13 is `leader_pid` (PostgreSQL 13+),
+/// so parallel workers fold into their leader; column 14 is `query_id` (PostgreSQL 14+, NULL
+/// while `compute_query_id` is off).
+const SAMPLE_SQL_14: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
+     wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
+     query, leader_pid, query_id FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
+     AND application_name IS DISTINCT FROM 'bitville-monitor' \
+     AND backend_type IS DISTINCT FROM 'walsender'";
+
+/// [`SAMPLE_SQL_14`] for PostgreSQL 13, which has no `query_id`.
 const SAMPLE_SQL_13: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query, leader_pid FROM pg_stat_activity \
-     WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
+     query, leader_pid, NULL::bigint FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
@@ -60,19 +72,92 @@ fn query_prepared(
 /// [`SAMPLE_SQL_13`] for PostgreSQL 12, which has no `leader_pid`.
 const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start, state, \
      wait_event_type, wait_event, datname, usename, application_name, client_addr, backend_type, \
-     query, NULL::int FROM pg_stat_activity \
-     WHERE state <> 'idle' AND pid <> (SELECT pg_backend_pid()) \
+     query, NULL::int, NULL::bigint FROM pg_stat_activity \
+     WHERE (state IS NULL OR state <> 'idle') AND pid <> (SELECT pg_backend_pid()) \
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
 /// `pg_stat_activity.leader_pid` exists from PostgreSQL 13.
 const LEADER_PID_SINCE: u32 = 130000;
 
+/// `pg_stat_activity.query_id` and `compute_query_id` exist from PostgreSQL 14.
+pub const QUERY_ID_SINCE: u32 = 140000;
+
+/// Most background processes listed per summary (a server has about ten).
+const MAX_BACKGROUND: usize = 50;
+
 /// Most errors kept per interval for the summary (the count is always exact).
 const MAX_ERRORS_KEPT: usize = 5;
 
-/// Most executions listed inside one correlated payload.
-const MAX_EXECUTIONS_PER_CORRELATION: usize = 20;
+/// Whether the server gives executions a `query_id` (the exact join between a sampled
+/// execution, its pg_stat_statements row and its log lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryIdStatus {
+    /// PostgreSQL before 14 has no `query_id`.
+    Unsupported {
+        /// `server_version_num`.
+        version: u32,
+    },
+    /// Query ids are computed.
+    On,
+    /// `compute_query_id` is off (or `auto` with no module that asks for it).
+    Off {
+        /// The `compute_query_id` setting.
+        setting: String,
+    },
+}
+
+impl QueryIdStatus {
+    /// A sentence for the agent's log and `--test`: what is missing and the fix; `None` when
+    /// query ids are computed.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            QueryIdStatus::On => None,
+            QueryIdStatus::Unsupported { version } => Some(format!(
+                "PostgreSQL {} has no query_id (14 and later have): sampled executions are \
+                 joined to pg_stat_statements and log lines by text and time only",
+                version / 10000
+            )),
+            QueryIdStatus::Off { setting } => Some(format!(
+                "compute_query_id is {setting}: sampled executions carry no query_id; set \
+                 compute_query_id = on (or auto with pg_stat_statements in \
+                 shared_preload_libraries) to join them exactly to pg_stat_statements and the log"
+            )),
+        }
+    }
+}
+
+/// Asks the server whether it computes query ids (`compute_query_id`, and for `auto` whether
+/// pg_stat_statements is preloaded).
+pub fn query_id_status(client: &mut postgres::Client) -> Result<QueryIdStatus, CollectError> {
+    let version = super::server_version_num(client, COLLECTOR)?;
+    if version < QUERY_ID_SINCE {
+        return Ok(QueryIdStatus::Unsupported { version });
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('compute_query_id'), \
+             current_setting('shared_preload_libraries')",
+            &[],
+        )
+        .map_err(CollectError::query(COLLECTOR, "compute_query_id"))?;
+    let setting: String = col::<&str>(&row, 0).unwrap_or("").to_string();
+    let preload: &str = col(&row, 1).unwrap_or("");
+    Ok(query_id_from_settings(&setting, preload))
+}
+
+fn query_id_from_settings(setting: &str, preload: &str) -> QueryIdStatus {
+    let with_pgss = preload
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "pg_stat_statements");
+    match setting {
+        "on" | "regress" | "verbose" => QueryIdStatus::On,
+        "auto" if with_pgss => QueryIdStatus::On,
+        other => QueryIdStatus::Off {
+            setting: other.to_string(),
+        },
+    }
+}
 
 /// Settings of the sampler.
 #[derive(Debug, Clone)]
@@ -111,9 +196,7 @@ impl ActivityConfig {
     pub fn from_collection(c: &crate::config::CollectionConfig) -> ActivityConfig {
         ActivityConfig {
             query_text: QueryText::from_collection(c),
-            correlation: CorrelationPattern {
-                prefix: c.correlation_prefix.clone(),
-            },
+            correlation: CorrelationPattern::from_collection(c),
             ..ActivityConfig::default()
         }
     }
@@ -134,8 +217,62 @@ struct LockSeen {
     mode: Option<String>,
     relation: Option<String>,
     blockers: Vec<i32>,
+    /// Who the blockers were at the latest snapshot: pid, request, query, state, age.
+    blocker_details: Vec<Json>,
     max_wait_ms: Option<f64>,
     n_snapshots: u32,
+}
+
+/// Sessions this execution held up (directly or behind another waiter), each with its longest
+/// wait seen and its request.
+#[derive(Debug, Clone, Default)]
+struct BlockingSeen {
+    waiters: Vec<(i32, Option<String>, f64)>,
+}
+
+/// Most held-up sessions listed per blocker (the counts cover all).
+const MAX_BLOCKED_LISTED: usize = 20;
+
+impl BlockingSeen {
+    fn note(&mut self, pid: i32, correlation_id: Option<&str>, wait_ms: f64) {
+        match self.waiters.iter_mut().find(|w| w.0 == pid) {
+            Some(w) => w.2 = w.2.max(wait_ms),
+            None => self
+                .waiters
+                .push((pid, correlation_id.map(str::to_string), wait_ms)),
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        let total: f64 = self.waiters.iter().map(|w| w.2).sum();
+        let max = self.waiters.iter().map(|w| w.2).fold(0.0, f64::max);
+        let mut ids: Vec<&str> = self.waiters.iter().filter_map(|w| w.1.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Json::object()
+            .field("n_blocked", self.waiters.len())
+            .field("total_wait_ms", total)
+            .field("max_wait_ms", max)
+            .field(
+                "correlation_ids",
+                Json::Array(ids.into_iter().map(Json::from).collect()),
+            )
+            .field(
+                "blocked",
+                Json::Array(
+                    self.waiters
+                        .iter()
+                        .take(MAX_BLOCKED_LISTED)
+                        .map(|(pid, id, ms)| {
+                            Json::object()
+                                .field("pid", *pid)
+                                .field("correlation_id", id.as_deref())
+                                .field("wait_ms", *ms)
+                        })
+                        .collect(),
+                ),
+            )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,14 +293,20 @@ struct Execution {
     client_addr: Option<String>,
     backend_type: Option<String>,
     query: Option<String>,
-    correlation_id: Option<String>,
+    correlation: Option<Correlation>,
+    query_id: Option<i64>,
+    background: bool,
     cpu_ticks: u64,
     read_bytes: u64,
     write_bytes: u64,
     os_seen: bool,
+    cpu_attributed: bool,
+    cpu_partial: bool,
     io_seen: bool,
+    io_attributed: bool,
     rss_bytes: u64,
     lock: Option<LockSeen>,
+    blocking: Option<BlockingSeen>,
     n_worker_samples: u32,
     round: u64,
 }
@@ -205,6 +348,7 @@ impl Execution {
                     "blocked_by",
                     Json::Array(l.blockers.iter().map(|&b| b.into()).collect()),
                 )
+                .field("blockers", Json::Array(l.blocker_details.clone()))
                 .field("max_wait_ms", l.max_wait_ms)
                 .field("n_snapshots", l.n_snapshots)
         });
@@ -225,14 +369,54 @@ impl Execution {
             .field("wait_event_type", self.wait_event_type.as_deref())
             .field("wait_event", self.wait_event.as_deref())
             .field("wait_events", Json::Array(waits))
-            .field("cpu_ms", self.os_seen.then(|| self.cpu_ms()))
-            .field("read_bytes", self.io_seen.then_some(self.read_bytes))
-            .field("write_bytes", self.io_seen.then_some(self.write_bytes))
+            .field("cpu_ms", self.cpu_attributed.then(|| self.cpu_ms()))
+            .field("cpu_partial", self.cpu_partial)
+            .field("read_bytes", self.io_attributed.then_some(self.read_bytes))
+            .field(
+                "write_bytes",
+                self.io_attributed.then_some(self.write_bytes),
+            )
             .field("rss_bytes", self.os_seen.then_some(self.rss_bytes))
             .field("lock", lock)
+            .field(
+                "blocking",
+                self.blocking.as_ref().map(BlockingSeen::to_json),
+            )
             .field("parallel_worker_samples", self.n_worker_samples)
             .field("query", self.query.as_deref())
-            .field("correlation_id", self.correlation_id.as_deref())
+            .field("query_id", self.query_id)
+            .field("correlation_id", self.correlation_id())
+            .field(
+                "correlation_source",
+                self.correlation.as_ref().map(|c| c.source.as_str()),
+            )
+    }
+
+    /// The statement a correlator merges into its request's record; `None` without a
+    /// correlation ID. `round` is the interval's last sampling round (was it still running?).
+    fn sampled_statement(&self, round: u64) -> Option<SampledStatement> {
+        let c = self.correlation.as_ref()?;
+        Some(SampledStatement {
+            correlation_id: c.id.clone(),
+            correlation_source: c.source.as_str(),
+            pid: self.pid,
+            start: self.query_start.unwrap_or(self.first_seen),
+            last_seen: self.last_seen,
+            running: self.round == round && self.state == "active",
+            duration_ms: self.duration_ms(),
+            cpu_ms: self.cpu_attributed.then(|| self.cpu_ms()),
+            io_bytes: self
+                .io_attributed
+                .then_some((self.read_bytes, self.write_bytes)),
+            n_samples: self.n_seen,
+            query: self.query.clone(),
+            query_id: self.query_id,
+            json: self.to_json(),
+        })
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.correlation.as_ref().map(|c| c.id.as_str())
     }
 
     /// What a lock tree shows about this session.
@@ -248,24 +432,34 @@ impl Execution {
             )
             .field("duration_ms", self.duration_ms())
             .field("query", self.query.as_deref())
-            .field("correlation_id", self.correlation_id.as_deref())
+            .field("query_id", self.query_id)
+            .field("correlation_id", self.correlation_id())
     }
 }
 
-/// The OS counters of a pid at its previous sample.
+/// The OS counters of a pid at its latest reading, and the execution it was running then.
 #[derive(Debug, Clone, Copy)]
 struct PidTrack {
     round: u64,
     start_ticks: u64,
     cpu_ticks: u64,
     io: Option<procfs::PidIo>,
+    exec: Option<ExecKey>,
 }
+
+/// Rounds a pid's last reading is kept while the pid is not sampled (an idle pooled
+/// connection): its next execution is charged from that reading.
+const TRACK_MAX_AGE_ROUNDS: u64 = 600;
+
+/// Most pids whose last reading is kept.
+const MAX_TRACKS: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct LockSnapshot {
     at: f64,
     n_blocked: usize,
     max_depth: u32,
+    total_wait_ms: f64,
     trees: Json,
 }
 
@@ -279,8 +473,10 @@ struct LockAgg {
 /// What one call of [`ActivitySampler::sample`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SampleStats {
-    /// Non-idle sessions returned.
+    /// Rows returned: non-idle sessions and background processes.
     pub n_rows: usize,
+    /// Of those, background processes (checkpointer, WAL writer, autovacuum, ...).
+    pub n_background: usize,
     /// Sessions waiting on a lock.
     pub n_lock_waits: usize,
     /// Whether the lock tree was queried.
@@ -297,17 +493,23 @@ pub struct ActivitySampler {
     round: u64,
     interval_start: Option<f64>,
     last_sample_at: Option<f64>,
+    last_reading_at: Option<f64>,
     n_samples: u32,
     n_failed: u32,
     n_left_out: u64,
     errors: Vec<Json>,
     locks: LockAgg,
+    relation_names: locks::RelationNames,
     last_lock_query: Option<Instant>,
     version_num: Option<u32>,
+    query_id_checked: bool,
+    n_background_execs: usize,
     current: HashMap<i32, ExecKey>,
     leaders_by_start: HashMap<i64, ExecKey>,
     room_check_at: usize,
     text_buf: String,
+    /// The lock waiters of the last sample, when it queried them (for the spike code).
+    spike_waiters: Option<Vec<LockWaiter>>,
 }
 
 /// One row of the per-second query, decoded (strings borrowed from the driver's row).
@@ -327,6 +529,7 @@ struct SessionRow<'a> {
     backend_type: Option<&'a str>,
     query: Option<&'a str>,
     leader_pid: Option<i32>,
+    query_id: Option<i64>,
 }
 
 impl<'a> SessionRow<'a> {
@@ -347,7 +550,18 @@ impl<'a> SessionRow<'a> {
             backend_type: col(row, 11),
             query: col(row, 12),
             leader_pid: col(row, 13),
+            query_id: col::<i64>(row, 14).filter(|q| *q != 0),
         })
+    }
+
+    /// A server process rather than a client's session: its state is NULL (checkpointer,
+    /// background writer, WAL writer, ...) or its type says so (autovacuum, logical replication
+    /// workers, extensions' background workers). Never correlated.
+    fn is_background(&self) -> bool {
+        self.state.is_none()
+            || self
+                .backend_type
+                .is_some_and(|t| t != "client backend" && t != "parallel worker")
     }
 
     /// For a parallel worker, its leader: `Some(Some(pid))` from `leader_pid` (PostgreSQL 13+),
@@ -388,23 +602,62 @@ impl ActivitySampler {
             round: 0,
             interval_start: None,
             last_sample_at: None,
+            last_reading_at: None,
             n_samples: 0,
             n_failed: 0,
             n_left_out: 0,
             errors: Vec::new(),
             locks: LockAgg::default(),
+            relation_names: locks::RelationNames::default(),
             last_lock_query: None,
             version_num: None,
+            query_id_checked: false,
+            n_background_execs: 0,
             current: HashMap::new(),
             leaders_by_start: HashMap::new(),
             room_check_at: 0,
             text_buf: String::new(),
+            spike_waiters: None,
         }
     }
 
-    /// Executions held for the current interval (for tests and the agent's self-metrics).
+    /// What the last sample saw, as plain values for the load timeline and the spike detector
+    /// (`crate::spike`). Call after each successful [`Self::sample`], before
+    /// [`Self::finish_interval`]; the lock waiters are handed over once.
+    pub fn take_spike_snapshot(&mut self) -> crate::spike::SampleSnapshot {
+        let rows = self
+            .current
+            .iter()
+            .filter_map(|(pid, key)| {
+                let e = self.execs.get(key)?;
+                Some(crate::spike::SampleRow {
+                    pid: *pid,
+                    exec_start: key.1,
+                    state: Some(e.state.clone()).filter(|s| !s.is_empty()),
+                    wait_event_type: e.wait_event_type.clone(),
+                    query_id: e.query_id,
+                    query: e.query.clone(),
+                    correlation_id: e.correlation_id().map(str::to_string),
+                    usename: e.usename.clone(),
+                    datname: e.datname.clone(),
+                    client_addr: e.client_addr.clone(),
+                    cpu_ticks_total: e.cpu_ticks,
+                    cpu_ticks: 0,
+                })
+            })
+            .collect();
+        crate::spike::SampleSnapshot {
+            at: self.last_sample_at.unwrap_or(0.0),
+            rows,
+            run_states: self.proc.last_round_states().iter().map(|s| s.1).collect(),
+            waiters: self.spike_waiters.take(),
+        }
+    }
+
+    /// Client executions held for the current interval, background processes not counted
+    /// (for tests and the agent's self-metrics).
     pub fn n_executions(&self) -> usize {
-        self.execs.len()
+        self.execs.values().filter(|e| !e.background).count()
     }
 
     fn record_error(&mut self, e: &CollectError) {
@@ -430,10 +683,24 @@ impl ActivitySampler {
             None => {
                 let v = super::server_version_num(client, COLLECTOR)?;
                 self.version_num = Some(v);
+                if !self.query_id_checked {
+                    // Said once per run, not per interval: the setting needs a restart anyway.
+                    self.query_id_checked = true;
+                    match query_id_status(client) {
+                        Ok(status) => {
+                            if let Some(p) = status.problem() {
+                                log::warn!("activity: {p}");
+                            }
+                        }
+                        Err(e) => log::debug!("{e}"),
+                    }
+                }
                 v
             }
         };
-        let (sql, name) = if version >= LEADER_PID_SINCE {
+        let (sql, name) = if version >= QUERY_ID_SINCE {
+            (SAMPLE_SQL_14, "bitville_sample_14")
+        } else if version >= LEADER_PID_SINCE {
             (SAMPLE_SQL_13, "bitville_sample_13")
         } else {
             (SAMPLE_SQL_12, "bitville_sample_12")
@@ -471,6 +738,7 @@ impl ActivitySampler {
         self.leaders_by_start.clear();
         let mut stats = SampleStats {
             n_rows: rows.len(),
+            n_background: rows.iter().filter(|r| r.is_background()).count(),
             ..SampleStats::default()
         };
         // Leaders first, so that a parallel worker's CPU can be charged to its leader's
@@ -485,13 +753,12 @@ impl ActivitySampler {
                 }
             }
         }
-        // Tracks are only valid between consecutive samples: a pid that went idle and came back
-        // may have run many short queries meanwhile, which must not be charged to the next one.
-        let round = self.round;
-        self.tracks.retain(|_, t| t.round == round);
-        self.proc.end_round();
         // An empty sample carries no server time; the agent runs on the same host.
         let now = rows.first().map_or_else(unix_now, |r| r.now);
+        if self.cfg.read_procfs {
+            self.read_ended(now);
+        }
+        self.proc.end_round();
         self.interval_start.get_or_insert(now);
         self.last_sample_at = Some(now);
         (stats, now)
@@ -504,7 +771,12 @@ impl ActivitySampler {
             stats.n_lock_waits += 1;
         }
         if !self.execs.contains_key(&key) {
-            self.make_room();
+            // Background processes are few (one per server process) and never dropped.
+            if row.is_background() {
+                self.n_background_execs += 1;
+            } else {
+                self.make_room();
+            }
             let exec = self.new_execution(row);
             self.execs.insert(key, exec);
         }
@@ -518,6 +790,9 @@ impl ActivitySampler {
         };
         exec.last_seen = row.now;
         exec.n_seen += 1;
+        if exec.query_id.is_none() {
+            exec.query_id = row.query_id;
+        }
         exec.round = round;
         let state = row.state.unwrap_or("");
         if exec.state != state {
@@ -537,7 +812,7 @@ impl ActivitySampler {
             }
         }
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, round);
+            self.read_pid(row.pid, key);
         }
     }
 
@@ -557,49 +832,146 @@ impl ActivitySampler {
         };
         exec.n_worker_samples += 1;
         if self.cfg.read_procfs {
-            Self::account_os(&mut self.proc, &mut self.tracks, exec, row.pid, self.round);
+            self.read_pid(row.pid, key);
         }
         true
     }
 
-    fn account_os(
-        proc: &mut ProcReader,
-        tracks: &mut HashMap<i32, PidTrack>,
-        exec: &mut Execution,
-        pid: i32,
-        round: u64,
-    ) {
-        let Some(s) = proc.sample(pid) else {
-            tracks.remove(&pid);
+    /// Reads `/proc/<pid>` while it runs the execution `key` and charges what it spent since
+    /// its previous reading: to the execution it ran then when that one has ended (its tail),
+    /// else to `key`.
+    fn read_pid(&mut self, pid: i32, key: ExecKey) {
+        let Some(s) = self.proc.sample(pid) else {
+            self.tracks.remove(&pid);
             return;
         };
-        exec.os_seen = true;
-        exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
-        if let Some(prev) = tracks.get(&pid) {
-            if prev.round + 1 == round && prev.start_ticks == s.stat.start_ticks {
-                exec.cpu_ticks += s.stat.cpu_ticks.saturating_sub(prev.cpu_ticks);
-                if let (Some(p), Some(c)) = (prev.io, s.io) {
-                    exec.read_bytes += c.read_bytes.saturating_sub(p.read_bytes);
-                    exec.write_bytes += c.write_bytes.saturating_sub(p.write_bytes);
-                    exec.io_seen = true;
-                }
+        if let Some(exec) = self.execs.get_mut(&key) {
+            exec.os_seen = true;
+            exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
+            if s.io.is_some() {
+                exec.io_seen = true;
             }
         }
-        if s.io.is_some() {
-            exec.io_seen = true;
-        }
-        tracks.insert(
+        let prev = self.tracks.get(&pid).copied();
+        self.charge(prev, &s, Some(key));
+        self.tracks.insert(
             pid,
             PidTrack {
-                round,
+                round: self.round,
                 start_ticks: s.stat.start_ticks,
                 cpu_ticks: s.stat.cpu_ticks,
                 io: s.io,
+                exec: Some(key),
             },
         );
     }
 
+    /// The first reading after an execution ended: every pid read in the previous round while
+    /// running an execution and not read in this one is read once more, so the CPU and I/O of
+    /// the execution's last second (all of it for a query seen once) are charged to it.
+    fn read_ended(&mut self, now: f64) {
+        let round = self.round;
+        let ended: Vec<i32> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.round + 1 == round && t.exec.is_some())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ended {
+            let prev = self.tracks.get(&pid).copied();
+            match self.proc.sample(pid) {
+                Some(s) => {
+                    self.charge(prev, &s, None);
+                    self.tracks.insert(
+                        pid,
+                        PidTrack {
+                            round,
+                            start_ticks: s.stat.start_ticks,
+                            cpu_ticks: s.stat.cpu_ticks,
+                            io: s.io,
+                            exec: None,
+                        },
+                    );
+                }
+                None => {
+                    self.tracks.remove(&pid);
+                }
+            }
+        }
+        if self.tracks.len() > MAX_TRACKS {
+            let mut rounds: Vec<u64> = self.tracks.values().map(|t| t.round).collect();
+            rounds.sort_unstable();
+            let keep_from = rounds[rounds.len() - MAX_TRACKS];
+            self.tracks.retain(|_, t| t.round >= keep_from);
+        }
+        let oldest = round.saturating_sub(TRACK_MAX_AGE_ROUNDS);
+        self.tracks.retain(|_, t| t.round >= oldest);
+        self.last_reading_at = Some(now);
+    }
+
+    /// Charges the CPU and I/O `pid` spent between `prev` and `s`. The delta goes to the
+    /// execution running at `prev` when that one has ended (or nothing runs now), else to
+    /// `running`. Without a previous reading of this process, a process that started after the
+    /// previous sample is charged everything since its start; an older one only from now on
+    /// (its execution is marked `cpu_partial`).
+    fn charge(&mut self, prev: Option<PidTrack>, s: &procfs::PidSample, running: Option<ExecKey>) {
+        let same_process = prev.filter(|p| p.start_ticks == s.stat.start_ticks);
+        let (target, base_cpu, base_io) = match same_process {
+            Some(p) => {
+                let ended = p.exec.filter(|k| Some(*k) != running);
+                let target = match ended {
+                    Some(k) if self.execs.contains_key(&k) => Some(k),
+                    // The execution it ran was already shipped or dropped: the delta belongs to
+                    // neither.
+                    Some(_) => None,
+                    None => running,
+                };
+                (target, p.cpu_ticks, p.io)
+            }
+            None => {
+                let started = self.proc.process_start(&s.stat);
+                let fresh = match (started, self.last_reading_at) {
+                    // btime is whole seconds: a second of slack.
+                    (Some(st), Some(prev_sample)) => st + 1.0 >= prev_sample,
+                    _ => false,
+                };
+                if !fresh {
+                    if let Some(e) = running.and_then(|k| self.execs.get_mut(&k)) {
+                        e.cpu_partial = true;
+                    }
+                    return;
+                }
+                let zero = procfs::PidIo {
+                    read_bytes: 0,
+                    write_bytes: 0,
+                };
+                (running, 0, Some(zero))
+            }
+        };
+        let Some(exec) = target.and_then(|k| self.execs.get_mut(&k)) else {
+            return;
+        };
+        exec.cpu_ticks += s.stat.cpu_ticks.saturating_sub(base_cpu);
+        exec.cpu_attributed = true;
+        if let (Some(p), Some(c)) = (base_io, s.io) {
+            exec.read_bytes += c.read_bytes.saturating_sub(p.read_bytes);
+            exec.write_bytes += c.write_bytes.saturating_sub(p.write_bytes);
+            exec.io_seen = true;
+            exec.io_attributed = true;
+        }
+    }
+
     fn new_execution(&mut self, row: &SessionRow) -> Execution {
+        // Found in the raw text, before normalization and truncation can cut the marker.
+        let correlation = if row.is_background() {
+            None
+        } else {
+            let texts: &[&str] = match row.query {
+                Some(q) => &[q],
+                None => &[],
+            };
+            self.cfg.correlation.find(row.application_name, texts)
+        };
         let query = row.query.and_then(|q| {
             self.cfg
                 .query_text
@@ -623,17 +995,20 @@ impl ActivitySampler {
             client_addr: row.client_addr.map(|a| a.to_string()),
             backend_type: row.backend_type.map(str::to_string),
             query,
-            correlation_id: row
-                .application_name
-                .and_then(|a| self.cfg.correlation.extract(a))
-                .map(str::to_string),
+            correlation,
+            query_id: row.query_id,
+            background: row.is_background(),
             cpu_ticks: 0,
             read_bytes: 0,
             write_bytes: 0,
             os_seen: false,
+            cpu_attributed: false,
+            cpu_partial: false,
             io_seen: false,
+            io_attributed: false,
             rss_bytes: 0,
             lock: None,
+            blocking: None,
             n_worker_samples: 0,
             round: 0,
         }
@@ -643,18 +1018,19 @@ impl ActivitySampler {
     /// running any more, down to `max_executions`.
     fn make_room(&mut self) {
         let cap = (self.cfg.max_executions.max(1) * 2).max(self.room_check_at);
-        if self.execs.len() < cap {
+        let n_client = self.execs.len().saturating_sub(self.n_background_execs);
+        if n_client < cap {
             return;
         }
         let round = self.round;
         let mut finished: Vec<(f64, ExecKey)> = self
             .execs
             .iter()
-            .filter(|(_, e)| e.round != round)
+            .filter(|(_, e)| e.round != round && !e.background)
             .map(|(k, e)| (e.score(), *k))
             .collect();
         finished.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let excess = self.execs.len() + 1 - self.cfg.max_executions.max(1);
+        let excess = n_client + 1 - self.cfg.max_executions.max(1);
         for (_, k) in finished.into_iter().take(excess) {
             self.execs.remove(&k);
             self.n_left_out += 1;
@@ -662,7 +1038,8 @@ impl ActivitySampler {
         // When most executions are still running nothing could go: the map may exceed the cap
         // (it is bounded by max_connections then), and the next scan waits for a quarter more,
         // so a server with hundreds of active sessions does not rescan on every new row.
-        self.room_check_at = self.execs.len() + self.cfg.max_executions.max(4) / 2;
+        self.room_check_at = self.execs.len().saturating_sub(self.n_background_execs)
+            + self.cfg.max_executions.max(4) / 2;
     }
 
     fn lock_snapshot(
@@ -671,12 +1048,19 @@ impl ActivitySampler {
         version: u32,
         now: f64,
     ) -> Result<(), CollectError> {
-        let waiters = locks::query_waiters(client, version)?;
+        let mut waiters = locks::query_waiters(client, version)?;
         if waiters.is_empty() {
             return Ok(());
         }
-        self.note_lock_waits(&waiters);
+        if let Err(e) = self.relation_names.resolve(client, &mut waiters) {
+            // The OIDs stay; the tree is still worth shipping.
+            log::debug!("{e}");
+            self.record_error(&e);
+        }
+        self.note_lock_waits(&waiters, now);
+        self.spike_waiters = Some(waiters.clone());
         let trees = locks::build_trees(&waiters);
+        let total_wait_ms = self.note_blocking(&trees, &waiters, now);
         let (execs, current) = (&self.execs, &self.current);
         let json = locks::trees_json(&trees, &waiters, |pid| {
             execs.get(current.get(&pid)?).map(|e| e.session_json(now))
@@ -685,23 +1069,99 @@ impl ActivitySampler {
             at: now,
             n_blocked: waiters.len(),
             max_depth: trees.iter().map(|t| t.depth).max().unwrap_or(0),
+            total_wait_ms,
             trees: json,
         };
         self.locks.n_snapshots += 1;
-        if self
-            .locks
-            .peak
-            .as_ref()
-            .is_none_or_smaller(snap.n_blocked, snap.max_depth)
-        {
+        if self.locks.peak.as_ref().is_none_or_smaller(&snap) {
             self.locks.peak = Some(snap.clone());
         }
         self.locks.last = Some(snap);
         Ok(())
     }
 
-    fn note_lock_waits(&mut self, waiters: &[LockWaiter]) {
+    /// How long `w` has waited: `pg_locks.waitstart` (PostgreSQL 14+), else its statement's
+    /// age (the wait began at or after the statement's start).
+    fn wait_of(&self, w: &LockWaiter, now: f64) -> f64 {
+        w.wait_ms.unwrap_or_else(|| {
+            self.current
+                .get(&w.pid)
+                .and_then(|k| self.execs.get(k))
+                .and_then(|e| e.query_start)
+                .map_or(0.0, |qs| ((now - qs) * 1000.0).max(0.0))
+        })
+    }
+
+    /// Charges every waiter to each session above it in its tree (its direct blocker, and that
+    /// one's blockers up to the root): a root that held up a chain of two blocked two sessions.
+    /// Returns the snapshot's total wait.
+    fn note_blocking(
+        &mut self,
+        trees: &[locks::LockTree],
+        waiters: &[LockWaiter],
+        now: f64,
+    ) -> f64 {
+        let waits: HashMap<i32, f64> = waiters
+            .iter()
+            .map(|w| (w.pid, self.wait_of(w, now)))
+            .collect();
+        for t in trees {
+            let parent: HashMap<i32, i32> = t
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.pid, n.parent?)))
+                .collect();
+            for n in t.nodes.iter().filter(|n| n.parent.is_some()) {
+                let wait = waits.get(&n.pid).copied().unwrap_or(0.0);
+                let id = self
+                    .current
+                    .get(&n.pid)
+                    .and_then(|k| self.execs.get(k))
+                    .and_then(|e| e.correlation_id().map(str::to_string));
+                let mut up = parent.get(&n.pid).copied();
+                let mut hops = 0;
+                while let Some(b) = up {
+                    // A cycle returns to the waiter; the tree is finite anyway.
+                    if b == n.pid || hops > t.nodes.len() {
+                        break;
+                    }
+                    if let Some(e) = self.current.get(&b).and_then(|k| self.execs.get_mut(k)) {
+                        e.blocking.get_or_insert_with(BlockingSeen::default).note(
+                            n.pid,
+                            id.as_deref(),
+                            wait,
+                        );
+                    }
+                    up = parent.get(&b).copied();
+                    hops += 1;
+                }
+            }
+        }
+        waits.values().sum()
+    }
+
+    fn note_lock_waits(&mut self, waiters: &[LockWaiter], now: f64) {
         for w in waiters {
+            let details: Vec<Json> = w
+                .blockers
+                .iter()
+                .map(
+                    |&b| match self.current.get(&b).and_then(|k| self.execs.get(k)) {
+                        Some(e) => Json::object()
+                            .field("pid", b)
+                            .field("correlation_id", e.correlation_id())
+                            .field("query", e.query.as_deref())
+                            .field("query_id", e.query_id)
+                            .field("state", e.state.as_str())
+                            .field(
+                                "xact_age_ms",
+                                e.xact_start.map(|x| ((now - x) * 1000.0).max(0.0)),
+                            ),
+                        // Not sampled: idle with a session-level lock, or a prepared transaction.
+                        None => Json::object().field("pid", b),
+                    },
+                )
+                .collect();
             let Some(key) = self.current.get(&w.pid) else {
                 continue;
             };
@@ -713,11 +1173,16 @@ impl ActivitySampler {
                 mode: w.mode.clone(),
                 relation: w.relation.clone(),
                 blockers: Vec::new(),
+                blocker_details: Vec::new(),
                 max_wait_ms: None,
                 n_snapshots: 0,
             });
             seen.n_snapshots += 1;
             seen.blockers.clone_from(&w.blockers);
+            seen.blocker_details = details;
+            if seen.relation.is_none() {
+                seen.relation.clone_from(&w.relation);
+            }
             if let Some(ms) = w.wait_ms {
                 seen.max_wait_ms = Some(seen.max_wait_ms.map_or(ms, |m| m.max(ms)));
             }
@@ -725,25 +1190,51 @@ impl ActivitySampler {
     }
 
     /// Closes the interval: returns the `pg_stat_activity` summary first, then one correlated
-    /// payload per correlation ID (at most `max_correlated`, longest first), and starts the
-    /// next interval. Call every `interval_s`, from the thread that calls [`Self::sample`].
+    /// record per request (at most `max_correlated`, by load; see [`super::correlate`]), and
+    /// starts the next interval. Without a log to wait for (`--once`, tests): the daemon uses
+    /// [`Self::finish_interval_parts`] and a shared correlator instead.
     pub fn finish_interval(&mut self) -> Vec<Payload> {
+        let (summary, statements) = self.finish_interval_parts();
+        let (start, end) = (
+            summary.data.get("interval_start").and_then(as_f64),
+            summary.data.get("interval_end").and_then(as_f64),
+        );
+        let mut c = Correlator::new(CorrelatorConfig {
+            grace: Duration::ZERO,
+            budget: self.cfg.max_correlated,
+            ..CorrelatorConfig::default()
+        });
+        c.add_sampled(statements, start, end, unix_now());
+        let mut out = vec![summary];
+        out.extend(c.take_all());
+        out
+    }
+
+    /// Closes the interval: the `pg_stat_activity` summary and the statements of correlated
+    /// requests it saw, for a [`Correlator`]. Call every `interval_s`, from the thread that
+    /// calls [`Self::sample`].
+    pub fn finish_interval_parts(&mut self) -> (Payload, Vec<SampledStatement>) {
         let collected_at = unix_now();
-        let execs: Vec<Execution> = self.execs.drain().map(|(_, e)| e).collect();
+        let round = self.round;
+        let (background, execs): (Vec<Execution>, Vec<Execution>) = self
+            .execs
+            .drain()
+            .map(|(_, e)| e)
+            .partition(|e| e.background);
         let n_seen = execs.len() as u64 + self.n_left_out;
         let selected = select(execs, self.cfg.max_executions);
         let n_left_out = n_seen - selected.len() as u64;
+        let mut background = background;
+        // The busiest first: CPU, then how often they waited.
+        background.sort_by(|a, b| {
+            b.cpu_ticks
+                .cmp(&a.cpu_ticks)
+                .then(b.waits.len().cmp(&a.waits.len()))
+                .then(a.pid.cmp(&b.pid))
+        });
+        background.truncate(MAX_BACKGROUND);
 
-        let mut by_corr: HashMap<&str, Vec<&Execution>> = HashMap::new();
-        for e in &selected {
-            if let Some(id) = e.correlation_id.as_deref() {
-                by_corr.entry(id).or_default().push(e);
-            }
-        }
-        let with_correlation = selected
-            .iter()
-            .filter(|e| e.correlation_id.is_some())
-            .count();
+        let with_correlation = selected.iter().filter(|e| e.correlation.is_some()).count();
         let start = self.interval_start;
         let end = self.last_sample_at;
         let locks = match (&self.locks.peak, &self.locks.last) {
@@ -795,33 +1286,22 @@ impl ActivitySampler {
                 "sessions",
                 Json::Array(selected.iter().map(Execution::to_json).collect()),
             )
+            .field(
+                "background",
+                Json::Array(background.iter().map(Execution::to_json).collect()),
+            )
             .field("locks", locks)
             .field("errors", Json::Array(std::mem::take(&mut self.errors)));
-        let mut out = vec![Payload {
+        let summary = Payload {
             source: Source::PgStatActivity,
             collected_at,
             correlation_id: None,
             data: summary,
-        }];
-
-        let mut groups: Vec<(&str, Vec<&Execution>)> = by_corr.into_iter().collect();
-        for (_, g) in groups.iter_mut() {
-            g.sort_by(|a, b| b.duration_ms().total_cmp(&a.duration_ms()));
-        }
-        groups.sort_by(|a, b| {
-            b.1[0]
-                .duration_ms()
-                .total_cmp(&a.1[0].duration_ms())
-                .then(a.0.cmp(b.0))
-        });
-        for (id, g) in groups.into_iter().take(self.cfg.max_correlated) {
-            out.push(Payload {
-                source: Source::PgStatActivity,
-                collected_at,
-                correlation_id: Some(id.to_string()),
-                data: correlated_json(id, &g, start, end),
-            });
-        }
+        };
+        let statements = selected
+            .iter()
+            .filter_map(|e| e.sampled_statement(round))
+            .collect();
 
         self.interval_start = None;
         self.last_sample_at = None;
@@ -830,9 +1310,10 @@ impl ActivitySampler {
         self.n_left_out = 0;
         self.locks = LockAgg::default();
         self.room_check_at = 0;
+        self.n_background_execs = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
-        out
+        (summary, statements)
     }
 }
 
@@ -852,6 +1333,7 @@ fn snapshot_json(s: &LockSnapshot) -> Json {
     Json::object()
         .field("at", s.at)
         .field("n_blocked", s.n_blocked)
+        .field("total_wait_ms", s.total_wait_ms)
         .field("max_depth", s.max_depth)
         .field("trees", s.trees.clone())
 }
@@ -872,38 +1354,13 @@ fn select(mut execs: Vec<Execution>, cap: usize) -> Vec<Execution> {
     execs
 }
 
-fn correlated_json(id: &str, g: &[&Execution], start: Option<f64>, end: Option<f64>) -> Json {
-    let top = g[0];
-    let cpu: u64 = g.iter().map(|e| e.cpu_ms()).sum();
-    let read: u64 = g.iter().map(|e| e.read_bytes).sum();
-    let write: u64 = g.iter().map(|e| e.write_bytes).sum();
-    Json::object()
-        .field("correlation_id", id)
-        .field("query", top.query.as_deref())
-        .field("duration_ms", top.duration_ms())
-        .field("pid", top.pid)
-        .field("datname", top.datname.as_deref())
-        .field("usename", top.usename.as_deref())
-        .field("application_name", top.application_name.as_deref())
-        .field("client_addr", top.client_addr.as_deref())
-        .field("backend_type", top.backend_type.as_deref())
-        .field("state", top.state.as_str())
-        .field("query_start", top.query_start)
-        .field("cpu_ms", top.os_seen.then_some(cpu))
-        .field("read_bytes", top.io_seen.then_some(read))
-        .field("write_bytes", top.io_seen.then_some(write))
-        .field("interval_start", start)
-        .field("interval_end", end)
-        .field("n_executions", g.len())
-        .field(
-            "executions",
-            Json::Array(
-                g.iter()
-                    .take(MAX_EXECUTIONS_PER_CORRELATION)
-                    .map(|e| e.to_json())
-                    .collect(),
-            ),
-        )
+fn as_f64(v: &Json) -> Option<f64> {
+    match v {
+        Json::Float(f) => Some(*f),
+        Json::Int(i) => Some(*i as f64),
+        Json::UInt(u) => Some(*u as f64),
+        _ => None,
+    }
 }
 
 trait InstantExt {
@@ -920,14 +1377,21 @@ impl InstantExt for Option<Instant> {
 }
 
 trait PeakExt {
-    fn is_none_or_smaller(&self, n_blocked: usize, depth: u32) -> bool;
+    fn is_none_or_smaller(&self, snap: &LockSnapshot) -> bool;
 }
 
 impl PeakExt for Option<&LockSnapshot> {
-    fn is_none_or_smaller(&self, n_blocked: usize, depth: u32) -> bool {
+    /// The peak is the snapshot with the largest total wait (then the most waiters, then the
+    /// deepest): one 8 s wait matters more than two 1 s waits.
+    fn is_none_or_smaller(&self, snap: &LockSnapshot) -> bool {
         match self {
             None => true,
-            Some(p) => (n_blocked, depth) > (p.n_blocked, p.max_depth),
+            Some(p) => snap
+                .total_wait_ms
+                .total_cmp(&p.total_wait_ms)
+                .then(snap.n_blocked.cmp(&p.n_blocked))
+                .then(snap.max_depth.cmp(&p.max_depth))
+                .is_gt(),
         }
     }
 }
@@ -954,14 +1418,20 @@ mod tests {
             client_addr: None,
             backend_type: Some("client backend".into()),
             query: Some("SELECT ?".into()),
-            correlation_id: None,
+            correlation: None,
+            query_id: None,
+            background: false,
             cpu_ticks,
             read_bytes: 0,
             write_bytes: 0,
             os_seen: true,
+            cpu_attributed: true,
+            cpu_partial: false,
             io_seen: false,
+            io_attributed: false,
             rss_bytes: 0,
             lock: None,
+            blocking: None,
             n_worker_samples: 0,
             round: 0,
         }
@@ -1049,15 +1519,17 @@ mod tests {
         s.absorb(&[row(100, 1000.0, 999.0)]);
         p.set(100, 150, 5, Some((4096, 8192)));
         s.absorb(&[row(100, 1001.0, 999.0)]);
-        // The pid goes idle: its baseline is dropped, so the CPU it spends meanwhile is not
-        // charged to its next query.
+        // The query ends: the first sample after it reads the pid once more and charges the
+        // query's tail to it.
+        p.set(100, 170, 5, Some((5000, 8192)));
         s.absorb(&[]);
+        // Idle meanwhile: the next query is charged from the pid's last reading.
         p.set(100, 300, 5, Some((10_000, 10_000)));
         s.absorb(&[row(100, 1003.0, 1002.5)]);
         p.set(100, 320, 5, Some((10_000, 10_000)));
         s.absorb(&[row(100, 1004.0, 1002.5)]);
         // The pid is reused by a new backend (another start time, more ticks than the old one
-        // had): no delta across it.
+        // had): no delta across it, and its start is unknown here, so what follows is partial.
         p.set(100, 1000, 6, Some((0, 0)));
         s.absorb(&[row(100, 1005.0, 1002.5)]);
         let out = s.finish_interval();
@@ -1068,19 +1540,52 @@ mod tests {
                 .unwrap()
         };
         let first = by_start(999.0);
-        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(50) as f64);
-        assert_eq!(field_f64(first, "read_bytes"), 4096.0);
+        assert_eq!(field_f64(first, "cpu_ms"), procfs::ticks_to_ms(70) as f64);
+        assert_eq!(field_f64(first, "read_bytes"), 5000.0);
         assert_eq!(field_f64(first, "write_bytes"), 8192.0);
         assert_eq!(field_f64(first, "n_samples"), 2.0);
         assert_eq!(field_f64(first, "duration_ms"), 2000.0);
+        assert_eq!(
+            first.get("cpu_partial"),
+            Some(&Json::Bool(true)),
+            "no reading before it"
+        );
         let second = by_start(1002.5);
-        assert_eq!(field_f64(second, "cpu_ms"), procfs::ticks_to_ms(20) as f64);
+        assert_eq!(
+            field_f64(second, "cpu_ms"),
+            procfs::ticks_to_ms(130 + 20) as f64
+        );
+        assert_eq!(second.get("cpu_partial"), Some(&Json::Bool(true)));
         assert_eq!(field_f64(second, "n_samples"), 3.0);
         assert_eq!(
             first.get("query"),
             Some(&Json::Str("SELECT * FROM t WHERE id = ?".into()))
         );
         assert_eq!(field_f64(&out[0].data, "n_samples"), 6.0);
+    }
+
+    #[test]
+    fn a_query_seen_once_on_a_new_backend_is_charged_all_its_cpu() {
+        let p = FakeProc::new("once");
+        // Booted at 900 s: a start of 10_000 ticks is 1000 s (at 100 ticks a second).
+        std::fs::write(p.0.join("stat"), "cpu 1 2 3\nbtime 900\n").unwrap();
+        let tck = procfs::clock_ticks_per_sec();
+        let mut s = p.sampler(ActivityConfig::default());
+        p.set(50, 0, 1, None);
+        s.absorb(&[row(50, 999.0, 998.0)]);
+        // The backend connected after that sample and is seen once, mid-query.
+        p.set(300, 80, 100 * tck, None);
+        s.absorb(&[row(50, 1001.0, 998.0), row(300, 1001.0, 1000.5)]);
+        p.set(300, 150, 100 * tck, None);
+        s.absorb(&[row(50, 1002.0, 998.0)]);
+        let out = s.finish_interval();
+        let once = sessions(&out)
+            .iter()
+            .find(|e| field_f64(e, "pid") == 300.0)
+            .unwrap();
+        assert_eq!(field_f64(once, "cpu_ms"), procfs::ticks_to_ms(150) as f64);
+        assert_eq!(once.get("cpu_partial"), Some(&Json::Bool(false)));
+        assert_eq!(field_f64(once, "n_samples"), 1.0);
     }
 
     #[test]
@@ -1266,7 +1771,10 @@ mod tests {
     #[test]
     fn execution_json_has_python_names_and_os_figures() {
         let mut e = exec(7, 3.0, 300);
-        e.correlation_id = Some("abc".into());
+        e.correlation = Some(Correlation {
+            id: "abc".into(),
+            source: crate::normalize::CorrelationSource::Comment,
+        });
         let j = e.to_json();
         assert_eq!(j.get("duration_ms"), Some(&Json::Float(3000.0)));
         assert_eq!(j.get("cpu_ms"), Some(&Json::UInt(procfs::ticks_to_ms(300))));
@@ -1284,12 +1792,59 @@ mod tests {
     }
 
     #[test]
-    fn correlated_payload_reports_longest_execution() {
-        let (a, b) = (exec(1, 3.0, 100), exec(1, 9.0, 50));
-        let data = correlated_json("id", &[&b, &a], Some(1.0), Some(61.0));
-        assert_eq!(data.get("duration_ms"), Some(&Json::Float(9000.0)));
-        assert_eq!(data.get("n_executions"), Some(&Json::UInt(2)));
-        assert_eq!(data.get("query"), Some(&Json::Str("SELECT ?".into())));
+    fn query_id_status_follows_the_settings() {
+        assert_eq!(query_id_from_settings("on", ""), QueryIdStatus::On);
+        assert_eq!(
+            query_id_from_settings("auto", "auto_explain, \"pg_stat_statements\""),
+            QueryIdStatus::On
+        );
+        let off = query_id_from_settings("auto", "auto_explain");
+        assert!(off.problem().unwrap().contains("compute_query_id is auto"));
+        assert!(query_id_from_settings("off", "pg_stat_statements")
+            .problem()
+            .unwrap()
+            .contains("set compute_query_id = on"));
+        assert!(QueryIdStatus::Unsupported { version: 130004 }
+            .problem()
+            .unwrap()
+            .contains("PostgreSQL 13"));
+        assert_eq!(QueryIdStatus::On.problem(), None);
+    }
+
+    #[test]
+    fn the_peak_is_the_snapshot_with_the_largest_total_wait() {
+        let snap = |n_blocked, total_wait_ms| LockSnapshot {
+            at: 0.0,
+            n_blocked,
+            max_depth: 1,
+            total_wait_ms,
+            trees: Json::Null,
+        };
+        let two_short = snap(2, 2000.0);
+        let one_long = snap(1, 8000.0);
+        assert!(Some(&two_short).is_none_or_smaller(&one_long));
+        assert!(!Some(&one_long).is_none_or_smaller(&two_short));
+        assert!(
+            Some(&snap(1, 2000.0)).is_none_or_smaller(&two_short),
+            "then waiters"
+        );
+        assert!(None.is_none_or_smaller(&two_short));
+    }
+
+    #[test]
+    fn blocking_keeps_each_waiter_once_with_its_longest_wait() {
+        let mut b = BlockingSeen::default();
+        b.note(20, Some("r2"), 100.0);
+        b.note(30, None, 50.0);
+        b.note(20, Some("r2"), 900.0);
+        let j = b.to_json();
+        assert_eq!(j.get("n_blocked"), Some(&Json::UInt(2)));
+        assert_eq!(j.get("total_wait_ms"), Some(&Json::Float(950.0)));
+        assert_eq!(j.get("max_wait_ms"), Some(&Json::Float(900.0)));
+        assert_eq!(
+            j.get("correlation_ids"),
+            Some(&Json::Array(vec![Json::from("r2")]))
+        );
     }
 
     #[test]

@@ -24,8 +24,13 @@ pub struct LockWaiter {
     pub locktype: Option<String>,
     /// The mode requested (`AccessExclusiveLock`, ...).
     pub mode: Option<String>,
-    /// The relation, as `regclass` text (an OID number when it is in another database).
+    /// The relation as `schema.table` once [`RelationNames::resolve`] ran (the OID as text when
+    /// it is in another database than the connected one, which cannot be resolved from here).
     pub relation: Option<String>,
+    /// `pg_locks.relation`.
+    pub relation_oid: Option<u32>,
+    /// Whether the lock is in the connected database (so its OID resolves here).
+    pub same_database: bool,
     /// How long it has waited (`pg_locks.waitstart`, PostgreSQL 14 and later).
     pub wait_ms: Option<f64>,
 }
@@ -47,9 +52,12 @@ pub fn query_waiters(
     };
     // A backend waits for one lock at a time, so the join adds at most one row per waiter;
     // DISTINCT ON guards against the rare duplicate anyway.
+    // The relation's name is resolved afterwards, once per OID (RelationNames), instead of a
+    // catalog lookup per waiter and snapshot.
     let sql = format!(
         "SELECT DISTINCT ON (w.pid) w.pid, pg_blocking_pids(w.pid), l.locktype, l.mode, \
-         CASE WHEN l.relation IS NOT NULL THEN l.relation::regclass::text END, {wait_ms} \
+         l.relation, {wait_ms}, \
+         l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          FROM pg_stat_activity w LEFT JOIN pg_locks l ON l.pid = w.pid AND NOT l.granted \
          WHERE w.wait_event_type = 'Lock' AND w.pid <> pg_backend_pid() ORDER BY w.pid"
     );
@@ -64,11 +72,68 @@ pub fn query_waiters(
                 blockers: col::<Vec<i32>>(r, 1).unwrap_or_default(),
                 locktype: col(r, 2),
                 mode: col(r, 3),
-                relation: col(r, 4),
+                relation_oid: col::<u32>(r, 4),
+                relation: col::<u32>(r, 4).map(|o| o.to_string()),
                 wait_ms: col(r, 5),
+                same_database: col::<bool>(r, 6).unwrap_or(false),
             })
         })
         .collect())
+}
+
+/// Most relation names kept; the cache starts over when full.
+const MAX_RELATION_NAMES: usize = 4096;
+
+/// Relation OIDs resolved to `schema.table`, once each, cached for the sampler's life.
+#[derive(Debug, Default)]
+pub struct RelationNames {
+    names: HashMap<u32, String>,
+}
+
+impl RelationNames {
+    /// Names every waiter's relation in the connected database: unknown OIDs are looked up in
+    /// one catalog query on `client` (the session's `lock_timeout` bounds it: it never waits
+    /// behind a lock for long), known ones come from the cache. A relation dropped meanwhile
+    /// keeps its OID.
+    pub fn resolve(
+        &mut self,
+        client: &mut postgres::Client,
+        waiters: &mut [LockWaiter],
+    ) -> Result<(), CollectError> {
+        let mut unknown: Vec<u32> = waiters
+            .iter()
+            .filter(|w| w.same_database)
+            .filter_map(|w| w.relation_oid)
+            .filter(|o| !self.names.contains_key(o))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            if self.names.len() + unknown.len() > MAX_RELATION_NAMES {
+                self.names.clear();
+            }
+            let rows = client
+                .query(
+                    "SELECT c.oid, n.nspname, c.relname FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1)",
+                    &[&unknown],
+                )
+                .map_err(CollectError::query(COLLECTOR, "relation_names"))?;
+            for r in &rows {
+                if let (Some(oid), Some(ns), Some(rel)) =
+                    (col::<u32>(r, 0), col::<&str>(r, 1), col::<&str>(r, 2))
+                {
+                    self.names.insert(oid, format!("{ns}.{rel}"));
+                }
+            }
+        }
+        for w in waiters.iter_mut().filter(|w| w.same_database) {
+            if let Some(name) = w.relation_oid.and_then(|o| self.names.get(&o)) {
+                w.relation = Some(name.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One session's place in a wait tree.
@@ -256,7 +321,9 @@ mod tests {
             blockers: blockers.to_vec(),
             locktype: Some("relation".into()),
             mode: Some("AccessExclusiveLock".into()),
-            relation: Some("t".into()),
+            relation: Some("public.t".into()),
+            relation_oid: Some(16384),
+            same_database: true,
             wait_ms: Some(5.0),
         }
     }

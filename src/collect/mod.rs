@@ -8,6 +8,8 @@
 //! which query. Nothing here panics on what the server or `/proc` returns.
 
 pub mod activity;
+pub mod correlate;
+pub mod cycle;
 pub mod host;
 pub mod locks;
 pub mod procfs;
@@ -165,20 +167,22 @@ pub fn server_version_num(
     Ok(v.and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
-/// Backs a collector off after repeated timeouts, counted in cycles (no clock inside, so every
-/// transition is testable): after two consecutive timeouts it skips 1 cycle, then 2, 4, ... up
-/// to `max_skip`; one success resets it. Other errors do not back off (they are not a sign of
-/// load). The daemon keeps one per collector.
+/// Backs a collector off after a timeout, counted in cycles: the one back-off policy of the
+/// agent, [`crate::health::backoff::Backoff`], with its cycle counter kept here. After the first
+/// timeout (`lock_timeout` on a locked statistics view, `statement_timeout`) the collector skips
+/// 1 cycle, then 2, 4, ... up to `max_skip`, so a locked view costs the server log a few
+/// lock-timeout errors a minute instead of one per sample; one success resets it. Other errors
+/// do not back off (they are not a sign of load). The daemon keeps one per collector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backoff {
-    consecutive_timeouts: u32,
-    skip_remaining: u32,
-    max_skip: u32,
+    policy: crate::health::backoff::Backoff,
+    /// Cycles asked about so far ([`Backoff::should_run`] calls).
+    cycle: u64,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff::new(16)
+        Backoff::new(32)
     }
 }
 
@@ -186,19 +190,16 @@ impl Backoff {
     /// A backoff that never skips more than `max_skip` cycles in a row.
     pub fn new(max_skip: u32) -> Backoff {
         Backoff {
-            consecutive_timeouts: 0,
-            skip_remaining: 0,
-            max_skip: max_skip.max(1),
+            policy: crate::health::backoff::Backoff::new(0, u64::from(max_skip)),
+            cycle: 0,
         }
     }
 
     /// Whether the collector runs this cycle; call exactly once per cycle.
     pub fn should_run(&mut self) -> bool {
-        if self.skip_remaining > 0 {
-            self.skip_remaining -= 1;
-            return false;
-        }
-        true
+        let run = self.policy.allows(self.cycle);
+        self.cycle += 1;
+        run
     }
 
     /// Records how the cycle that ran went.
@@ -212,19 +213,16 @@ impl Backoff {
     /// [`Backoff::record`] from plain facts: whether the cycle timed out, whether it succeeded.
     pub fn record_outcome(&mut self, timed_out: bool, succeeded: bool) {
         if succeeded {
-            self.consecutive_timeouts = 0;
+            self.policy.record_success();
         } else if timed_out {
-            self.consecutive_timeouts = self.consecutive_timeouts.saturating_add(1);
-            if self.consecutive_timeouts >= 2 {
-                let exp = (self.consecutive_timeouts - 2).min(16);
-                self.skip_remaining = (1u32 << exp).min(self.max_skip);
-            }
+            // The cycle that ran is the one `should_run` last answered.
+            self.policy.record_timeout(self.cycle.saturating_sub(1));
         }
     }
 
     /// Consecutive timeouts so far (for the payload's error report).
     pub fn consecutive_timeouts(&self) -> u32 {
-        self.consecutive_timeouts
+        self.policy.consecutive_timeouts()
     }
 }
 
@@ -232,7 +230,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn timeout() -> Result<(), CollectError> {
+    /// A collector error that is not a timeout (a state-file failure).
+    fn not_a_timeout() -> Result<(), CollectError> {
         Err(CollectError::State {
             collector: "t",
             path: PathBuf::from("x"),
@@ -241,17 +240,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_skips_only_after_repeated_timeouts() {
+    fn backoff_skips_from_the_first_timeout_and_resets_on_success() {
         let mut b = Backoff::new(4);
         // A non-timeout error never backs off.
-        b.record(&timeout());
+        b.record(&not_a_timeout());
         assert!(b.should_run());
         assert_eq!(b.consecutive_timeouts(), 0);
         b.record(&Ok::<(), CollectError>(()));
         assert!(b.should_run());
 
-        // One timeout: still runs. Then 1, 2, 4, 4 (capped) cycles skipped.
-        b.record_outcome(true, false);
+        // From the first timeout on: 1, 2, 4, 4 (capped) cycles skipped.
         assert!(b.should_run());
         let mut skipped = Vec::new();
         for _ in 0..4 {
@@ -263,16 +261,18 @@ mod tests {
             skipped.push(n);
         }
         assert_eq!(skipped, vec![1, 2, 4, 4]);
-        assert_eq!(b.consecutive_timeouts(), 5);
+        assert_eq!(b.consecutive_timeouts(), 4);
         b.record_outcome(false, true);
         assert_eq!(b.consecutive_timeouts(), 0);
+        assert!(b.should_run(), "a success ends the skipping");
         b.record_outcome(true, false);
-        assert!(b.should_run(), "a success resets the count");
+        assert!(!b.should_run(), "and the next timeout starts again at 1");
+        assert!(b.should_run());
     }
 
     #[test]
     fn error_json_names_collector_and_file() {
-        let e = timeout().unwrap_err();
+        let e = not_a_timeout().unwrap_err();
         assert!(!e.is_timeout());
         let j = e.to_json().to_json_string();
         assert_eq!(j, r#"{"collector":"t","file":"x","error":"not a timeout"}"#);

@@ -28,6 +28,8 @@ pub struct PidStat {
     pub rss_pages: u64,
     /// Whether `comm` is a PostgreSQL server process (`postgres` or `postmaster`).
     pub is_postgres: bool,
+    /// The run state (field 3): `b'R'` runnable, `b'D'` uninterruptible (I/O), `b'S'` sleeping...
+    pub state: u8,
 }
 
 /// What `/proc/<pid>/io` says about one process (storage-layer bytes).
@@ -60,7 +62,8 @@ pub fn parse_stat(text: &str) -> Option<PidStat> {
     // Field 3 (state) is the first after the comm; utime is field 14, stime 15, starttime 22,
     // rss 24.
     let mut fields = text[close + 1..].split_ascii_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let state = fields.next()?.bytes().next()?;
+    let utime: u64 = fields.nth(10)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     let start_ticks: u64 = fields.nth(6)?.parse().ok()?;
     let rss_pages: i64 = fields.nth(1)?.parse().ok()?;
@@ -69,6 +72,7 @@ pub fn parse_stat(text: &str) -> Option<PidStat> {
         start_ticks,
         rss_pages: rss_pages.max(0) as u64,
         is_postgres: comm.starts_with("postgres") || comm.starts_with("postmaster"),
+        state,
     })
 }
 
@@ -87,6 +91,14 @@ pub fn parse_io(text: &str) -> Option<PidIo> {
         read_bytes: read?,
         write_bytes: write?,
     })
+}
+
+/// `btime` (boot time, unix seconds) of `/proc/stat`.
+pub fn parse_btime(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|v| v as f64)
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 when the call fails.
@@ -148,6 +160,9 @@ pub struct ProcReader {
     io_refused_at: Option<Instant>,
     open: HashMap<i32, OpenPid>,
     round: u64,
+    boot_time: Option<Option<f64>>,
+    states: Vec<(i32, u8)>,
+    last_states: Vec<(i32, u8)>,
 }
 
 impl Default for ProcReader {
@@ -176,7 +191,27 @@ impl ProcReader {
             io_refused_at: None,
             open: HashMap::new(),
             round: 0,
+            boot_time: None,
+            states: Vec::new(),
+            last_states: Vec::new(),
         }
+    }
+
+    /// When the machine booted, in unix seconds (`btime` of `<root>/stat`), read once; `None`
+    /// when the file cannot be read.
+    pub fn boot_time(&mut self) -> Option<f64> {
+        if self.boot_time.is_none() {
+            let text = std::fs::read_to_string(self.root.join("stat")).unwrap_or_default();
+            self.boot_time = Some(parse_btime(&text));
+        }
+        self.boot_time.flatten()
+    }
+
+    /// When the process of `stat` started, in unix seconds (to within a second: `btime` is whole
+    /// seconds).
+    pub fn process_start(&mut self, stat: &PidStat) -> Option<f64> {
+        let boot = self.boot_time()?;
+        Some(boot + stat.start_ticks as f64 / clock_ticks_per_sec() as f64)
     }
 
     /// Whether `/proc/<pid>/io` was refused recently (the privilege is missing).
@@ -184,9 +219,17 @@ impl ProcReader {
         self.io_refused_at.is_some()
     }
 
+    /// (pid, run state) of every PostgreSQL process read in the round that the last
+    /// [`ProcReader::end_round`] closed.
+    pub fn last_round_states(&self) -> &[(i32, u8)] {
+        &self.last_states
+    }
+
     /// Closes the files of pids not sampled since the previous call. Call once per sampling
     /// round, after the round's [`ProcReader::sample`] calls.
     pub fn end_round(&mut self) {
+        std::mem::swap(&mut self.states, &mut self.last_states);
+        self.states.clear();
         let round = self.round;
         self.open.retain(|_, o| o.round == round);
         self.round += 1;
@@ -253,6 +296,7 @@ impl ProcReader {
         if !stat.is_postgres {
             return None;
         }
+        self.states.push((pid, stat.state));
         let io = if self.io_allowed() {
             let file = match entry.as_mut().and_then(|e| e.io.take()) {
                 Some(f) => Ok(f),
@@ -297,6 +341,7 @@ mod tests {
         assert_eq!(s.start_ticks, 987654);
         assert_eq!(s.rss_pages, 2048);
         assert!(s.is_postgres);
+        assert_eq!(s.state, b'R');
     }
 
     #[test]
@@ -343,6 +388,7 @@ mod tests {
         std::fs::write(dir.join("10/io"), "read_bytes: 1\nwrite_bytes: 2\n").unwrap();
         assert_eq!(r.sample(10).unwrap().io.map(|i| i.write_bytes), Some(2));
         r.end_round();
+        assert_eq!(r.last_round_states(), &[(10, b'R'), (10, b'R')]);
         // A cached file is re-read in place: new content shows without reopening.
         std::fs::write(dir.join("10/stat"), STAT.replace(" 1234 56 ", " 2000 56 ")).unwrap();
         assert_eq!(r.sample(10).unwrap().stat.cpu_ticks, 2056);
@@ -353,6 +399,26 @@ mod tests {
         assert_eq!(r.sample(12), None, "gone");
         assert_eq!(r.sample(-1), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn boot_time_and_process_start() {
+        assert_eq!(
+            parse_btime("cpu 1 2\nbtime 1700000000\nprocesses 5\n"),
+            Some(1.7e9)
+        );
+        assert_eq!(parse_btime("cpu 1 2\n"), None);
+        let mut real = ProcReader::new();
+        let boot = real.boot_time().expect("/proc/stat has btime");
+        let own = parse_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let started = real.process_start(&own).unwrap();
+        let now = crate::payload::unix_now();
+        assert!(
+            boot < started && started <= now + 1.0,
+            "{boot} {started} {now}"
+        );
+        let mut none = ProcReader::with_root("/nonexistent-proc");
+        assert_eq!(none.process_start(&own), None);
     }
 
     #[test]

@@ -611,6 +611,10 @@ pub struct StatementsConfig {
     /// first interval is a new baseline instead of one delta spanning the downtime. Defaults to
     /// 1 hour.
     pub max_baseline_age: Duration,
+    /// The log tailer's latest auto_explain plans per query_id: each interval's plans are
+    /// attached to the shipped row of the same queryid (`plan`, `plan_format`, `plan_summary`).
+    /// Defaults to none.
+    pub plans: Option<crate::logtail::PlanStore>,
 }
 
 impl StatementsConfig {
@@ -631,6 +635,7 @@ impl StatementsConfig {
             query_text: QueryText::default(),
             recheck: Duration::from_secs(300),
             max_baseline_age: Duration::from_secs(3600),
+            plans: None,
         }
     }
 }
@@ -643,6 +648,11 @@ pub struct StatementsCollector {
     availability: Availability,
     recheck_at: Option<Instant>,
     texts: HashMap<(u32, i64), Option<String>>,
+    /// The baseline was taken by [`StatementsCollector::prime`]: the next delta covers part of
+    /// an interval and says so.
+    primed: bool,
+    /// The last attempt to persist the baseline failed (logged once per streak).
+    persist_failing: bool,
 }
 
 struct Delta {
@@ -683,7 +693,27 @@ impl StatementsCollector {
             availability: Availability::Unknown,
             recheck_at: None,
             texts: HashMap::new(),
+            primed: false,
+            persist_failing: false,
         }
+    }
+
+    /// At start-up: takes a baseline now unless a persisted one is still usable, so the first
+    /// interval boundary already ships a delta (marked `partial_interval`) instead of only
+    /// taking the baseline.
+    pub fn prime(&mut self, client: &mut postgres::Client) -> Result<(), CollectError> {
+        let max_age = self.cfg.max_baseline_age.as_secs_f64();
+        if self
+            .baseline
+            .as_ref()
+            .is_some_and(|b| unix_now() - b.taken_at <= max_age)
+        {
+            return Ok(());
+        }
+        self.baseline = None;
+        self.collect(client)?;
+        self.primed = self.baseline.is_some();
+        Ok(())
     }
 
     /// Whether the extension was usable at the last check.
@@ -816,10 +846,21 @@ impl StatementsCollector {
         let persisted = self.persist(&current);
         self.baseline = Some(current);
         let mut payload = payload;
+        if std::mem::take(&mut self.primed) {
+            if let Some(p) = payload.as_mut() {
+                p.data.push("partial_interval", true);
+            }
+        }
+        if persisted.is_ok() && std::mem::take(&mut self.persist_failing) {
+            log::info!("statements collector: the baseline is saved again");
+        }
         if let Err(e) = persisted {
             // The deltas are right whatever the disk says; only a restart would lose the
-            // interval. Say so in the log and in the payload rather than drop the data.
-            log::warn!("{e}");
+            // interval. Say so in the log (once per streak) and in the payload rather than drop
+            // the data.
+            if !std::mem::replace(&mut self.persist_failing, true) {
+                log::warn!("{e} (logged once until saving works again)");
+            }
             if let Some(p) = payload.as_mut() {
                 p.data.push("errors", Json::Array(vec![e.to_json()]));
             } else {
@@ -891,6 +932,12 @@ impl StatementsCollector {
         self.fetch_texts(client, schema, &deltas)?;
 
         let cols = columns_for(cur.ext_version);
+        let mut plans = self
+            .cfg
+            .plans
+            .as_ref()
+            .map(|p| p.take())
+            .unwrap_or_default();
         let mut statements = Vec::with_capacity(deltas.len());
         for d in &deltas {
             let text = self.texts.get(&(d.key.1, d.key.2)).cloned().flatten();
@@ -902,6 +949,14 @@ impl StatementsCollector {
                 .field("status", d.status);
             push_counters(&mut o, &d.d, &cols);
             o.push("query", text);
+            if let Some(i) = plans.iter().position(|p| p.query_id == d.key.2) {
+                let p = plans.swap_remove(i);
+                o.push("plan_format", p.format.as_str());
+                if p.plan != Json::Null {
+                    o.push("plan", p.plan);
+                }
+                o.push("plan_summary", p.summary);
+            }
             statements.push(o);
         }
         let mut other = [0.0; N_SLOTS];

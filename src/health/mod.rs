@@ -259,6 +259,11 @@ pub(crate) struct Ctx {
     pub tables_budget: Duration,
 }
 
+/// Timeouts of this many parts in one cycle mean a lock that holds back more than one view: the
+/// rest of the cycle is skipped and the whole collector backs off (one locked view only backs
+/// its own part off).
+const BROAD_TIMEOUTS: u32 = 2;
+
 /// Per-part backoff and last-run bookkeeping, and the block's error list while it is built.
 struct Runner<'a> {
     cycle: u64,
@@ -270,6 +275,10 @@ struct Runner<'a> {
     version_stale: bool,
     /// The parts run inside one read-only transaction (see [`Health::collect`]).
     in_transaction: bool,
+    /// Parts that timed out in this cycle. From [`BROAD_TIMEOUTS`] on the statistics are locked
+    /// broadly (not one view): the remaining parts would meet the same lock, so they are skipped
+    /// and the whole collector backs off.
+    timeouts: u32,
 }
 
 impl Runner<'_> {
@@ -288,6 +297,10 @@ impl Runner<'_> {
                     return;
                 }
             }
+        }
+        if self.timeouts >= BROAD_TIMEOUTS {
+            out.push(part.name(), Json::Null);
+            return;
         }
         let backoff = self.backoffs.entry(part).or_default();
         if !backoff.allows(self.cycle) {
@@ -316,6 +329,10 @@ impl Runner<'_> {
                 if e.is_timeout() {
                     let skip = backoff.record_timeout(self.cycle);
                     err.push("backed_off_cycles", skip);
+                    self.timeouts += 1;
+                    if self.timeouts >= BROAD_TIMEOUTS {
+                        err.push("rest_of_cycle_skipped", true);
+                    }
                 }
                 self.version_stale |= e.is_version_mismatch();
                 self.errors.push(err);
@@ -359,6 +376,8 @@ pub struct Health {
     cycle: u64,
     last_collect: Option<Instant>,
     backoffs: HashMap<Part, Backoff>,
+    /// The whole collector's back-off, after a cycle in which [`BROAD_TIMEOUTS`] parts timed out.
+    gate: Backoff,
     last_run: HashMap<Part, Instant>,
     databases: databases::Databases,
     checkpoints: checkpoints::Checkpoints,
@@ -378,6 +397,7 @@ impl Health {
             cycle: 0,
             last_collect: None,
             backoffs: HashMap::new(),
+            gate: Backoff::new(0, 32),
             last_run: HashMap::new(),
             databases: databases::Databases::default(),
             checkpoints: checkpoints::Checkpoints::default(),
@@ -440,6 +460,23 @@ impl Health {
                 return out;
             }
         };
+        if !self.gate.allows(self.cycle) {
+            // The statistics were locked broadly lately: the whole collector waits (1, 2, 4, ...
+            // cycles), so such a lock costs the server log a few errors, not several per cycle.
+            out.push(
+                "errors",
+                Json::Array(vec![Json::object()
+                    .field("collector", "health")
+                    .field("skipped", "backed off after timeouts of several parts")
+                    .field("consecutive_timeouts", self.gate.consecutive_timeouts())
+                    .field(
+                        "resume_in_cycles",
+                        self.gate.resume_at().saturating_sub(self.cycle),
+                    )]),
+            );
+            self.cycle += 1;
+            return out;
+        }
         let ctx = Ctx {
             major: v / 10000,
             top_n: self.options.top_n,
@@ -457,6 +494,7 @@ impl Health {
             errors: Vec::new(),
             version_stale: false,
             in_transaction,
+            timeouts: 0,
         };
         let (dbs, ckpt, wal, slots) = (
             &mut self.databases,
@@ -502,6 +540,16 @@ impl Health {
         let mut errors = std::mem::take(&mut runner.errors);
         let mut stale = runner.version_stale;
         let in_transaction = runner.in_transaction;
+        if runner.timeouts >= BROAD_TIMEOUTS {
+            self.gate.record_timeout(self.cycle);
+            if in_transaction {
+                commit(client);
+            }
+            out.push("errors", Json::Array(errors));
+            self.cycle += 1;
+            return out;
+        }
+        self.gate.record_success();
         let rel = collect_relations(
             &mut self.relations,
             client,
@@ -625,6 +673,7 @@ fn collect_relations(
         errors: Vec::new(),
         version_stale: false,
         in_transaction,
+        timeouts: 0,
     };
     let tables = &mut state.tables;
     runner.run(Part::Tables, out, client, |c| tables.collect(c, ctx));

@@ -4,11 +4,14 @@
 //! listener links a slow query to the PHP request that ran it.
 //!
 //! Invariants: `data` is always an object and never contains `agent` (delivery stamps it); with
-//! `query_text = normalized` or `none` no statement text leaves the agent with its literals
-//! (query, STATEMENT, internal QUERY and `parameters:` details are normalized or dropped); a
-//! payload holds at most `max_entries_per_payload` entries.
+//! `query_text = normalized` no literal leaves the agent (query, STATEMENT, internal QUERY,
+//! plans, messages, DETAIL, HINT, CONTEXT and unparsed samples all go through
+//! [`crate::normalize`], the one place that decides what is customer data), and with `none` no
+//! statement text, plan text, DETAIL, HINT, CONTEXT or sample at all; a payload holds at most
+//! `max_entries_per_payload` entries.
 
 use crate::json::Json;
+use crate::normalize::LogText;
 use crate::payload::{Payload, Source};
 
 use super::entry::{timestamp_to_unix, Entry, Level};
@@ -20,14 +23,14 @@ pub use crate::config::QueryTextMode as QueryText;
 /// How payloads are built.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadOptions {
-    /// Query text policy. Defaults to [`QueryText::Normalized`].
+    /// Query text policy. Defaults to [`QueryText::Normalized`]. What it masks is decided by
+    /// [`crate::normalize`] alone.
     pub query_text: QueryText,
-    /// The literal normalizer. Defaults to [`crate::normalize::normalize`] (the same one the
-    /// activity sampler uses).
-    pub normalize: fn(&str) -> String,
-    /// Longest query text shipped, in characters (longer ones end in `...[truncated]`).
-    /// Defaults to 1000.
+    /// Longest query text (and DETAIL, HINT, CONTEXT) shipped, in characters (longer ones end in
+    /// `...[truncated]`). Defaults to 1000.
     pub max_query_chars: usize,
+    /// Largest auto_explain plan shipped per entry, in bytes. Defaults to 64 KiB.
+    pub plan_max_bytes: usize,
     /// Most entries per summary payload. Defaults to 500.
     pub max_entries_per_payload: usize,
     /// Most correlated payloads (requests) per batch, slowest first; each is one HTTP request
@@ -40,8 +43,8 @@ impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            normalize: crate::normalize::normalize,
             max_query_chars: 1000,
+            plan_max_bytes: 64 * 1024,
             max_entries_per_payload: 500,
             max_correlated: 100,
         }
@@ -49,12 +52,22 @@ impl Default for PayloadOptions {
 }
 
 impl PayloadOptions {
-    /// The options the agent's `[collection]` settings ask for (query text mode and length).
+    /// The options the agent's `[collection]` settings ask for (query text mode and length, plan
+    /// size).
     pub fn from_collection(c: &crate::config::CollectionConfig) -> PayloadOptions {
         PayloadOptions {
             query_text: c.query_text,
             max_query_chars: c.query_max_chars,
+            plan_max_bytes: c.plan_max_bytes,
             ..PayloadOptions::default()
+        }
+    }
+
+    /// The text rule of [`crate::normalize`] for these options.
+    fn text_rule(&self) -> crate::normalize::QueryText {
+        crate::normalize::QueryText {
+            mode: self.query_text.into(),
+            max_chars: self.max_query_chars,
         }
     }
 }
@@ -118,13 +131,18 @@ pub fn build_payloads(
             data.push("lines_read", stats.n_lines);
             data.push("parse_failures", stats.n_unparsed);
             if !stats.samples.is_empty() {
+                // A line the parser could not read may be anything, a statement included.
+                let rule = opts.text_rule();
                 let samples: Vec<Json> = stats
                     .samples
                     .iter()
                     .take(5)
-                    .map(|(_, s)| Json::from(s.as_str()))
+                    .filter_map(|(_, s)| rule.render_log_text(LogText::Unparsed, s))
+                    .map(Json::from)
                     .collect();
-                data.push("unparsed_samples", samples);
+                if !samples.is_empty() {
+                    data.push("unparsed_samples", samples);
+                }
             }
         }
         data.push("part", i + 1);
@@ -162,28 +180,72 @@ pub fn build_payloads(
     };
     groups.sort_by(|a, b| slowest(&b.1).total_cmp(&slowest(&a.1)));
     for (id, members) in groups.into_iter().take(opts.max_correlated) {
+        // A plan's duration repeats its statement's: the head and the total are statements'.
         let head = members
             .iter()
             .copied()
             .max_by(|a, b| {
-                a.duration_ms
-                    .unwrap_or(-1.0)
-                    .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                let d = |e: &Entry| match (e.plan_at, e.duration_ms) {
+                    (None, Some(d)) => d,
+                    (Some(_), Some(_)) => -0.5,
+                    _ => -1.0,
+                };
+                d(a).total_cmp(&d(b))
             })
             .expect("a group has members");
+        let statements = request_statements(&members);
         let mut data = entry_json(head, opts);
+        if let Json::Object(fields) = &mut data {
+            fields.retain(|(k, _)| k != "plan");
+        }
+        if data.get("query").is_none() {
+            // `log_statement` + a bare `duration:` line: the text is on the statement record.
+            let slowest_text = statements
+                .iter()
+                .filter(|s| s.text.is_some())
+                .max_by(|a, b| {
+                    a.duration_ms
+                        .unwrap_or(-1.0)
+                        .total_cmp(&b.duration_ms.unwrap_or(-1.0))
+                });
+            if let Some(q) = slowest_text
+                .and_then(|s| s.text)
+                .and_then(|t| opts.text_rule().render(t))
+            {
+                data.push("query", q);
+            }
+        }
         data.push("kind", "log_correlated");
         data.push("n_entries", members.len());
         data.push(
             "total_duration_ms",
-            members.iter().filter_map(|e| e.duration_ms).sum::<f64>(),
+            members
+                .iter()
+                .filter(|e| e.plan_at.is_none())
+                .filter_map(|e| e.duration_ms)
+                .sum::<f64>(),
         );
         data.push(
             "entries",
             members
                 .iter()
                 .take(MAX_ENTRIES_PER_CORRELATION)
-                .map(|e| entry_json(e, opts))
+                .map(|e| {
+                    let mut j = entry_json(e, opts);
+                    // The plan travels once, on its statement (`statements[].plan`).
+                    if let Json::Object(fields) = &mut j {
+                        fields.retain(|(k, _)| k != "plan");
+                    }
+                    j
+                })
+                .collect::<Vec<_>>(),
+        );
+        data.push(
+            "statements",
+            statements
+                .iter()
+                .take(MAX_ENTRIES_PER_CORRELATION)
+                .map(|s| s.to_json(opts))
                 .collect::<Vec<_>>(),
         );
         let at = head
@@ -201,19 +263,231 @@ pub fn build_payloads(
     out
 }
 
-/// Most entries listed inside one correlated payload (`n_entries` counts them all).
+/// Most entries (and statements) listed inside one correlated payload (`n_entries` counts them
+/// all).
 const MAX_ENTRIES_PER_CORRELATION: usize = 50;
 
-/// One entry as JSON; absent fields are left out to keep payloads small.
-pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
-    let text = |s: &str| -> Option<String> {
-        let t = match opts.query_text {
-            QueryText::Full => s.to_string(),
-            QueryText::Normalized => (opts.normalize)(s),
-            QueryText::None => return None,
+/// One statement of a request, assembled from the entries of its backend: its text, duration,
+/// auto_explain plan and the events (temp files, lock waits, timeouts) that happened to it.
+#[derive(Debug, Clone)]
+pub struct StatementRecord<'a> {
+    /// The entry that named the statement (or, for a statement known only from an error, the
+    /// error entry whose `STATEMENT` it is).
+    pub first: &'a Entry,
+    /// The statement text as the server logged it.
+    pub text: Option<&'a str>,
+    /// Its duration (`duration: N ms`).
+    pub duration_ms: Option<f64>,
+    /// The auto_explain entry of its plan.
+    pub plan: Option<&'a Entry>,
+    /// Event entries that happened to it.
+    pub events: Vec<&'a Entry>,
+    /// SQLSTATE of the error it ended with.
+    pub error: Option<&'a str>,
+}
+
+impl StatementRecord<'_> {
+    /// The statement as JSON, self-contained: `query`, `pid`, `timestamp`, `ts`, `duration_ms`,
+    /// `query_id`, `sqlstate`, `plan`, `plan_format`, `plan_truncated`, `plan_summary`, `events`.
+    pub fn to_json(&self, opts: &PayloadOptions) -> Json {
+        let rule = opts.text_rule();
+        let e = self.first;
+        let mut o = Json::object()
+            .field("query", self.text.and_then(|t| rule.render(t)))
+            .field("pid", e.pid.map(Json::from))
+            .field("timestamp", e.timestamp.as_deref())
+            .field(
+                "ts",
+                e.timestamp
+                    .as_deref()
+                    .and_then(timestamp_to_unix)
+                    .map(Json::Float),
+            )
+            .field("duration_ms", self.duration_ms.map(Json::Float));
+        let query_id = e
+            .query_id
+            .or(self.plan.and_then(|p| p.query_id))
+            .filter(|q| *q != 0);
+        o.push("query_id", query_id.map(Json::from));
+        if let Some(code) = self.error {
+            o.push("sqlstate", code);
+        }
+        if let Some(p) = self.plan {
+            let shipped = super::plan::ship(
+                p.plan().unwrap_or(""),
+                opts.query_text == QueryText::Full,
+                opts.plan_max_bytes,
+                p.duration_ms,
+            );
+            o.push("plan_format", shipped.format.as_str());
+            if opts.query_text != QueryText::None {
+                o.push("plan", shipped.plan);
+                if shipped.truncated || p.truncated {
+                    o.push("plan_truncated", true);
+                }
+            }
+            o.push("plan_summary", shipped.summary);
+        }
+        if !self.events.is_empty() {
+            o.push(
+                "events",
+                self.events
+                    .iter()
+                    .filter_map(|ev| {
+                        let mut j = ev.event.as_ref()?.to_json();
+                        j.push("timestamp", ev.timestamp.as_deref());
+                        Some(j)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        // Leave out what is not known rather than sending nulls.
+        if let Json::Object(fields) = &mut o {
+            fields.retain(|(_, v)| *v != Json::Null);
+        }
+        o
+    }
+}
+
+/// True for the protocol steps of the extended query protocol (`parse`, `bind`), which are not
+/// statements of their own.
+fn is_protocol_step(e: &Entry) -> bool {
+    let head = e.message_head();
+    let after = head.split_once(" ms  ").map_or(head, |(_, r)| r);
+    after.starts_with("parse ") || after.starts_with("bind ")
+}
+
+/// The statements of one request's entries (in file order), each linked, per backend pid, with
+/// its duration, its plan and its events: a `statement:` line opens a statement that the next
+/// `duration:` line of that pid closes; a `duration: N ms  statement:` line is one on its own;
+/// plans and events logged before the statement's line (auto_explain and temp files are logged
+/// when the executor ends) attach to the next statement of that pid, those logged while one is
+/// open attach to it; a plan whose `query_id` differs from the open statement's waits for the
+/// next one.
+pub fn request_statements<'a>(members: &[&'a Entry]) -> Vec<StatementRecord<'a>> {
+    struct PerPid<'a> {
+        pid: Option<u32>,
+        open: Option<usize>,
+        plan: Option<&'a Entry>,
+        events: Vec<&'a Entry>,
+    }
+    let mut out: Vec<StatementRecord<'a>> = Vec::new();
+    let mut pids: Vec<PerPid<'a>> = Vec::new();
+    for &e in members {
+        let at = match pids.iter().position(|p| p.pid == e.pid) {
+            Some(i) => i,
+            None => {
+                pids.push(PerPid {
+                    pid: e.pid,
+                    open: None,
+                    plan: None,
+                    events: Vec::new(),
+                });
+                pids.len() - 1
+            }
         };
-        Some(cut_chars(t, opts.max_query_chars))
-    };
+        let st = &mut pids[at];
+        let per_statement = e
+            .event
+            .as_ref()
+            .is_some_and(|ev| ev.class.is_per_statement());
+        let is_error = e.level.is_some_and(|l| l >= Level::Error);
+        if per_statement && !is_error {
+            match st.open {
+                Some(i) => out[i].events.push(e),
+                None => st.events.push(e),
+            }
+            continue;
+        }
+        if e.plan_at.is_some() {
+            let fits = st.open.is_some_and(|i| {
+                out[i].plan.is_none()
+                    && match (out[i].first.query_id, e.query_id) {
+                        (Some(a), Some(b)) if a != 0 && b != 0 => a == b,
+                        _ => true,
+                    }
+            });
+            match st.open {
+                Some(i) if fits => out[i].plan = Some(e),
+                _ => st.plan = Some(e),
+            }
+            continue;
+        }
+        if is_error {
+            // An error ends the open statement (or is the only trace of one).
+            let i = match st.open.take() {
+                Some(i) => i,
+                None => {
+                    out.push(StatementRecord {
+                        first: e,
+                        text: e.statement.as_deref(),
+                        duration_ms: None,
+                        plan: st.plan.take(),
+                        events: std::mem::take(&mut st.events),
+                        error: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            out[i].error = e.sqlstate.as_deref().or(Some("ERROR"));
+            if per_statement {
+                out[i].events.push(e);
+            }
+            continue;
+        }
+        if is_protocol_step(e) {
+            continue;
+        }
+        if let Some(q) = e.query() {
+            // A statement still open never got its duration line; this one replaces it.
+            st.open = None;
+            let plan = st.plan.take().filter(|p| within_window(p, e));
+            out.push(StatementRecord {
+                first: e,
+                text: Some(q),
+                duration_ms: e.duration_ms,
+                plan,
+                events: std::mem::take(&mut st.events),
+                error: None,
+            });
+            if e.duration_ms.is_none() {
+                st.open = Some(out.len() - 1);
+            }
+            continue;
+        }
+        if let (Some(d), Some(i)) = (e.duration_ms, st.open) {
+            out[i].duration_ms = Some(d);
+            if out[i].plan.is_none() {
+                out[i].plan = st.plan.take().filter(|p| within_window(p, e));
+            }
+            out[i].events.append(&mut st.events);
+            st.open = None;
+        }
+    }
+    out
+}
+
+/// True when a plan logged at `plan`'s time can belong to the statement that ended at `end`
+/// (its duration back, with a second of slack for clock rounding); true when a time is unknown.
+fn within_window(plan: &Entry, end: &Entry) -> bool {
+    let ts = |e: &Entry| e.timestamp.as_deref().and_then(timestamp_to_unix);
+    match (ts(plan), ts(end)) {
+        (Some(p), Some(t)) => {
+            let start = t - end.duration_ms.unwrap_or(0.0) / 1000.0;
+            p >= start - 1.0 && p <= t + 1.0
+        }
+        _ => true,
+    }
+}
+
+/// One entry as JSON; absent fields are left out to keep payloads small. Every text that may
+/// carry customer data goes through [`crate::normalize`] (statements, plans, messages, DETAIL,
+/// HINT, CONTEXT), so `query_text = normalized` ships no literal and `none` no statement text.
+pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
+    let rule = opts.text_rule();
+    let full = opts.query_text == QueryText::Full;
+    let sql = |s: &str| rule.render(s);
+    let log = |k: LogText, s: &str| rule.render_log_text(k, s);
     let mut o = Json::object();
     let mut put = |k: &str, v: Option<Json>| {
         if let Some(v) = v {
@@ -247,33 +521,58 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         "correlation_id",
         e.correlation_id.as_deref().map(Json::from),
     );
-    let message = match opts.query_text {
-        QueryText::Full => e.message.as_str(),
-        _ => e.message_head(),
+    let message = if full {
+        e.message.clone()
+    } else if e.has_statement_text() {
+        e.message_head().to_string()
+    } else {
+        crate::normalize::scrub(LogText::Message, &e.message)
     };
     put("message", Some(message.into()));
     put("duration_ms", e.duration_ms.map(Json::Float));
-    put("query", e.query().and_then(text).map(Json::from));
+    put("query", e.query().and_then(sql).map(Json::from));
     put(
         "statement",
-        e.statement.as_deref().and_then(text).map(Json::from),
+        e.statement.as_deref().and_then(sql).map(Json::from),
     );
     put(
         "internal_query",
-        e.internal_query.as_deref().and_then(text).map(Json::from),
+        e.internal_query.as_deref().and_then(sql).map(Json::from),
     );
-    let detail = e.detail.as_deref().and_then(|d| {
-        // Bind parameter values are literals too.
-        if d.starts_with("parameters: ") || d.starts_with("Parameters: ") {
-            text(d)
-        } else {
-            Some(d.to_string())
-        }
-    });
-    put("detail", detail.map(Json::from));
-    put("hint", e.hint.as_deref().map(Json::from));
-    put("context", e.context.as_deref().map(Json::from));
+    put(
+        "detail",
+        e.detail
+            .as_deref()
+            .and_then(|d| log(LogText::Detail, d))
+            .map(Json::from),
+    );
+    put(
+        "hint",
+        e.hint
+            .as_deref()
+            .and_then(|h| log(LogText::Hint, h))
+            .map(Json::from),
+    );
+    put(
+        "context",
+        e.context
+            .as_deref()
+            .and_then(|c| log(LogText::Context, c))
+            .map(Json::from),
+    );
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
+    put("event", e.event.as_ref().map(|ev| ev.to_json()));
+    if let Some(body) = e.plan() {
+        let p = super::plan::ship(body, full, opts.plan_max_bytes, e.duration_ms);
+        put("plan_format", Some(p.format.as_str().into()));
+        if opts.query_text != QueryText::None {
+            put("plan", Some(p.plan));
+            if p.truncated || e.truncated {
+                put("plan_truncated", Some(Json::Bool(true)));
+            }
+        }
+        put("plan_summary", Some(p.summary));
+    }
     if e.truncated {
         put("truncated", Some(Json::Bool(true)));
     }
@@ -303,15 +602,6 @@ fn split(entries: &[Entry], per: usize, max_bytes: usize) -> Vec<&[Entry]> {
     out
 }
 
-/// `s` cut to `max` characters, marked the way the other collectors mark it.
-fn cut_chars(mut s: String, max: usize) -> String {
-    if let Some((i, _)) = s.char_indices().nth(max) {
-        s.truncate(i);
-        s.push_str("...[truncated]");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +616,7 @@ mod tests {
             ..Entry::default()
         };
         e.append(Part::Message, "", msg.as_bytes());
-        e.finish("bitville-");
+        e.finish(&crate::normalize::CorrelationPattern::default());
         e
     }
 
@@ -432,6 +722,235 @@ mod tests {
             ps[1].data.get("query"),
             Some(&Json::from("SELECT *...[truncated]"))
         );
+    }
+
+    #[test]
+    fn no_literal_of_any_message_kind_is_shipped_normalized_and_none_ships_no_text() {
+        let mut es = vec![
+            entry(
+                "duration: 2.0 ms  plan:\nQuery Text: SELECT * FROM users WHERE email = 'secret@x.com'\n\
+                 Index Scan using users_email_key on users  (cost=0.29..8.31 rows=1 width=40)\n  \
+                 Index Cond: (email = 'secret@x.com'::text)\n  Filter: (id > 424242)",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "duplicate key value violates unique constraint \"users_email_key\"",
+                None,
+                Level::Error,
+            ),
+            entry(
+                "invalid input syntax for type integer: \"secret\"",
+                None,
+                Level::Error,
+            ),
+        ];
+        es[1].detail = Some("Key (email)=(secret@x.com) already exists.".into());
+        es[1].statement = Some("INSERT INTO users VALUES ('secret@x.com') /* secret */".into());
+        es[2].context = Some("SQL statement \"SELECT 'secret'\"".into());
+        es[2].hint = Some("try 'secret'".into());
+        let stats = ParseStats {
+            samples: vec![(0, "\tAND x = 'secret' AND y = \"secret\" AND 424242".into())],
+            n_unparsed: 1,
+            ..ParseStats::default()
+        };
+        let origin = Origin {
+            file: None,
+            format: Format::Stderr,
+        };
+        let all = |opts: &PayloadOptions| -> String {
+            build_payloads(&es, &stats, &origin, opts, 1.0)
+                .iter()
+                .map(|p| p.data.to_json_string())
+                .collect()
+        };
+        let text = all(&PayloadOptions::default());
+        assert!(
+            !text.contains("secret") && !text.contains("424242"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""plan":"Query Text: SELECT * FROM users WHERE email = ?"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""message":"duration: 2.0 ms  plan:""#),
+            "{text}"
+        );
+        assert!(text.contains("Key (email)=(?) already exists."), "{text}");
+        assert!(text.contains(r#""plan_format":"text""#), "{text}");
+        let none = PayloadOptions {
+            query_text: QueryText::None,
+            ..PayloadOptions::default()
+        };
+        let text = all(&none);
+        assert!(
+            !text.contains("secret") && !text.contains("424242"),
+            "{text}"
+        );
+        for field in [
+            "\"plan\"",
+            "\"detail\"",
+            "\"context\"",
+            "\"hint\"",
+            "\"statement\"",
+            "unparsed_samples",
+        ] {
+            assert!(!text.contains(field), "{field} in {text}");
+        }
+        assert!(text.contains("plan_summary"), "{text}");
+        let full = PayloadOptions {
+            query_text: QueryText::Full,
+            ..PayloadOptions::default()
+        };
+        assert!(all(&full).contains("Key (email)=(secret@x.com)"));
+    }
+
+    #[test]
+    fn correlated_records_list_statements_with_their_plans_and_events() {
+        let plan = "duration: 900.0 ms  plan:\n{\"Query Text\": \"SELECT * FROM t WHERE a = 'secret'\", \"Plan\": {\"Node Type\": \"Sort\", \"Sort Space Type\": \"Disk\", \"Sort Method\": \"external merge\", \"Sort Space Used\": 2048, \"Filter\": \"(a = 'secret'::text)\"}}";
+        let mut es = vec![
+            // log_statement, then auto_explain and a temp file, then the duration line.
+            entry(
+                "statement: SELECT * FROM t WHERE a = 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(plan, Some(ID), Level::Log),
+            entry(
+                "temporary file: path \"base/pgsql_tmp/x\", size 209715200",
+                Some(ID),
+                Level::Log,
+            ),
+            entry("duration: 901.5 ms", Some(ID), Level::Log),
+            // No log_statement: the lock wait comes first, the statement after.
+            entry(
+                "process 7 still waiting for ShareLock on transaction 9 after 4000.0 ms",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "duration: 4100.0 ms  statement: UPDATE t SET v = 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
+            entry(
+                "canceling statement due to lock timeout",
+                Some(ID),
+                Level::Error,
+            ),
+        ];
+        es[4].detail = Some("Process holding the lock: 8. Wait queue: 7.".into());
+        es[4].event = crate::logtail::events::classify(&es[4]);
+        es[6].statement = Some("UPDATE t SET v = 'other secret'".into());
+        es[6].sqlstate = Some("55P03".into());
+        let members: Vec<&Entry> = es.iter().collect();
+        let stmts = request_statements(&members);
+        assert_eq!(stmts.len(), 3);
+        let opts = PayloadOptions::default();
+        let first = stmts[0].to_json(&opts).to_json_string();
+        assert!(
+            first.contains(r#""query":"SELECT * FROM t WHERE a = ?""#),
+            "{first}"
+        );
+        assert!(first.contains(r#""duration_ms":901.5"#), "{first}");
+        assert!(
+            first.contains(r#""plan":{"Query Text":"SELECT * FROM t WHERE a = ?""#),
+            "{first}"
+        );
+        assert!(first.contains(r#""spilled":true"#), "{first}");
+        assert!(
+            first.contains(r#""events":[{"class":"temp_file","size_bytes":209715200.0"#),
+            "{first}"
+        );
+        let second = stmts[1].to_json(&opts).to_json_string();
+        assert!(
+            second.contains(r#""class":"lock_wait""#) && second.contains(r#""wait_ms":4000.0"#),
+            "{second}"
+        );
+        assert!(second.contains(r#""blocker_pids":[8]"#), "{second}");
+        let third = stmts[2].to_json(&opts).to_json_string();
+        assert!(
+            third.contains(r#""sqlstate":"55P03""#) && third.contains("lock_timeout"),
+            "{third}"
+        );
+        let ps = build_payloads(
+            &es,
+            &ParseStats::default(),
+            &Origin {
+                file: None,
+                format: Format::Stderr,
+            },
+            &opts,
+            1.0,
+        );
+        let correlated = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        // The slowest statement heads the record; the plan's duration is not counted twice.
+        assert_eq!(
+            correlated.data.get("duration_ms"),
+            Some(&Json::Float(4100.0))
+        );
+        assert_eq!(
+            correlated.data.get("total_duration_ms"),
+            Some(&Json::Float(5001.5))
+        );
+        let text = correlated.data.to_json_string();
+        assert!(
+            text.contains(r#""statements":[{"query":"SELECT * FROM t WHERE a = ?""#),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn with_log_statement_the_record_takes_its_query_from_the_statement() {
+        let es = vec![
+            entry(
+                "statement: SELECT pg_sleep(0.9), 'secret'",
+                Some(ID),
+                Level::Log,
+            ),
+            entry("duration: 900.5 ms", Some(ID), Level::Log),
+        ];
+        let ps = build_payloads(
+            &es,
+            &ParseStats::default(),
+            &Origin {
+                file: None,
+                format: Format::Stderr,
+            },
+            &PayloadOptions::default(),
+            1.0,
+        );
+        let c = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
+        assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(900.5)));
+        assert_eq!(
+            c.data.get("query"),
+            Some(&Json::from("SELECT pg_sleep(?), ?"))
+        );
+    }
+
+    #[test]
+    fn a_plan_from_outside_the_statements_time_window_is_not_attached() {
+        let mut old_plan = entry(
+            "duration: 5.0 ms  plan:\nQuery Text: SELECT 1\nResult  (cost=0.00..0.01 rows=1 width=4)",
+            Some(ID),
+            Level::Log,
+        );
+        old_plan.timestamp = Some("2024-05-01 11:50:00.000 UTC".into());
+        let stmt = entry(
+            "duration: 5.0 ms  statement: SELECT 2",
+            Some(ID),
+            Level::Log,
+        );
+        let members = vec![&old_plan, &stmt];
+        let stmts = request_statements(&members);
+        assert_eq!(stmts.len(), 1);
+        assert!(stmts[0].plan.is_none());
+        let mut recent = old_plan.clone();
+        recent.timestamp = stmt.timestamp.clone();
+        let members = vec![&recent, &stmt];
+        assert!(request_statements(&members)[0].plan.is_some());
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl CsvRecord {
 
     /// The completed record as an entry (`None` when it has no recognisable severity), and
     /// resets the reader for the next record.
-    pub fn take(&mut self, correlation_prefix: &str) -> Option<Entry> {
+    pub fn take(&mut self, correlation: &crate::normalize::CorrelationPattern) -> Option<Entry> {
         let n = self.n_fields;
         let truncated = self.truncated;
         self.has_bytes = false;
@@ -196,7 +196,7 @@ impl CsvRecord {
         e.set(Part::Statement, f(col::QUERY));
         e.set(Part::Location, f(col::LOCATION));
         e.truncated |= truncated;
-        e.finish(correlation_prefix);
+        e.finish(correlation);
         Some(e)
     }
 
@@ -247,7 +247,11 @@ impl CsvRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logtail::entry::DEFAULT_CORRELATION_PREFIX as P;
+    use crate::normalize::CorrelationPattern;
+
+    fn p() -> CorrelationPattern {
+        CorrelationPattern::default()
+    }
 
     fn feed(r: &mut CsvRecord, text: &str) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -257,7 +261,7 @@ mod tests {
                 None => (line, false),
             };
             if r.push(body.as_bytes(), end) {
-                out.extend(r.take(P));
+                out.extend(r.take(&p()));
             }
         }
         out
@@ -301,7 +305,7 @@ mod tests {
         assert!(!r.push(a.as_bytes(), false));
         assert!(r.in_progress());
         assert!(r.push(b.as_bytes(), true));
-        let e = r.take(P).unwrap();
+        let e = r.take(&p()).unwrap();
         assert_eq!(e.application_name.as_deref(), Some("psql"));
         assert_eq!(e.duration_ms, Some(5.5));
         assert_eq!(e.query(), Some("SELECT 1"));
@@ -312,10 +316,10 @@ mod tests {
     fn garbage_and_oversized_fields_are_bounded() {
         let mut r = CsvRecord::new();
         assert!(r.push(b"not,a,log,line", true));
-        assert!(r.take(P).is_none());
+        assert!(r.take(&p()).is_none());
         let big = format!("t,,,1,,,,,,,,LOG,,\"{}\"", "y".repeat(MAX_ENTRY_BYTES * 2));
         assert!(r.push(big.as_bytes(), true));
-        let e = r.take(P).unwrap();
+        let e = r.take(&p()).unwrap();
         assert!(e.truncated);
         assert_eq!(e.message.len(), MAX_ENTRY_BYTES);
     }

@@ -249,8 +249,14 @@ pub struct Entry {
     /// Byte offset in `message` where the statement text of a `statement:` / `execute <name>:` /
     /// `duration: N ms  statement: ...` message starts (see [`Entry::query`]).
     pub query_at: Option<usize>,
+    /// Byte offset in `message` where the plan of an auto_explain `duration: N ms  plan:` message
+    /// starts (see [`Entry::plan`]).
+    pub plan_at: Option<usize>,
     /// The correlation ID (`bitville-<uuid>` by default) from the application name or the query.
     pub correlation_id: Option<String>,
+    /// What the entry is, when it is one of the events that explain load (temp file, lock
+    /// wait, checkpoint, ...; see [`super::events`]).
+    pub event: Option<super::events::Event>,
     /// True when text was dropped to keep the entry under [`MAX_ENTRY_BYTES`].
     pub truncated: bool,
     /// Text bytes held so far (to enforce the cap without summing every time).
@@ -263,13 +269,23 @@ impl Entry {
         self.query_at.and_then(|at| self.message.get(at..))
     }
 
-    /// The message without the statement text (`duration: 1.5 ms  statement:`), for payloads that
-    /// must not carry literal values.
+    /// The plan of an auto_explain `duration: N ms  plan:` message (any `log_format`).
+    pub fn plan(&self) -> Option<&str> {
+        self.plan_at.and_then(|at| self.message.get(at..))
+    }
+
+    /// The message without the statement text or plan (`duration: 1.5 ms  statement:`,
+    /// `duration: 1.5 ms  plan:`), for payloads that must not carry literal values.
     pub fn message_head(&self) -> &str {
-        match self.query_at {
+        match self.query_at.or(self.plan_at) {
             Some(at) => self.message.get(..at).unwrap_or("").trim_end(),
             None => &self.message,
         }
+    }
+
+    /// True when the message is a statement text or a plan, whose head alone may be shipped.
+    pub fn has_statement_text(&self) -> bool {
+        self.query_at.is_some() || self.plan_at.is_some()
     }
 
     /// Bytes of text the entry holds.
@@ -334,8 +350,8 @@ impl Entry {
     }
 
     /// Derives what the message implies once the entry is complete: the SQLSTATE of verbose
-    /// output, the duration and statement text, and the correlation ID.
-    pub fn finish(&mut self, correlation_prefix: &str) {
+    /// output, the duration and statement text or plan, the correlation ID, and the event class.
+    pub fn finish(&mut self, correlation: &crate::normalize::CorrelationPattern) {
         if self.sqlstate.is_none() {
             if let Some(code) = verbose_sqlstate(self.message.as_bytes()) {
                 self.sqlstate = Some(code.to_string());
@@ -346,23 +362,28 @@ impl Entry {
         let (duration, query_at) = parse_statement_message(&self.message);
         self.duration_ms = duration;
         self.query_at = query_at;
+        self.plan_at = if duration.is_some() && query_at.is_none() {
+            plan_start(&self.message)
+        } else {
+            None
+        };
         if self.correlation_id.is_none() {
-            let found = self
-                .application_name
-                .as_deref()
-                .and_then(|a| crate::normalize::extract_correlation_id(a, correlation_prefix))
+            // The same markers, in the same order of trust, as the activity sampler's; the
+            // prefixed form inside a statement text is the Python agent's habit, kept.
+            let texts: Vec<&str> = [self.query(), self.statement.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            self.correlation_id = correlation
+                .find(self.application_name.as_deref(), &texts)
+                .map(|c| c.id)
                 .or_else(|| {
-                    self.query().and_then(|q| {
-                        crate::normalize::extract_correlation_id(q, correlation_prefix)
-                    })
-                })
-                .or_else(|| {
-                    self.statement.as_deref().and_then(|q| {
-                        crate::normalize::extract_correlation_id(q, correlation_prefix)
-                    })
+                    let prefixed = |t: &&str| correlation.extract(t).map(str::to_string);
+                    let accepted = correlation.sources.application_name;
+                    texts.iter().filter(|_| accepted).find_map(prefixed)
                 });
-            self.correlation_id = found.map(str::to_string);
         }
+        self.event = super::events::classify(self);
     }
 }
 
@@ -435,6 +456,14 @@ pub fn parse_statement_message(msg: &str) -> (Option<f64>, Option<usize>) {
         None
     };
     (duration, tag_end.filter(|&e| e <= b.len()))
+}
+
+/// Where the plan of `duration: N ms  plan:` starts (after the newline or spaces that follow).
+pub fn plan_start(msg: &str) -> Option<usize> {
+    let first_line = msg.split('\n').next().unwrap_or("");
+    let at = first_line.find(" ms  plan:")? + " ms  plan:".len();
+    let rest = &msg[at..];
+    Some(at + (rest.len() - rest.trim_start().len()))
 }
 
 /// Converts a PostgreSQL timestamp (`2024-05-01 12:00:00[.123] UTC`, also `+02`, `-0330`, `Z`,
@@ -586,7 +615,7 @@ mod tests {
             "",
             b"00000: duration: 2.5 ms  statement: SELECT 1",
         );
-        e.finish(DEFAULT_CORRELATION_PREFIX);
+        e.finish(&crate::normalize::CorrelationPattern::default());
         assert_eq!(e.sqlstate.as_deref(), Some("00000"));
         assert_eq!(e.duration_ms, Some(2.5));
         assert_eq!(e.query(), Some("SELECT 1"));

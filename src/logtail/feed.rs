@@ -15,7 +15,9 @@ use crate::payload::{unix_now, Payload, Source};
 use super::build::{build_payloads, Origin, PayloadOptions};
 use super::discover::LogSource;
 use super::entry::{Entry, Level};
+use super::events::EventClass;
 use super::parse::{EntryParser, ParseStats};
+use super::plan::{PlanStore, StoredPlan};
 use super::tail::{Position, TailConfig, TailError, Tailer};
 
 /// How the feed batches.
@@ -32,10 +34,10 @@ pub struct FeedConfig {
     /// How payloads are built.
     pub payload: PayloadOptions,
     /// Entries shipped in full per interval. Beyond it (a log burst, e.g.
-    /// `log_min_duration_statement = 0` under load) only warnings and worse and entries with a
-    /// correlation ID are kept; the others are read and counted (`over_budget`), so the tailer
-    /// keeps up with the file and the spool keeps room for the other collectors. Defaults to
-    /// unlimited.
+    /// `log_min_duration_statement = 0` under load) only events, warnings and worse and entries
+    /// with a correlation ID are kept (plain statement entries stop at four fifths of it); the
+    /// others are read and counted (`over_budget`), so the tailer keeps up with the file and the
+    /// spool keeps room for the other collectors. Defaults to unlimited.
     pub max_entries_per_interval: usize,
 }
 
@@ -79,6 +81,42 @@ pub struct LogFeed {
     kept_in_interval: usize,
     /// Entries read but not shipped because of the budget, by severity, not yet reported.
     over_budget: Vec<(Level, u64)>,
+    /// Events per class read since the last flush (shipped or not), not yet reported.
+    event_counts: Vec<(EventClass, u64)>,
+    /// The agent's own sessions' entries (`bitville-monitor`), by severity: counted, not shipped.
+    own_entries: Vec<(Level, u64)>,
+    /// Where the latest plan per query_id goes for the statements collector, when attached.
+    plans: Option<PlanStore>,
+    /// Whether correlated statements go to [`LogFeed::take_correlated`] (the daemon's
+    /// correlator) instead of correlated `pg_log` payloads.
+    route_correlated: bool,
+    /// Held entries before this index were already handed to `take_correlated`.
+    correlated_from: usize,
+    /// Correlated statements of entries flushed before `take_correlated` was called.
+    correlated_out: Vec<Json>,
+}
+
+/// Adds one to `key`'s count.
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
+/// `{"entries": total, "severity_counts": {...}}` of severity counts.
+fn severity_report(mut counts: Vec<(Level, u64)>) -> Json {
+    counts.sort();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    Json::object().field("entries", total).field(
+        "severity_counts",
+        Json::Object(
+            counts
+                .iter()
+                .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
+                .collect(),
+        ),
+    )
 }
 
 impl LogFeed {
@@ -96,27 +134,124 @@ impl LogFeed {
             budget_since: now,
             kept_in_interval: 0,
             over_budget: Vec::new(),
+            event_counts: Vec::new(),
+            own_entries: Vec::new(),
+            plans: None,
+            route_correlated: false,
+            correlated_from: 0,
+            correlated_out: Vec::new(),
         }
     }
 
-    /// Holds `e` for the next payloads, or only counts it when the interval's budget is spent
-    /// and it is neither a warning (or worse) nor part of a request.
+    /// Hands correlated statements to [`LogFeed::take_correlated`] as soon as they are read,
+    /// and builds no correlated `pg_log` payloads of its own (the entries stay in the summary
+    /// payloads): the daemon merges them with the sampler's into one record per request.
+    pub fn route_correlated(&mut self) {
+        self.route_correlated = true;
+        self.cfg.payload.max_correlated = 0;
+    }
+
+    /// The correlated statements read since the last call, each as the log's per-statement
+    /// JSON of a correlated payload (so whatever the payload builder attaches travels along).
+    /// Empty unless [`LogFeed::route_correlated`] was called.
+    pub fn take_correlated(&mut self) -> Vec<Json> {
+        self.collect_correlated();
+        std::mem::take(&mut self.correlated_out)
+    }
+
+    fn collect_correlated(&mut self) {
+        if !self.route_correlated || self.correlated_from >= self.entries.len() {
+            return;
+        }
+        let fresh: Vec<Entry> = self.entries[self.correlated_from..]
+            .iter()
+            .filter(|e| e.correlation_id.is_some())
+            .cloned()
+            .collect();
+        self.correlated_from = self.entries.len();
+        if fresh.is_empty() {
+            return;
+        }
+        let opts = PayloadOptions {
+            max_correlated: usize::MAX,
+            ..self.cfg.payload
+        };
+        let origin = Origin {
+            file: None,
+            format: self.tailer.parser().format(),
+        };
+        let built = build_payloads(&fresh, &ParseStats::default(), &origin, &opts, unix_now());
+        for p in built.into_iter().filter(|p| p.correlation_id.is_some()) {
+            if let Some(Json::Array(entries)) = p.data.get("entries") {
+                self.correlated_out.extend(entries.iter().cloned());
+            }
+        }
+    }
+
+    /// Records the latest auto_explain plan of each query_id (entries with a plan and a
+    /// `query_id`) into `store`, whatever the budget ships.
+    pub fn with_plan_store(mut self, store: PlanStore) -> LogFeed {
+        self.plans = Some(store);
+        self
+    }
+
+    fn record_plan(&self, e: &Entry) {
+        let (Some(store), Some(body), Some(qid)) =
+            (&self.plans, e.plan(), e.query_id.filter(|q| *q != 0))
+        else {
+            return;
+        };
+        let opts = &self.cfg.payload;
+        let full = opts.query_text == super::build::QueryText::Full;
+        let p = super::plan::ship(body, full, opts.plan_max_bytes, e.duration_ms);
+        let none = opts.query_text == super::build::QueryText::None;
+        store.record(StoredPlan {
+            query_id: qid,
+            at: e
+                .timestamp
+                .as_deref()
+                .and_then(super::entry::timestamp_to_unix)
+                .unwrap_or_else(unix_now),
+            plan: if none { Json::Null } else { p.plan },
+            format: p.format,
+            truncated: p.truncated || e.truncated,
+            summary: p.summary,
+        });
+    }
+
+    /// Holds `e` for the next payloads, or only counts it. The agent's own sessions' entries are
+    /// only counted (`own_entries`). Events, warnings (or worse) and entries of a request are
+    /// always held; beyond the interval's budget the others are counted (`over_budget`), plain
+    /// statement entries first: they may use only four fifths of the budget, so a burst of them
+    /// leaves room for the other lines.
     fn take(&mut self, e: Entry) {
-        let important = e.correlation_id.is_some()
+        let level = e.level.unwrap_or(Level::Log);
+        if e.application_name.as_deref() == Some(crate::pool::APPLICATION_NAME) {
+            bump(&mut self.own_entries, level);
+            return;
+        }
+        if let Some(ev) = &e.event {
+            bump(&mut self.event_counts, ev.class);
+        }
+        self.record_plan(&e);
+        let important = e.event.is_some()
+            || e.correlation_id.is_some()
             || matches!(
-                e.level,
-                Some(Level::Warning | Level::Error | Level::Fatal | Level::Panic)
+                level,
+                Level::Warning | Level::Error | Level::Fatal | Level::Panic
             );
-        if self.kept_in_interval < self.cfg.max_entries_per_interval || important {
+        let budget = self.cfg.max_entries_per_interval;
+        let limit = if e.has_statement_text() || e.duration_ms.is_some() {
+            budget - budget / 5
+        } else {
+            budget
+        };
+        if important || self.kept_in_interval < limit {
             self.kept_in_interval += 1;
             self.held_bytes += e.size();
             self.entries.push(e);
         } else {
-            let level = e.level.unwrap_or(Level::Log);
-            match self.over_budget.iter_mut().find(|(l, _)| *l == level) {
-                Some((_, n)) => *n += 1,
-                None => self.over_budget.push((level, 1)),
-            }
+            bump(&mut self.over_budget, level);
         }
     }
 
@@ -134,8 +269,9 @@ impl LogFeed {
         let per_interval =
             collection.log_max_entries_per_minute as f64 * collection.interval.as_secs_f64() / 60.0;
         log::info!("server log: {}", src.description);
-        let parser = EntryParser::new(src.format, &src.prefix)
-            .with_correlation_prefix(&collection.correlation_prefix);
+        let parser = EntryParser::new(src.format, &src.prefix).with_correlation(
+            crate::normalize::CorrelationPattern::from_collection(collection),
+        );
         for w in parser.warnings() {
             log::warn!("{w}");
         }
@@ -197,6 +333,8 @@ impl LogFeed {
 
     /// Builds the payloads of everything held now, whatever the interval (shutdown, tests).
     pub fn flush(&mut self, now: Instant) -> Flush {
+        self.collect_correlated();
+        self.correlated_from = 0;
         self.last_flush = now;
         let entries = std::mem::take(&mut self.entries);
         self.held_bytes = 0;
@@ -210,32 +348,50 @@ impl LogFeed {
         } else {
             build_payloads(&entries, &stats, &origin, &self.cfg.payload, unix_now())
         };
+        let mut extras: Vec<(&str, Json)> = Vec::new();
         if !self.over_budget.is_empty() {
-            let mut counts = std::mem::take(&mut self.over_budget);
-            counts.sort();
-            let total: u64 = counts.iter().map(|(_, n)| n).sum();
-            let report = Json::object().field("entries", total).field(
-                "severity_counts",
-                Json::Object(
-                    counts
-                        .iter()
-                        .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
-                        .collect(),
-                ),
-            );
-            match payloads.iter_mut().find(|p| p.correlation_id.is_none()) {
-                Some(p) => p.data.push("over_budget", report),
-                None => payloads.push(Payload {
-                    source: Source::PgLog,
-                    collected_at: unix_now(),
-                    correlation_id: None,
-                    data: Json::object()
-                        .field("kind", "log_entries")
-                        .field("file", origin.file.clone())
-                        .field("format", origin.format.as_str())
-                        .field("count", 0u64)
-                        .field("over_budget", report),
-                }),
+            extras.push((
+                "over_budget",
+                severity_report(std::mem::take(&mut self.over_budget)),
+            ));
+        }
+        if !self.own_entries.is_empty() {
+            extras.push((
+                "own_entries",
+                severity_report(std::mem::take(&mut self.own_entries)),
+            ));
+        }
+        let mut events = std::mem::take(&mut self.event_counts);
+        events.sort();
+        let event_counts = Json::Object(
+            events
+                .iter()
+                .map(|(c, n)| (c.as_str().to_string(), Json::UInt(*n)))
+                .collect(),
+        );
+        if !events.is_empty() || !extras.is_empty() || !payloads.is_empty() {
+            // Per-class counts always travel, in the first summary payload of the flush.
+            extras.push(("event_counts", event_counts));
+        }
+        if !extras.is_empty() {
+            let summary = match payloads.iter_mut().position(|p| p.correlation_id.is_none()) {
+                Some(i) => i,
+                None => {
+                    payloads.push(Payload {
+                        source: Source::PgLog,
+                        collected_at: unix_now(),
+                        correlation_id: None,
+                        data: Json::object()
+                            .field("kind", "log_entries")
+                            .field("file", origin.file.clone())
+                            .field("format", origin.format.as_str())
+                            .field("count", 0u64),
+                    });
+                    payloads.len() - 1
+                }
+            };
+            for (k, v) in extras {
+                payloads[summary].data.push(k, v);
             }
         }
         Flush {
@@ -327,6 +483,81 @@ mod tests {
         let (_, text) = poll_text(&mut feed, t0 + Duration::from_secs(122));
         assert!(
             text.contains("next interval") && !text.contains("over_budget"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn over_the_budget_events_are_kept_statements_go_first_and_own_lines_are_counted_apart() {
+        let dir = std::env::temp_dir().join(format!("logtail-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("pg.log");
+        let mut f = std::fs::File::create(&log).unwrap();
+        let line = |f: &mut std::fs::File, app: &str, msg: &str| {
+            writeln!(f, "2024-05-01 12:00:00.000 UTC [1] {app} LOG:  {msg}").unwrap();
+        };
+        // Ten statements fill four fifths of a budget of 10; then two other lines fit, then
+        // events beyond the budget are all kept.
+        for i in 0..10 {
+            line(
+                &mut f,
+                "app",
+                &format!("duration: 1.0 ms  statement: SELECT {i}"),
+            );
+        }
+        line(&mut f, "app", "routine one");
+        line(&mut f, "app", "routine two");
+        line(&mut f, "app", "routine three");
+        line(&mut f, "app", "routine four");
+        for _ in 0..3 {
+            line(
+                &mut f,
+                "app",
+                "temporary file: path \"base/pgsql_tmp/x\", size 4096",
+            );
+        }
+        line(&mut f, "app", "checkpoint starting: time");
+        line(
+            &mut f,
+            "bitville-monitor",
+            "duration: 1.0 ms  statement: SELECT own",
+        );
+        line(&mut f, "bitville-monitor", "checkpoint starting: time");
+        line(&mut f, "app", "routine end");
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        tc.start_at_end = false;
+        tc.settle = Duration::ZERO;
+        let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] %a "));
+        let t0 = Instant::now();
+        let cfg = FeedConfig {
+            max_entries_per_interval: 10,
+            ..FeedConfig::default()
+        };
+        let mut feed = LogFeed::new(tailer, cfg, t0);
+        let (_, text) = poll_text(&mut feed, t0 + Duration::from_secs(61));
+        assert!(
+            text.contains("SELECT ?") && text.contains("routine two"),
+            "{text}"
+        );
+        assert!(!text.contains("routine three"), "{text}");
+        assert_eq!(text.matches("\"class\":\"temp_file\"").count(), 3, "{text}");
+        assert!(
+            text.contains(r#""event_counts":{"temp_file":3,"checkpoint_starting":1}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""own_entries":{"entries":2,"severity_counts":{"LOG":2}}"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("SELECT own") && !text.contains("bitville-monitor"),
+            "{text}"
+        );
+        // Eight statements were kept (four fifths of 10), two dropped; then two routine lines.
+        assert_eq!(text.matches("statement:").count(), 8, "{text}");
+        assert!(
+            text.contains(r#""over_budget":{"entries":5,"severity_counts":{"LOG":5}}"#),
             "{text}"
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -212,7 +212,7 @@ pub fn parse_line(
     line: &[u8],
     key_buf: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
-    correlation_prefix: &str,
+    correlation: &crate::normalize::CorrelationPattern,
 ) -> Option<Entry> {
     let mut e = Entry::default();
     let mut level = None;
@@ -259,17 +259,22 @@ pub fn parse_line(
     }
     let level = level.filter(|l| l.is_primary())?;
     e.level = Some(level);
-    e.finish(correlation_prefix);
+    e.finish(correlation);
     Some(e)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logtail::entry::DEFAULT_CORRELATION_PREFIX as P;
+    use crate::normalize::CorrelationPattern;
 
     fn parse(line: &str) -> Option<Entry> {
-        parse_line(line.as_bytes(), &mut Vec::new(), &mut Vec::new(), P)
+        parse_line(
+            line.as_bytes(),
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &CorrelationPattern::default(),
+        )
     }
 
     #[test]

@@ -19,9 +19,11 @@ pub mod build;
 pub mod csvlog;
 pub mod discover;
 pub mod entry;
+pub mod events;
 pub mod feed;
 pub mod jsonlog;
 pub mod parse;
+pub mod plan;
 pub mod prefix;
 pub mod tail;
 
@@ -34,4 +36,5 @@ pub use discover::{
 pub use entry::{Entry, Level};
 pub use feed::{FeedConfig, Flush, LogFeed};
 pub use parse::{EntryParser, Format, ParseStats};
+pub use plan::{PlanStore, StoredPlan};
 pub use tail::{Follow, Position, TailConfig, TailError, Tailer};

@@ -8,9 +8,10 @@
 //! persist. Nothing here panics on any input, and memory is bounded per entry.
 
 use super::csvlog::CsvRecord;
-use super::entry::{lossy, Entry, Part, DEFAULT_CORRELATION_PREFIX};
+use super::entry::{lossy, Entry, Part};
 use super::jsonlog;
 use super::prefix::{PrefixMatch, PrefixParser};
+use crate::normalize::CorrelationPattern;
 
 /// The longest jsonlog line kept; the rest of a longer line is dropped and the entry marked
 /// truncated (the keys before the cut are still read).
@@ -114,7 +115,7 @@ enum Kind {
 /// A stateful parser for one format, fed physical lines (or pieces of very long lines).
 pub struct EntryParser {
     kind: Kind,
-    correlation_prefix: String,
+    correlation: CorrelationPattern,
     pending: Option<Entry>,
     pending_start: u64,
     /// The previous push ended without a newline: this push continues the same line.
@@ -128,7 +129,7 @@ pub struct EntryParser {
 
 impl EntryParser {
     /// A parser for `format`; `prefix` is `log_line_prefix` (used for stderr only). The
-    /// correlation prefix is [`DEFAULT_CORRELATION_PREFIX`] until set.
+    /// correlation pattern is the default one until set.
     pub fn new(format: Format, prefix: &str) -> EntryParser {
         let kind = match format {
             Format::Stderr => Kind::Stderr {
@@ -145,7 +146,7 @@ impl EntryParser {
         };
         EntryParser {
             kind,
-            correlation_prefix: DEFAULT_CORRELATION_PREFIX.to_string(),
+            correlation: CorrelationPattern::default(),
             pending: None,
             pending_start: 0,
             mid_line: false,
@@ -155,9 +156,10 @@ impl EntryParser {
         }
     }
 
-    /// Sets the start of correlated application names (`bitville-` by default).
-    pub fn with_correlation_prefix(mut self, prefix: &str) -> EntryParser {
-        self.correlation_prefix = prefix.to_string();
+    /// Sets how correlation IDs are found (`[collection] correlation_prefix` and
+    /// `correlation_sources`; every marker with the `bitville-` prefix by default).
+    pub fn with_correlation(mut self, correlation: CorrelationPattern) -> EntryParser {
+        self.correlation = correlation;
         self
     }
 
@@ -234,7 +236,7 @@ impl EntryParser {
                 match prefix.parse(bytes) {
                     Some(m) if m.level.is_primary() => {
                         if let Some(mut done) = self.pending.take() {
-                            done.finish(&self.correlation_prefix);
+                            done.finish(&self.correlation);
                             self.stats.n_entries += 1;
                             out.push(done);
                         }
@@ -275,7 +277,7 @@ impl EntryParser {
                 }
                 if rec.push(bytes, line_end) {
                     self.record_open = false;
-                    match rec.take(&self.correlation_prefix) {
+                    match rec.take(&self.correlation) {
                         Some(e) => {
                             self.stats.n_entries += 1;
                             out.push(e);
@@ -308,7 +310,7 @@ impl EntryParser {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     return;
                 }
-                match jsonlog::parse_line(line, key_buf, scratch, &self.correlation_prefix) {
+                match jsonlog::parse_line(line, key_buf, scratch, &self.correlation) {
                     Some(mut e) => {
                         e.truncated |= *truncated;
                         self.stats.n_entries += 1;
@@ -328,13 +330,13 @@ impl EntryParser {
             self.push(&[], self.pending_start, true, out);
         }
         if let Some(mut done) = self.pending.take() {
-            done.finish(&self.correlation_prefix);
+            done.finish(&self.correlation);
             self.stats.n_entries += 1;
             out.push(done);
         }
         if let Kind::Csv(rec) = &mut self.kind {
             if rec.in_progress() {
-                match rec.take(&self.correlation_prefix) {
+                match rec.take(&self.correlation) {
                     Some(mut e) => {
                         e.truncated = true;
                         self.stats.n_entries += 1;

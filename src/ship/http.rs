@@ -34,14 +34,17 @@ pub struct Reply {
 /// An HTTP client bound to the listener URL and key.
 pub struct Client {
     agent: ureq::Agent,
-    url: String,
+    /// The URL requests go to (it may hold credentials: never shown).
+    post_url: String,
+    /// The URL with its credentials masked: the only form that is logged or shown.
+    shown_url: String,
     authorization: String,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url)
+            .field("url", &self.shown_url)
             .field("authorization", &"Bearer ***")
             .finish()
     }
@@ -100,23 +103,22 @@ impl Client {
     /// Builds the agent: global and connect timeouts, TLS roots, proxy policy, no redirects,
     /// statuses as answers.
     pub fn new(opts: &ShipperOptions) -> Result<Client, ShipError> {
+        let shown_url = crate::config::mask_url(&opts.url);
         let uri: ureq::http::Uri = opts
             .url
             .parse()
-            .map_err(|e| ShipError::Options(format!("listener url {:?}: {e}", opts.url)))?;
+            .map_err(|e| ShipError::Options(format!("listener url {shown_url:?}: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => {
                 return Err(ShipError::Options(format!(
-                    "listener url {:?} must start with http:// or https://",
-                    opts.url
+                    "listener url {shown_url:?} must start with http:// or https://"
                 )))
             }
         }
         if uri.host().is_none() {
             return Err(ShipError::Options(format!(
-                "listener url {:?} has no host",
-                opts.url
+                "listener url {shown_url:?} has no host"
             )));
         }
         let authorization = format!("Bearer {}", opts.api_key);
@@ -162,21 +164,22 @@ impl Client {
             .build();
         Ok(Client {
             agent: ureq::Agent::new_with_config(config),
-            url: opts.url.clone(),
+            post_url: opts.url.clone(),
+            shown_url,
             authorization,
         })
     }
 
-    /// The listener URL.
+    /// The listener URL as it may be shown: credentials in it masked.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown_url
     }
 
     /// Posts `body`; any HTTP answer is `Ok`, transport trouble is a classified `Err`.
     pub fn post(&self, body: &str) -> Result<Reply, ShipError> {
         let result = self
             .agent
-            .post(&self.url)
+            .post(&self.post_url)
             .header("Authorization", &self.authorization)
             .header("Content-Type", "application/json")
             .send(body);
@@ -196,7 +199,7 @@ impl Client {
             .lossy_utf8(true)
             .read_to_string()
             .unwrap_or_else(|e| {
-                log::debug!("read answer from {}: {e}", self.url);
+                log::debug!("read answer from {}: {e}", self.shown_url);
                 String::new()
             });
         Ok(Reply {
@@ -207,7 +210,7 @@ impl Client {
     }
 
     fn classify(&self, e: ureq::Error) -> ShipError {
-        let url = self.url.clone();
+        let url = self.shown_url.clone();
         let detail = e.to_string();
         match e {
             ureq::Error::Timeout(_) => ShipError::Timeout { url, detail },
@@ -296,5 +299,23 @@ mod tests {
         );
         o.api_key = "good".into();
         assert!(Client::new(&o).is_ok());
+    }
+
+    #[test]
+    fn credentials_in_the_url_never_reach_errors_or_debug() {
+        let mut o = ShipperOptions::new("http://bob:pw-9@127.0.0.1:1/ingest/postgres", "k", "p");
+        o.proxy_from_env = false;
+        o.timeout = Duration::from_secs(2);
+        let client = Client::new(&o).unwrap();
+        assert_eq!(client.url(), "http://***@127.0.0.1:1/ingest/postgres");
+        let err = client.post("{}").unwrap_err().to_string();
+        let debug = format!("{client:?}");
+        assert!(
+            !err.contains("pw-9") && !debug.contains("pw-9"),
+            "{err} {debug}"
+        );
+        assert!(err.contains("***@127.0.0.1:1"), "{err}");
+        o.url = "ftp://bob:pw-9@x/".into();
+        assert!(!Client::new(&o).unwrap_err().to_string().contains("pw-9"));
     }
 }

@@ -92,7 +92,7 @@ impl ShipperOptions {
 impl fmt::Debug for ShipperOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShipperOptions")
-            .field("url", &self.url)
+            .field("url", &crate::config::mask_url(&self.url))
             .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
             .field("project", &self.project)
             .field("ca_file", &self.ca_file)
@@ -423,6 +423,7 @@ pub struct Shipper {
     last_config_log: Option<Instant>,
     last_spool_error_log: Option<Instant>,
     last_success_at: Option<u64>,
+    last_rejection: Option<String>,
     stats: ShipStats,
     published: StatusHandle,
 }
@@ -452,6 +453,7 @@ impl Shipper {
             last_config_log: None,
             last_spool_error_log: None,
             last_success_at: None,
+            last_rejection: None,
             stats: ShipStats::default(),
             published,
         })
@@ -465,6 +467,11 @@ impl Shipper {
     /// What the shipper did so far.
     pub fn stats(&self) -> ShipStats {
         self.stats.clone()
+    }
+
+    /// Why the listener refused the last dead-lettered payload (its status and answer).
+    pub fn last_rejection(&self) -> Option<&str> {
+        self.last_rejection.as_deref()
     }
 
     /// The breaker's current state.
@@ -566,6 +573,7 @@ impl Shipper {
                     log::error!("seq {} not kept as a dead letter: {dl}", record.seq);
                 }
                 self.stats.n_dead_letters += 1;
+                self.last_rejection = Some(format!("{status} {}", answer.trim()));
             }
             Err(ShipError::RateLimited { retry_after, .. }) => {
                 self.stats.n_rate_limited += 1;

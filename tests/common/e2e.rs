@@ -101,7 +101,14 @@ impl Rig {
     /// The configuration as INI text.
     pub fn text(&self) -> String {
         let mut out = String::new();
-        for section in ["database", "collection", "listener", "buffer", "log"] {
+        for section in [
+            "database",
+            "collection",
+            "listener",
+            "buffer",
+            "log",
+            "spike",
+        ] {
             let keys: Vec<_> = self
                 .settings
                 .iter()

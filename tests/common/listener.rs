@@ -1,9 +1,10 @@
 //! A Bitville listener for tests: a real HTTP/1.1 server on 127.0.0.1 in the test process that
-//! speaks the contract of `listener-contract.md` and can be told how to answer.
+//! speaks the listener's contract (docs/delivery.md, "The listener's contract") and can be told
+//! how to answer.
 //!
 //! Checks in the listener's order: optional rate limit (429 with `Retry-After`, every request
-//! counts), path (404), `Authorization: Bearer <key>` (401), JSON and schema (400 with
-//! `details`). Bodies that pass are then answered by, in order: the next scripted answer, the
+//! counts), path (404; `/ingest/postgres` and, like the real listener, `/ingest/php` with its own
+//! schema), `Authorization: Bearer <key>` (401), JSON and schema (400 with `details`). Bodies that pass are then answered by, in order: the next scripted answer, the
 //! rule, the default (200 unless changed). Every request is recorded with its arrival time and
 //! what it was answered; every schema failure is recorded so a test can assert there was none.
 //!
@@ -23,6 +24,10 @@ use serde_json::Value;
 
 /// The path the real listener serves.
 pub const PATH: &str = "/ingest/postgres";
+
+/// The PHP agents' ingest path, which the real listener serves beside [`PATH`] with a schema of
+/// its own (see [`validate_php`]): the wrong endpoint an agent can be configured for.
+pub const PHP_PATH: &str = "/ingest/php";
 
 /// How the listener answers a request that passed the contract checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +100,22 @@ pub fn validate(v: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The PHP endpoint's body schema (a stand-in for the real one: it requires fields the postgres
+/// schema does not have, checked before anything else, and knows no `source`).
+pub fn validate_php(v: &Value) -> Result<(), String> {
+    let obj = v.as_object().ok_or("body is not an object")?;
+    if !obj.get("request_id").is_some_and(Value::is_string) {
+        return Err("request_id is required".into());
+    }
+    if !obj.get("duration_ms").is_some_and(Value::is_number) {
+        return Err("duration_ms must be a number".into());
+    }
+    match obj.get("project") {
+        Some(Value::String(p)) if (1..=50).contains(&p.chars().count()) => Ok(()),
+        _ => Err("project must be a string of 1 to 50 characters".into()),
+    }
 }
 
 type Rule = Box<dyn Fn(&Value) -> Option<Answer> + Send>;
@@ -174,6 +195,11 @@ impl TestListener {
     /// The ingest URL, `http://127.0.0.1:<port>/ingest/postgres`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}{PATH}", self.port)
+    }
+
+    /// The PHP ingest URL, `http://127.0.0.1:<port>/ingest/php` (the wrong one for this agent).
+    pub fn php_url(&self) -> String {
+        format!("http://127.0.0.1:{}{PHP_PATH}", self.port)
     }
 
     /// The port.
@@ -378,7 +404,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 decided = Some((Answer::TooMany(Some(retry_after)), String::new()));
             }
         }
-        if decided.is_none() && (req.method != "POST" || req.path != PATH) {
+        if decided.is_none() && (req.method != "POST" || (req.path != PATH && req.path != PHP_PATH))
+        {
             decided = Some((Answer::Status(404), "{\"error\":\"Not Found\"}".into()));
         }
         if decided.is_none() && req.authorization != Some(format!("Bearer {}", state.api_key)) {
@@ -390,6 +417,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         if decided.is_none() {
             let verdict = match &json {
                 None => Err("body is not JSON".to_string()),
+                Some(v) if req.path == PHP_PATH => validate_php(v),
                 Some(v) => validate(v),
             };
             if let Err(details) = verdict {

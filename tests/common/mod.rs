@@ -523,3 +523,4 @@ impl Drop for TempDir {
 pub mod agent;
 pub mod e2e;
 pub mod listener;
+pub mod pileup;
