@@ -488,7 +488,9 @@ pub fn agent_block(
                 .field("waits", pool.waits)
                 .field("acquire_timeouts", pool.acquire_timeouts)
                 .field("connections_opened", pool.connections_opened)
-                .field("connections_replaced", pool.connections_replaced),
+                .field("connections_replaced", pool.connections_replaced)
+                .field("connect_failures", pool.connect_failures)
+                .field("connects_blocked", pool.connects_blocked),
         )
         .field(
             "spool",

@@ -4,7 +4,8 @@
 //! Invariants: a file is opened without blocking (`O_NONBLOCK`, so a FIFO cannot hang the
 //! open), checked with `fstat` on the open descriptor (no race between check and read), refused
 //! unless it is a regular file (a FIFO, a device such as `/dev/zero`, a directory or a socket),
-//! and never read past `max_bytes` (a larger file is refused, not truncated).
+//! and never read past `max_bytes` (a larger file is refused, not truncated). `/dev/null` is the
+//! one exception: it reads as an empty file.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -45,13 +46,21 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
+    if !meta.file_type().is_file() && !is_null_device(&meta) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", kind(&meta)),
         ));
     }
     Ok(file)
+}
+
+/// `/dev/null` (by device number, so also through a link) reads as an empty file: `-c /dev/null`
+/// is the usual way to say "no configuration file", and it can neither block nor stream.
+fn is_null_device(meta: &Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.file_type().is_char_device()
+        && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
 }
 
 /// Reads the regular file at `path` whole, refusing a non-regular file and a file larger than
@@ -125,6 +134,7 @@ mod tests {
         assert!(e.to_string().contains("character device"), "{e}");
         let e = read_regular_file(&d, 100).unwrap_err();
         assert!(e.to_string().contains("directory"), "{e}");
+        assert_eq!(read_regular_file(Path::new("/dev/null"), 100).unwrap(), b"");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -170,7 +170,7 @@ fn check_database(pool: &Pool, state_dir: &Path, tolerate_down: bool) -> Result<
                 && seen.exists()
                 && matches!(
                     e.failure,
-                    ConnectFailure::ServerDown | ConnectFailure::NotReady
+                    ConnectFailure::ServerDown | ConnectFailure::NotReady | ConnectFailure::Blocked
                 ) =>
         {
             log::warn!("database check failed: {e}; running on, the agent reconnects when the server is back");

@@ -13,6 +13,13 @@
 //!   (which closes its socket) happen outside it.
 //! - [`Pool::acquire`] never waits longer than the acquire timeout.
 //! - A client whose connection broke is dropped, never returned to the idle list.
+//! - A connection attempt as a whole (socket, authentication, session set-up) ends within the
+//!   connect timeout: it runs on a short-lived thread, and one still blocked at the deadline (a
+//!   catalog lock) keeps its slot reserved until it finishes, so the cap holds.
+//! - Failed attempts back off ([`ConnectBackoff`], one policy for every caller of a pool):
+//!   0.5 s doubling to 15 s, reset by a success, logged once per streak.
+//! - Statements prepared on a connection are known to it ([`PooledClient::query_cached`]), so
+//!   nothing executes a statement the server lacks.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -42,6 +49,14 @@ pub enum PoolError {
     },
     /// Opening a new connection failed.
     Connect(ConnectError),
+    /// Recent connection attempts failed and the pool waits before the next one (see
+    /// [`ConnectBackoff`]): no new connection is tried until `retry_in` has passed.
+    BackingOff {
+        /// Time left until the next attempt.
+        retry_in: Duration,
+        /// The last attempt's error.
+        last: String,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -53,6 +68,11 @@ impl fmt::Display for PoolError {
                 waited.as_secs_f64()
             ),
             PoolError::Connect(e) => e.fmt(f),
+            PoolError::BackingOff { retry_in, last } => write!(
+                f,
+                "not connecting for another {:.1} s after failed attempts (last: {last})",
+                retry_in.as_secs_f64()
+            ),
         }
     }
 }
@@ -77,6 +97,10 @@ pub enum ConnectFailure {
     /// More sessions named `bitville-monitor` exist than the cap allows (another agent instance
     /// or a leak): the agent refuses to add one.
     TooManyAgentSessions,
+    /// The attempt (socket, authentication, session set-up) did not finish within the connect
+    /// timeout: typically a lock on a catalog the server reads while letting a session in
+    /// (`pg_database`, `pg_authid`, `pg_class`), or an overloaded server.
+    Blocked,
     /// Anything else.
     Other,
 }
@@ -109,6 +133,11 @@ impl fmt::Display for ConnectError {
                 "refusing to open another connection: too many bitville-monitor sessions on the server \
                  (another agent instance running?)"
             }
+            ConnectFailure::Blocked => {
+                "connecting was blocked: the server did not let the session in within the connect \
+                 timeout (a lock on pg_database, pg_authid or pg_class held by another session, or \
+                 an overloaded server?)"
+            }
             ConnectFailure::Other => "cannot connect",
         };
         write!(f, "{}: {what}: {}", self.target, self.detail)
@@ -116,6 +145,50 @@ impl fmt::Display for ConnectError {
 }
 
 impl std::error::Error for ConnectError {}
+
+/// The one back-off policy for failed connection attempts: after a failure the next attempt
+/// waits `FIRST`, doubling per further failure up to `MAX`; a success resets it. Without it a
+/// lock on `pg_class` or a full server cost a fork, an authentication and a FATAL line in the
+/// server log several times a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectBackoff {
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// No attempt before this moment.
+    pub not_before: Option<Instant>,
+}
+
+impl ConnectBackoff {
+    /// The wait after the first failure.
+    pub const FIRST: Duration = Duration::from_millis(500);
+    /// The longest wait between attempts.
+    pub const MAX: Duration = Duration::from_secs(15);
+
+    /// The wait after `failures` consecutive failures.
+    pub fn delay(failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        Self::FIRST.saturating_mul(1 << doublings).min(Self::MAX)
+    }
+
+    /// Records a failed attempt at `now`; returns whether it starts a streak (log it then).
+    pub fn failed(&mut self, now: Instant) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.not_before = Some(now + Self::delay(self.failures));
+        self.failures == 1
+    }
+
+    /// Records a success; returns how many failures the streak it ends had.
+    pub fn succeeded(&mut self) -> u32 {
+        std::mem::take(self).failures
+    }
+
+    /// How long an attempt at `now` must still wait, if at all.
+    pub fn wait_left(&self, now: Instant) -> Option<Duration> {
+        self.not_before
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+}
 
 /// Counters describing the pool, for the agent's own metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,6 +209,10 @@ pub struct PoolStats {
     pub connections_opened: u64,
     /// Broken connections discarded (and replaced on demand).
     pub connections_replaced: u64,
+    /// Connection attempts that failed (each one, including blocked ones).
+    pub connect_failures: u64,
+    /// Connection attempts abandoned at the connect deadline (blocked by a lock or overload).
+    pub connects_blocked: u64,
 }
 
 struct Idle {
@@ -144,15 +221,15 @@ struct Idle {
     since: Instant,
 }
 
-/// Statements prepared on one connection, by their SQL text. They live and die with the
-/// connection: a new connection starts with none, so nothing ever executes a statement the
-/// server does not have (which would write an ERROR into the server log).
+/// Statements prepared on one connection, by the caller's name for them. They live and die
+/// with the connection: a new connection starts with none, so nothing ever executes a statement
+/// the server does not have (which would write an ERROR into the server log).
 #[derive(Default)]
 struct Prepared(Vec<(&'static str, postgres::Statement)>);
 
 impl Prepared {
-    fn get(&self, sql: &str) -> Option<&postgres::Statement> {
-        self.0.iter().find(|(s, _)| *s == sql).map(|(_, st)| st)
+    fn get(&self, name: &str) -> Option<&postgres::Statement> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, st)| st)
     }
 }
 
@@ -163,6 +240,9 @@ struct State {
     /// When a connection was last found broken: idle connections returned before then may be
     /// dead too (a server restart or a mass `pg_terminate_backend`), so they are probed.
     broken_seen: Option<Instant>,
+    backoff: ConnectBackoff,
+    /// The last failed attempt's message, for [`PoolError::BackingOff`].
+    last_connect_error: String,
     stats: PoolStats,
 }
 
@@ -172,6 +252,9 @@ struct Inner {
     max: usize,
     session_limit: usize,
     acquire_timeout: Duration,
+    /// The whole connection attempt (socket, authentication, session set-up, the agent-session
+    /// count) must finish within this.
+    connect_deadline: Duration,
     state: Mutex<State>,
     returned: Condvar,
 }
@@ -295,10 +378,13 @@ impl Pool {
                 max,
                 session_limit: session_limit.clamp(1, crate::config::MAX_POOL_SIZE),
                 acquire_timeout: db.acquire_timeout,
+                connect_deadline: db.connect_timeout.max(Duration::from_millis(100)),
                 state: Mutex::new(State {
                     idle: Vec::with_capacity(max),
                     checked_out: 0,
                     broken_seen: None,
+                    backoff: ConnectBackoff::default(),
+                    last_connect_error: String::new(),
                     stats: PoolStats {
                         max,
                         ..PoolStats::default()
@@ -319,7 +405,7 @@ impl Pool {
     /// Used at start so a wrong password, a missing database or a stopped server is reported
     /// clearly before anything else runs.
     pub fn check(&self) -> Result<String, ConnectError> {
-        let mut client = self.connect()?;
+        let mut client = self.connect_bounded(false)?;
         let row = client
             .query_one("SELECT version()", &[])
             .map_err(|e| self.connect_error(&e))?;
@@ -363,6 +449,92 @@ impl Pool {
         Ok(client)
     }
 
+    /// [`Pool::connect`] on a short-lived thread, waited for at most the connect deadline: the
+    /// driver's own connect timeout covers only the socket, and a session that waits on a
+    /// catalog lock during authentication would hold the caller for as long as the lock is held.
+    /// When the deadline passes, the thread is left to finish on its own; with `reserved_slot`
+    /// the pool slot stays taken until it does (so the cap holds even then) and a client that
+    /// arrives late is closed. On any error the slot is released (by the thread if it was left).
+    fn connect_bounded(&self, reserved_slot: bool) -> Result<postgres::Client, ConnectError> {
+        enum Handoff {
+            Waiting,
+            Abandoned,
+            Done(Box<Result<postgres::Client, ConnectError>>),
+        }
+        let shared = Arc::new((Mutex::new(Handoff::Waiting), Condvar::new()));
+        let pool = self.clone();
+        let theirs = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let result = pool.connect();
+                let (lock, done) = &*theirs;
+                let mut h = lock.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(*h, Handoff::Abandoned) {
+                    drop(h);
+                    // Closing the late client may block on its socket: no lock is held here.
+                    drop(result);
+                    if reserved_slot {
+                        pool.release_slot();
+                    }
+                } else {
+                    *h = Handoff::Done(Box::new(result));
+                    done.notify_one();
+                }
+            });
+        if let Err(e) = spawned {
+            if reserved_slot {
+                self.release_slot();
+            }
+            return Err(ConnectError {
+                failure: ConnectFailure::Other,
+                target: self.inner.target.clone(),
+                detail: format!("cannot start a connect thread: {e}"),
+            });
+        }
+        let deadline = Instant::now() + self.inner.connect_deadline;
+        let (lock, done) = &*shared;
+        let mut h = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match std::mem::replace(&mut *h, Handoff::Waiting) {
+                Handoff::Done(result) => {
+                    drop(h);
+                    let result = *result;
+                    if result.is_err() && reserved_slot {
+                        self.release_slot();
+                    }
+                    return result;
+                }
+                other => *h = other,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                *h = Handoff::Abandoned;
+                drop(h);
+                self.lock().stats.connects_blocked += 1;
+                return Err(ConnectError {
+                    failure: ConnectFailure::Blocked,
+                    target: self.inner.target.clone(),
+                    detail: format!(
+                        "no session after {:.1} s",
+                        self.inner.connect_deadline.as_secs_f64()
+                    ),
+                });
+            }
+            h = done
+                .wait_timeout(h, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn release_slot(&self) {
+        let mut state = self.lock();
+        state.checked_out -= 1;
+        drop(state);
+        self.inner.returned.notify_one();
+    }
+
     /// Takes a connection: an idle one, a new one while below the cap, or the next one returned.
     /// Gives up with [`PoolError::Timeout`] after the acquire timeout.
     pub fn acquire(&self) -> Result<PooledClient, PoolError> {
@@ -400,19 +572,45 @@ impl Pool {
                 continue;
             }
             if state.idle.len() + state.checked_out < self.inner.max {
+                if let Some(retry_in) = state.backoff.wait_left(Instant::now()) {
+                    // Every caller shares the one policy: no new attempt until the wait is over
+                    // (idle and returned connections are still handed out above).
+                    return Err(PoolError::BackingOff {
+                        retry_in,
+                        last: state.last_connect_error.clone(),
+                    });
+                }
                 // Reserve the slot first so concurrent replacements cannot exceed the cap.
                 state.checked_out += 1;
                 drop(state);
-                return match self.connect() {
+                return match self.connect_bounded(true) {
                     Ok(client) => {
-                        self.lock().stats.connections_opened += 1;
+                        let mut state = self.lock();
+                        state.stats.connections_opened += 1;
+                        let streak = state.backoff.succeeded();
+                        drop(state);
+                        if streak > 0 {
+                            log::info!(
+                                "database: connected again to {} after {streak} failed attempts",
+                                self.inner.target
+                            );
+                        }
                         Ok(self.guard(client, Prepared::default()))
                     }
                     Err(e) => {
                         let mut state = self.lock();
-                        state.checked_out -= 1;
+                        state.stats.connect_failures += 1;
+                        let first = state.backoff.failed(Instant::now());
+                        state.last_connect_error = e.to_string();
                         drop(state);
-                        self.inner.returned.notify_one();
+                        if first {
+                            log::warn!(
+                                "database: {e}; retrying after {:.1} s, then less often (up to \
+                                 every {} s) until a connection succeeds",
+                                ConnectBackoff::delay(1).as_secs_f64(),
+                                ConnectBackoff::MAX.as_secs()
+                            );
+                        }
                         Err(PoolError::Connect(e))
                     }
                 };
@@ -565,27 +763,29 @@ impl PooledClient {
         self.broken = true;
     }
 
-    /// Runs `sql` (without parameters) as a statement prepared once per connection: the first
-    /// call on a connection prepares it (protocol-level Parse, so the server caches the plan),
-    /// later calls only execute it. The connection's own record of what it prepared decides,
-    /// so the normal path never executes a missing statement and never leaves an ERROR in the
-    /// server log. Should the server lose the statement anyway (a transaction-pooling proxy
-    /// between agent and server), it is forgotten and the plain query runs.
+    /// Runs `sql` (without parameters) as the statement `name`, prepared once per connection:
+    /// the first call on a connection prepares it (protocol-level Parse, so the server caches
+    /// the plan), later calls only execute it. The connection's own record of what it prepared
+    /// decides, so the normal path never executes a missing statement and never leaves an ERROR
+    /// in the server log. A `name` always stands for the same `sql`. Should the server lose the
+    /// statement anyway (a transaction-pooling proxy between agent and server), it is
+    /// forgotten and the plain query runs.
     pub fn query_cached(
         &mut self,
-        sql: &'static str,
+        name: &'static str,
+        sql: &str,
     ) -> Result<Vec<postgres::Row>, postgres::Error> {
-        let statement = match self.prepared.get(sql) {
+        let statement = match self.prepared.get(name) {
             Some(st) => st.clone(),
             None => {
                 let st = self.deref_mut().prepare(sql)?;
-                self.prepared.0.push((sql, st.clone()));
+                self.prepared.0.push((name, st.clone()));
                 st
             }
         };
         match self.deref_mut().query(&statement, &[]) {
             Err(e) if e.code().map(|c| c.code()) == Some("26000") => {
-                self.prepared.0.retain(|(s, _)| *s != sql);
+                self.prepared.0.retain(|(n, _)| *n != name);
                 self.deref_mut().query_typed(sql, &[])
             }
             other => other,
@@ -662,6 +862,24 @@ mod tests {
     #[test]
     fn the_cap_is_enforced_even_if_config_asks_more() {
         assert_eq!(Pool::new(&db("")).stats().max, 5);
+    }
+
+    #[test]
+    fn the_back_off_doubles_to_its_cap_and_a_success_resets_it() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| ConnectBackoff::delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
+        assert_eq!(ConnectBackoff::delay(u32::MAX), ConnectBackoff::MAX);
+        let now = Instant::now();
+        let mut b = ConnectBackoff::default();
+        assert_eq!(b.wait_left(now), None);
+        assert!(b.failed(now), "the first failure starts a streak");
+        assert!(!b.failed(now), "the second does not");
+        assert_eq!(b.wait_left(now), Some(Duration::from_secs(1)));
+        assert_eq!(b.wait_left(now + Duration::from_secs(2)), None);
+        assert_eq!(b.succeeded(), 2);
+        assert_eq!(b, ConnectBackoff::default());
     }
 
     #[test]

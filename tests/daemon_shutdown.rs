@@ -282,8 +282,10 @@ fn stop_while_the_database_hangs_exits_0_within_the_grace() {
     std::thread::sleep(Duration::from_millis(1500));
     stop_and_expect_0(&mut agent, "stop while the database hangs");
     let log = agent.log_text();
+    // A thread stuck on a frozen session, or one whose new connection hung behind it (that
+    // attempt now ends at the connect deadline, so the thread is no longer stuck at the stop).
     assert!(
-        log.contains("exiting without waiting for:"),
+        log.contains("exiting without waiting for:") || log.contains("connecting was blocked"),
         "no thread was stuck in a frozen session ({pids:?}): the test proved nothing; log:\n{log}"
     );
 }

@@ -185,10 +185,12 @@ fn the_pool_recovers_after_a_server_restart() {
         "{err}"
     );
     pg.restart();
-    let n: i32 = pool
-        .with_client(|c| c.query_one("SELECT 7", &[]))
-        .unwrap()
-        .get(0);
+    // After the failed attempt the pool backs off (0.5 s first), then connects again.
+    let n: i32 = retry_for(Duration::from_secs(5), || {
+        pool.with_client(|c| c.query_one("SELECT 7", &[]))
+    })
+    .unwrap()
+    .get(0);
     assert_eq!(n, 7);
     assert!(pool.stats().size <= 5);
 }
@@ -275,7 +277,20 @@ fn the_pool_refuses_to_add_sessions_when_another_agent_already_holds_five() {
     );
     drop(other_agent);
     assert!(
-        pool.acquire().is_ok(),
-        "once the other sessions are gone the pool connects"
+        retry_for(Duration::from_secs(5), || pool.acquire()).is_ok(),
+        "once the other sessions are gone the pool connects (after its back-off)"
     );
+}
+
+/// Calls `f` until it succeeds or `limit` has passed (the pool backs off after failures).
+fn retry_for<T, E>(limit: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match f() {
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
 }

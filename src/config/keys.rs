@@ -87,7 +87,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("database", "idle_in_transaction_timeout_ms", ["BITVILLE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS"], "10000", Cap(1000, 60_000),
         "server-side idle_in_transaction_session_timeout of agent sessions (1000 to 60000)"),
     key!("database", "connect_timeout_s", ["BITVILLE_PG_CONNECT_TIMEOUT_S"], "5", Range(1, 300),
-        "seconds to wait for the socket connection to the server"),
+        "seconds one connection attempt may take as a whole (socket, authentication, session set-up)"),
     key!("database", "acquire_timeout_s", ["BITVILLE_PG_ACQUIRE_TIMEOUT_S"], "30", Range(1, 3600),
         "seconds a collector waits for a free pooled connection before giving up"),
     key!("database", "pool_max_size", ["BITVILLE_PG_POOL_MAX_SIZE"], "5", Cap(1, MAX_POOL_SIZE as u64),

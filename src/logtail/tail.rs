@@ -41,6 +41,9 @@ const FINGERPRINT_LEN: usize = 64;
 /// (`postgresql-%a.log` with `log_truncate_on_rotation = off`) is resumed, not re-read.
 const MAX_FINISHED: usize = 16;
 
+/// The largest position file or `current_logfiles` read (real ones are a few hundred bytes).
+const MAX_SMALL_FILE: u64 = 64 * 1024;
+
 /// Name of the position file inside the state directory.
 pub const POSITION_FILE: &str = "logtail.position";
 
@@ -362,7 +365,7 @@ impl Tailer {
             before_read: None,
         };
         if let Some(path) = t.position_path() {
-            match std::fs::read_to_string(&path) {
+            match crate::fsutil::read_regular_to_string(&path, MAX_SMALL_FILE) {
                 Ok(text) => match parse_state(&text) {
                     Some((resume, finished)) => {
                         t.first_start = false;
@@ -529,7 +532,7 @@ impl Tailer {
                 fallback,
             } => {
                 let listing = data_dir.join("current_logfiles");
-                match std::fs::read_to_string(&listing) {
+                match crate::fsutil::read_regular_to_string(&listing, MAX_SMALL_FILE) {
                     Ok(text) => current_logfile(&text, *format).map(|rel| data_dir.join(rel)),
                     Err(e) => {
                         let fallback = fallback.clone();
@@ -581,8 +584,19 @@ impl Tailer {
     /// Opens `path` and decides where to start: a remembered position of this very file, the end
     /// offset of a file finished before, the end (first run), or the start.
     fn open_path(&mut self, path: &Path, starting: bool) -> bool {
-        let file = match File::open(path) {
+        // Regular files only, opened without blocking: a FIFO at the log path would block the
+        // open for good and a device such as /dev/zero would be read forever. Either is warned
+        // about once per streak (`warn_once`) and retried at every poll, so tailing resumes as
+        // soon as a regular file is back.
+        let file = match crate::fsutil::open_regular(path) {
             Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                self.warn_once(format!(
+                    "log file {}: {e}; not read, waiting for a regular file at that path",
+                    path.display()
+                ));
+                return false;
+            }
             Err(e) => {
                 self.warn_once(format!(
                     "opening log file {}: {e}; retrying",
@@ -978,7 +992,7 @@ fn find_copy(
         if !m.is_file() || (m.dev(), m.ino()) == not || m.len() < min_len {
             continue;
         }
-        let Ok(f) = File::open(entry.path()) else {
+        let Ok(f) = crate::fsutil::open_regular(&entry.path()) else {
             continue;
         };
         let holds = |bytes: &[u8], at: u64| holds_at(&f, bytes, at).unwrap_or(false);
@@ -1275,6 +1289,52 @@ mod tests {
         assert_eq!(poll_all(&mut t), want(0..5));
         copytruncate(&log, &dir.0.join("postgresql.log.1"), &lines(100..140));
         assert_eq!(poll_all(&mut t), want(100..140));
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_at_the_log_path_is_skipped_and_tailing_resumes_on_a_regular_file() {
+        let d = Dir::new("fifo");
+        let log = d.log();
+        append(&log, &lines(0..3));
+        let mut t = tailer(&log);
+        assert_eq!(poll_all(&mut t), want(0..3));
+
+        // The path turns into a FIFO with no writer: opening it would block for good.
+        fs::remove_file(&log).unwrap();
+        let c = std::ffi::CString::new(log.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let _ = poll_all(&mut t);
+            }
+            let warning = t.last_warning.clone();
+            tx.send(()).unwrap();
+            (t, warning)
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("polling a FIFO at the log path returned");
+        let (mut t, warning) = worker.join().unwrap();
+        assert!(
+            warning.as_deref().is_some_and(|w| w.contains("FIFO")),
+            "{warning:?}"
+        );
+
+        // Then a symbolic link to /dev/zero: nothing is read from it.
+        fs::remove_file(&log).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &log).unwrap();
+        assert!(poll_all(&mut t).is_empty());
+        assert!(t
+            .last_warning
+            .as_deref()
+            .is_some_and(|w| w.contains("character device")));
+
+        // A regular file again: read from its start.
+        fs::remove_file(&log).unwrap();
+        append(&log, &lines(10..12));
+        assert_eq!(poll_all(&mut t), want(10..12));
+        assert_eq!(t.last_warning, None, "the streak ended");
     }
 
     #[test]

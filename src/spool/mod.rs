@@ -819,11 +819,11 @@ fn scan_segment(id: u64, path: PathBuf, is_last: bool, scan: &mut Scan<'_>) -> O
         HeaderCheck::Short => {
             // An interrupted segment creation, or a segment emptied by damage: any records it
             // held show up as a gap in the sequence numbers, which is reported.
+            // No frame fits in it, so no bytes of a record are lost with it.
             log::warn!(
                 "segment {}: {size} bytes, shorter than a header; removed",
                 seg.path.display(),
             );
-            scan.found.corrupt_bytes += size;
             remove_quietly(&seg.path);
             return None;
         }

@@ -237,8 +237,9 @@ impl ActivitySampler {
                 v
             }
         };
-        let sql = sample_sql(version);
-        let rows = query_prepared(client, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
+        let (sql, name) = sample_sql(version);
+        let rows =
+            query_prepared(client, name, sql).map_err(CollectError::query(COLLECTOR, "sample"))?;
         let decoded: Vec<SessionRow> = rows.iter().filter_map(SessionRow::decode).collect();
         let (mut stats, now) = self.absorb(&decoded);
         stats.n_rows = rows.len();

@@ -42,16 +42,18 @@ const SAMPLE_SQL_12: &str = "SELECT pid, (SELECT now()), query_start, xact_start
      AND application_name IS DISTINCT FROM 'bitville-monitor' \
      AND backend_type IS DISTINCT FROM 'walsender'";
 
-/// Runs `sql` as a statement prepared once per connection ([`PooledClient::query_cached`]).
-/// Planning pg_stat_activity's view costs the server far more than executing it (481 against
-/// 27 µs a query in a hot loop), and the sample runs every second: the cached plan cuts the
-/// agent's CPU inside PostgreSQL by 30 to 50 % (BENCHMARKS.md). The connection knows what it
-/// prepared, so no `EXECUTE` of a missing statement ever writes an ERROR into the server log.
+/// Runs `sql` as the statement `name`, prepared once per connection
+/// ([`PooledClient::query_cached`]). Planning pg_stat_activity's view costs the server far more
+/// than executing it (481 against 27 µs a query in a hot loop), and the sample runs every
+/// second: the cached plan cuts the agent's CPU inside PostgreSQL by 30 to 50 %
+/// (BENCHMARKS.md). The connection knows what it prepared, so no `EXECUTE` of a missing
+/// statement ever writes an ERROR into the server log.
 pub(super) fn query_prepared(
     client: &mut PooledClient,
-    sql: &'static str,
+    name: &'static str,
+    sql: &str,
 ) -> Result<Vec<postgres::Row>, postgres::Error> {
-    client.query_cached(sql)
+    client.query_cached(name, sql)
 }
 
 /// `pg_stat_activity.leader_pid` exists from PostgreSQL 13.
@@ -60,14 +62,15 @@ const LEADER_PID_SINCE: u32 = 130000;
 /// `pg_stat_activity.query_id` and `compute_query_id` exist from PostgreSQL 14.
 pub const QUERY_ID_SINCE: u32 = 140000;
 
-/// The sample query for a server of `version` (`server_version_num`).
-pub(super) fn sample_sql(version: u32) -> &'static str {
+/// The sample query for a server of `version` (`server_version_num`) and the name it is
+/// prepared under on each connection.
+pub(super) fn sample_sql(version: u32) -> (&'static str, &'static str) {
     if version >= QUERY_ID_SINCE {
-        SAMPLE_SQL_14
+        (SAMPLE_SQL_14, "bitville_sample_14")
     } else if version >= LEADER_PID_SINCE {
-        SAMPLE_SQL_13
+        (SAMPLE_SQL_13, "bitville_sample_13")
     } else {
-        SAMPLE_SQL_12
+        (SAMPLE_SQL_12, "bitville_sample_12")
     }
 }
 
