@@ -196,6 +196,21 @@ pub fn is_connection_error(err: &postgres::Error) -> bool {
     }
 }
 
+/// The kind of the I/O error under `err` (the first `std::io::Error` in its source chain), if
+/// the driver failed on I/O: `ConnectionRefused` or `NotFound` (no server on that port or
+/// socket), `TimedOut`, ... A connect failure without a server answer is classified by this,
+/// never by the message text.
+pub fn io_error_kind(err: &postgres::Error) -> Option<std::io::ErrorKind> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// The server's message of `err`, or the driver's error with its cause.
 pub fn message(err: &postgres::Error) -> String {
     match err.as_db_error() {

@@ -6,6 +6,7 @@
 mod common;
 
 use bitville_pg_agent::collect::{Backoff, CollectError, PgError};
+use bitville_pg_agent::pgerror;
 use bitville_pg_agent::pool::Pool;
 use common::TestPg;
 
@@ -118,4 +119,43 @@ fn a_real_timeout_backs_the_collector_off_and_a_success_resets_it() {
     b.record(&Ok::<(), CollectError>(()));
     assert_eq!(b.consecutive_timeouts(), 0);
     assert!(b.should_run());
+}
+
+#[test]
+fn a_connect_failure_without_a_server_is_classified_by_its_io_error_kind() {
+    let dir = common::TempDir::new("pg-errors-nosocket");
+    let err = postgres::Config::new()
+        .host_path(dir.path())
+        .port(5432)
+        .user("nobody")
+        .dbname("nothing")
+        .connect(postgres::NoTls)
+        .err()
+        .expect("no server listens there");
+    assert!(err.code().is_none(), "{err}");
+    assert!(pgerror::is_connection_error(&err), "{err}");
+    assert_eq!(
+        pgerror::io_error_kind(&err),
+        Some(std::io::ErrorKind::NotFound),
+        "{err}"
+    );
+
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("nobody")
+        .connect(postgres::NoTls)
+        .err()
+        .expect("nothing listens on that port");
+    assert_eq!(
+        pgerror::io_error_kind(&err),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{err}"
+    );
 }

@@ -4,8 +4,9 @@
 //!
 //! Invariants: a collector that talks to PostgreSQL takes a `&mut postgres::Client` (a pooled
 //! client derefs to one) and never opens connections itself; every query it sends is read-only
-//! and named in [`CollectError`] when it fails, so the payload and the log say which collector and
-//! which query, in the one error shape of [`crate::pgerror`]. Nothing here panics on what the server or `/proc` returns.
+//! and named in [`CollectError`] when it fails, so the payload and the log say which collector
+//! and which query, in the one error shape of [`crate::pgerror`]. Nothing here panics on what
+//! the server or `/proc` returns.
 
 pub mod activity;
 pub mod backoff;
