@@ -14,6 +14,7 @@ pub mod logtail;
 pub mod normalize;
 pub mod oneshot;
 pub mod payload;
+pub mod pgerror;
 pub mod pool;
 pub mod schedule;
 pub mod selfstats;

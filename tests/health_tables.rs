@@ -242,7 +242,7 @@ fn a_missing_privilege_fails_only_its_collector() {
     let e = &errors[0];
     assert_eq!(e["collector"], "wal", "{e}");
     assert_eq!(e["sqlstate"], "42501", "{e}");
-    assert_eq!(e["timeout"], false, "{e}");
+    assert_eq!(e["timed_out"], false, "{e}");
     assert!(
         e["query"].as_str().unwrap().contains("pg_stat_archiver"),
         "{e}"
@@ -285,7 +285,7 @@ fn a_collector_that_keeps_timing_out_is_backed_off_and_comes_back() {
             "skip".to_string()
         } else {
             assert_eq!(e["sqlstate"], "55P03", "{e}");
-            assert_eq!(e["timeout"], true, "{e}");
+            assert_eq!(e["timed_out"], true, "{e}");
             format!("timeout+{}", e["backed_off_cycles"])
         });
     }

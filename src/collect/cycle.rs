@@ -164,9 +164,10 @@ impl IntervalCycle {
 fn skipped_database(name: &str) -> Json {
     Json::object().field("database", name).field(
         "errors",
-        Json::Array(vec![Json::object()
-            .field("collector", "health")
-            .field("error", "skipped: no connection, paused or backed off")]),
+        Json::Array(vec![crate::pgerror::skipped_entry(
+            "health",
+            "no connection, paused or backed off",
+        )]),
     )
 }
 

@@ -410,12 +410,13 @@ impl HostCollector {
     }
 
     fn error(errors: &mut Vec<Json>, file: &str, e: impl std::fmt::Display) {
-        errors.push(
-            Json::object()
-                .field("collector", "host")
-                .field("file", file)
-                .field("error", e.to_string()),
-        );
+        errors.push(crate::pgerror::entry(
+            "host",
+            crate::pgerror::Subject::File(file),
+            &e.to_string(),
+            None,
+            false,
+        ));
     }
 
     /// Reads the host and returns the `system_metrics` data covering the time since the last

@@ -4,10 +4,12 @@
 //!
 //! Invariants: a collector that talks to PostgreSQL takes a `&mut postgres::Client` (a pooled
 //! client derefs to one) and never opens connections itself; every query it sends is read-only
-//! and named in [`CollectError`] when it fails, so the payload and the log say which collector and
-//! which query. Nothing here panics on what the server or `/proc` returns.
+//! and named in [`CollectError`] when it fails, so the payload and the log say which collector
+//! and which query, in the one error shape of [`crate::pgerror`]. Nothing here panics on what
+//! the server or `/proc` returns.
 
 pub mod activity;
+pub mod backoff;
 pub mod correlate;
 pub mod cycle;
 pub mod host;
@@ -19,20 +21,18 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+pub use crate::pgerror::PgError;
+pub use backoff::Backoff;
+
 use crate::json::Json;
+use crate::pgerror::{self, Subject};
 
 /// Why a collector produced nothing this cycle.
 #[derive(Debug)]
 pub enum CollectError {
-    /// A query failed (timeout, permission, connection lost, ...).
-    Query {
-        /// Which collector (`activity`, `locks`, `statements`).
-        collector: &'static str,
-        /// Which query, by a short stable name (`sample`, `lock_tree`, `counters`, ...).
-        query: &'static str,
-        /// The driver's error.
-        source: postgres::Error,
-    },
+    /// A query failed (timeout, permission, connection lost, ...): collector, query and the
+    /// driver's error, with the decisions on it ([`PgError::is_timeout`], ...).
+    Query(PgError),
     /// A state file (the persisted statements baseline) could not be written.
     State {
         /// Which collector.
@@ -44,69 +44,75 @@ pub enum CollectError {
     },
 }
 
+impl From<PgError> for CollectError {
+    fn from(e: PgError) -> CollectError {
+        CollectError::Query(e)
+    }
+}
+
 impl CollectError {
-    pub(crate) fn query(
+    /// A function wrapping driver errors of `query` in `collector`, for
+    /// `.map_err(CollectError::query("activity", "sample"))`.
+    pub fn query(
         collector: &'static str,
         query: &'static str,
     ) -> impl FnOnce(postgres::Error) -> CollectError {
-        move |source| CollectError::Query {
-            collector,
-            query,
-            source,
+        move |source| {
+            CollectError::Query(PgError {
+                collector,
+                query,
+                source,
+            })
+        }
+    }
+
+    /// The failed query, when a query failed.
+    pub fn as_query(&self) -> Option<&PgError> {
+        match self {
+            CollectError::Query(e) => Some(e),
+            CollectError::State { .. } => None,
         }
     }
 
     /// The collector that failed.
     pub fn collector(&self) -> &'static str {
         match self {
-            CollectError::Query { collector, .. } | CollectError::State { collector, .. } => {
-                collector
-            }
+            CollectError::Query(e) => e.collector,
+            CollectError::State { collector, .. } => collector,
         }
     }
 
     /// The SQLSTATE when the server refused the query.
     pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            CollectError::Query { source, .. } => source.code().map(|c| c.code()),
-            CollectError::State { .. } => None,
-        }
+        self.as_query().and_then(PgError::sqlstate)
     }
 
     /// Whether `statement_timeout` or `lock_timeout` cancelled the query: the daemon backs the
     /// collector off instead of retrying it every cycle.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.sqlstate(), Some("57014") | Some("55P03"))
+        self.as_query().is_some_and(PgError::is_timeout)
     }
 
     /// Whether the connection itself is unusable (the pooled client should be discarded).
     pub fn is_connection_error(&self) -> bool {
-        match self {
-            CollectError::Query { source, .. } => crate::pool::is_connection_error(source),
-            CollectError::State { .. } => false,
-        }
+        self.as_query().is_some_and(PgError::is_connection_error)
     }
 
-    /// The error as a payload entry: `{collector, query|file, error}`.
+    /// The error as a payload entry, in the one shape of [`crate::pgerror::entry`].
     pub fn to_json(&self) -> Json {
-        let o = Json::object().field("collector", self.collector());
         match self {
-            CollectError::Query { query, .. } => o.field("query", *query),
-            CollectError::State { path, .. } => o.field("file", path.display().to_string()),
-        }
-        .field("error", self.detail())
-    }
-
-    fn detail(&self) -> String {
-        match self {
-            CollectError::Query { source, .. } => match source.as_db_error() {
-                Some(db) => format!("{} ({})", db.message(), db.code().code()),
-                None => match std::error::Error::source(source) {
-                    Some(inner) => format!("{source}: {inner}"),
-                    None => source.to_string(),
-                },
-            },
-            CollectError::State { source, .. } => source.to_string(),
+            CollectError::Query(e) => e.to_json(),
+            CollectError::State {
+                collector,
+                path,
+                source,
+            } => pgerror::entry(
+                collector,
+                Subject::File(&path.display().to_string()),
+                &source.to_string(),
+                None,
+                false,
+            ),
         }
     }
 }
@@ -114,16 +120,15 @@ impl CollectError {
 impl fmt::Display for CollectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CollectError::Query {
-                collector, query, ..
-            } => write!(f, "{collector} collector: query {query}: {}", self.detail()),
+            CollectError::Query(e) => e.fmt(f),
             CollectError::State {
-                collector, path, ..
+                collector,
+                path,
+                source,
             } => write!(
                 f,
-                "{collector} collector: state file {}: {}",
-                path.display(),
-                self.detail()
+                "{collector} collector: state file {}: {source}",
+                path.display()
             ),
         }
     }
@@ -132,7 +137,7 @@ impl fmt::Display for CollectError {
 impl std::error::Error for CollectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CollectError::Query { source, .. } => Some(source),
+            CollectError::Query(e) => Some(&e.source),
             CollectError::State { source, .. } => Some(source),
         }
     }
@@ -167,115 +172,23 @@ pub fn server_version_num(
     Ok(v.and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
-/// Backs a collector off after a timeout, counted in cycles: the one back-off policy of the
-/// agent, [`crate::health::backoff::Backoff`], with its cycle counter kept here. After the first
-/// timeout (`lock_timeout` on a locked statistics view, `statement_timeout`) the collector skips
-/// 1 cycle, then 2, 4, ... up to `max_skip`, so a locked view costs the server log a few
-/// lock-timeout errors a minute instead of one per sample; one success resets it. Other errors
-/// do not back off (they are not a sign of load). The daemon keeps one per collector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    policy: crate::health::backoff::Backoff,
-    /// Cycles asked about so far ([`Backoff::should_run`] calls).
-    cycle: u64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(32)
-    }
-}
-
-impl Backoff {
-    /// A backoff that never skips more than `max_skip` cycles in a row.
-    pub fn new(max_skip: u32) -> Backoff {
-        Backoff {
-            policy: crate::health::backoff::Backoff::new(0, u64::from(max_skip)),
-            cycle: 0,
-        }
-    }
-
-    /// Whether the collector runs this cycle; call exactly once per cycle.
-    pub fn should_run(&mut self) -> bool {
-        let run = self.policy.allows(self.cycle);
-        self.cycle += 1;
-        run
-    }
-
-    /// Records how the cycle that ran went.
-    pub fn record<T>(&mut self, outcome: &Result<T, CollectError>) {
-        match outcome {
-            Ok(_) => self.record_outcome(false, true),
-            Err(e) => self.record_outcome(e.is_timeout(), false),
-        }
-    }
-
-    /// [`Backoff::record`] from plain facts: whether the cycle timed out, whether it succeeded.
-    pub fn record_outcome(&mut self, timed_out: bool, succeeded: bool) {
-        if succeeded {
-            self.policy.record_success();
-        } else if timed_out {
-            // The cycle that ran is the one `should_run` last answered.
-            self.policy.record_timeout(self.cycle.saturating_sub(1));
-        }
-    }
-
-    /// Consecutive timeouts so far (for the payload's error report).
-    pub fn consecutive_timeouts(&self) -> u32 {
-        self.policy.consecutive_timeouts()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A collector error that is not a timeout (a state-file failure).
-    fn not_a_timeout() -> Result<(), CollectError> {
-        Err(CollectError::State {
+    #[test]
+    fn error_json_names_collector_and_file() {
+        let e = CollectError::State {
             collector: "t",
             path: PathBuf::from("x"),
             source: std::io::Error::other("not a timeout"),
-        })
-    }
-
-    #[test]
-    fn backoff_skips_from_the_first_timeout_and_resets_on_success() {
-        let mut b = Backoff::new(4);
-        // A non-timeout error never backs off.
-        b.record(&not_a_timeout());
-        assert!(b.should_run());
-        assert_eq!(b.consecutive_timeouts(), 0);
-        b.record(&Ok::<(), CollectError>(()));
-        assert!(b.should_run());
-
-        // From the first timeout on: 1, 2, 4, 4 (capped) cycles skipped.
-        assert!(b.should_run());
-        let mut skipped = Vec::new();
-        for _ in 0..4 {
-            b.record_outcome(true, false);
-            let mut n = 0;
-            while !b.should_run() {
-                n += 1;
-            }
-            skipped.push(n);
-        }
-        assert_eq!(skipped, vec![1, 2, 4, 4]);
-        assert_eq!(b.consecutive_timeouts(), 4);
-        b.record_outcome(false, true);
-        assert_eq!(b.consecutive_timeouts(), 0);
-        assert!(b.should_run(), "a success ends the skipping");
-        b.record_outcome(true, false);
-        assert!(!b.should_run(), "and the next timeout starts again at 1");
-        assert!(b.should_run());
-    }
-
-    #[test]
-    fn error_json_names_collector_and_file() {
-        let e = not_a_timeout().unwrap_err();
+        };
         assert!(!e.is_timeout());
         let j = e.to_json().to_json_string();
-        assert_eq!(j, r#"{"collector":"t","file":"x","error":"not a timeout"}"#);
+        assert_eq!(
+            j,
+            r#"{"collector":"t","file":"x","error":"not a timeout","timed_out":false}"#
+        );
         assert_eq!(e.to_string(), "t collector: state file x: not a timeout");
     }
 }

@@ -5,7 +5,7 @@
 
 use super::counters::{self, Reading};
 use super::version::{self, CHECKPOINTS};
-use super::{marker, Ctx, HealthError};
+use super::{marker, Ctx, PgError};
 use crate::json::Json;
 
 /// The previous reading.
@@ -20,13 +20,13 @@ impl Checkpoints {
         &mut self,
         client: &mut postgres::Client,
         ctx: &Ctx,
-    ) -> Result<Json, HealthError> {
+    ) -> Result<Json, PgError> {
         let query = if ctx.major >= 17 {
             "pg_stat_checkpointer, pg_stat_bgwriter"
         } else {
             "pg_stat_bgwriter"
         };
-        let err = HealthError::at("checkpoints", query);
+        let err = PgError::at("checkpoints", query);
         let cols = version::resolve(CHECKPOINTS, ctx.major);
         let sql = format!(
             "SELECT {}, extract(epoch FROM pg_postmaster_start_time())::float8 AS started

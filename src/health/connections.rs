@@ -7,14 +7,14 @@
 
 use super::counters::{number, round3};
 use super::version::{self, CONNECTION_LIMITS};
-use super::{Ctx, HealthError};
+use super::{Ctx, PgError};
 use crate::json::Json;
 
 const QUERY: &str = "pg_stat_activity";
 
 /// Runs the connections query and builds its figures.
-pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, HealthError> {
-    let err = HealthError::at("connections", QUERY);
+pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, PgError> {
+    let err = PgError::at("connections", QUERY);
     let limits = version::resolve(CONNECTION_LIMITS, ctx.major);
     let sql = format!(
         "WITH a AS MATERIALIZED (

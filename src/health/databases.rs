@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::counters::{self, number, Reading};
 use super::version::{self, Resolved, DATABASE};
-use super::{marker, Ctx, HealthError};
+use super::{marker, Ctx, PgError};
 use crate::json::Json;
 
 /// Most databases listed per interval.
@@ -47,8 +47,8 @@ impl Databases {
         &mut self,
         client: &mut postgres::Client,
         ctx: &Ctx,
-    ) -> Result<Json, HealthError> {
-        let err = HealthError::at("databases", "pg_stat_database");
+    ) -> Result<Json, PgError> {
+        let err = PgError::at("databases", "pg_stat_database");
         let (cols, sql) = self.statement(ctx.major);
         let rows = client.query(sql.as_str(), &[]).map_err(&err)?;
         let mut next = HashMap::with_capacity(rows.len());
@@ -106,8 +106,8 @@ impl Databases {
 }
 
 /// Reads the size of every database that accepts connections (the slow schedule).
-pub(crate) fn collect_sizes(client: &mut postgres::Client) -> Result<Json, HealthError> {
-    let err = HealthError::at("database_sizes", "pg_database_size");
+pub(crate) fn collect_sizes(client: &mut postgres::Client) -> Result<Json, PgError> {
+    let err = PgError::at("database_sizes", "pg_database_size");
     // pg_database_size needs CONNECT on the database or pg_read_all_stats (part of pg_monitor);
     // databases the role may not size are left out rather than failing the whole query.
     let rows = client

@@ -27,7 +27,7 @@
 //! - The server version is read once (`server_version_num`) and every difference between
 //!   PostgreSQL 12 and 18 lives in [`version`]. An error saying a column or view does not exist
 //!   makes the next call read the version again (the server may have been upgraded).
-//! - A failing sub-collector never stops the others: its error ([`HealthError`], naming the
+//! - A failing sub-collector never stops the others: its error ([`PgError`], naming the
 //!   sub-collector and the query) goes into the block's `errors` list and its figures are `null`.
 //!   One that keeps timing out is skipped for a growing number of cycles ([`Backoff`]).
 //! - No query takes a lock on a user relation: sizes come from `pg_class.relpages`, and relations
@@ -37,7 +37,6 @@
 //!   always ends it: a failing part rolls it back and begins a new one for the parts after it.
 //! - Nothing here panics on server answers: every column is read with `try_get`.
 
-pub mod backoff;
 mod checkpoints;
 mod connections;
 mod counters;
@@ -49,12 +48,15 @@ pub mod version;
 mod wal;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use backoff::Backoff;
+pub use crate::collect::Backoff;
+pub use crate::pgerror::PgError;
+
+use crate::collect::backoff::DEFAULT_MAX_SKIP;
 
 use crate::json::Json;
+use crate::pgerror;
 
 /// Tunables of the health collectors (plain values: the daemon maps configuration onto them).
 #[derive(Debug, Clone)]
@@ -154,94 +156,10 @@ impl Part {
     }
 }
 
-/// A sub-collector's query failed.
-#[derive(Debug)]
-pub struct HealthError {
-    /// The sub-collector (a [`Part`] name, or `version`).
-    pub collector: &'static str,
-    /// Which query: the view(s) it reads.
-    pub query: &'static str,
-    /// The driver's error.
-    pub source: postgres::Error,
-}
-
-impl HealthError {
-    /// A function wrapping driver errors of `query` in `collector`.
-    pub fn at(
-        collector: &'static str,
-        query: &'static str,
-    ) -> impl Fn(postgres::Error) -> HealthError {
-        move |source| HealthError {
-            collector,
-            query,
-            source,
-        }
-    }
-
-    /// The server's SQLSTATE, if the server answered with an error.
-    pub fn sqlstate(&self) -> Option<&str> {
-        self.source.code().map(|c| c.code())
-    }
-
-    /// Cancelled by `statement_timeout` (57014) or `lock_timeout` (55P03): counts for the backoff.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.sqlstate(), Some("57014") | Some("55P03"))
-    }
-
-    /// The role lacks a privilege (42501): grant pg_monitor.
-    pub fn is_privilege(&self) -> bool {
-        self.sqlstate() == Some("42501")
-    }
-
-    /// A column, view or function the version map expected is missing (42703, 42P01, 42883):
-    /// the server version is read again on the next call.
-    pub fn is_version_mismatch(&self) -> bool {
-        matches!(
-            self.sqlstate(),
-            Some("42703") | Some("42P01") | Some("42883")
-        )
-    }
-
-    fn to_json(&self) -> Json {
-        Json::object()
-            .field("collector", self.collector)
-            .field("query", self.query)
-            .field("sqlstate", self.sqlstate())
-            .field("message", self.message())
-            .field("timeout", self.is_timeout())
-    }
-
-    fn message(&self) -> String {
-        match self.source.as_db_error() {
-            Some(db) => db.message().to_string(),
-            None => match std::error::Error::source(&self.source) {
-                Some(s) => format!("{}: {s}", self.source),
-                None => self.source.to_string(),
-            },
-        }
-    }
-}
-
-impl fmt::Display for HealthError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "health collector {}: query {}: {}",
-            self.collector,
-            self.query,
-            self.message()
-        )?;
-        if let Some(code) = self.sqlstate() {
-            write!(f, " ({code})")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for HealthError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
+/// A part's backoff: one timeout in a row is tolerated (a passing spike), then the agent's one
+/// policy (1, 2, 4, ... cycles, at most [`DEFAULT_MAX_SKIP`]).
+fn part_backoff() -> Backoff {
+    Backoff::new(1, DEFAULT_MAX_SKIP)
 }
 
 /// What every sub-collector gets besides its own state.
@@ -289,7 +207,7 @@ impl Runner<'_> {
         part: Part,
         out: &mut Json,
         client: &mut postgres::Client,
-        f: impl FnOnce(&mut postgres::Client) -> Result<Json, HealthError>,
+        f: impl FnOnce(&mut postgres::Client) -> Result<Json, PgError>,
     ) {
         if part.is_slow() {
             if let Some(last) = self.last_run.get(&part) {
@@ -302,12 +220,10 @@ impl Runner<'_> {
             out.push(part.name(), Json::Null);
             return;
         }
-        let backoff = self.backoffs.entry(part).or_default();
+        let backoff = self.backoffs.entry(part).or_insert_with(part_backoff);
         if !backoff.allows(self.cycle) {
             self.errors.push(
-                Json::object()
-                    .field("collector", part.name())
-                    .field("skipped", "backed off after repeated timeouts")
+                pgerror::skipped_entry(part.name(), "backed off after repeated timeouts")
                     .field("consecutive_timeouts", backoff.consecutive_timeouts())
                     .field(
                         "resume_in_cycles",
@@ -397,7 +313,7 @@ impl Health {
             cycle: 0,
             last_collect: None,
             backoffs: HashMap::new(),
-            gate: Backoff::new(0, 32),
+            gate: Backoff::default(),
             last_run: HashMap::new(),
             databases: databases::Databases::default(),
             checkpoints: checkpoints::Checkpoints::default(),
@@ -413,16 +329,16 @@ impl Health {
         self.version_num
     }
 
-    fn ensure_version(&mut self, client: &mut postgres::Client) -> Result<u32, HealthError> {
+    fn ensure_version(&mut self, client: &mut postgres::Client) -> Result<u32, PgError> {
         if let Some(v) = self.version_num {
             return Ok(v);
         }
         let row = client
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
-            .map_err(HealthError::at("version", "server_version_num"))?;
+            .map_err(PgError::at("version", "server_version_num"))?;
         let v: i32 = row
             .try_get(0)
-            .map_err(HealthError::at("version", "server_version_num"))?;
+            .map_err(PgError::at("version", "server_version_num"))?;
         let v = u32::try_from(v).unwrap_or(0);
         let major = v / 10000;
         if !version::SUPPORTED.contains(&major) {
@@ -465,14 +381,15 @@ impl Health {
             // cycles), so such a lock costs the server log a few errors, not several per cycle.
             out.push(
                 "errors",
-                Json::Array(vec![Json::object()
-                    .field("collector", "health")
-                    .field("skipped", "backed off after timeouts of several parts")
-                    .field("consecutive_timeouts", self.gate.consecutive_timeouts())
-                    .field(
-                        "resume_in_cycles",
-                        self.gate.resume_at().saturating_sub(self.cycle),
-                    )]),
+                Json::Array(vec![pgerror::skipped_entry(
+                    "health",
+                    "backed off after timeouts of several parts",
+                )
+                .field("consecutive_timeouts", self.gate.consecutive_timeouts())
+                .field(
+                    "resume_in_cycles",
+                    self.gate.resume_at().saturating_sub(self.cycle),
+                )]),
             );
             self.cycle += 1;
             return out;

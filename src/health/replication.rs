@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::counters::{self, number, round3, Value};
 use super::version::{self, SLOTS, WAL_RECEIVER};
-use super::{Ctx, HealthError};
+use super::{Ctx, PgError};
 use crate::json::Json;
 
 /// Most standbys or slots listed.
@@ -29,8 +29,8 @@ fn opt_text(row: &postgres::Row, name: &str) -> Result<Option<String>, postgres:
 }
 
 /// Reads `pg_stat_replication`: one entry per connected standby.
-pub(crate) fn collect_standbys(client: &mut postgres::Client) -> Result<Json, HealthError> {
-    let err = HealthError::at("replication", "pg_stat_replication");
+pub(crate) fn collect_standbys(client: &mut postgres::Client) -> Result<Json, PgError> {
+    let err = PgError::at("replication", "pg_stat_replication");
     let sql = format!(
         "SELECT pid, application_name::text, client_addr::text, state::text, sync_state::text,
                 pg_wal_lsn_diff({OWN_LSN}, sent_lsn)::float8 AS sent_lag_bytes,
@@ -79,8 +79,8 @@ impl Slots {
         &mut self,
         client: &mut postgres::Client,
         ctx: &Ctx,
-    ) -> Result<Json, HealthError> {
-        let err = HealthError::at("replication_slots", "pg_replication_slots");
+    ) -> Result<Json, PgError> {
+        let err = PgError::at("replication_slots", "pg_replication_slots");
         let cols = version::resolve(SLOTS, ctx.major);
         // On a standby, slots retain WAL relative to what was replayed.
         let sql = format!(
@@ -149,11 +149,8 @@ impl Slots {
 
 /// Reads the standby side: `pg_stat_wal_receiver` and the replay delay. On a primary it ships
 /// `{"in_recovery": false}` and nothing else.
-pub(crate) fn collect_receiver(
-    client: &mut postgres::Client,
-    ctx: &Ctx,
-) -> Result<Json, HealthError> {
-    let err = HealthError::at("wal_receiver", "pg_stat_wal_receiver");
+pub(crate) fn collect_receiver(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, PgError> {
+    let err = PgError::at("wal_receiver", "pg_stat_wal_receiver");
     let cols = version::resolve(WAL_RECEIVER, ctx.major);
     // LEFT JOIN from a one-row relation: exactly one row whether a receiver runs or not.
     let sql = format!(

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::counters::{number, round3};
-use super::{Ctx, HealthError, LARGE_CATALOG};
+use super::{Ctx, PgError, LARGE_CATALOG};
 use crate::json::Json;
 
 /// The relations of the connected database under an ACCESS EXCLUSIVE lock, held or awaited.
@@ -148,8 +148,8 @@ impl Tables {
         &mut self,
         client: &mut postgres::Client,
         ctx: &Ctx,
-    ) -> Result<Json, HealthError> {
-        let err = HealthError::at("tables", "pg_stat_get_* over pg_class, pg_locks");
+    ) -> Result<Json, PgError> {
+        let err = PgError::at("tables", "pg_stat_get_* over pg_class, pg_locks");
         if ctx.cycle < self.next_cycle {
             return Ok(Json::object()
                 .field("deferred", true)
@@ -330,8 +330,8 @@ impl Tables {
         &self,
         client: &mut postgres::Client,
         oids: &[u32],
-    ) -> Result<HashMap<u32, (String, Json)>, HealthError> {
-        let err = HealthError::at("tables", "pg_stat_user_tables details");
+    ) -> Result<HashMap<u32, (String, Json)>, PgError> {
+        let err = PgError::at("tables", "pg_stat_user_tables details");
         let rows = client
             .query(
                 "SELECT s.relid AS oid, s.schemaname::text || '.' || s.relname::text AS name,
@@ -378,8 +378,8 @@ impl Tables {
 pub(crate) fn collect_unused_indexes(
     client: &mut postgres::Client,
     ctx: &Ctx,
-) -> Result<Json, HealthError> {
-    let err = HealthError::at(
+) -> Result<Json, PgError> {
+    let err = PgError::at(
         "unused_indexes",
         "pg_stat_get_numscans over pg_index, pg_locks",
     );

@@ -7,7 +7,7 @@
 
 use super::counters::{self, number, round3, Value};
 use super::version::{self, VACUUM_PROGRESS};
-use super::{Ctx, HealthError};
+use super::{Ctx, PgError};
 use crate::json::Json;
 
 /// Transaction ids (and multixact ids) wrap around after 2^31: the share is age / 2^31.
@@ -17,11 +17,8 @@ pub const WRAPAROUND_LIMIT: f64 = 2_147_483_648.0;
 pub const MAX_DATABASES: i64 = 100;
 
 /// Reads the running vacuums and the autovacuum worker count.
-pub(crate) fn collect_progress(
-    client: &mut postgres::Client,
-    ctx: &Ctx,
-) -> Result<Json, HealthError> {
-    let err = HealthError::at("vacuum", "pg_stat_progress_vacuum, pg_stat_activity");
+pub(crate) fn collect_progress(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, PgError> {
+    let err = PgError::at("vacuum", "pg_stat_progress_vacuum, pg_stat_activity");
     let cols = version::resolve(VACUUM_PROGRESS, ctx.major);
     // LEFT JOIN from the one-row settings relation: one row even when nothing is vacuuming.
     let sql = format!(
@@ -103,8 +100,8 @@ pub(crate) fn collect_progress(
 }
 
 /// Reads the transaction id and multixact ages of every database.
-pub(crate) fn collect_wraparound(client: &mut postgres::Client) -> Result<Json, HealthError> {
-    let err = HealthError::at("wraparound", "pg_database");
+pub(crate) fn collect_wraparound(client: &mut postgres::Client) -> Result<Json, PgError> {
+    let err = PgError::at("wraparound", "pg_database");
     let sql = format!(
         "SELECT datname::text, age(datfrozenxid)::int8 AS xid_age,
                 mxid_age(datminmxid)::int8 AS mxid_age,

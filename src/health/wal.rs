@@ -7,7 +7,7 @@
 
 use super::counters::{self, number, Reading};
 use super::version::{self, WAL};
-use super::{Ctx, HealthError};
+use super::{Ctx, PgError};
 use crate::json::Json;
 
 /// The previous reading.
@@ -30,13 +30,13 @@ impl Wal {
         &mut self,
         client: &mut postgres::Client,
         ctx: &Ctx,
-    ) -> Result<Json, HealthError> {
+    ) -> Result<Json, PgError> {
         let query = if ctx.major >= 14 {
             "pg_current_wal_lsn, pg_stat_archiver, pg_stat_wal"
         } else {
             "pg_current_wal_lsn, pg_stat_archiver"
         };
-        let err = HealthError::at("wal", query);
+        let err = PgError::at("wal", query);
         let cols = version::resolve(WAL, ctx.major);
         // pg_current_wal_lsn() fails during recovery; CASE evaluates only the branch taken.
         let sql = format!(

@@ -236,7 +236,12 @@ impl StatementsCollector {
         let entries = match read_counters(client, &sql, self.baseline_capacity()) {
             Ok(entries) => entries,
             // object_not_in_prerequisite_state: "must be loaded via shared_preload_libraries".
-            Err(e) if e.code().map(|c| c.code()) == Some("55000") => {
+            Err(e)
+                if crate::pgerror::has_state(
+                    &e,
+                    &postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                ) =>
+            {
                 self.set_unavailable(Availability::NotLoaded, "not in shared_preload_libraries");
                 return Ok(None);
             }
