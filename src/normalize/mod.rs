@@ -72,16 +72,6 @@ impl QueryTextMode {
     }
 }
 
-impl From<crate::config::QueryTextMode> for QueryTextMode {
-    fn from(m: crate::config::QueryTextMode) -> QueryTextMode {
-        match m {
-            crate::config::QueryTextMode::Full => QueryTextMode::Full,
-            crate::config::QueryTextMode::Normalized => QueryTextMode::Normalized,
-            crate::config::QueryTextMode::None => QueryTextMode::None,
-        }
-    }
-}
-
 /// Default maximum length of a shipped query text, in characters.
 pub const DEFAULT_MAX_CHARS: usize = 1000;
 
@@ -110,7 +100,7 @@ impl QueryText {
     /// The `query_text` and `query_max_chars` settings of `[collection]`.
     pub fn from_collection(c: &crate::config::CollectionConfig) -> QueryText {
         QueryText {
-            mode: c.query_text.into(),
+            mode: c.query_text,
             max_chars: c.query_max_chars,
         }
     }
