@@ -8,7 +8,7 @@
 //! unparsed line keeps nothing quoted and no number.
 
 use super::sql::{is_ident_byte, normalize_with, skip_quoted, skip_until_quote, Dq};
-use super::{normalize_into, truncate_chars, QueryText, QueryTextMode};
+use super::{normalize_into, rewrite_lines, truncate_chars, QueryText, QueryTextMode};
 
 /// A text the server wrote about a statement, besides the statement itself: which rule masks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,13 +149,9 @@ const SECTION_STARTS: &[&str] = &[
 ///   parameters: ...` and the lines continuing them are normalized as SQL;
 /// - `JSON data, line N: ...`: everything after the colon is masked.
 pub fn scrub_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
     let mut in_sql = false;
     let mut mask_to_close = false;
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
+    rewrite_lines(text, |line, out| {
         let trimmed = line.trim_start();
         let starts_section = SECTION_STARTS.iter().any(|p| trimmed.starts_with(p));
         if mask_to_close {
@@ -165,46 +161,45 @@ pub fn scrub_text(text: &str) -> String {
                     out.push_str(&line[at..]);
                     mask_to_close = false;
                 }
-                None => continue,
+                None => return,
             }
-            continue;
+            return;
         }
         if in_sql && !starts_section {
-            normalize_into(line, &mut out);
-            continue;
+            normalize_into(line, out);
+            return;
         }
         in_sql = false;
         if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
             let at = line.len() - trimmed.len() + p.len();
             out.push_str(&line[..at]);
-            normalize_into(&line[at..], &mut out);
+            normalize_into(&line[at..], out);
             in_sql = true;
-            continue;
+            return;
         }
         if let Some(at) = process_statement_at(trimmed) {
             let at = line.len() - trimmed.len() + at;
             out.push_str(&line[..at]);
-            normalize_into(&line[at..], &mut out);
+            normalize_into(&line[at..], out);
             in_sql = true;
-            continue;
+            return;
         }
         if let Some(at) = line.find("with parameters: ") {
             let at = at + "with parameters: ".len();
             out.push_str(&line[..at]);
-            normalize_into(&line[at..], &mut out);
+            normalize_into(&line[at..], out);
             in_sql = true;
-            continue;
+            return;
         }
         if trimmed.starts_with("JSON data, ") {
             if let Some(at) = line.find(": ") {
                 out.push_str(&line[..at + 2]);
                 out.push('?');
-                continue;
+                return;
             }
         }
-        mask_to_close = scrub_line(line, &mut out);
-    }
-    out
+        mask_to_close = scrub_line(line, out);
+    })
 }
 
 /// `Process 123: UPDATE ...` (a deadlock DETAIL): where the statement starts.

@@ -137,6 +137,19 @@ pub fn truncate_chars(s: &mut String, max_chars: usize) {
     }
 }
 
+/// `text` rewritten line by line: `each` writes the form of one line (without its `\n`) into the
+/// output, and the line breaks stay where they were.
+fn rewrite_lines(text: &str, mut each: impl FnMut(&str, &mut String)) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        each(line, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! anything of unknown shape is normalized as SQL.
 
 use super::sql::{normalize_with, Dq};
-use super::{normalize, normalize_into};
+use super::{normalize, normalize_into, rewrite_lines};
 
 /// Properties of a text plan whose values are figures or keywords, never expressions: kept as
 /// they are (when they hold no quote). Every other property (`Filter`, `Index Cond`, `Output`,
@@ -52,12 +52,8 @@ pub const PLAN_FIGURE_KEYS: &[&str] = &[
 /// Cond`, `Recheck Cond`, `Hash Cond`, `Join Filter`, `One-Time Filter`, `Output`, parameters)
 /// are normalized as SQL, and so is any line of unknown shape.
 pub fn normalize_plan_text(plan: &str) -> String {
-    let mut out = String::with_capacity(plan.len());
     let mut in_query = false;
-    for (i, line) in plan.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
+    rewrite_lines(plan, |line, out| {
         let body = line.trim_start();
         let indent = &line[..line.len() - body.len()];
         let (arrow, body) = match body.strip_prefix("->") {
@@ -71,28 +67,28 @@ pub fn normalize_plan_text(plan: &str) -> String {
         out.push_str(arrow);
         if let Some(rest) = body.strip_prefix("Query Text:") {
             out.push_str("Query Text:");
-            normalize_into(rest, &mut out);
+            normalize_into(rest, out);
             in_query = true;
-            continue;
+            return;
         }
         let node_at = body.find("  (cost=").or_else(|| body.find("  (actual "));
         if in_query && node_at.is_none() {
             // The query text runs over several lines until the first plan node.
-            normalize_into(body, &mut out);
-            continue;
+            normalize_into(body, out);
+            return;
         }
         in_query = false;
         if let Some(at) = node_at {
             let (head, figures) = body.split_at(at);
-            normalize_into(head, &mut out);
+            normalize_into(head, out);
             if figures.bytes().all(|c| {
                 c.is_ascii_alphanumeric() || matches!(c, b' ' | b'(' | b')' | b'=' | b'.' | b'_')
             }) {
                 out.push_str(figures);
             } else {
-                normalize_into(figures, &mut out);
+                normalize_into(figures, out);
             }
-            continue;
+            return;
         }
         if let Some((key, value)) = body.split_once(": ").or_else(|| body.split_once(':')) {
             let figure = PLAN_FIGURE_KEYS.contains(&key)
@@ -102,13 +98,12 @@ pub fn normalize_plan_text(plan: &str) -> String {
                 out.push_str(body);
             } else {
                 out.push_str(&body[..key.len()]);
-                normalize_into(&body[key.len()..], &mut out);
+                normalize_into(&body[key.len()..], out);
             }
-            continue;
+            return;
         }
-        normalize_into(body, &mut out);
-    }
-    out
+        normalize_into(body, out);
+    })
 }
 
 /// Keys of a JSON plan whose string values are names or keywords, never expressions: kept. Every
