@@ -7,8 +7,10 @@
 //! `SQL statement "..."`, deadlock statements) is normalized by the rule of [`super::sql`]; an
 //! unparsed line keeps nothing quoted and no number.
 
-use super::sql::{is_ident_byte, normalize_with, skip_quoted, skip_until_quote, Dq};
-use super::{normalize_into, rewrite_lines, truncate_chars, QueryText, QueryTextMode};
+use super::sql::{is_ident_byte, normalize_with, skip_quoted, skip_until_quote, sql_line_end, Dq};
+use super::{
+    first_line_len, normalize_into, rewrite_lines, truncate_chars, QueryText, QueryTextMode,
+};
 
 /// A text the server wrote about a statement, besides the statement itself: which rule masks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,57 +151,63 @@ const SECTION_STARTS: &[&str] = &[
 ///   parameters: ...` and the lines continuing them are normalized as SQL;
 /// - `JSON data, line N: ...`: everything after the colon is masked.
 pub fn scrub_text(text: &str) -> String {
-    let mut in_sql = false;
     let mut mask_to_close = false;
-    rewrite_lines(text, |line, out| {
+    rewrite_lines(text, |rest, out| {
+        let end = first_line_len(rest);
+        let line = &rest[..end];
         let trimmed = line.trim_start();
-        let starts_section = SECTION_STARTS.iter().any(|p| trimmed.starts_with(p));
         if mask_to_close {
             // The rest of a masked value list that ran over the line end.
-            match line.rfind(')') {
-                Some(at) => {
-                    out.push_str(&line[at..]);
-                    mask_to_close = false;
-                }
-                None => return,
+            if let Some(at) = line.rfind(')') {
+                out.push_str(&line[at..]);
+                mask_to_close = false;
             }
-            return;
+            return end;
         }
-        if in_sql && !starts_section {
-            normalize_into(line, out);
-            return;
-        }
-        in_sql = false;
-        if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
-            let at = line.len() - trimmed.len() + p.len();
+        let indent = line.len() - trimmed.len();
+        let sql_at = if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
+            Some(indent + p.len())
+        } else if let Some(at) = process_statement_at(trimmed) {
+            Some(indent + at)
+        } else {
+            line.find("with parameters: ")
+                .map(|at| at + "with parameters: ".len())
+        };
+        if let Some(at) = sql_at {
             out.push_str(&line[..at]);
-            normalize_into(&line[at..], out);
-            in_sql = true;
-            return;
-        }
-        if let Some(at) = process_statement_at(trimmed) {
-            let at = line.len() - trimmed.len() + at;
-            out.push_str(&line[..at]);
-            normalize_into(&line[at..], out);
-            in_sql = true;
-            return;
-        }
-        if let Some(at) = line.find("with parameters: ") {
-            let at = at + "with parameters: ".len();
-            out.push_str(&line[..at]);
-            normalize_into(&line[at..], out);
-            in_sql = true;
-            return;
+            return normalize_sql_run(rest, at, out);
         }
         if trimmed.starts_with("JSON data, ") {
             if let Some(at) = line.find(": ") {
                 out.push_str(&line[..at + 2]);
                 out.push('?');
-                return;
+                return end;
             }
         }
         mask_to_close = scrub_line(line, out);
+        end
     })
+}
+
+/// Writes the SQL that starts at `at` of `rest` normalized, with the lines that continue it (up
+/// to a line that starts a new section, [`SECTION_STARTS`]), and returns where it ends. A line
+/// break inside a literal or comment neither ends the SQL nor splits what is masked.
+fn normalize_sql_run(rest: &str, at: usize, out: &mut String) -> usize {
+    let mut start = at;
+    loop {
+        let end = sql_line_end(rest, start);
+        normalize_into(&rest[start..end], out);
+        if end >= rest.len() {
+            return end;
+        }
+        let next = &rest[end + 1..];
+        let next = next[..first_line_len(next)].trim_start();
+        if SECTION_STARTS.iter().any(|p| next.starts_with(p)) {
+            return end;
+        }
+        out.push('\n');
+        start = end + 1;
+    }
 }
 
 /// `Process 123: UPDATE ...` (a deadlock DETAIL): where the statement starts.
@@ -375,6 +383,25 @@ mod tests {
         assert_eq!(
             scrubbed("unnamed portal with parameters: $1 = 'secret'"),
             "unnamed portal with parameters: $1 = ?"
+        );
+    }
+
+    #[test]
+    fn sql_in_details_masks_literals_that_run_over_a_line_break() {
+        assert_eq!(
+            scrubbed("parameters: $1 = 'line one\nline two secret', $2 = 5"),
+            "parameters: $1 = ?, $2 = ?"
+        );
+        assert_eq!(
+            scrubbed(
+                "Process 10: UPDATE t SET v = 'multi\nline secret'\n  WHERE id = 7\n\
+                 Process 11: UPDATE t SET v = $$a\nProcess 12: b$$"
+            ),
+            "Process 10: UPDATE t SET v = ?\n  WHERE id = ?\nProcess 11: UPDATE t SET v = ?"
+        );
+        assert_eq!(
+            scrubbed("SQL statement \"SELECT 1\"\nCOPY t, line 1, column a: \"secret\""),
+            "SQL statement \"SELECT ?\"\nCOPY t, line 1, column a: \"?\""
         );
     }
 

@@ -137,17 +137,26 @@ pub fn truncate_chars(s: &mut String, max_chars: usize) {
     }
 }
 
-/// `text` rewritten line by line: `each` writes the form of one line (without its `\n`) into the
-/// output, and the line breaks stay where they were.
-fn rewrite_lines(text: &str, mut each: impl FnMut(&str, &mut String)) -> String {
+/// `text` rewritten line by line: `each(rest, out)` writes the form of the line that starts
+/// `rest` (and of the lines it takes with it, such as a literal running over a line break) into
+/// the output and returns its length, which ends at a `\n` of `rest` or at its end; the line
+/// break after it stays.
+fn rewrite_lines(text: &str, mut each: impl FnMut(&str, &mut String) -> usize) -> String {
     let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
+    let mut at = 0;
+    loop {
+        at += each(&text[at..], &mut out);
+        if at >= text.len() {
+            return out;
         }
-        each(line, &mut out);
+        out.push('\n');
+        at += 1;
     }
-    out
+}
+
+/// The length of the first line of `rest` (up to its first `\n`).
+fn first_line_len(rest: &str) -> usize {
+    rest.find('\n').unwrap_or(rest.len())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Invariants: a plan keeps its structure, node names and figures and loses every literal;
 //! anything of unknown shape is normalized as SQL.
 
-use super::sql::{normalize_with, Dq};
+use super::sql::{normalize_with, sql_line_end, Dq};
 use super::{normalize, normalize_into, rewrite_lines};
 
 /// Properties of a text plan whose values are figures or keywords, never expressions: kept as
@@ -53,7 +53,10 @@ pub const PLAN_FIGURE_KEYS: &[&str] = &[
 /// are normalized as SQL, and so is any line of unknown shape.
 pub fn normalize_plan_text(plan: &str) -> String {
     let mut in_query = false;
-    rewrite_lines(plan, |line, out| {
+    rewrite_lines(plan, |rest, out| {
+        // A literal or comment may run over a line break: such a line ends where it closes.
+        let end = sql_line_end(rest, 0);
+        let line = &rest[..end];
         let body = line.trim_start();
         let indent = &line[..line.len() - body.len()];
         let (arrow, body) = match body.strip_prefix("->") {
@@ -69,13 +72,13 @@ pub fn normalize_plan_text(plan: &str) -> String {
             out.push_str("Query Text:");
             normalize_into(rest, out);
             in_query = true;
-            return;
+            return end;
         }
         let node_at = body.find("  (cost=").or_else(|| body.find("  (actual "));
         if in_query && node_at.is_none() {
             // The query text runs over several lines until the first plan node.
             normalize_into(body, out);
-            return;
+            return end;
         }
         in_query = false;
         if let Some(at) = node_at {
@@ -88,7 +91,7 @@ pub fn normalize_plan_text(plan: &str) -> String {
             } else {
                 normalize_into(figures, out);
             }
-            return;
+            return end;
         }
         if let Some((key, value)) = body.split_once(": ").or_else(|| body.split_once(':')) {
             let figure = PLAN_FIGURE_KEYS.contains(&key)
@@ -100,9 +103,10 @@ pub fn normalize_plan_text(plan: &str) -> String {
                 out.push_str(&body[..key.len()]);
                 normalize_into(&body[key.len()..], out);
             }
-            return;
+            return end;
         }
         normalize_into(body, out);
+        end
     })
 }
 
@@ -243,6 +247,26 @@ mod tests {
         assert!(text.contains(r#""Node Type":"Seq Scan""#), "{text}");
         assert!(text.contains(r#""Filter":"(a = ?::text)""#), "{text}");
         assert!(text.contains(r#""Actual Rows":5"#), "{text}");
+    }
+
+    #[test]
+    fn text_plans_mask_literals_and_comments_that_run_over_a_line_break() {
+        let plan = "Query Text: SELECT * FROM t /* a\nsecret comment */ WHERE note = 'first\nsecret words' AND id = 1\n\
+                    Seq Scan on t  (cost=0.00..1.00 rows=1 width=4)\n\
+                    \u{20} Filter: (note = 'a\nhidden: words'::text)\n\
+                    \u{20} Rows Removed by Filter: 3";
+        let n = normalize_plan_text(plan);
+        for secret in ["secret", "words", "hidden"] {
+            assert!(!n.contains(secret), "{secret} in {n}");
+        }
+        assert!(
+            n.contains("WHERE note = ? AND id = ?\nSeq Scan on t  (cost="),
+            "{n}"
+        );
+        assert!(
+            n.contains("  Filter: (note = ?::text)\n  Rows Removed by Filter: 3"),
+            "{n}"
+        );
     }
 
     #[test]

@@ -208,6 +208,51 @@ fn is_correlation_marker(t: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b':' | b'.'))
 }
 
+/// Where the line of SQL text that starts at `from` ends: at the first `\n` outside a literal,
+/// dollar quote or block comment (the constructs [`normalize_into`] masks or drops whole), or at
+/// the end of the text. A literal that runs over a line break so stays in one piece, and is
+/// masked whole when the line is normalized.
+pub(super) fn sql_line_end(sql: &str, from: usize) -> usize {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut i = from;
+    while i < n {
+        let prev_ident = i > 0 && is_ident_byte(b[i - 1]);
+        match b[i] {
+            b'\n' => return i,
+            b'\'' => {
+                // `E'...'` (an `e` that does not end a longer word) takes backslash escapes.
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && !(i > 1 && is_ident_byte(b[i - 2]));
+                i = skip_quoted(b, i + 1, escapes);
+            }
+            b'"' => {
+                // A quoted identifier never holds a line break; an unclosed one (the closing
+                // quote of a CONTEXT's `SQL statement "..."`) ends with its line.
+                i += 1;
+                while i < n && b[i] != b'"' && b[i] != b'\n' {
+                    i += 1;
+                }
+                if i < n && b[i] == b'"' {
+                    i += 1;
+                }
+            }
+            b'/' if i + 1 < n && b[i + 1] == b'*' => i = skip_block_comment(b, i + 2),
+            b'-' if i + 1 < n && b[i + 1] == b'-' => {
+                while i < n && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'$' if !prev_ident => match dollar_quote(b, i) {
+                Some((body_end, tag_len)) => i = body_end + tag_len,
+                None => i += 1,
+            },
+            _ => i += 1,
+        }
+    }
+    n
+}
+
 /// Index just past the closing quote of a `'...'` body starting at `i` (or the end).
 pub(super) fn skip_quoted(b: &[u8], mut i: usize, backslash_escapes: bool) -> usize {
     let n = b.len();
