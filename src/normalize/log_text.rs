@@ -152,9 +152,7 @@ const SECTION_STARTS: &[&str] = &[
 /// - `JSON data, line N: ...`: everything after the colon is masked.
 pub fn scrub_text(text: &str) -> String {
     let mut mask_to_close = false;
-    rewrite_lines(text, |rest, out| {
-        let end = first_line_len(rest);
-        let line = &rest[..end];
+    rewrite_lines(text, first_line_len, |line, rest, out| {
         let trimmed = line.trim_start();
         if mask_to_close {
             // The rest of a masked value list that ran over the line end.
@@ -162,7 +160,7 @@ pub fn scrub_text(text: &str) -> String {
                 out.push_str(&line[at..]);
                 mask_to_close = false;
             }
-            return end;
+            return line.len();
         }
         let indent = line.len() - trimmed.len();
         let sql_at = if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
@@ -181,11 +179,11 @@ pub fn scrub_text(text: &str) -> String {
             if let Some(at) = line.find(": ") {
                 out.push_str(&line[..at + 2]);
                 out.push('?');
-                return end;
+                return line.len();
             }
         }
         mask_to_close = scrub_line(line, out);
-        end
+        line.len()
     })
 }
 

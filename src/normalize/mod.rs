@@ -137,15 +137,20 @@ pub fn truncate_chars(s: &mut String, max_chars: usize) {
     }
 }
 
-/// `text` rewritten line by line: `each(rest, out)` writes the form of the line that starts
-/// `rest` (and of the lines it takes with it, such as a literal running over a line break) into
-/// the output and returns its length, which ends at a `\n` of `rest` or at its end; the line
-/// break after it stays.
-fn rewrite_lines(text: &str, mut each: impl FnMut(&str, &mut String) -> usize) -> String {
+/// `text` rewritten line by line: `line_end(rest)` says where the line that starts `rest` ends
+/// (at a `\n` of `rest` or at its end), `each(line, rest, out)` writes the form of that line (and
+/// of any lines it takes with it) into the output and returns the length it took, which ends the
+/// same way; the line break after it stays.
+fn rewrite_lines(
+    text: &str,
+    line_end: impl Fn(&str) -> usize,
+    mut each: impl FnMut(&str, &str, &mut String) -> usize,
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     loop {
-        at += each(&text[at..], &mut out);
+        let rest = &text[at..];
+        at += each(&rest[..line_end(rest)], rest, &mut out);
         if at >= text.len() {
             return out;
         }

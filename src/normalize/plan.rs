@@ -53,61 +53,64 @@ pub const PLAN_FIGURE_KEYS: &[&str] = &[
 /// are normalized as SQL, and so is any line of unknown shape.
 pub fn normalize_plan_text(plan: &str) -> String {
     let mut in_query = false;
-    rewrite_lines(plan, |rest, out| {
-        // A literal or comment may run over a line break: such a line ends where it closes.
-        let end = sql_line_end(rest, 0);
-        let line = &rest[..end];
-        let body = line.trim_start();
-        let indent = &line[..line.len() - body.len()];
-        let (arrow, body) = match body.strip_prefix("->") {
-            Some(rest) => {
-                let rest = rest.trim_start();
-                (&body[..body.len() - rest.len()], rest)
+    // A literal or comment may run over a line break: such a line ends where it closes.
+    rewrite_lines(
+        plan,
+        |rest| sql_line_end(rest, 0),
+        |line, _, out| {
+            let body = line.trim_start();
+            let indent = &line[..line.len() - body.len()];
+            let (arrow, body) = match body.strip_prefix("->") {
+                Some(rest) => {
+                    let rest = rest.trim_start();
+                    (&body[..body.len() - rest.len()], rest)
+                }
+                None => ("", body),
+            };
+            out.push_str(indent);
+            out.push_str(arrow);
+            if let Some(rest) = body.strip_prefix("Query Text:") {
+                out.push_str("Query Text:");
+                normalize_into(rest, out);
+                in_query = true;
+                return line.len();
             }
-            None => ("", body),
-        };
-        out.push_str(indent);
-        out.push_str(arrow);
-        if let Some(rest) = body.strip_prefix("Query Text:") {
-            out.push_str("Query Text:");
-            normalize_into(rest, out);
-            in_query = true;
-            return end;
-        }
-        let node_at = body.find("  (cost=").or_else(|| body.find("  (actual "));
-        if in_query && node_at.is_none() {
-            // The query text runs over several lines until the first plan node.
+            let node_at = body.find("  (cost=").or_else(|| body.find("  (actual "));
+            if in_query && node_at.is_none() {
+                // The query text runs over several lines until the first plan node.
+                normalize_into(body, out);
+                return line.len();
+            }
+            in_query = false;
+            if let Some(at) = node_at {
+                let (head, figures) = body.split_at(at);
+                normalize_into(head, out);
+                if figures.bytes().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, b' ' | b'(' | b')' | b'=' | b'.' | b'_')
+                }) {
+                    out.push_str(figures);
+                } else {
+                    normalize_into(figures, out);
+                }
+                return line.len();
+            }
+            if let Some((key, value)) = body.split_once(": ").or_else(|| body.split_once(':')) {
+                let figure = PLAN_FIGURE_KEYS.contains(&key)
+                    || key.starts_with("Worker ")
+                    || key.starts_with("Trigger ");
+                if figure && !value.contains(['\'', '"', '$']) {
+                    out.push_str(body);
+                } else {
+                    out.push_str(&body[..key.len()]);
+                    normalize_into(&body[key.len()..], out);
+                }
+                return line.len();
+            }
             normalize_into(body, out);
-            return end;
-        }
-        in_query = false;
-        if let Some(at) = node_at {
-            let (head, figures) = body.split_at(at);
-            normalize_into(head, out);
-            if figures.bytes().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, b' ' | b'(' | b')' | b'=' | b'.' | b'_')
-            }) {
-                out.push_str(figures);
-            } else {
-                normalize_into(figures, out);
-            }
-            return end;
-        }
-        if let Some((key, value)) = body.split_once(": ").or_else(|| body.split_once(':')) {
-            let figure = PLAN_FIGURE_KEYS.contains(&key)
-                || key.starts_with("Worker ")
-                || key.starts_with("Trigger ");
-            if figure && !value.contains(['\'', '"', '$']) {
-                out.push_str(body);
-            } else {
-                out.push_str(&body[..key.len()]);
-                normalize_into(&body[key.len()..], out);
-            }
-            return end;
-        }
-        normalize_into(body, out);
-        end
-    })
+            line.len()
+        },
+    )
 }
 
 /// Keys of a JSON plan whose string values are names or keywords, never expressions: kept. Every
