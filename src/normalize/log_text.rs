@@ -7,7 +7,7 @@
 //! `SQL statement "..."`, deadlock statements) is normalized by the rule of [`super::sql`]; an
 //! unparsed line keeps nothing quoted and no number.
 
-use super::sql::{is_ident_byte, normalize_with, skip_quoted, skip_until_quote, sql_line_end, Dq};
+use super::sql::{is_ident_byte, normalize_with, quote_end, sql_line_end, Dq};
 use super::{
     first_line_len, normalize_into, rewrite_lines, truncate_chars, QueryText, QueryTextMode,
 };
@@ -146,21 +146,32 @@ const SECTION_STARTS: &[&str] = &[
 /// - `"..."` stays when an identifier word ([`NAMES_BEFORE_IDENTIFIERS`]) comes right before it,
 ///   else becomes `"?"` (`invalid input syntax for type integer: "?"`, `at or near "?"`);
 /// - `'...'` starting a word becomes `'?'` (an apostrophe inside a word, `don't`, stays);
+/// - a quoted value that runs over a line break is masked up to the quote that closes it;
 /// - `Key (email)=(...)`, `... = (...)` and `Failing row contains (...)`: the values become `?`;
 /// - `parameters:`, `prepare:`, `Process N: <statement>`, `SQL statement "..."`, `... with
 ///   parameters: ...` and the lines continuing them are normalized as SQL;
 /// - `JSON data, line N: ...`: everything after the colon is masked.
 pub fn scrub_text(text: &str) -> String {
-    let mut mask_to_close = false;
+    let mut open = Open::Nothing;
     rewrite_lines(text, first_line_len, |line, rest, out| {
         let trimmed = line.trim_start();
-        if mask_to_close {
-            // The rest of a masked value list that ran over the line end.
-            if let Some(at) = line.rfind(')') {
-                out.push_str(&line[at..]);
-                mask_to_close = false;
+        match open {
+            Open::Nothing => {}
+            Open::ValueList => {
+                // The rest of a masked value list that ran over the line end.
+                if let Some(at) = line.rfind(')') {
+                    out.push_str(&line[at..]);
+                    open = Open::Nothing;
+                }
+                return line.len();
             }
-            return line.len();
+            Open::Quote(q) => {
+                // The rest of a masked quoted value that ran over the line end.
+                if let Some(at) = quote_end(line.as_bytes(), 0, q) {
+                    open = scrub_line(&line[at..], out);
+                }
+                return line.len();
+            }
         }
         let indent = line.len() - trimmed.len();
         let sql_at = if let Some(p) = SQL_LINE_STARTS.iter().find(|p| trimmed.starts_with(*p)) {
@@ -182,7 +193,7 @@ pub fn scrub_text(text: &str) -> String {
                 return line.len();
             }
         }
-        mask_to_close = scrub_line(line, out);
+        open = scrub_line(line, out);
         line.len()
     })
 }
@@ -215,8 +226,19 @@ fn process_statement_at(line: &str) -> Option<usize> {
     (digits > 0 && rest[digits..].starts_with(": ")).then_some("Process ".len() + digits + 2)
 }
 
-/// One line of free text into `out`; true when a masked value list is still open at its end.
-fn scrub_line(line: &str, out: &mut String) -> bool {
+/// What a line of free text leaves open at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Nothing.
+    Nothing,
+    /// A masked value list (`Key (a)=(...`): masked up to the last `)` of a later line.
+    ValueList,
+    /// A masked quoted value (`"..."` or `'...'`): masked up to the quote that closes it.
+    Quote(u8),
+}
+
+/// One line of free text into `out`; says what is still open at its end.
+fn scrub_line(line: &str, out: &mut String) -> Open {
     let b = line.as_bytes();
     let n = b.len();
     let mut i = 0;
@@ -224,20 +246,26 @@ fn scrub_line(line: &str, out: &mut String) -> bool {
     while i < n {
         match b[i] {
             b'"' => {
-                let end = skip_until_quote(b, i + 1, b'"');
+                let end = quote_end(b, i + 1, b'"');
                 if quoted_is_identifier(&line[..i]) {
-                    i = end;
+                    i = end.unwrap_or(n);
                     continue;
                 }
                 out.push_str(&line[copied..i]);
                 out.push_str("\"?\"");
+                let Some(end) = end else {
+                    return Open::Quote(b'"');
+                };
                 i = end;
                 copied = i;
             }
             b'\'' if i == 0 || !is_ident_byte(b[i - 1]) => {
                 out.push_str(&line[copied..i]);
-                i = skip_quoted(b, i + 1, false);
                 out.push_str("'?'");
+                let Some(end) = quote_end(b, i + 1, b'\'') else {
+                    return Open::Quote(b'\'');
+                };
+                i = end;
                 copied = i;
             }
             b'(' if value_list_opens(&line[..i]) => {
@@ -249,14 +277,14 @@ fn scrub_line(line: &str, out: &mut String) -> bool {
                         i = i + 1 + at;
                         copied = i;
                     }
-                    None => return true,
+                    None => return Open::ValueList,
                 }
             }
             _ => i += 1,
         }
     }
     out.push_str(&line[copied.min(n)..]);
-    false
+    Open::Nothing
 }
 
 /// True when the text before a `"` ends with an identifier word (`relation `, `of table `).
@@ -401,6 +429,20 @@ mod tests {
             scrubbed("SQL statement \"SELECT 1\"\nCOPY t, line 1, column a: \"secret\""),
             "SQL statement \"SELECT ?\"\nCOPY t, line 1, column a: \"?\""
         );
+    }
+
+    #[test]
+    fn quoted_values_that_run_over_a_line_break_are_masked_whole() {
+        assert_eq!(
+            scrubbed("invalid input syntax for type integer: \"12\nsecret\" here"),
+            "invalid input syntax for type integer: \"?\"\n here"
+        );
+        assert_eq!(
+            scrubbed("COPY t, line 1, column a: \"first\nsecret\nwords\""),
+            "COPY t, line 1, column a: \"?\"\n\n"
+        );
+        assert_eq!(scrubbed("got 'a\nsecret' and \"b\""), "got '?'\n and \"?\"");
+        assert_eq!(scrubbed("value \"never\nclosed secret"), "value \"?\"\n");
     }
 
     #[test]

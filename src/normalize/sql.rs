@@ -267,7 +267,15 @@ pub(super) fn skip_quoted(b: &[u8], mut i: usize, backslash_escapes: bool) -> us
     n
 }
 
-pub(super) fn skip_until_quote(b: &[u8], mut i: usize, q: u8) -> usize {
+/// Index just past the quote `q` that closes a body starting at `i` (a doubled `q` is part of the
+/// body), or the end of the text when none closes it.
+pub(super) fn skip_until_quote(b: &[u8], i: usize, q: u8) -> usize {
+    quote_end(b, i, q).unwrap_or(b.len())
+}
+
+/// Index just past the quote `q` that closes a body starting at `i` (a doubled `q` is part of the
+/// body); `None` when none closes it.
+pub(super) fn quote_end(b: &[u8], mut i: usize, q: u8) -> Option<usize> {
     let n = b.len();
     while i < n {
         if b[i] == q {
@@ -275,11 +283,11 @@ pub(super) fn skip_until_quote(b: &[u8], mut i: usize, q: u8) -> usize {
                 i += 2;
                 continue;
             }
-            return i + 1;
+            return Some(i + 1);
         }
         i += 1;
     }
-    n
+    None
 }
 
 fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
