@@ -13,16 +13,8 @@ use super::raw::{find_key, Origin, RawConfig};
 use super::secret::{excerpt, Secret};
 use super::ConfigError;
 
-/// How query texts leave the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryTextMode {
-    /// As PostgreSQL shows them.
-    Full,
-    /// String and numeric literals replaced by placeholders (no customer data leaves the server).
-    Normalized,
-    /// No query text at all.
-    None,
-}
+/// How query texts leave the server: the one enum, kept with the rule it selects.
+pub use crate::normalize::QueryTextMode;
 
 /// How to reach the monitored server, and the limits of every session the agent opens.
 #[derive(Debug, Clone)]
@@ -470,16 +462,14 @@ impl Config {
         }
         let interval_s = r.whole("collection", "interval_s")?;
         let sample_ms = r.whole_at_most("collection", "sample_interval_ms", interval_s * 1000)?;
-        let query_text = match r
-            .string("collection", "query_text")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "full" => QueryTextMode::Full,
-            "normalized" | "normalised" => QueryTextMode::Normalized,
-            "none" => QueryTextMode::None,
-            other => return Err(r.not_one_of("collection", "query_text", other)),
-        };
+        let query_text_word = r.string("collection", "query_text");
+        let query_text = QueryTextMode::parse(&query_text_word).ok_or_else(|| {
+            r.not_one_of(
+                "collection",
+                "query_text",
+                &query_text_word.to_ascii_lowercase(),
+            )
+        })?;
         let correlation_prefix = r.string("collection", "correlation_prefix");
         if correlation_prefix.is_empty() {
             return Err(r.error(

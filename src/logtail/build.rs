@@ -66,7 +66,7 @@ impl PayloadOptions {
     /// The text rule of [`crate::normalize`] for these options.
     fn text_rule(&self) -> crate::normalize::QueryText {
         crate::normalize::QueryText {
-            mode: self.query_text.into(),
+            mode: self.query_text,
             max_chars: self.max_query_chars,
         }
     }
