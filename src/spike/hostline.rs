@@ -4,9 +4,17 @@
 //!
 //! Invariants: nothing here fails or panics; a file that is missing or odd gives `None` for its
 //! figures (PSI is absent on kernels before 4.20 or with `psi=0`). CPU percentages need two
-//! readings: the first sample, and one after counters went backwards, give `None`.
+//! readings: the first sample, and one after counters went backwards, give `None`. The five
+//! files stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
+//! saves an open and a close per file per sample; a missing file is looked for again at most
+//! once a minute. load1 and PSI are read at most every [`SLOW_EVERY`]: the kernel recomputes
+//! PSI averages every 2 s and the load average every 5 s, so reading them at 4 Hz during a
+//! burst would only repeat the same numbers (formatting PSI is a third of the cost).
 
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::collect::host::{parse_loadavg, parse_proc_stat, CpuTimes};
 
@@ -71,11 +79,37 @@ pub fn cpu_percent(prev: &CpuTimes, now: &CpuTimes) -> Option<(f64, f64)> {
     ))
 }
 
+/// The files read, in [`HostLine`]'s slot order.
+const FILES: [&str; 5] = [
+    "stat",
+    "loadavg",
+    "pressure/cpu",
+    "pressure/io",
+    "pressure/memory",
+];
+
+/// Least time between two readings of load1 and PSI.
+pub const SLOW_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a file that could not be opened is left alone.
+const REOPEN_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+enum Slot {
+    Closed,
+    Open(File),
+    Missing(Instant),
+}
+
 /// Reads the host figures; keeps the previous CPU reading for the percentages.
 #[derive(Debug)]
 pub struct HostLine {
     root: PathBuf,
     prev_cpu: Option<CpuTimes>,
+    slots: [Slot; 5],
+    buf: Vec<u8>,
+    slow_every: Duration,
+    slow: Option<(Instant, [Option<f64>; 4])>,
 }
 
 impl Default for HostLine {
@@ -95,17 +129,64 @@ impl HostLine {
         HostLine {
             root: root.into(),
             prev_cpu: None,
+            slots: [
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+            ],
+            buf: vec![0; 16 * 1024],
+            slow_every: SLOW_EVERY,
+            slow: None,
         }
     }
 
-    fn read(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.root.join(name)).ok()
+    /// Reads load1 and PSI at most every `d` (tests: zero, every sample).
+    pub fn with_slow_every(mut self, d: Duration) -> HostLine {
+        self.slow_every = d;
+        self
+    }
+
+    /// Reads file `i` of [`FILES`] into the buffer; the text, or `None`.
+    fn read(&mut self, i: usize) -> Option<String> {
+        if let Slot::Missing(at) = self.slots[i] {
+            if at.elapsed() < REOPEN_AFTER {
+                return None;
+            }
+            self.slots[i] = Slot::Closed;
+        }
+        if matches!(self.slots[i], Slot::Closed) {
+            match File::open(self.root.join(FILES[i])) {
+                Ok(f) => self.slots[i] = Slot::Open(f),
+                Err(_) => {
+                    self.slots[i] = Slot::Missing(Instant::now());
+                    return None;
+                }
+            }
+        }
+        let Slot::Open(f) = &self.slots[i] else {
+            return None;
+        };
+        match f.read_at(&mut self.buf, 0) {
+            // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
+            Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
+                let bigger = self.buf.len() * 4;
+                self.buf.resize(bigger, 0);
+                self.read(i)
+            }
+            Ok(n) => Some(String::from_utf8_lossy(&self.buf[..n]).into_owned()),
+            Err(_) => {
+                self.slots[i] = Slot::Closed;
+                None
+            }
+        }
     }
 
     /// Reads the figures of this moment.
     pub fn sample(&mut self) -> HostPoint {
         let mut p = HostPoint::default();
-        if let Some(st) = self.read("stat").as_deref().and_then(parse_proc_stat) {
+        if let Some(st) = self.read(0).as_deref().and_then(parse_proc_stat) {
             p.procs_running = Some(st.running);
             p.procs_blocked = Some(st.blocked);
             p.n_cpus = (st.n_cpus > 0).then_some(st.n_cpus);
@@ -115,24 +196,24 @@ impl HostLine {
             }
             self.prev_cpu = Some(st.cpu);
         }
-        p.load1 = self
-            .read("loadavg")
-            .as_deref()
-            .and_then(parse_loadavg)
-            .map(|l| l[0])
-            .filter(|l| l.is_finite() && *l >= 0.0);
-        p.psi_cpu = self
-            .read("pressure/cpu")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
-        p.psi_io = self
-            .read("pressure/io")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
-        p.psi_memory = self
-            .read("pressure/memory")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
+        let slow = match self.slow {
+            Some((at, v)) if at.elapsed() < self.slow_every => v,
+            _ => {
+                let v = [
+                    self.read(1)
+                        .as_deref()
+                        .and_then(parse_loadavg)
+                        .map(|l| l[0])
+                        .filter(|l| l.is_finite() && *l >= 0.0),
+                    self.read(2).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(3).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(4).as_deref().and_then(parse_psi_some_avg10),
+                ];
+                self.slow = Some((Instant::now(), v));
+                v
+            }
+        };
+        [p.load1, p.psi_cpu, p.psi_io, p.psi_memory] = slow;
         p
     }
 }
@@ -172,6 +253,20 @@ mod tests {
         assert_eq!(cpu_percent(&a, &a), None, "no time");
     }
 
+    /// `cargo test --release --lib spike::hostline -- --ignored --nocapture`: the cost of one
+    /// host line on this machine (printed, not asserted).
+    #[test]
+    #[ignore]
+    fn cost_of_one_host_line() {
+        let mut h = HostLine::new();
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(h.sample());
+        }
+        eprintln!("host line: {:?} per sample", t.elapsed() / n);
+    }
+
     #[test]
     fn reads_a_fake_proc_and_survives_garbage() {
         let dir = std::env::temp_dir().join(format!("bv-hostline-{}", std::process::id()));
@@ -186,7 +281,7 @@ mod tests {
         std::fs::write(dir.join("stat"), stat(100, 0)).unwrap();
         std::fs::write(dir.join("loadavg"), "4.20 1.00 0.50 3/200 999\n").unwrap();
         std::fs::write(dir.join("pressure/io"), PSI).unwrap();
-        let mut h = HostLine::with_root(&dir);
+        let mut h = HostLine::with_root(&dir).with_slow_every(Duration::ZERO);
         let p = h.sample();
         assert_eq!(p.procs_running, Some(7));
         assert_eq!(p.procs_blocked, Some(3));
@@ -207,6 +302,25 @@ mod tests {
             assert_eq!(p.load1, None);
             assert_eq!(p.psi_io, None);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_and_pressure_are_read_at_most_every_two_seconds() {
+        let dir = std::env::temp_dir().join(format!("bv-hostline-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("loadavg"), "1.00 1.00 1.00 1/10 9\n").unwrap();
+        let mut h = HostLine::with_root(&dir);
+        assert_eq!(h.sample().load1, Some(1.0));
+        std::fs::write(dir.join("loadavg"), "2.00 1.00 1.00 1/10 9\n").unwrap();
+        assert_eq!(
+            h.sample().load1,
+            Some(1.0),
+            "the kernel has not recomputed it yet"
+        );
+        let mut h = h.with_slow_every(Duration::ZERO);
+        assert_eq!(h.sample().load1, Some(2.0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
