@@ -90,6 +90,9 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
         path: cfg.buffer.path.clone(),
     }];
     let warn = |what: &str, e: &dyn std::fmt::Display| log::warn!("{what}: {e}");
+    // The summary's load timeline and attribution (no flight recorder, no spike reports: two
+    // samples cannot make a spike against a baseline).
+    let mut watch = crate::spike::watch::Watch::new(&cfg.spike, window, None);
 
     let mut client = pool.acquire().map_err(|e| e.to_string())?;
     match daemon::server_paths(&mut client) {
@@ -100,8 +103,9 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
     if let Err(e) = statements.collect(&mut client) {
         warn("statements", &e);
     }
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
+    match sampler.sample(&mut client) {
+        Ok(_) => drop(watch.after_sample(sampler.take_spike_snapshot(), &mut |_| None)),
+        Err(e) => warn("activity", &e),
     }
     let mut feed = log_feed(&cfg, &mut client);
     if let Some(feed) = feed.as_mut() {
@@ -114,10 +118,15 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
 
     let mut payloads = Vec::new();
     let mut client = pool.acquire().map_err(|e| e.to_string())?;
-    if let Err(e) = sampler.sample(&mut client) {
-        warn("activity", &e);
+    match sampler.sample(&mut client) {
+        Ok(_) => drop(watch.after_sample(sampler.take_spike_snapshot(), &mut |_| None)),
+        Err(e) => warn("activity", &e),
     }
-    payloads.extend(sampler.finish_interval());
+    let mut activity = sampler.finish_interval();
+    if let Some(summary) = activity.first_mut() {
+        watch.finish_interval(summary);
+    }
+    payloads.extend(activity);
     match statements.collect(&mut client) {
         Ok(Some(p)) => payloads.push(p),
         Ok(None) => {}
