@@ -131,7 +131,7 @@ impl Watch {
     ) -> Vec<Payload> {
         self.cpu_deltas(&mut snap);
         let snap = &snap;
-        let host = self.host.sample();
+        let host = self.host.sample(self.spike.is_some());
         let row = Row::from_sample(snap, host);
         let period_s = self.period.as_secs_f64();
         self.timeline.push(row);
