@@ -90,9 +90,14 @@ pub fn collect(cfg: &Config, pool: &Pool) -> Result<Vec<Payload>, String> {
         path: cfg.buffer.path.clone(),
     }];
     let warn = |what: &str, e: &dyn std::fmt::Display| log::warn!("{what}: {e}");
-    // The summary's load timeline and attribution (no flight recorder, no spike reports: two
-    // samples cannot make a spike against a baseline).
-    let mut watch = crate::spike::watch::Watch::new(&cfg.spike, window, None);
+    // The summary's load timeline and attribution; no flight recorder and no spike detection
+    // (two samples have no baseline, and the load rule would fire on a busy host).
+    let no_spikes = crate::config::SpikeConfig {
+        min_active_sessions: u32::MAX,
+        load_per_cpu: 0.0,
+        ..cfg.spike.clone()
+    };
+    let mut watch = crate::spike::watch::Watch::new(&no_spikes, window, None);
 
     let mut client = pool.acquire().map_err(|e| e.to_string())?;
     match daemon::server_paths(&mut client) {
