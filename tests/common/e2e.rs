@@ -3,8 +3,8 @@
 //! read what reached the listener.
 //!
 //! Defaults suit fast tests: `interval_s = 1`, `sample_interval_ms = 250`, the server's stderr log
-//! tailed, a fast pace (6000 requests a minute), a 1 s breaker reset and the load1 spike rule off. [`Rig::set`] changes a
-//! key and rewrites the file.
+//! tailed, a fast pace (6000 requests a minute), a 1 s breaker reset and the load1 spike rule
+//! off. [`Rig::set`] changes a key and rewrites the file.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
