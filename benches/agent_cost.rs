@@ -2,7 +2,7 @@
 //! stand-in on loopback. A plain program (harness = false), never a test: nothing here asserts a
 //! timing. Targets are printed beside the results; missing one is a finding.
 //!
-//! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow] [--compare]`
+//! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow,spike,quiet] [--compare]`
 //!
 //! Method (also in BENCHMARKS.md):
 //! - The release binary runs as a child with 1 s sampling and a shortened interval
@@ -251,14 +251,30 @@ fn agent_ini(pg: &TestPg, listener: &TestListener, work: &Path, extra: &str) -> 
 
 /// Runs the agent for `secs` seconds (after a warm-up cycle) and measures it.
 fn run_agent(pg: &TestPg, secs: u64) -> AgentRun {
+    run_agent_with(pg, secs, "").0
+}
+
+/// The flight recorder's files in `state`, in bytes.
+fn recorder_bytes(state: &Path) -> u64 {
+    ["flight-recorder.0.jsonl", "flight-recorder.1.jsonl"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// [`run_agent`] with `extra` configuration lines (after `[collection]`'s); also returns the
+/// flight recorder's growth in bytes per hour over the measured time.
+fn run_agent_with(pg: &TestPg, secs: u64, extra: &str) -> (AgentRun, f64) {
     let listener = TestListener::start("bench-key");
     let work = TempDir::new("bench-agent");
-    let ini = agent_ini(pg, &listener, work.path(), "");
+    let ini = agent_ini(pg, &listener, work.path(), extra);
     let mut admin = pg.admin();
     let mut agent = AgentProcess::start(&ini, &[], work.path());
     let pid = agent.pid();
     // Warm-up: the first cycle (baselines, connections, first texts) is not steady state.
     std::thread::sleep(Duration::from_secs(INTERVAL_S + 1));
+    let recorder0 = recorder_bytes(&work.path().join("state"));
     let metrics_before = count_source(&listener, "system_metrics");
     let cpu0 = threads_cpu(pid);
     let sw0 = ctx_switches(pid);
@@ -278,6 +294,8 @@ fn run_agent(pg: &TestPg, secs: u64) -> AgentRun {
     let sw1 = ctx_switches(pid);
     let exec1 = role_exec_ms(&mut admin, MONITOR_ROLE);
     let peak = rss_kb(pid).1 as f64;
+    let recorder_per_h =
+        (recorder_bytes(&work.path().join("state")) as f64 - recorder0 as f64) / wall * 3600.0;
     let cycles = (count_source(&listener, "system_metrics") - metrics_before).max(1) as f64;
     let reqs: Vec<_> = listener.requests().into_iter().skip(reqs0).collect();
     let payloads = reqs.iter().filter(|r| r.status == 200).count() as f64;
@@ -303,7 +321,7 @@ fn run_agent(pg: &TestPg, secs: u64) -> AgentRun {
     // PostgreSQL side: the sampler's share scales with time, the interval's with cycles; the
     // split is not observable from outside, so scale by wall time (conservative: cycles are
     // 6 x more frequent here than at the default 60 s).
-    AgentRun {
+    let run = AgentRun {
         steady_rss_kb: stat(&rss).med,
         peak_rss_kb: peak,
         cpu_ms_per_min: per_min_ns / 1e6,
@@ -317,7 +335,8 @@ fn run_agent(pg: &TestPg, secs: u64) -> AgentRun {
         bytes_per_min: bytes as f64 / cycles,
         payloads_per_cycle,
         wakeups_per_s: (sw1 - sw0) as f64 / wall,
-    }
+    };
+    (run, recorder_per_h)
 }
 
 fn count_source(l: &TestListener, source: &str) -> usize {
@@ -661,6 +680,94 @@ fn scenario_idle(o: &Opts, rep: &mut Report) {
     let costs: Vec<CycleCost> = (0..o.runs).map(|_| cycle_cost(&pg, None)).collect();
     report_cycles(rep, &costs, false);
     startup(&pg, rep);
+}
+
+/// Scenario "spike": a lock pile-up every 30 s (40 requests behind one holder for 8 s, burst
+/// sampling at 250 ms), against the idle scenario's agent: agent and PostgreSQL CPU per minute
+/// with bursts, and the flight recorder's bytes per hour (with and without spikes).
+/// The spike scenario's configuration: the load1 rule off, because on a shared benchmark machine
+/// other work keeps load1 above 2 x CPUs and the steady figures would be burst figures.
+const SPIKE_CFG: &str =
+    "[spike]\nmin_active_sessions = 20\nload_per_cpu = 0\nend_after_quiet_s = 3\n";
+
+/// Scenario "quiet": the idle server with [`SPIKE_CFG`] (no burst), the steady cost to compare
+/// builds by (`BITVILLE_AGENT_BIN`; an older build ignores the `[spike]` keys with a warning).
+fn scenario_quiet(o: &Opts, rep: &mut Report) {
+    println!("\n== scenario quiet: idle server, load1 rule off");
+    let pg = TestPg::builder().start();
+    let runs: Vec<AgentRun> = (0..o.runs)
+        .map(|_| run_agent_with(&pg, o.secs, SPIKE_CFG).0)
+        .collect();
+    let col = |f: fn(&AgentRun) -> f64| fmt_stat(stat(&runs.iter().map(f).collect::<Vec<_>>()), 1);
+    rep.add("agent CPU per minute (ms)", col(|r| r.cpu_ms_per_min), "");
+    rep.add(
+        "- sampler CPU per 1 s sample (us)",
+        col(|r| r.sampler_us_per_sample),
+        "",
+    );
+}
+
+fn scenario_spike(o: &Opts, rep: &mut Report) {
+    println!("\n== scenario spike: a 40-session lock pile-up every 30 s, 8 s each");
+    let pg = TestPg::builder().start();
+    let spike_cfg = SPIKE_CFG;
+    let quiet: Vec<(AgentRun, f64)> = (0..o.runs)
+        .map(|_| run_agent_with(&pg, o.secs, spike_cfg))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let spiky: Vec<(AgentRun, f64)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                for _ in 0..22 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                n += 1;
+                common::pileup::lock_pile_up(&pg, n, 40, Duration::from_secs(8));
+            }
+        });
+        let runs = (0..o.runs)
+            .map(|_| run_agent_with(&pg, o.secs.max(60), spike_cfg))
+            .collect();
+        stop.store(true, Ordering::SeqCst);
+        runs
+    });
+    let col = |v: &[(AgentRun, f64)], f: fn(&(AgentRun, f64)) -> f64| {
+        fmt_stat(stat(&v.iter().map(f).collect::<Vec<_>>()), 1)
+    };
+    rep.add(
+        "agent CPU per minute, no spikes (ms)",
+        col(&quiet, |r| r.0.cpu_ms_per_min),
+        "",
+    );
+    rep.add(
+        "agent CPU per minute, pile-up every 30 s (ms)",
+        col(&spiky, |r| r.0.cpu_ms_per_min),
+        "",
+    );
+    rep.add(
+        "- sampler CPU per second, with bursts (us)",
+        col(&spiky, |r| r.0.sampler_us_per_sample),
+        "",
+    );
+    rep.add(
+        "PostgreSQL CPU per minute, pile-up every 30 s (ms)",
+        col(&spiky, |r| r.0.pg_cpu_ms_per_min),
+        "",
+    );
+    rep.add(
+        "flight recorder, no spikes (KiB per hour)",
+        col(&quiet, |r| r.1 / 1024.0),
+        "",
+    );
+    rep.add(
+        "flight recorder, pile-up every 30 s (KiB per hour)",
+        col(&spiky, |r| r.1 / 1024.0),
+        "",
+    );
 }
 
 fn scenario_pgbench(o: &Opts, rep: &mut Report) {
@@ -1314,6 +1421,12 @@ fn main() {
         }
         if want(&o, "grow") {
             scenario_grow(&o, &mut rep);
+        }
+        if want(&o, "spike") {
+            scenario_spike(&o, &mut rep);
+        }
+        if want(&o, "quiet") {
+            scenario_quiet(&o, &mut rep);
         }
     }
     println!(

@@ -162,11 +162,24 @@ pub fn collect(
         ),
         ..ActivityConfig::from_collection(&cfg.collection)
     });
+    // The summary's load timeline and attribution; no flight recorder and no spike detection
+    // (two samples have no baseline, and the load rule would fire on a busy host).
+    let no_spikes = crate::config::SpikeConfig {
+        min_active_sessions: u32::MAX,
+        load_per_cpu: 0.0,
+        ..cfg.spike.clone()
+    };
+    let mut watch = crate::spike::watch::Watch::new(&no_spikes, window, None);
     let mut b_activity = Backoff::default();
     let mut cycle = IntervalCycle::new(daemon::cycle_options(&cfg));
     cycle.prime(&steps);
     let mut payloads = Vec::new();
-    steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
+    if steps
+        .step(None, "activity", &mut b_activity, |c| sampler.sample(c))
+        .is_some()
+    {
+        drop(watch.after_sample(sampler.take_spike_snapshot(), &mut |_| None));
+    }
     let mut feed = log_feed(&cfg, &steps);
     if let Some(feed) = feed.as_mut() {
         // Correlated statements are merged with the sampler's into one record per request.
@@ -177,11 +190,17 @@ pub fn collect(
 
     std::thread::sleep(window);
 
-    steps.step(None, "activity", &mut b_activity, |c| sampler.sample(c));
+    if steps
+        .step(None, "activity", &mut b_activity, |c| sampler.sample(c))
+        .is_some()
+    {
+        drop(watch.after_sample(sampler.take_spike_snapshot(), &mut |_| None));
+    }
     let paused = steps.paused();
     let mut correlator = Correlator::new(daemon::correlator_config(&cfg));
     if !paused {
-        let (summary, sampled) = sampler.finish_interval_parts();
+        let (mut summary, sampled) = sampler.finish_interval_parts();
+        watch.finish_interval(&mut summary);
         let at = |k| match summary.data.get(k) {
             Some(Json::Float(f)) => Some(*f),
             _ => None,

@@ -7,6 +7,7 @@
 //! total (rounding aside); memory is bounded: at most [`MAX_KEYS`] keys per dimension, sessions
 //! of keys beyond that go straight into `other`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{class_of, is_active, round, SampleRow, CLASSES};
@@ -141,10 +142,10 @@ pub struct Attribution {
 }
 
 /// The key a query is attributed by: its query_id when known, else its text.
-pub fn query_key(r: &SampleRow) -> Option<String> {
+pub fn query_key(r: &SampleRow) -> Option<Cow<'_, str>> {
     match (r.query_id, &r.query) {
-        (Some(id), _) if id != 0 => Some(format!("query_id:{id}")),
-        (_, Some(q)) => Some(q.clone()),
+        (Some(id), _) if id != 0 => Some(Cow::Owned(format!("query_id:{id}"))),
+        (_, Some(q)) => Some(Cow::Borrowed(q.as_str())),
         _ => None,
     }
 }

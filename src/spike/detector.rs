@@ -116,6 +116,9 @@ pub struct Detector {
     burst_log: VecDeque<(f64, f64)>,
     /// When the current period was chosen and whether it was a burst.
     chosen: Option<(f64, bool)>,
+    /// False after a spike was closed for its length while load1 was high: the load rule fires
+    /// again only once load1 has been below its threshold (it has no baseline to adapt).
+    load_armed: bool,
 }
 
 impl Detector {
@@ -128,6 +131,7 @@ impl Detector {
             spike: None,
             burst_log: VecDeque::new(),
             chosen: None,
+            load_armed: true,
         }
     }
 
@@ -141,19 +145,17 @@ impl Detector {
         self.spike.is_some()
     }
 
+    fn load_high(&self, p: &Point) -> bool {
+        self.cfg.load_per_cpu > 0.0
+            && matches!((p.load1, p.n_cpus), (Some(l), Some(n)) if l > self.cfg.load_per_cpu * n as f64)
+    }
+
     fn hot(&self, p: &Point, baseline: f64) -> Option<&'static str> {
         let figure = p.active.max(p.run_rd);
         if figure >= self.cfg.min_active && f64::from(figure) > self.cfg.factor * baseline {
             return Some("sessions");
         }
-        if self.cfg.load_per_cpu > 0.0 {
-            if let (Some(l), Some(n)) = (p.load1, p.n_cpus) {
-                if l > self.cfg.load_per_cpu * n as f64 {
-                    return Some("load");
-                }
-            }
-        }
-        None
+        (self.load_armed && self.load_high(p)).then_some("load")
     }
 
     /// Feeds one sample; samples must come in time order (an older one is ignored).
@@ -165,6 +167,9 @@ impl Detector {
         let dt = self.last_t.map_or(0.0, |t| p.t - t);
         self.last_t = Some(p.t);
         let baseline = *self.baseline.get_or_insert(figure);
+        if !self.load_high(&p) {
+            self.load_armed = true;
+        }
         let hot = self.hot(&p, baseline);
         match self.spike.as_mut() {
             Some(s) => {
@@ -175,6 +180,7 @@ impl Detector {
                 if p.t - start >= MAX_SPIKE_S {
                     self.spike = None;
                     self.baseline = Some(figure);
+                    self.load_armed = !self.load_high(&p);
                     return Event::Ended {
                         start,
                         end,
@@ -378,6 +384,44 @@ mod tests {
         assert_eq!(ended, Some((601, "max_duration")));
         assert_eq!(d.baseline(), Some(50.0));
         assert_eq!(d.step(p(702.0, 50)), Event::None);
+    }
+
+    #[test]
+    fn load_that_stays_high_is_one_spike_not_one_every_ten_minutes() {
+        let mut d = Detector::new(DetectorConfig {
+            load_per_cpu: 2.0,
+            ..cfg()
+        });
+        let load = |t: f64, l: f64| Point {
+            t,
+            load1: Some(l),
+            n_cpus: Some(2),
+            ..Point::default()
+        };
+        let mut events = vec![];
+        for i in 0..2000 {
+            match d.step(load(i as f64, 9.0)) {
+                Event::None => {}
+                e => events.push((i, e)),
+            }
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(
+            events[1].1,
+            Event::Ended {
+                reason: "max_duration",
+                ..
+            }
+        ));
+        assert_eq!(
+            d.step(load(2000.0, 3.0)),
+            Event::None,
+            "load fell: re-armed"
+        );
+        assert!(matches!(
+            d.step(load(2001.0, 9.0)),
+            Event::Started { reason: "load", .. }
+        ));
     }
 
     /// Drives the detector like the sampler thread: sample, step, ask for the next period.

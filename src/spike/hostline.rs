@@ -4,22 +4,33 @@
 //!
 //! Invariants: nothing here fails or panics; a file that is missing or odd gives `None` for its
 //! figures (PSI is absent on kernels before 4.20 or with `psi=0`). CPU percentages need two
-//! readings: the first sample, and one after counters went backwards, give `None`.
+//! readings: the first sample, and one after counters went backwards, give `None`. The five
+//! files stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
+//! saves an open and a close per file per sample; a missing file is looked for again at most
+//! once a minute. `/proc/loadavg` (load1 and the runnable tasks) is read every sample. PSI is
+//! read at most every [`SLOW_EVERY`]: the kernel recomputes its averages every 2 s. `/proc/stat`
+//! (blocked tasks, CPU busy and iowait since its previous reading) is read every sample while a
+//! spike lasts and otherwise at most every [`STAT_EVERY`]: between two readings those figures
+//! are `None`, never a repeated value.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::collect::host::{parse_loadavg, parse_proc_stat, CpuTimes};
 
-/// One sample's host figures.
+/// One sample's host figures (`None`: not read at this sample, or unavailable).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HostPoint {
-    /// `procs_running` (runnable tasks, the agent's own thread included).
+    /// Runnable tasks, the agent's own thread included (`/proc/loadavg`, or `procs_running` of
+    /// `/proc/stat` when that was read).
     pub procs_running: Option<u64>,
     /// `procs_blocked` (tasks in uninterruptible sleep, mostly I/O).
     pub procs_blocked: Option<u64>,
-    /// CPU busy percent (everything but idle and iowait) since the previous sample.
+    /// CPU busy percent (everything but idle and iowait) since the previous `/proc/stat` reading.
     pub cpu_busy_pct: Option<f64>,
-    /// iowait percent since the previous sample.
+    /// iowait percent since the previous `/proc/stat` reading.
     pub iowait_pct: Option<f64>,
     /// 1-minute load average.
     pub load1: Option<f64>,
@@ -71,11 +82,45 @@ pub fn cpu_percent(prev: &CpuTimes, now: &CpuTimes) -> Option<(f64, f64)> {
     ))
 }
 
+/// The files read, in [`HostLine`]'s slot order.
+const FILES: [&str; 5] = [
+    "stat",
+    "loadavg",
+    "pressure/cpu",
+    "pressure/io",
+    "pressure/memory",
+];
+
+/// Least time between two readings of PSI.
+pub const SLOW_EVERY: Duration = Duration::from_secs(2);
+
+/// Least time between two readings of `/proc/stat` outside spikes. The kernel formats every
+/// interrupt counter into it, which made it most of the host line's cost (about 60 µs of the
+/// sampler's CPU per reading on a 2-core VM, against 8 µs in a hot loop).
+pub const STAT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a file that could not be opened is left alone.
+const REOPEN_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+enum Slot {
+    Closed,
+    Open(File),
+    Missing(Instant),
+}
+
 /// Reads the host figures; keeps the previous CPU reading for the percentages.
 #[derive(Debug)]
 pub struct HostLine {
     root: PathBuf,
     prev_cpu: Option<CpuTimes>,
+    slots: [Slot; 5],
+    buf: Vec<u8>,
+    slow_every: Duration,
+    psi: Option<(Instant, [Option<f64>; 3])>,
+    stat_every: Duration,
+    stat_at: Option<Instant>,
+    n_cpus: Option<u64>,
 }
 
 impl Default for HostLine {
@@ -95,46 +140,126 @@ impl HostLine {
         HostLine {
             root: root.into(),
             prev_cpu: None,
+            slots: [
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+                Slot::Closed,
+            ],
+            buf: vec![0; 16 * 1024],
+            slow_every: SLOW_EVERY,
+            psi: None,
+            stat_every: STAT_EVERY,
+            stat_at: None,
+            n_cpus: None,
         }
     }
 
-    fn read(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.root.join(name)).ok()
+    /// Reads PSI at most every `psi` and `/proc/stat` (outside spikes) at most every `stat`
+    /// (tests: zero, every sample).
+    pub fn with_periods(mut self, psi: Duration, stat: Duration) -> HostLine {
+        self.slow_every = psi;
+        self.stat_every = stat;
+        self
     }
 
-    /// Reads the figures of this moment.
-    pub fn sample(&mut self) -> HostPoint {
-        let mut p = HostPoint::default();
-        if let Some(st) = self.read("stat").as_deref().and_then(parse_proc_stat) {
-            p.procs_running = Some(st.running);
-            p.procs_blocked = Some(st.blocked);
-            p.n_cpus = (st.n_cpus > 0).then_some(st.n_cpus);
-            if let Some((busy, wait)) = self.prev_cpu.and_then(|prev| cpu_percent(&prev, &st.cpu)) {
-                p.cpu_busy_pct = Some(busy);
-                p.iowait_pct = Some(wait);
+    /// Reads file `i` of [`FILES`] into the buffer; the text, or `None`.
+    fn read(&mut self, i: usize) -> Option<String> {
+        if let Slot::Missing(at) = self.slots[i] {
+            if at.elapsed() < REOPEN_AFTER {
+                return None;
             }
-            self.prev_cpu = Some(st.cpu);
+            self.slots[i] = Slot::Closed;
         }
-        p.load1 = self
-            .read("loadavg")
-            .as_deref()
-            .and_then(parse_loadavg)
-            .map(|l| l[0])
-            .filter(|l| l.is_finite() && *l >= 0.0);
-        p.psi_cpu = self
-            .read("pressure/cpu")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
-        p.psi_io = self
-            .read("pressure/io")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
-        p.psi_memory = self
-            .read("pressure/memory")
-            .as_deref()
-            .and_then(parse_psi_some_avg10);
+        if matches!(self.slots[i], Slot::Closed) {
+            match File::open(self.root.join(FILES[i])) {
+                Ok(f) => self.slots[i] = Slot::Open(f),
+                Err(_) => {
+                    self.slots[i] = Slot::Missing(Instant::now());
+                    return None;
+                }
+            }
+        }
+        let Slot::Open(f) = &self.slots[i] else {
+            return None;
+        };
+        match f.read_at(&mut self.buf, 0) {
+            // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
+            Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
+                let bigger = self.buf.len() * 4;
+                self.buf.resize(bigger, 0);
+                self.read(i)
+            }
+            Ok(n) => Some(String::from_utf8_lossy(&self.buf[..n]).into_owned()),
+            Err(_) => {
+                self.slots[i] = Slot::Closed;
+                None
+            }
+        }
+    }
+
+    /// Reads the figures of this moment; `detailed` (while a spike lasts) reads `/proc/stat`
+    /// whatever [`STAT_EVERY`] says.
+    pub fn sample(&mut self, detailed: bool) -> HostPoint {
+        let mut p = HostPoint {
+            n_cpus: self.n_cpus,
+            ..HostPoint::default()
+        };
+        if let Some((load1, running)) = self.read(1).as_deref().and_then(parse_loadavg_running) {
+            p.load1 = Some(load1);
+            p.procs_running = Some(running);
+        }
+        let stat_due = detailed
+            || self
+                .stat_at
+                .map_or(true, |at| at.elapsed() >= self.stat_every);
+        if stat_due {
+            self.stat_at = Some(Instant::now());
+            if let Some(st) = self.read(0).as_deref().and_then(parse_proc_stat) {
+                p.procs_running = Some(st.running);
+                p.procs_blocked = Some(st.blocked);
+                if st.n_cpus > 0 {
+                    self.n_cpus = Some(st.n_cpus);
+                    p.n_cpus = self.n_cpus;
+                }
+                if let Some((busy, wait)) =
+                    self.prev_cpu.and_then(|prev| cpu_percent(&prev, &st.cpu))
+                {
+                    p.cpu_busy_pct = Some(busy);
+                    p.iowait_pct = Some(wait);
+                }
+                self.prev_cpu = Some(st.cpu);
+            }
+        }
+        let psi = match self.psi {
+            Some((at, v)) if at.elapsed() < self.slow_every => v,
+            _ => {
+                let v = [
+                    self.read(2).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(3).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(4).as_deref().and_then(parse_psi_some_avg10),
+                ];
+                self.psi = Some((Instant::now(), v));
+                v
+            }
+        };
+        [p.psi_cpu, p.psi_io, p.psi_memory] = psi;
         p
     }
+}
+
+/// Parses `/proc/loadavg` into load1 and the runnable tasks now (the `3` of `3/174`).
+pub fn parse_loadavg_running(text: &str) -> Option<(f64, u64)> {
+    let load1 = parse_loadavg(text)?[0];
+    let running = text
+        .split_ascii_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    (load1.is_finite() && load1 >= 0.0).then_some((load1, running))
 }
 
 #[cfg(test)]
@@ -172,6 +297,20 @@ mod tests {
         assert_eq!(cpu_percent(&a, &a), None, "no time");
     }
 
+    /// `cargo test --release --lib spike::hostline -- --ignored --nocapture`: the cost of one
+    /// host line on this machine (printed, not asserted).
+    #[test]
+    #[ignore]
+    fn cost_of_one_host_line() {
+        let mut h = HostLine::new();
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(h.sample(false));
+        }
+        eprintln!("host line: {:?} per sample", t.elapsed() / n);
+    }
+
     #[test]
     fn reads_a_fake_proc_and_survives_garbage() {
         let dir = std::env::temp_dir().join(format!("bv-hostline-{}", std::process::id()));
@@ -186,27 +325,71 @@ mod tests {
         std::fs::write(dir.join("stat"), stat(100, 0)).unwrap();
         std::fs::write(dir.join("loadavg"), "4.20 1.00 0.50 3/200 999\n").unwrap();
         std::fs::write(dir.join("pressure/io"), PSI).unwrap();
-        let mut h = HostLine::with_root(&dir);
-        let p = h.sample();
+        let mut h = HostLine::with_root(&dir).with_periods(Duration::ZERO, Duration::ZERO);
+        let p = h.sample(false);
         assert_eq!(p.procs_running, Some(7));
         assert_eq!(p.procs_blocked, Some(3));
         assert_eq!(p.n_cpus, Some(2));
         assert_eq!(p.load1, Some(4.2));
+        assert_eq!(
+            parse_loadavg_running("4.20 1.00 0.50 3/200 999\n"),
+            Some((4.2, 3))
+        );
+        assert_eq!(parse_loadavg_running("4.20 1.00 0.50\n"), None);
         assert_eq!(p.cpu_busy_pct, None, "first reading");
         assert_eq!(p.psi_io, Some(12.5));
         assert_eq!(p.psi_cpu, None, "absent file");
         std::fs::write(dir.join("stat"), stat(200, 100)).unwrap();
-        let p = h.sample();
+        let p = h.sample(false);
         assert_eq!(p.cpu_busy_pct, Some(50.0));
         assert_eq!(p.iowait_pct, Some(50.0));
         for junk in ["", "\u{0}\u{1}garbage", "cpu x y z\nprocs_running -1\n"] {
             std::fs::write(dir.join("stat"), junk).unwrap();
             std::fs::write(dir.join("loadavg"), junk).unwrap();
             std::fs::write(dir.join("pressure/io"), junk).unwrap();
-            let p = h.sample();
+            let p = h.sample(false);
             assert_eq!(p.load1, None);
             assert_eq!(p.psi_io, None);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stat_and_pressure_are_read_less_often_outside_spikes() {
+        let dir = std::env::temp_dir().join(format!("bv-hostline-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pressure")).unwrap();
+        std::fs::write(dir.join("loadavg"), "1.00 1.00 1.00 4/10 9\n").unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            "cpu 1 0 0 1 0 0 0 0\ncpu0 1\nprocs_blocked 2\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("pressure/io"), PSI).unwrap();
+        let mut h = HostLine::with_root(&dir);
+        let p = h.sample(false);
+        assert_eq!(
+            (p.load1, p.procs_running, p.procs_blocked),
+            (Some(1.0), Some(0), Some(2))
+        );
+        assert_eq!(p.psi_io, Some(12.5));
+        std::fs::write(dir.join("loadavg"), "2.00 1.00 1.00 7/10 9\n").unwrap();
+        std::fs::write(dir.join("pressure/io"), PSI.replace("12.50", "50.00")).unwrap();
+        let p = h.sample(false);
+        assert_eq!(
+            (p.load1, p.procs_running),
+            (Some(2.0), Some(7)),
+            "loadavg every sample"
+        );
+        assert_eq!(p.procs_blocked, None, "/proc/stat not due outside a spike");
+        assert_eq!(p.n_cpus, Some(1), "the CPU count is remembered");
+        assert_eq!(
+            p.psi_io,
+            Some(12.5),
+            "the kernel has not recomputed PSI yet"
+        );
+        let p = h.sample(true);
+        assert_eq!(p.procs_blocked, Some(2), "during a spike: every sample");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

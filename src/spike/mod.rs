@@ -6,12 +6,14 @@
 //! adds the host's figures of that moment; `timeline` turns both into one [`timeline::Row`];
 //! `attrib` adds the sample to the per-interval "load by SQL / by request" table; `detector`
 //! decides whether a spike starts, lasts or ends and whether to sample faster; `report` gathers
-//! what a spike shows and builds its payload; `recorder` keeps rows and reports on local disk and
-//! `render` prints them for `--report`.
+//! what a spike shows and builds its payload; `deep` takes the once-per-spike snapshot and the
+//! statement counters; `watch` is the sampler thread's glue around all of these; `recorder`
+//! keeps rows and reports on local disk (`jsonread` reads its lines back) and `render` prints
+//! them for `--report`.
 //!
 //! Invariants: everything here is computation on plain values with time passed in, except
-//! `hostline` (reads `/proc`) and `recorder` (its two files). Nothing panics on odd `/proc`
-//! content or damaged recorder files.
+//! `hostline` (reads `/proc`), `recorder` (its two files), `deep` (its queries) and `watch`
+//! (which calls them). Nothing panics on odd `/proc` content or damaged recorder files.
 
 pub mod attrib;
 pub mod deep;

@@ -7,16 +7,17 @@
 //!   past half of `max_bytes`, or once its first line is older than `history`; so both files
 //!   together never exceed `max_bytes` and always hold at least the last `history` when that
 //!   fits.
-//! - Each line is written with one `write` call on a file opened with `O_APPEND`, so a reader
-//!   (another process, no lock) sees whole lines, except the last one after a crash, which it
-//!   skips.
+//! - Lines are written whole, several with one `write` call, on a file opened with `O_APPEND`,
+//!   so a reader (another process, no lock) sees whole lines, except the last one after a crash,
+//!   which it skips. Outside spikes rows wait in memory up to [`FLUSH_EVERY`]; while a spike
+//!   lasts every row, and every report, is written at once.
 //! - Never fails the sampler: a write error is logged (once until writing works again) and
 //!   counted; reading skips damaged lines and says how many.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::jsonread;
 use super::timeline::{json_f64, Row};
@@ -48,8 +49,17 @@ pub struct Recorder {
     failing: bool,
     /// Lines that could not be written.
     pub n_write_errors: u64,
-    line: String,
+    pending: String,
+    pending_span: Option<(f64, f64)>,
+    pending_since: Option<Instant>,
 }
+
+/// Longest time rows wait in memory before they are written (outside spikes): one `write` per
+/// 10 rows instead of per row; a crash loses at most this much of the steady timeline.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Most bytes waiting to be written.
+const MAX_PENDING: usize = 64 * 1024;
 
 /// The time of a recorder line (its `t`).
 fn line_time(line: &str) -> Option<f64> {
@@ -66,7 +76,9 @@ impl Recorder {
             first_t: None,
             failing: false,
             n_write_errors: 0,
-            line: String::new(),
+            pending: String::new(),
+            pending_span: None,
+            pending_since: None,
         }
     }
 
@@ -92,40 +104,62 @@ impl Recorder {
         self.open()
     }
 
-    fn write_line(&mut self, t: f64, kind: &str, v: &Json) -> std::io::Result<()> {
+    /// Writes the pending lines (one `write`), rotating first when they would not fit.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        let Some((first, last)) = self.pending_span else {
+            return Ok(());
+        };
         if self.file.is_none() {
             self.open()?;
         }
-        self.line.clear();
-        Json::object()
-            .field("t", t)
-            .field("k", kind)
-            .field("v", v.clone())
-            .write_to(&mut self.line);
-        self.line.push('\n');
-        let len = self.line.len() as u64;
+        let len = self.pending.len() as u64;
         let half = (self.cfg.max_bytes / 2).max(4096);
         let too_old = self
             .first_t
-            .is_some_and(|f| t - f > self.cfg.history.as_secs_f64());
+            .is_some_and(|f| last - f > self.cfg.history.as_secs_f64());
         if self.bytes > 0 && (self.bytes + len > half || too_old) {
             self.rotate()?;
         }
-        if len > half {
-            // One line bigger than a file's share: it cannot be kept within the bound.
-            return Err(std::io::Error::other(format!(
-                "a {len}-byte line does not fit the flight recorder's {half}-byte files"
-            )));
-        }
         let f = self.file.as_mut().expect("opened above");
-        f.write_all(self.line.as_bytes())?;
+        let written = f.write_all(self.pending.as_bytes());
+        self.pending.clear();
+        self.pending_span = None;
+        self.pending_since = None;
+        written?;
         self.bytes += len;
-        self.first_t.get_or_insert(t);
+        self.first_t.get_or_insert(first);
         Ok(())
     }
 
-    fn record(&mut self, t: f64, kind: &str, v: &Json) {
-        match self.write_line(t, kind, v) {
+    /// Adds one line; writes the pending lines when `now` asks for it or they are due.
+    fn record(&mut self, t: f64, kind: &str, v: &Json, now: bool) {
+        let half = (self.cfg.max_bytes / 2).max(4096) as usize;
+        let before = self.pending.len();
+        self.pending.push_str("{\"t\":");
+        Json::Float(t).write_to(&mut self.pending);
+        self.pending.push_str(",\"k\":");
+        crate::json::write_str(kind, &mut self.pending);
+        self.pending.push_str(",\"v\":");
+        v.write_to(&mut self.pending);
+        self.pending.push_str("}\n");
+        let len = self.pending.len() - before;
+        let mut result = Ok(());
+        if len > half {
+            // One line bigger than a file's share cannot be kept within the bound.
+            self.pending.truncate(before);
+            result = Err(std::io::Error::other(format!(
+                "a {len}-byte line does not fit the flight recorder's {half}-byte files"
+            )));
+        } else {
+            let span = self.pending_span.get_or_insert((t, t));
+            span.1 = t;
+            let since = *self.pending_since.get_or_insert_with(Instant::now);
+            let full = self.pending.len() + len > half.min(MAX_PENDING);
+            if now || full || since.elapsed() >= FLUSH_EVERY {
+                result = self.write_pending();
+            }
+        }
+        match result {
             Ok(()) => {
                 if self.failing {
                     log::info!("flight recorder: writing again");
@@ -146,14 +180,32 @@ impl Recorder {
         }
     }
 
-    /// Records one timeline row.
-    pub fn row(&mut self, row: &Row) {
-        self.record(row.t, "row", &row.to_flat_json());
+    /// Records one timeline row; `now`: write it at once (while a spike lasts), else it may wait
+    /// up to [`FLUSH_EVERY`] with others.
+    pub fn row(&mut self, row: &Row, now: bool) {
+        self.record(row.t, "row", &row.to_flat_json(), now);
     }
 
-    /// Records one spike report (its `start`, or its time `at`).
+    /// Records one spike report (at its `start`), written at once with what is pending.
     pub fn spike(&mut self, at: f64, report: &Json) {
-        self.record(at, "spike", report);
+        self.record(at, "spike", report, true);
+    }
+
+    /// Writes what is pending (at shutdown).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.write_pending() {
+            self.n_write_errors += 1;
+            log::warn!(
+                "flight recorder: cannot write in {}: {e}",
+                self.cfg.dir.display()
+            );
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -297,8 +349,12 @@ mod tests {
             history: Duration::from_secs(86400),
         };
         let mut rec = Recorder::new(cfg.clone());
-        for i in 0..5000 {
-            rec.row(&row(i as f64, i % 7));
+        rec.row(&row(0.0, 0), false);
+        assert_eq!(size(&d.0), 0, "steady rows wait in memory");
+        rec.flush();
+        assert!(size(&d.0) > 0);
+        for i in 1..5000 {
+            rec.row(&row(i as f64, i % 7), false);
             assert!(size(&d.0) <= cfg.max_bytes, "at {i}: {}", size(&d.0));
         }
         let report = Json::object()
@@ -319,7 +375,7 @@ mod tests {
         assert_eq!(window.rows.len(), 3);
         // A new writer (agent restart) continues the same files.
         let mut again = Recorder::new(cfg);
-        again.row(&row(5000.0, 1));
+        again.row(&row(5000.0, 1), true);
         assert_eq!(read(&d.0, 5000.0, 5000.0).unwrap().rows.len(), 1);
     }
 
@@ -332,7 +388,7 @@ mod tests {
             history: Duration::from_secs(100),
         });
         for t in 0..350 {
-            rec.row(&row(t as f64, 1));
+            rec.row(&row(t as f64, 1), true);
         }
         let h = read(&d.0, 0.0, 1e12).unwrap();
         assert!(h.rows.first().unwrap().t >= 150.0, "{}", h.rows[0].t);
@@ -350,7 +406,7 @@ mod tests {
             max_bytes: 1 << 20,
             history: Duration::from_secs(86400),
         });
-        rec.row(&row(1.0, 5));
+        rec.row(&row(1.0, 5), false);
         drop(rec);
         let mut f = OpenOptions::new()
             .append(true)

@@ -131,13 +131,13 @@ impl Watch {
     ) -> Vec<Payload> {
         self.cpu_deltas(&mut snap);
         let snap = &snap;
-        let host = self.host.sample();
+        let host = self.host.sample(self.spike.is_some());
         let row = Row::from_sample(snap, host);
         let period_s = self.period.as_secs_f64();
         self.timeline.push(row);
         self.attrib.add_sample(&snap.rows, period_s);
         if let Some(r) = self.recorder.as_mut() {
-            r.row(&row);
+            r.row(&row, self.spike.is_some());
         }
         let mut out = Vec::new();
         let event = self.detector.step(Point {
@@ -293,6 +293,38 @@ mod tests {
         }
     }
 
+    /// `cargo test --release --lib spike::watch -- --ignored --nocapture`: the cost of one
+    /// sample's spike work (host line, row, attribution, recorder line, detector) with 20
+    /// active sessions, on this machine (printed, not asserted).
+    #[test]
+    #[ignore]
+    fn cost_of_one_sample() {
+        let dir = std::env::temp_dir().join(format!("bv-watch-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rec = std::env::var("NOREC").is_err().then_some(dir.as_path());
+        let mut w = Watch::new(&spike_cfg(), Duration::from_secs(1), rec);
+        let n = 20_000;
+        let rows: usize = std::env::var("ROWS").map_or(20, |v| v.parse().unwrap());
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let mut s = snap(i as f64, rows);
+            for (j, r) in s.rows.iter_mut().enumerate() {
+                r.correlation_id = Some(format!("req-{}", (i * rows + j) % 500));
+                r.cpu_ticks_total = i as u64;
+            }
+            std::hint::black_box(w.after_sample(s, &mut |_| None));
+            if i % 60 == 0 {
+                let mut p = spike_payload(Json::object());
+                w.finish_interval(&mut p);
+            }
+        }
+        eprintln!(
+            "spike work with {rows} sessions: {:?} per sample",
+            t.elapsed() / n as u32
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn cpu_is_charged_per_sample_from_the_running_totals() {
         let mut w = Watch::with_host(
@@ -389,6 +421,13 @@ mod tests {
             text.contains(r#""Lock":[1,1,1,1,1,1,1,1,1,1,40,40,40,40,40,0"#),
             "{text}"
         );
+        let before_flush = super::super::recorder::read(&dir, 0.0, 100.0).unwrap();
+        assert_eq!(
+            before_flush.rows.len(),
+            17,
+            "rows up to the end of the spike are written; the 3 calm ones after it wait"
+        );
+        drop(w);
         let h = super::super::recorder::read(&dir, 0.0, 100.0).unwrap();
         assert_eq!(h.rows.len(), 20);
         assert_eq!(h.spikes.len(), 1);
