@@ -7,8 +7,9 @@
 //!   past half of `max_bytes`, or once its first line is older than `history`; so both files
 //!   together never exceed `max_bytes` and always hold at least the last `history` when that
 //!   fits.
-//! - Lines are written whole, several with one `write` call, on a file opened with `O_APPEND`,
-//!   so a reader (another process, no lock) sees whole lines, except the last one after a crash,
+//! - Lines are written whole, several with one `write` call, on a file opened with `O_APPEND`
+//!   for that write and closed again (the agent never keeps the state directory busy, so an
+//!   operator can remount it read-only), so a reader (another process, no lock) sees whole lines, except the last one after a crash,
 //!   which it skips. Outside spikes rows wait in memory up to [`FLUSH_EVERY`]; while a spike
 //!   lasts every row, and every report, is written at once.
 //! - Never fails the sampler: a write error is logged (once until writing works again) and
@@ -43,7 +44,8 @@ pub struct RecorderConfig {
 #[derive(Debug)]
 pub struct Recorder {
     cfg: RecorderConfig,
-    file: Option<File>,
+    /// Whether `bytes` and `first_t` describe the current file (measured once, then kept).
+    measured: bool,
     bytes: u64,
     first_t: Option<f64>,
     failing: bool,
@@ -71,7 +73,7 @@ impl Recorder {
     pub fn new(cfg: RecorderConfig) -> Recorder {
         Recorder {
             cfg,
-            file: None,
+            measured: false,
             bytes: 0,
             first_t: None,
             failing: false,
@@ -82,9 +84,18 @@ impl Recorder {
         }
     }
 
-    fn open(&mut self) -> std::io::Result<()> {
+    /// The current file, opened for one append.
+    fn open_append(&self) -> std::io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cfg.dir.join(CURRENT))
+    }
+
+    /// Measures the current file: its size and the time of its first line.
+    fn measure(&mut self) -> std::io::Result<()> {
         let path = self.cfg.dir.join(CURRENT);
-        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let f = self.open_append()?;
         self.bytes = f.metadata()?.len();
         self.first_t = None;
         if self.bytes > 0 {
@@ -94,14 +105,15 @@ impl Recorder {
                 .read_line(&mut first);
             self.first_t = line_time(first.trim_end());
         }
-        self.file = Some(f);
+        self.measured = true;
         Ok(())
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.file = None;
         std::fs::rename(self.cfg.dir.join(CURRENT), self.cfg.dir.join(PREVIOUS))?;
-        self.open()
+        self.bytes = 0;
+        self.first_t = None;
+        Ok(())
     }
 
     /// Writes the pending lines (one `write`), rotating first when they would not fit.
@@ -109,8 +121,8 @@ impl Recorder {
         let Some((first, last)) = self.pending_span else {
             return Ok(());
         };
-        if self.file.is_none() {
-            self.open()?;
+        if !self.measured {
+            self.measure()?;
         }
         let len = self.pending.len() as u64;
         let half = (self.cfg.max_bytes / 2).max(4096);
@@ -120,8 +132,9 @@ impl Recorder {
         if self.bytes > 0 && (self.bytes + len > half || too_old) {
             self.rotate()?;
         }
-        let f = self.file.as_mut().expect("opened above");
-        let written = f.write_all(self.pending.as_bytes());
+        let written = self
+            .open_append()
+            .and_then(|mut f| f.write_all(self.pending.as_bytes()));
         self.pending.clear();
         self.pending_span = None;
         self.pending_since = None;
@@ -168,7 +181,7 @@ impl Recorder {
             }
             Err(e) => {
                 self.n_write_errors += 1;
-                self.file = None;
+                self.measured = false;
                 if !self.failing {
                     log::warn!(
                         "flight recorder: cannot write in {}: {e}",
