@@ -18,6 +18,10 @@
 //!   catalog lock) keeps its slot reserved until it finishes, so the cap holds.
 //! - Failed attempts back off ([`ConnectBackoff`], one policy for every caller of a pool):
 //!   0.5 s doubling to 15 s, reset by a success, logged once per streak.
+//! - A failed connection attempt is classified ([`ConnectFailure`]) by the server's SQLSTATE
+//!   (`SqlState` constants) or else by the `io::ErrorKind` under the driver's error; message text
+//!   decides only the two cases that carry neither (named in `classify`). A failed query's
+//!   decisions are [`crate::pgerror`]'s.
 //! - Statements prepared on a connection are known to it ([`PooledClient::query_cached`]), so
 //!   nothing executes a statement the server lacks.
 
@@ -26,14 +30,18 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use postgres::error::SqlState;
+
 use crate::config::DatabaseConfig;
+use crate::pgerror;
 
 /// The application_name of every agent session; the agent excludes these from what it reports.
 pub const APPLICATION_NAME: &str = "bitville-monitor";
 
 /// An idle connection unused for longer than this is probed before it is handed out: the server
 /// may have been restarted or the backend terminated meanwhile. Shorter idle times skip the probe
-/// (it costs a round trip) and rely on [`Pool::with_client`]'s retry instead.
+/// (it costs a round trip): a caller whose query fails with a connection error marks the client
+/// broken ([`PooledClient::mark_broken`]) and acquires another.
 const PROBE_AFTER_IDLE: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -304,60 +312,78 @@ fn describe_target(db: &DatabaseConfig) -> String {
     format!("{}@{} on {place}", db.user, db.dbname)
 }
 
-/// Whether `err` means the connection itself is unusable (rather than the statement failing).
+/// Whether `err` means the connection itself is unusable (rather than the statement failing):
+/// [`crate::pgerror::is_connection_error`], the one place that decides it.
 pub fn is_connection_error(err: &postgres::Error) -> bool {
-    if err.is_closed() {
-        return true;
-    }
-    match err.as_db_error() {
-        // I/O and protocol errors carry no server error.
-        None => true,
-        // admin_shutdown, crash_shutdown, cannot_connect_now: the backend is going away.
-        Some(db) => {
-            matches!(db.code().code(), "57P01" | "57P02" | "57P03")
-                || db.code().code().starts_with("08")
-        }
-    }
+    pgerror::is_connection_error(err)
 }
 
+/// What a failed connection attempt means for the operator: by the server's SQLSTATE when it
+/// answered, otherwise by the I/O error under the driver's error (see the two exceptions below).
 fn classify(err: &postgres::Error) -> ConnectFailure {
-    match err.code().map(|c| c.code()) {
-        Some("28P01") => ConnectFailure::Authentication,
-        Some("28000") => ConnectFailure::NotAuthorized,
-        Some("3D000") => ConnectFailure::NoSuchDatabase,
-        Some("53300") => ConnectFailure::TooManyConnections,
-        Some("57P03") => ConnectFailure::NotReady,
-        Some(_) => ConnectFailure::Other,
-        None => {
-            let text = err.to_string().to_ascii_lowercase();
-            let source = std::error::Error::source(err)
-                .map(|s| s.to_string().to_ascii_lowercase())
-                .unwrap_or_default();
-            let both = format!("{text} {source}");
-            if both.contains("refused")
-                || both.contains("no such file")
-                || both.contains("timed out")
-                || both.contains("unreachable")
-                || both.contains("failed to lookup")
-                || both.contains("error connecting")
-            {
-                ConnectFailure::ServerDown
-            } else if both.contains("password") {
-                ConnectFailure::Authentication
-            } else {
-                ConnectFailure::Other
-            }
+    if let Some(code) = err.code() {
+        return classify_state(code);
+    }
+    match pgerror::io_error_kind(err) {
+        Some(kind) if is_server_down_kind(kind) => ConnectFailure::ServerDown,
+        // A host name that does not resolve: std reports the failed lookup as an io::Error of the
+        // unstable kind `Uncategorized` (tests/pool_safety.rs, host `nonexistent.invalid`), which
+        // cannot be matched, so only its text tells it apart.
+        Some(_) if source_text(err).starts_with("failed to lookup address information") => {
+            ConnectFailure::ServerDown
         }
+        Some(_) => ConnectFailure::Other,
+        // The server asked for a password and none is configured: the driver reports this as a
+        // configuration error whose source is the plain string "password missing", with neither
+        // a SQLSTATE nor an io::Error (tokio-postgres connect_raw.rs; tests/pool_safety.rs).
+        None if source_text(err) == "password missing" => ConnectFailure::Authentication,
+        None => ConnectFailure::Other,
     }
 }
 
-fn error_detail(err: &postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => match std::error::Error::source(err) {
-            Some(source) => format!("{err}: {source}"),
-            None => err.to_string(),
-        },
+fn classify_state(code: &SqlState) -> ConnectFailure {
+    if *code == SqlState::INVALID_PASSWORD {
+        ConnectFailure::Authentication
+    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+        ConnectFailure::NotAuthorized
+    } else if *code == SqlState::INVALID_CATALOG_NAME {
+        ConnectFailure::NoSuchDatabase
+    } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+        ConnectFailure::TooManyConnections
+    } else if *code == SqlState::CANNOT_CONNECT_NOW {
+        ConnectFailure::NotReady
+    } else {
+        ConnectFailure::Other
+    }
+}
+
+/// I/O error kinds that mean no server is there to answer: nothing listens on the port or the
+/// socket path, the driver's socket connect timed out, or the host cannot be reached.
+fn is_server_down_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | NotFound
+            | TimedOut
+            | HostUnreachable
+            | NetworkUnreachable
+            | AddrNotAvailable
+    )
+}
+
+/// The text of the driver error's immediate cause (empty if it has none).
+fn source_text(err: &postgres::Error) -> String {
+    std::error::Error::source(err)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// The error's message with its SQLSTATE, as a connect error's detail.
+fn connect_detail(err: &postgres::Error) -> String {
+    match err.code() {
+        Some(code) => format!("{} ({})", pgerror::message(err), code.code()),
+        None => pgerror::message(err),
     }
 }
 
@@ -416,7 +442,7 @@ impl Pool {
         ConnectError {
             failure: classify(err),
             target: self.inner.target.clone(),
-            detail: error_detail(err),
+            detail: connect_detail(err),
         }
     }
 
@@ -646,32 +672,6 @@ impl Pool {
         }
     }
 
-    /// Runs `f` with a pooled connection. When `f` fails because the connection itself broke
-    /// (server restart, terminated backend), the connection is discarded and `f` runs once more on
-    /// a fresh one; monitoring queries are read-only, so the retry is harmless.
-    pub fn with_client<T>(
-        &self,
-        mut f: impl FnMut(&mut postgres::Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, QueryError> {
-        let mut attempt = 0;
-        loop {
-            let mut client = self.acquire().map_err(QueryError::Pool)?;
-            match f(&mut client) {
-                Ok(v) => return Ok(v),
-                Err(e) if is_connection_error(&e) && attempt == 0 => {
-                    client.mark_broken();
-                    attempt += 1;
-                }
-                Err(e) => {
-                    if is_connection_error(&e) {
-                        client.mark_broken();
-                    }
-                    return Err(QueryError::Query(e));
-                }
-            }
-        }
-    }
-
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
         let state = self.lock();
@@ -710,45 +710,6 @@ impl Pool {
     }
 }
 
-/// An error from [`Pool::with_client`].
-#[derive(Debug)]
-pub enum QueryError {
-    /// No connection could be had.
-    Pool(PoolError),
-    /// The query failed (after one retry if the connection broke).
-    Query(postgres::Error),
-}
-
-impl QueryError {
-    /// The SQLSTATE of a failed query, if the server sent one (`57014` statement timeout,
-    /// `55P03` lock timeout, `25006` read-only transaction).
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            QueryError::Query(e) => e.code().map(|c| c.code()),
-            QueryError::Pool(_) => None,
-        }
-    }
-
-    /// Whether the query was cancelled by `statement_timeout` or `lock_timeout`.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.sqlstate(), Some("57014") | Some("55P03"))
-    }
-}
-
-impl fmt::Display for QueryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QueryError::Pool(e) => e.fmt(f),
-            QueryError::Query(e) => match e.as_db_error() {
-                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
-                None => write!(f, "{}", error_detail(e)),
-            },
-        }
-    }
-}
-
-impl std::error::Error for QueryError {}
-
 /// A connection borrowed from the pool; it goes back (or, if broken, is discarded) on drop.
 pub struct PooledClient {
     client: Option<postgres::Client>,
@@ -784,7 +745,7 @@ impl PooledClient {
             }
         };
         match self.deref_mut().query(&statement, &[]) {
-            Err(e) if e.code().map(|c| c.code()) == Some("26000") => {
+            Err(e) if pgerror::has_state(&e, &SqlState::INVALID_SQL_STATEMENT_NAME) => {
                 self.prepared.0.retain(|(n, _)| *n != name);
                 self.deref_mut().query_typed(sql, &[])
             }
@@ -880,6 +841,35 @@ mod tests {
         assert_eq!(b.wait_left(now + Duration::from_secs(2)), None);
         assert_eq!(b.succeeded(), 2);
         assert_eq!(b, ConnectBackoff::default());
+    }
+
+    #[test]
+    fn connect_failures_are_classified_by_sqlstate_constants() {
+        let cases = [
+            (SqlState::INVALID_PASSWORD, ConnectFailure::Authentication),
+            (
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                ConnectFailure::NotAuthorized,
+            ),
+            (
+                SqlState::INVALID_CATALOG_NAME,
+                ConnectFailure::NoSuchDatabase,
+            ),
+            (
+                SqlState::TOO_MANY_CONNECTIONS,
+                ConnectFailure::TooManyConnections,
+            ),
+            (SqlState::CANNOT_CONNECT_NOW, ConnectFailure::NotReady),
+            (SqlState::QUERY_CANCELED, ConnectFailure::Other),
+        ];
+        for (code, failure) in cases {
+            assert_eq!(classify_state(&code), failure, "{}", code.code());
+        }
+        assert!(is_server_down_kind(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_server_down_kind(std::io::ErrorKind::NotFound));
+        assert!(is_server_down_kind(std::io::ErrorKind::TimedOut));
+        assert!(!is_server_down_kind(std::io::ErrorKind::PermissionDenied));
+        assert!(!is_server_down_kind(std::io::ErrorKind::Other));
     }
 
     #[test]

@@ -158,4 +158,52 @@ fn a_connect_failure_without_a_server_is_classified_by_its_io_error_kind() {
         Some(std::io::ErrorKind::ConnectionRefused),
         "{err}"
     );
+
+    // A port whose accept queue is full (backlog 0, one connection waiting): the SYN goes
+    // unanswered and the driver's socket connect times out.
+    let full = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: `full` owns a valid, bound socket for the whole call.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) },
+        0
+    );
+    let addr = full.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(addr).unwrap();
+    let err = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user("nobody")
+        .connect_timeout(std::time::Duration::from_millis(300))
+        .connect(postgres::NoTls)
+        .err()
+        .expect("the accept queue is full");
+    assert_eq!(
+        pgerror::io_error_kind(&err),
+        Some(std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+
+    // A name that does not resolve carries an io::Error too, but of std's unstable kind
+    // `Uncategorized`: no kind to match (pool::classify reads its text, the one exception).
+    let err = postgres::Config::new()
+        .host("nonexistent.invalid")
+        .port(5432)
+        .user("nobody")
+        .connect(postgres::NoTls)
+        .err()
+        .expect("the .invalid domain never resolves");
+    let kind = pgerror::io_error_kind(&err).expect("an io::Error under the failed lookup");
+    assert!(
+        !matches!(
+            kind,
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::Other
+        ),
+        "{kind:?}: {err}"
+    );
 }

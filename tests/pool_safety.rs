@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitville_pg_agent::config::Secret;
-use bitville_pg_agent::pool::{ConnectFailure, Pool, PoolError, QueryError};
+use bitville_pg_agent::pgerror::PgError;
+use bitville_pg_agent::pool::{ConnectFailure, Pool, PoolError};
 use common::TestPg;
 
 #[test]
@@ -58,13 +59,21 @@ fn a_long_query_is_cancelled_by_statement_timeout() {
     db.statement_timeout = Duration::from_millis(1000);
     let pool = Pool::new(&db);
     let err = pool
-        .with_client(|c| c.query_one("SELECT pg_sleep(10)", &[]))
+        .acquire()
+        .unwrap()
+        .query_one("SELECT pg_sleep(10)", &[])
+        .map_err(PgError::at("test", "sleep"))
         .unwrap_err();
     assert_eq!(err.sqlstate(), Some("57014"), "{err}");
-    assert!(err.is_timeout());
+    assert!(
+        err.is_statement_timeout() && !err.is_connection_error(),
+        "{err}"
+    );
     // The connection survives a cancelled statement and is reused.
     let n: i32 = pool
-        .with_client(|c| c.query_one("SELECT 1", &[]))
+        .acquire()
+        .unwrap()
+        .query_one("SELECT 1", &[])
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
@@ -84,12 +93,18 @@ fn a_query_behind_an_access_exclusive_lock_gives_up_with_lock_timeout() {
         .unwrap();
     let pool = Pool::new(&pg.db_config());
     let err = pool
-        .with_client(|c| c.query("SELECT * FROM busy", &[]))
+        .acquire()
+        .unwrap()
+        .query("SELECT * FROM busy", &[])
+        .map_err(PgError::at("test", "busy"))
         .unwrap_err();
     assert_eq!(err.sqlstate(), Some("55P03"), "{err}");
+    assert!(err.is_lock_timeout(), "{err}");
     tx.rollback().unwrap();
     let rows = pool
-        .with_client(|c| c.query("SELECT * FROM busy", &[]))
+        .acquire()
+        .unwrap()
+        .query("SELECT * FROM busy", &[])
         .unwrap();
     assert!(rows.is_empty());
 }
@@ -102,19 +117,20 @@ fn writes_through_the_pool_fail_because_sessions_are_read_only() {
         .batch_execute("GRANT CREATE ON SCHEMA public TO bitville_monitor")
         .unwrap();
     let pool = Pool::new(&pg.db_config());
-    let err = pool
-        .with_client(|c| c.batch_execute("CREATE TABLE t (id int)"))
+    let mut c = pool.acquire().unwrap();
+    let err = c
+        .batch_execute("CREATE TABLE t (id int)")
+        .map_err(PgError::at("test", "create"))
         .unwrap_err();
     assert_eq!(err.sqlstate(), Some("25006"), "{err}");
-    let settings = pool
-        .with_client(|c| {
-            c.query_one(
-                "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), \
-                 current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'), \
-                 current_setting('application_name')",
-                &[],
-            )
-        })
+    assert!(err.is_read_only(), "{err}");
+    let settings = c
+        .query_one(
+            "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), \
+             current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'), \
+             current_setting('application_name')",
+            &[],
+        )
         .unwrap();
     let got: Vec<String> = (0..5).map(|i| settings.get(i)).collect();
     assert_eq!(got, ["on", "5s", "100ms", "10s", "bitville-monitor"]);
@@ -156,15 +172,25 @@ fn the_pool_recovers_after_every_connection_is_terminated() {
         .unwrap()
         .get(0);
     assert_eq!(killed, 5);
-    for _ in 0..10 {
-        let n: i32 = pool
-            .with_client(|c| c.query_one("SELECT 42", &[]))
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 42);
+    // At most the first caller meets a dead session (a connection error, so it marks the client
+    // broken); the pool then probes the other idle ones and replaces them before handing out.
+    let mut failed = 0;
+    for i in 0..10 {
+        let mut c = pool.acquire().unwrap();
+        match c.query_one("SELECT 42", &[]) {
+            Ok(row) => assert_eq!(row.get::<_, i32>(0), 42),
+            Err(e) => {
+                let e = PgError::at("test", "select")(e);
+                assert!(e.is_connection_error(), "{e}");
+                assert_eq!(i, 0, "only the first caller may see a dead session: {e}");
+                failed += 1;
+                c.mark_broken();
+            }
+        }
     }
     let stats = pool.stats();
-    assert!(stats.connections_replaced >= 1, "{stats:?}");
+    assert!(failed <= 1);
+    assert_eq!(stats.connections_replaced, 5, "{stats:?}");
     assert!(stats.size <= 5);
 }
 
@@ -172,22 +198,37 @@ fn the_pool_recovers_after_every_connection_is_terminated() {
 fn the_pool_recovers_after_a_server_restart() {
     let mut pg = TestPg::start();
     let pool = Pool::new(&pg.db_config());
-    pool.with_client(|c| c.query_one("SELECT 1", &[])).unwrap();
+    pool.acquire().unwrap().query_one("SELECT 1", &[]).unwrap();
     pg.stop();
-    let err = pool
-        .with_client(|c| c.query_one("SELECT 1", &[]))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            QueryError::Pool(PoolError::Connect(_)) | QueryError::Query(_)
-        ),
-        "{err}"
-    );
+    // The idle session either is known closed (the pool drops it and connects anew) or fails its
+    // next query with a connection error (the caller marks it broken and acquires again): either
+    // way the next connection attempt finds the server down.
+    let down = match pool.acquire() {
+        Ok(mut c) => {
+            let e = c
+                .query_one("SELECT 1", &[])
+                .map_err(PgError::at("test", "select"))
+                .expect_err("the server is stopped");
+            assert!(e.is_connection_error(), "{e}");
+            c.mark_broken();
+            drop(c);
+            pool.acquire()
+                .err()
+                .expect("no connection to a stopped server")
+        }
+        Err(e) => e,
+    };
+    match down {
+        PoolError::Connect(e) => assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}"),
+        other => panic!("expected the server to be reported down, got {other}"),
+    }
     pg.restart();
     // After the failed attempt the pool backs off (0.5 s first), then connects again.
     let n: i32 = retry_for(Duration::from_secs(5), || {
-        pool.with_client(|c| c.query_one("SELECT 7", &[]))
+        pool.acquire()
+            .map_err(|e| e.to_string())?
+            .query_one("SELECT 7", &[])
+            .map_err(|e| e.to_string())
     })
     .unwrap()
     .get(0);
@@ -200,12 +241,12 @@ fn a_password_with_quotes_spaces_and_equals_connects_and_injects_nothing() {
     let pg = TestPg::start();
     let pool = Pool::new(&pg.tcp_db_config());
     let row = pool
-        .with_client(|c| {
-            c.query_one(
-                "SELECT current_user::text, current_setting('statement_timeout')",
-                &[],
-            )
-        })
+        .acquire()
+        .unwrap()
+        .query_one(
+            "SELECT current_user::text, current_setting('statement_timeout')",
+            &[],
+        )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "bitville_monitor");
     assert_eq!(row.get::<_, String>(1), "5s");
@@ -239,6 +280,30 @@ fn the_start_check_says_what_is_wrong() {
     let e = Pool::new(&down).check().unwrap_err();
     assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}");
     assert!(!e.to_string().contains(common::MONITOR_PASSWORD));
+
+    // Classified by the I/O error under the driver's error (ConnectionRefused), not its text.
+    let mut closed_port = pg.tcp_db_config();
+    closed_port.port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = Pool::new(&closed_port).check().unwrap_err();
+    assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}");
+
+    // The two cases without a matchable source (see pool::classify): a name that does not
+    // resolve, and a password the server asks for but the configuration lacks.
+    let mut no_dns = pg.tcp_db_config();
+    no_dns.host = "nonexistent.invalid".into();
+    let e = Pool::new(&no_dns).check().unwrap_err();
+    assert_eq!(e.failure, ConnectFailure::ServerDown, "{e}");
+    assert!(e.to_string().contains("nonexistent.invalid"), "{e}");
+
+    let mut no_pw = pg.tcp_db_config();
+    no_pw.password = Secret::new("");
+    let e = Pool::new(&no_pw).check().unwrap_err();
+    assert_eq!(e.failure, ConnectFailure::Authentication, "{e}");
+    assert!(e.to_string().contains("password missing"), "{e}");
 }
 
 #[test]
