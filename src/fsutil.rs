@@ -123,9 +123,7 @@ mod tests {
     fn refuses_a_fifo_without_hanging_and_a_device_and_a_directory() {
         let d = temp("special");
         let fifo = d.join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::mkfifo(&fifo).unwrap();
         let e = read_regular_file(&fifo, 100).unwrap_err();
         assert!(e.to_string().contains("a FIFO"), "{e}");
         let link = d.join("zero");

@@ -24,3 +24,4 @@ pub mod signals;
 pub mod spike;
 pub mod spool;
 pub mod status;
+pub mod sys;

@@ -133,10 +133,7 @@ pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Whether a process with this pid exists.
 fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    crate::sys::process_exists(pid)
 }
 
 /// The report `--status` prints, and whether the agent looks healthy (running and recent).

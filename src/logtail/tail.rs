@@ -1301,9 +1301,7 @@ mod tests {
 
         // The path turns into a FIFO with no writer: opening it would block for good.
         fs::remove_file(&log).unwrap();
-        let c = std::ffi::CString::new(log.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::mkfifo(&log).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
             for _ in 0..3 {
