@@ -42,9 +42,9 @@ pub fn reopen(path: &Path) -> std::io::Result<()> {
     crate::sys::redirect_stderr(&file)
 }
 
-/// Writes the process id to `path` (for init scripts).
+/// Writes the process id to `path` (for init scripts), atomically so that an init script never
+/// reads half a pid ([`Durability::Atomic`]: a pid file is meaningless after a reboot anyway).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, path)
+    let pid = format!("{}\n", std::process::id());
+    crate::fsutil::write_atomically(path, pid.as_bytes(), crate::fsutil::Durability::Atomic)
 }
