@@ -43,7 +43,7 @@ pub fn reopen(path: &Path) -> std::io::Result<()> {
 }
 
 /// Writes the process id to `path` (for init scripts), atomically so that an init script never
-/// reads half a pid ([`Durability::Atomic`]: a pid file is meaningless after a reboot anyway).
+/// reads half a pid ([`Durability::Atomic`](crate::fsutil::Durability::Atomic): a pid file is meaningless after a reboot anyway).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
     let pid = format!("{}\n", std::process::id());
     crate::fsutil::write_atomically(path, pid.as_bytes(), crate::fsutil::Durability::Atomic)

@@ -1098,7 +1098,7 @@ fn parse_state(text: &str) -> Option<State> {
 }
 
 /// Writes the position file (creating its directory) so that a crash leaves either the old or
-/// the new content, [`Durability::Durable`]: a position that went back after a power failure
+/// the new content, [`Durability::Durable`](crate::fsutil::Durability::Durable): a position that went back after a power failure
 /// would ship entries twice, and it is written only after they are in the spool.
 fn save_position(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
