@@ -86,14 +86,8 @@ impl AgentInfo {
 }
 
 fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most that many.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    let buf = crate::sys::hostname().ok()?;
+    let name = String::from_utf8_lossy(&buf).trim().to_string();
     (!name.is_empty()).then_some(name)
 }
 

@@ -393,8 +393,7 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| SpoolError::io("open lock file", &path, e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = crate::sys::flock_exclusive_nonblocking(file.as_raw_fd());
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
