@@ -5,38 +5,15 @@
 //! the lifetime totals (`SpoolStats::lost`); a segment dropped for room is counted record by
 //! record, by source.
 
-use crate::json::Json;
-use crate::payload::Source;
+use crate::payload::DropCounts;
 
 use super::frame::{self, HEADER_LEN};
 use super::segment::{read_frame_at, resync_file, Segment};
 use super::{cursor, Inner};
 
-/// Losses not yet reported to the listener; sent as `data.agent.dropped` with the next payload.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DropCounts {
-    /// Unacknowledged records removed because the spool reached `max_bytes`.
-    pub records: u64,
-    /// Bytes of those records.
-    pub bytes: u64,
-    /// Those records per source, in [`Source::ALL`] order.
-    pub by_source: [u64; 4],
-    /// Payloads dropped because writing them failed (disk full, I/O error).
-    pub write_errors: u64,
-    /// Payloads dropped because they were over `max_record_bytes`.
-    pub oversized: u64,
-    /// Records lost to damage found in segments (counted from sequence gaps).
-    pub corrupt_records: u64,
-    /// Bytes of damaged data skipped or truncated.
-    pub corrupt_bytes: u64,
-}
-
+/// The spool's bookkeeping on the report: kept in the cursor file, added up, and cleared by
+/// what a delivered payload carried.
 impl DropCounts {
-    /// Whether nothing was lost.
-    pub fn is_empty(&self) -> bool {
-        *self == DropCounts::default()
-    }
-
     pub(super) fn to_array(self) -> [u64; cursor::UNREPORTED_LEN] {
         let [a, b, c, d] = self.by_source;
         [
@@ -83,24 +60,6 @@ impl DropCounts {
         self.oversized += other.oversized;
         self.corrupt_records += other.corrupt_records;
         self.corrupt_bytes += other.corrupt_bytes;
-    }
-
-    /// The `data.agent.dropped` object.
-    pub fn to_json(&self) -> Json {
-        let mut by_source = Json::object();
-        for (s, n) in Source::ALL.iter().zip(self.by_source) {
-            if n > 0 {
-                by_source.push(s.as_str(), n);
-            }
-        }
-        Json::object()
-            .field("records", self.records)
-            .field("bytes", self.bytes)
-            .field("by_source", by_source)
-            .field("write_errors", self.write_errors)
-            .field("oversized", self.oversized)
-            .field("corrupt_records", self.corrupt_records)
-            .field("corrupt_bytes", self.corrupt_bytes)
     }
 }
 

@@ -62,8 +62,8 @@ use cursor::CursorState;
 use reader::Reader;
 use segment::Segment;
 
+pub use crate::payload::DropCounts;
 pub use dead_letter::DEAD_LETTER_FILE;
-pub use loss::DropCounts;
 
 /// The lock file's name: held with `flock` for as long as a [`Spool`] is open.
 pub const LOCK_FILE: &str = "lock";

@@ -7,10 +7,9 @@
 
 use std::fs::File;
 
-use crate::payload::with_dropped;
+use crate::payload::{with_dropped, DropCounts};
 
 use super::frame::HEADER_LEN;
-use super::loss::DropCounts;
 use super::segment::{read_frame_at, resync_file};
 use super::{Inner, Record, SpoolError};
 

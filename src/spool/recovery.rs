@@ -11,8 +11,9 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
+use crate::payload::DropCounts;
+
 use super::frame::{self, HeaderCheck, HEADER_LEN};
-use super::loss::DropCounts;
 use super::reader::Reader;
 use super::segment::{read_frame_at, remove_quietly, resync_file, Segment, MAX_SEGMENT_FILE};
 use super::{cursor, lock_dir, Inner, SpoolError, SpoolOptions, DEAD_LETTER_FILE, LOCK_FILE};

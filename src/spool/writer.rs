@@ -9,10 +9,10 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::payload::{render_record, AgentStamp, Payload};
+use crate::payload::{render_record, AgentStamp, DropCounts, Payload};
 
 use super::frame::{self, FRAME_HEADER_LEN, HEADER_LEN};
-use super::loss::{count_unacked, DropCounts};
+use super::loss::count_unacked;
 use super::segment::{remove_quietly, Segment};
 use super::{cursor, Inner, SpoolError};
 
