@@ -123,15 +123,19 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
 
 /// Adds `data.agent.dropped` to a stored record (output of [`render_record`]) at send time, so
 /// a loss report travels with the next payload actually delivered and cannot be lost with a
-/// dropped record. A text not ending in `}}}` is returned unchanged.
-pub fn with_dropped(record: &str, dropped: &Json) -> String {
+/// dropped record. An empty report adds nothing; a text not ending in `}}}` is returned
+/// unchanged.
+pub fn with_dropped(record: &str, dropped: &DropCounts) -> String {
+    if dropped.is_empty() {
+        return record.to_string();
+    }
     let Some(head) = record.strip_suffix("}}}") else {
         return record.to_string();
     };
     let mut out = String::with_capacity(record.len() + 256);
     out.push_str(head);
     out.push_str(",\"dropped\":");
-    dropped.write_to(&mut out);
+    dropped.to_json().write_to(&mut out);
     out.push_str("}}}");
     out
 }
@@ -236,7 +240,10 @@ mod tests {
             "p",
             &with_dropped(
                 &render_record(&p, &stamp),
-                &Json::object().field("records", 3u64),
+                &DropCounts {
+                    records: 3,
+                    ..DropCounts::default()
+                },
             ),
         ))
         .unwrap();

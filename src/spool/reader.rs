@@ -73,7 +73,7 @@ impl Inner {
                         continue;
                     }
                     self.reader.peeked = Some((seq, end));
-                    let mut body = String::from_utf8(body)
+                    let body = String::from_utf8(body)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                     // Every number between the last acknowledged record and this one was
                     // assigned to a record that is gone (damage, a truncated, emptied or
@@ -89,9 +89,7 @@ impl Inner {
                     }
                     let mut report = self.unreported;
                     report.corrupt_records += gap;
-                    if !report.is_empty() {
-                        body = with_dropped(&body, &report.to_json());
-                    }
+                    let body = with_dropped(&body, &report);
                     return Ok(Some(Record {
                         seq,
                         source,
