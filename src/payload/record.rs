@@ -180,14 +180,20 @@ mod tests {
         }
     }
 
+    /// `p` rendered with [`info`] and sequence number `seq`.
+    fn render(p: &Payload, seq: u64) -> String {
+        render_record(
+            p,
+            &AgentStamp {
+                agent: &info(),
+                seq,
+            },
+        )
+    }
+
     #[test]
     fn envelope_has_the_listener_fields_and_data_agent() {
-        let info = info();
-        let stamp = AgentStamp {
-            agent: &info,
-            seq: 9,
-        };
-        let record = render_record(&sample(Some("bitville-abc")), &stamp);
+        let record = render(&sample(Some("bitville-abc")), 9);
         let body = envelope_body("shop", &record);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["project"], "shop");
@@ -207,11 +213,6 @@ mod tests {
 
     #[test]
     fn a_collectors_agent_object_keeps_its_fields_but_not_the_stamp() {
-        let info = info();
-        let stamp = AgentStamp {
-            agent: &info,
-            seq: 4,
-        };
         let mut p = sample(None);
         p.data = Json::object().field(
             "agent",
@@ -220,7 +221,7 @@ mod tests {
                 .field("seq", 999u64),
         );
         let v: serde_json::Value =
-            serde_json::from_str(&envelope_body("p", &render_record(&p, &stamp))).unwrap();
+            serde_json::from_str(&envelope_body("p", &render(&p, 4))).unwrap();
         assert_eq!(v["data"]["agent"]["rss_bytes"], 123);
         assert_eq!(v["data"]["agent"]["seq"], 4);
         assert_eq!(v["data"]["agent"]["version"], "1.2.3");
@@ -228,18 +229,13 @@ mod tests {
 
     #[test]
     fn envelope_omits_a_missing_correlation_id_and_fixes_bad_inputs() {
-        let info = info();
-        let stamp = AgentStamp {
-            agent: &info,
-            seq: 1,
-        };
         let mut p = sample(None);
         p.data = Json::Array(vec![]);
         p.collected_at = f64::NAN;
         let v: serde_json::Value = serde_json::from_str(&envelope_body(
             "p",
             &with_dropped(
-                &render_record(&p, &stamp),
+                &render(&p, 1),
                 &DropCounts {
                     records: 3,
                     ..DropCounts::default()

@@ -58,15 +58,11 @@ mod tests {
     use std::fs;
 
     use super::DEAD_LETTER_FILE;
-    use crate::spool::test_support::{opts, payload, temp_dir};
-    use crate::spool::Spool;
+    use crate::spool::test_support::{open_with, payload};
 
     #[test]
     fn dead_letters_are_json_lines_and_rotate() {
-        let dir = temp_dir("deadletter");
-        let mut o = opts(&dir);
-        o.dead_letter_max_bytes = 200;
-        let spool = Spool::open(o).unwrap();
+        let (dir, spool) = open_with("deadletter", |o| o.dead_letter_max_bytes = 200);
         for n in 1..=3 {
             spool.append(&payload(n)).unwrap();
             let r = spool.peek().unwrap().unwrap();

@@ -114,18 +114,15 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use crate::json::Json;
-    use crate::spool::{Spool, SpoolError};
     use std::fs;
 
-    use crate::spool::test_support::{opts, payload, temp_dir};
+    use crate::json::Json;
+    use crate::spool::test_support::{open_with, opts, payload};
+    use crate::spool::{Spool, SpoolError};
 
     #[test]
     fn oversized_payloads_are_refused_and_reported() {
-        let dir = temp_dir("oversized");
-        let mut o = opts(&dir);
-        o.max_record_bytes = 600;
-        let spool = Spool::open(o).unwrap();
+        let (dir, spool) = open_with("oversized", |o| o.max_record_bytes = 600);
         let mut big = payload(1);
         big.data = Json::object().field("x", "y".repeat(1000));
         assert!(matches!(

@@ -456,7 +456,7 @@ mod test_support {
     use std::fs;
     use std::path::{Path, PathBuf};
 
-    use super::SpoolOptions;
+    use super::{Spool, SpoolOptions};
     use crate::json::Json;
     use crate::payload::{AgentInfo, Payload, Source};
 
@@ -482,6 +482,18 @@ mod test_support {
             host: "h".into(),
         };
         o
+    }
+
+    /// A fresh spool directory named `name`, opened with [`opts`] adjusted by `configure`.
+    pub(super) fn open_with(
+        name: &str,
+        configure: impl FnOnce(&mut SpoolOptions),
+    ) -> (PathBuf, Spool) {
+        let dir = temp_dir(name);
+        let mut o = opts(&dir);
+        configure(&mut o);
+        let spool = Spool::open(o).unwrap();
+        (dir, spool)
     }
 }
 

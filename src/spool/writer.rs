@@ -282,17 +282,13 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use crate::spool::Spool;
     use std::fs;
 
-    use crate::spool::test_support::{opts, payload, temp_dir};
+    use crate::spool::test_support::{open_with, payload};
 
     #[test]
     fn segments_rotate_and_acked_ones_are_deleted() {
-        let dir = temp_dir("rotate");
-        let mut o = opts(&dir);
-        o.segment_bytes = 4096;
-        let spool = Spool::open(o).unwrap();
+        let (dir, spool) = open_with("rotate", |o| o.segment_bytes = 4096);
         for n in 0..100 {
             spool.append(&payload(n)).unwrap();
         }
@@ -312,10 +308,7 @@ mod tests {
 
     #[test]
     fn a_record_in_flight_whose_segment_is_dropped_can_still_be_acked() {
-        let dir = temp_dir("inflight");
-        let mut o = opts(&dir);
-        o.max_bytes = 16 * 1024;
-        let spool = Spool::open(o).unwrap();
+        let (dir, spool) = open_with("inflight", |o| o.max_bytes = 16 * 1024);
         spool.append(&payload(0)).unwrap();
         let in_flight = spool.peek().unwrap().unwrap();
         assert_eq!(in_flight.seq, 1);
