@@ -1315,9 +1315,12 @@ impl Holders {
                 self.handles.push(h);
             }
             drop(ready_tx);
-            for r in ready_rx.iter() {
-                if let Err(e) = r {
-                    panic!("scale: opening session {}: {e}", self.workers.len());
+            // Each thread keeps its sender: count the answers rather than wait for a hang-up.
+            for _ in 0..batch {
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("scale: opening session {}: {e}", self.workers.len()),
+                    Err(_) => panic!("scale: a session thread ended before connecting"),
                 }
             }
         }
@@ -1554,15 +1557,23 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     holders.close();
     drop(c);
     print_scale_table(&rows);
-    let left: i64 = admin
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
-            ),
-            &[],
-        )
-        .map(|r| r.get(0))
-        .unwrap_or(-1);
+    // Backends exit a moment after their client hangs up: wait up to 10 s for all of them.
+    let t = Instant::now();
+    let left = loop {
+        let left: i64 = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
+                ),
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        if left == 0 || t.elapsed() > Duration::from_secs(10) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     println!("  (scale sessions still connected at the end: {left})");
 }
 
@@ -1580,7 +1591,8 @@ fn sample_child(args: &[String]) {
         idle_in_transaction_timeout: Duration::from_millis(10_000),
         connect_timeout: Duration::from_secs(30),
         acquire_timeout: Duration::from_secs(60),
-        pool_max_size: 1,
+        // The scale scenario's own sampler holds one session of the role already.
+        pool_max_size: 5,
     };
     let n: usize = args[2].parse().expect("samples");
     let pool = Pool::new(&cfg);
