@@ -52,6 +52,16 @@ fn thread_cpu_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
+/// User and system CPU µs of the calling thread (getrusage; the split is tick-sampled).
+fn thread_user_sys_us() -> (u64, u64) {
+    // SAFETY: getrusage fills a plain struct; zeroed is a valid initial value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (us(ru.ru_utime), us(ru.ru_stime))
+}
+
 /// Nanoseconds on CPU of one task (thread) from schedstat.
 fn schedstat_ns(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path)
@@ -1386,6 +1396,8 @@ struct ScaleRow {
     samples_per_60: f64,
     burst_cpu_us: f64,
     burst_pg_us: f64,
+    /// Share of the 1 s samples' CPU spent in the kernel (syscalls: /proc, the socket).
+    sys_share: f64,
 }
 
 /// Runs a fresh sampler against the sessions held now: two warm-up samples, 1 s sampling for
@@ -1410,6 +1422,7 @@ fn measure_scale(
     let start = Instant::now();
     let mut slot = 1u64;
     let mut taken = 0usize;
+    let (u0, s0) = thread_user_sys_us();
     loop {
         let at = start + Duration::from_secs(slot);
         if at > start + Duration::from_secs(SCALE_WINDOW_S) {
@@ -1429,6 +1442,8 @@ fn measure_scale(
         // The next slot not yet begun.
         slot = start.elapsed().as_secs() + 1;
     }
+    let (u1, s1) = thread_user_sys_us();
+    let sys_share = (s1 - s0) as f64 / ((u1 - u0) + (s1 - s0)).max(1) as f64;
     let mut bcpu = Vec::new();
     let mut bpg = Vec::new();
     let bstart = Instant::now();
@@ -1454,6 +1469,7 @@ fn measure_scale(
         samples_per_60: taken as f64 * 60.0 / SCALE_WINDOW_S as f64,
         burst_cpu_us: stat(&bcpu).med,
         burst_pg_us: stat(&bpg).med,
+        sys_share,
     }
 }
 
@@ -1481,6 +1497,13 @@ fn print_scale_table(rows: &[ScaleRow]) {
             per_min_burst / per_min_1s,
         );
     }
+    println!(
+        "  (kernel share of the 1 s samples' CPU: {})",
+        rows.iter()
+            .map(|r| format!("{:.0} %", r.sys_share * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
     println!(
         "  (burst: {SCALE_BURST_SAMPLES} samples at 250 ms, median CPU {}; PG CPU per burst sample {})",
         rows.iter()
@@ -1604,7 +1627,9 @@ fn sample_child(args: &[String]) {
     }
 }
 
-/// Inclusive instructions per function from `callgrind_annotate --inclusive=yes`.
+/// Inclusive instructions per `file:function` from `callgrind_annotate --inclusive=yes`, the
+/// program total first. A function inlined from several files has one entry per file; the
+/// call-count lines ("(11x)") are left out.
 fn annotate(out: &Path) -> Vec<(u64, String)> {
     let text = Command::new("callgrind_annotate")
         .args(["--inclusive=yes", "--threshold=100"])
@@ -1612,9 +1637,10 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    let mut total = 0;
     let mut v = Vec::new();
     for l in text.lines() {
-        let l = l.trim_start();
+        let l = l.trim();
         let Some((num, rest)) = l.split_once(' ') else {
             continue;
         };
@@ -1622,19 +1648,27 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
             continue;
         };
         // "(12.34%)  file:function [object]"
-        let rest = rest.trim_start();
         let rest = rest
+            .trim_start()
             .strip_prefix('(')
             .and_then(|r| r.split_once(')'))
             .map_or(rest, |(_, r)| r)
             .trim();
-        let func = rest.split_once(':').map_or(rest, |(_, f)| f);
-        let func = func.rsplit_once(" [").map_or(func, |(f, _)| f).trim();
-        if func.is_empty() || rest.contains("PROGRAM TOTALS") {
+        if rest == "PROGRAM TOTALS" {
+            total = ir;
             continue;
         }
-        v.push((ir, func.to_string()));
+        if rest.ends_with("x)") || !rest.contains(':') {
+            continue;
+        }
+        let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
+        // Shorten the file to its last two components.
+        let (file, func) = rest.split_once(':').unwrap_or(("", rest));
+        let short: Vec<&str> = file.rsplit('/').take(2).collect();
+        let file: String = short.into_iter().rev().collect::<Vec<_>>().join("/");
+        v.push((ir, format!("{file}:{func}")));
     }
+    v.insert(0, (total, "PROGRAM TOTALS".into()));
     v
 }
 
@@ -1669,7 +1703,7 @@ fn callgrind_profile(pg: &TestPg, n: usize) {
         );
         totals.push(annotate(&out));
     }
-    let total = |v: &[(u64, String)]| v.iter().map(|x| x.0).max().unwrap_or(0);
+    let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
     let (one, eleven) = (&totals[0], &totals[1]);
     println!(
         "  instructions: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
@@ -1690,7 +1724,7 @@ fn callgrind_profile(pg: &TestPg, n: usize) {
         .collect();
     steady.sort_by_key(|b| std::cmp::Reverse(b.0));
     println!("  top functions, inclusive instructions per steady sample at {n} sessions:");
-    for (ir, f) in steady.iter().take(40) {
+    for (ir, f) in steady.iter().skip(1).take(40) {
         println!("    {ir:>12}  {f}");
     }
 }
