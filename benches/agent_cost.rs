@@ -1638,7 +1638,7 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     let mut total = 0;
-    let mut v = Vec::new();
+    let mut v: HashMap<String, u64> = HashMap::new();
     for l in text.lines() {
         let l = l.trim();
         let Some((num, rest)) = l.split_once(' ') else {
@@ -1666,8 +1666,13 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
         let (file, func) = rest.split_once(':').unwrap_or(("", rest));
         let short: Vec<&str> = file.rsplit('/').take(2).collect();
         let file: String = short.into_iter().rev().collect::<Vec<_>>().join("/");
-        v.push((ir, format!("{file}:{func}")));
+        // The same file:function twice (an inlined fragment within the function): the larger
+        // figure already contains the smaller one.
+        let key = format!("{file}:{func}");
+        let e = v.entry(key).or_insert(0);
+        *e = (*e).max(ir);
     }
+    let mut v: Vec<(u64, String)> = v.into_iter().map(|(k, ir)| (ir, k)).collect();
     v.insert(0, (total, "PROGRAM TOTALS".into()));
     v
 }
