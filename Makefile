@@ -163,7 +163,7 @@ bench-compare: deps release
 	$(CARGO) bench --bench agent_cost -- --compare $(BENCH_ARGS)
 
 # Issue 16: the activity sampler at 100, 400 and 1,000 active sessions (pg_sleep and lock waiters),
-# about 5 minutes, with one callgrind profile at 400 sessions (valgrind; skipped when missing).
+# about 6 minutes, with one callgrind profile at 400 sessions (valgrind; skipped when missing).
 # Built unstripped in target/prof so callgrind names the functions (same optimisation as release).
 bench-scale: deps
 	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
