@@ -22,6 +22,7 @@ use super::timeline::{Row, Timeline};
 use super::SampleSnapshot;
 use crate::config::SpikeConfig;
 use crate::json::Json;
+use crate::logtail::EventStore;
 use crate::payload::{unix_now, Payload, Source};
 
 /// Most timeline rows per interval summary (an hour at 1 s, or 15 minutes of bursts).
@@ -58,7 +59,17 @@ pub struct Watch {
     statements_start: Vec<deep::StatementCounters>,
     /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
     cpu_prev: HashMap<i32, (i64, u64)>,
+    /// The log thread's classified events, for the end reports' `log_events`.
+    events: Option<EventStore>,
 }
+
+/// Seconds around a spike's window whose log events its end report counts: the server writes a
+/// lock wait after `deadlock_timeout` and a temp file when it is deleted, so an event of the
+/// spike may carry a time a little before its first or after its last hot sample.
+pub const LOG_EVENT_SLACK_S: f64 = 5.0;
+
+/// Most events per class listed in `log_events.top`.
+pub const LOG_EVENTS_TOP_PER_CLASS: usize = 3;
 
 fn spike_payload(data: Json) -> Payload {
     Payload {
@@ -101,7 +112,15 @@ impl Watch {
             period: normal,
             statements_start: Vec::new(),
             cpu_prev: HashMap::new(),
+            events: None,
         }
+    }
+
+    /// Adds `log_events` (the classified log events of the spike's window, from `store`) to
+    /// the end reports.
+    pub fn with_event_store(mut self, store: EventStore) -> Watch {
+        self.events = Some(store);
+        self
     }
 
     /// Fills each row's `cpu_ticks` (since the previous sample) from the sampler's running
@@ -190,7 +209,18 @@ impl Watch {
     }
 
     fn report(&mut self, s: &SpikeCapture, phase: &str) -> Payload {
-        let data = s.to_json(phase, self.top_n);
+        let mut data = s.to_json(phase, self.top_n);
+        if let (Some(store), "end") = (&self.events, phase) {
+            let end = s.end.or(s.last_sample_at()).unwrap_or(s.start).max(s.start);
+            data.push(
+                "log_events",
+                store.summary(
+                    s.start - LOG_EVENT_SLACK_S,
+                    end + LOG_EVENT_SLACK_S,
+                    LOG_EVENTS_TOP_PER_CLASS,
+                ),
+            );
+        }
         if let Some(r) = self.recorder.as_mut() {
             r.spike(s.start, &data);
         }
