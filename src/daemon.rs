@@ -683,6 +683,10 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
                     crate::spike::deep::run(c, &deep_options, req)
                 })
             }));
+            if watch.in_spike() {
+                let top = watch.top_requests(crate::collect::correlate::MAX_PREFERRED);
+                corr.lock().unwrap_or_else(|p| p.into_inner()).prefer(top);
+            }
         }
         let now = Instant::now();
         if now >= next_summary {
