@@ -463,4 +463,46 @@ mod tests {
         assert_eq!(h.spikes.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_end_report_lists_the_log_events_of_the_spike_window_only() {
+        use crate::logtail::events::{Event as LogEvent, EventClass};
+        use crate::logtail::{EventStore, StoredEvent};
+        let store = EventStore::default();
+        let mut w = Watch::with_host(
+            &spike_cfg(),
+            Duration::from_secs(1),
+            None,
+            HostLine::with_root("/nonexistent"),
+        )
+        .with_event_store(store.clone());
+        let wait = |at: f64, ms: f64| StoredEvent {
+            at,
+            pid: Some(at as u32),
+            correlation_id: Some(format!("req-{at}")),
+            event: LogEvent {
+                class: EventClass::LockWait,
+                figures: Json::object().field("wait_ms", ms),
+            },
+        };
+        store.record(wait(1.0, 9000.0)); // long before the spike (it starts at 10)
+        store.record(wait(8.0, 100.0)); // within the slack
+        store.record(wait(12.0, 4000.0));
+        let mut reports = vec![];
+        for i in 0..20 {
+            let n = if (10..15).contains(&i) { 40 } else { 1 };
+            reports.extend(w.after_sample(snap(i as f64, n), &mut |_| None));
+        }
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[0].data.get("log_events"), None, "end report only");
+        let ev = reports[1].data.get("log_events").expect("log_events");
+        assert_eq!(ev.get("total"), Some(&Json::UInt(2)));
+        assert_eq!(ev.get("from"), Some(&Json::Float(10.0 - LOG_EVENT_SLACK_S)));
+        let text = ev.to_json_string();
+        assert!(text.contains(r#""counts":{"lock_wait":2}"#), "{text}");
+        assert!(
+            text.contains(r#""top":[{"class":"lock_wait","wait_ms":4000.0,"at":12.0,"pid":12,"correlation_id":"req-12"}"#),
+            "{text}"
+        );
+    }
 }
