@@ -2,8 +2,8 @@
 //! timeouts, checkpoints, autovacuum, ...), recorded by the log thread and read by the sampler
 //! thread's spike watch when it builds a spike's end report (`log_events`).
 //!
-//! Invariants: bounded (at most `cap` events and none older than `max_age` behind the newest
-//! one; the oldest go first); reading never removes (a spike report only looks); a poisoned lock
+//! Invariants: bounded (at most `cap` events; from the front, those older than `max_age` behind
+//! the newest go; the oldest go first); reading never removes (a spike report only looks); a poisoned lock
 //! still serves the plain data it guards. It holds what the pg_log payloads already carry: the
 //! class, its figures (numbers, lock modes, pids, table names), the pid and the request id.
 
@@ -99,12 +99,13 @@ impl EventStore {
     /// Keeps `e`, evicting the oldest beyond the cap and those too old.
     pub fn record(&self, e: StoredEvent) {
         let mut v = self.lock();
-        let newest = v.iter().map(|x| x.at).fold(e.at, f64::max);
+        // Lines arrive in time order (nearly: csvlog/jsonlog of concurrent backends may swap by
+        // milliseconds), so the oldest are at the front and a record costs O(1) amortized.
+        let newest = v.back().map_or(e.at, |b| b.at.max(e.at));
         v.push_back(e);
-        while v.len() > self.cap {
+        while v.len() > self.cap || v.front().is_some_and(|f| f.at < newest - self.max_age) {
             v.pop_front();
         }
-        v.retain(|x| x.at >= newest - self.max_age);
     }
 
     /// The events logged in `[from, to]`, in the order they were recorded.
