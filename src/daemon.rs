@@ -362,6 +362,8 @@ pub struct Context {
     /// The latest auto_explain plan per query_id: written by the log thread, attached to the
     /// pg_stat_statements rows by the interval thread.
     pub plans: PlanStore,
+    /// The recent classified log events: written by the log thread, read by the spike watch.
+    pub events: logtail::EventStore,
 }
 
 impl Context {
@@ -631,7 +633,8 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
         max_correlated: budget,
         ..ActivityConfig::from_collection(cfg)
     });
-    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
+    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir))
+        .with_event_store(ctx.events.clone());
     let deep_options = crate::spike::deep::DeepOptions {
         query_text: crate::normalize::QueryText::from_collection(cfg),
         correlation: crate::normalize::CorrelationPattern::from_collection(cfg),
@@ -680,6 +683,10 @@ fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
                     crate::spike::deep::run(c, &deep_options, req)
                 })
             }));
+            if watch.in_spike() {
+                let top = watch.top_requests(crate::collect::correlate::MAX_PREFERRED);
+                corr.lock().unwrap_or_else(|p| p.into_inner()).prefer(top);
+            }
         }
         let now = Instant::now();
         if now >= next_summary {
@@ -809,7 +816,8 @@ fn open_log_feed(
             );
             Some(
                 LogFeed::from_source(&source, &ctx.config.collection, budget, Instant::now())
-                    .with_plan_store(ctx.plans.clone()),
+                    .with_plan_store(ctx.plans.clone())
+                    .with_event_store(ctx.events.clone()),
             )
         }
         Err(why) => {
@@ -970,6 +978,7 @@ pub fn run(
         spool,
         shutdown: shutdown.clone(),
         plans: PlanStore::default(),
+        events: logtail::EventStore::default(),
     });
     let mut threads = Vec::new();
     let spawned = (|| -> std::io::Result<()> {
