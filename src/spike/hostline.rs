@@ -297,20 +297,6 @@ mod tests {
         assert_eq!(cpu_percent(&a, &a), None, "no time");
     }
 
-    /// `cargo test --release --lib spike::hostline -- --ignored --nocapture`: the cost of one
-    /// host line on this machine (printed, not asserted).
-    #[test]
-    #[ignore]
-    fn cost_of_one_host_line() {
-        let mut h = HostLine::new();
-        let n = 20_000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(h.sample(false));
-        }
-        eprintln!("host line: {:?} per sample", t.elapsed() / n);
-    }
-
     #[test]
     fn reads_a_fake_proc_and_survives_garbage() {
         let dir = std::env::temp_dir().join(format!("bv-hostline-{}", std::process::id()));

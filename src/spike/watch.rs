@@ -323,38 +323,6 @@ mod tests {
         }
     }
 
-    /// `cargo test --release --lib spike::watch -- --ignored --nocapture`: the cost of one
-    /// sample's spike work (host line, row, attribution, recorder line, detector) with 20
-    /// active sessions, on this machine (printed, not asserted).
-    #[test]
-    #[ignore]
-    fn cost_of_one_sample() {
-        let dir = std::env::temp_dir().join(format!("bv-watch-cost-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let rec = std::env::var("NOREC").is_err().then_some(dir.as_path());
-        let mut w = Watch::new(&spike_cfg(), Duration::from_secs(1), rec);
-        let n = 20_000;
-        let rows: usize = std::env::var("ROWS").map_or(20, |v| v.parse().unwrap());
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let mut s = snap(i as f64, rows);
-            for (j, r) in s.rows.iter_mut().enumerate() {
-                r.correlation_id = Some(format!("req-{}", (i * rows + j) % 500));
-                r.cpu_ticks_total = i as u64;
-            }
-            std::hint::black_box(w.after_sample(s, &mut |_| None));
-            if i % 60 == 0 {
-                let mut p = spike_payload(Json::object());
-                w.finish_interval(&mut p);
-            }
-        }
-        eprintln!(
-            "spike work with {rows} sessions: {:?} per sample",
-            t.elapsed() / n as u32
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
     #[test]
     fn cpu_is_charged_per_sample_from_the_running_totals() {
         let mut w = Watch::with_host(
