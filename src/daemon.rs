@@ -26,13 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::collect::activity::{ActivityConfig, ActivitySampler};
-use crate::collect::correlate::{Correlator, CorrelatorConfig, LoggedStatement, SharedCorrelator};
-use crate::collect::cycle::{CycleOptions, DbSteps, IntervalCycle};
-use crate::collect::statements::StatementsConfig;
+use crate::collect::activity::ActivitySampler;
+use crate::collect::correlate::{LoggedStatement, SharedCorrelator};
+use crate::collect::cycle::{DbSteps, IntervalCycle};
 use crate::collect::{Backoff, CollectError};
 use crate::config::{self, Config};
-use crate::health::HealthOptions;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed, PlanStore};
 use crate::payload::Payload;
@@ -42,7 +40,15 @@ use crate::ship::StatusHandle;
 use crate::shutdown::{Event, Shutdown};
 use crate::spike::watch::Watch;
 use crate::spool::Spool;
+use crate::wiring;
 use crate::{logging, selfstats, status};
+
+/// The wiring's `Config` → options functions, under the paths `main`, `oneshot`, `selftest` and
+/// the tests have always used.
+pub use crate::wiring::{
+    budget_note, correlated_budget, correlator, correlator_config, cycle_options, pools,
+    shipper_options, spool_options,
+};
 
 /// How long shutdown waits for the threads before it syncs the spool and exits anyway. A query
 /// in flight ends within `statement_timeout`, a request within the listener timeout.
@@ -53,56 +59,6 @@ const LOG_POLL: Duration = Duration::from_secs(1);
 
 /// The same error is logged again at most this often (it is counted every time).
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(300);
-
-/// The pools the daemon uses: the main database's, with the connections the extra databases
-/// (`[collection] databases`) do not take, and one single-connection pool per extra database.
-/// Together they never exceed `pool_max_size`, and every pool's guard counts all agent sessions.
-pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
-    let cap = cfg.database.pool_max_size;
-    let extra: Vec<(String, Pool)> = cfg
-        .collection
-        .databases
-        .iter()
-        .map(|name| {
-            let db = config::DatabaseConfig {
-                dbname: name.clone(),
-                ..cfg.database.clone()
-            };
-            (name.clone(), Pool::with_limits(&db, 1, cap))
-        })
-        .collect();
-    let main = Pool::with_limits(&cfg.database, cap.saturating_sub(extra.len()).max(1), cap);
-    (main, extra)
-}
-
-/// Correlated records (one per request, merged from the sampler and the log by the
-/// [`Correlator`](crate::collect::correlate::Correlator)) per interval. The listener takes one
-/// payload per HTTP request and the shipper sends at most `max_requests_per_minute`; the
-/// collectors' steady output is held to half of that (less the four summary payloads of an
-/// interval), so a backlog after an outage always drains. At the defaults (60 a minute, 60 s):
-/// 30 - 4 = 26 records an interval. What is over the budget stays inside the summaries, never
-/// lost.
-pub fn correlated_budget(max_requests_per_minute: u32, interval: Duration) -> usize {
-    let per_interval =
-        (f64::from(max_requests_per_minute) * interval.as_secs_f64() / 60.0) as usize;
-    (per_interval / 2).saturating_sub(4)
-}
-
-/// The correlator's settings: its budget is [`correlated_budget`].
-pub fn correlator_config(cfg: &Config) -> CorrelatorConfig {
-    CorrelatorConfig {
-        budget: correlated_budget(
-            cfg.listener.max_requests_per_minute,
-            cfg.collection.interval,
-        ),
-        ..CorrelatorConfig::default()
-    }
-}
-
-/// The correlator the sampler and log threads share.
-pub fn correlator(cfg: &Config) -> SharedCorrelator {
-    Correlator::shared(correlator_config(cfg))
-}
 
 /// Appends the correlator's due records (taken out first: the lock is never held while
 /// appending).
@@ -118,63 +74,6 @@ fn append_due(ctx: &Context, corr: &SharedCorrelator, all: bool) {
     if !due.is_empty() {
         ctx.append_all(&due);
     }
-}
-
-/// The correlated budget of a configuration ([`correlated_budget`]) in words, and, when it is 0
-/// (no correlated payload at all), the warning with the fix: the shortest `interval_s` at this
-/// pace, or the lowest pace at this interval, that gives at least one.
-pub fn budget_note(cfg: &Config) -> (String, Option<String>) {
-    let pace = cfg.listener.max_requests_per_minute;
-    let interval = cfg.collection.interval;
-    let budget = correlated_budget(pace, interval);
-    let line = format!(
-        "correlated budget: {budget} correlated records per interval, one per request, sampler and \
-         log merged ({} s interval, {pace} requests per minute)",
-        interval.as_secs()
-    );
-    if budget > 0 {
-        return (line, None);
-    }
-    let interval_fix = (interval.as_secs()..=3600)
-        .find(|&s| correlated_budget(pace, Duration::from_secs(s)) > 0)
-        .map(|s| format!("[collection] interval_s = {s}"));
-    let pace_fix = (pace..=6000)
-        .find(|&p| correlated_budget(p, interval) > 0)
-        .map(|p| {
-            format!("[listener] max_requests_per_minute = {p} (if the listener's limit allows)")
-        });
-    let fixes: Vec<String> = interval_fix.into_iter().chain(pace_fix).collect();
-    let warning = format!(
-        "the correlated budget is 0: with interval_s = {} and max_requests_per_minute = {pace} no \
-         correlated payload (per PHP request) is shipped at all, the executions stay only in the \
-         summaries; fix: {}",
-        interval.as_secs(),
-        if fixes.is_empty() {
-            "a longer interval or a higher pace".to_string()
-        } else {
-            fixes.join(", or ")
-        }
-    );
-    (line, Some(warning))
-}
-
-/// The spool options for the `[buffer]` configuration.
-pub fn spool_options(buffer: &config::BufferConfig) -> crate::spool::SpoolOptions {
-    let mut o = crate::spool::SpoolOptions::new(&buffer.path);
-    o.max_bytes = buffer.max_size_bytes;
-    o
-}
-
-/// The shipper options for the `[listener]` configuration.
-pub fn shipper_options(l: &config::ListenerConfig) -> crate::ship::ShipperOptions {
-    let mut o = crate::ship::ShipperOptions::new(&l.url, l.api_key.expose(), &l.project_id);
-    o.ca_file = l.ca_file.clone();
-    o.timeout = l.timeout;
-    o.connect_timeout = l.timeout.min(o.connect_timeout);
-    o.max_requests_per_minute = l.max_requests_per_minute;
-    o.breaker_failures = l.breaker_failures;
-    o.breaker_reset = l.breaker_reset;
-    o
 }
 
 /// Per-collector bookkeeping for the agent's own metrics and the status file.
@@ -626,16 +525,9 @@ fn write_status(ctx: &Context, ship: &StatusHandle) -> std::io::Result<()> {
 
 fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let cfg = &ctx.config.collection;
-    let budget = correlated_budget(ctx.config.listener.max_requests_per_minute, cfg.interval);
-    let mut sampler = ActivitySampler::new(ActivityConfig {
-        max_correlated: budget,
-        ..ActivityConfig::from_collection(cfg)
-    });
+    let mut sampler = ActivitySampler::new(wiring::activity_config(&ctx.config));
     let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
-    let deep_options = crate::spike::deep::DeepOptions {
-        query_text: crate::normalize::QueryText::from_collection(cfg),
-        correlation: crate::normalize::CorrelationPattern::from_collection(cfg),
-    };
+    let deep_options = wiring::deep_options(&ctx.config);
     // The summary (with the interval's timeline and load attribution) goes to the spool at
     // once; the requests' statements wait in the correlator for their log lines (a short
     // grace), and their records are appended when due.
@@ -725,21 +617,6 @@ impl DbSteps for Context {
     }
 }
 
-/// The interval cycle's options for the `[collection]` and `[buffer]` configuration.
-pub fn cycle_options(cfg: &Config) -> CycleOptions {
-    let c = &cfg.collection;
-    CycleOptions {
-        statements: StatementsConfig::from_collection(c),
-        health: HealthOptions {
-            top_n: c.health_top_n,
-            slow_every: c.health_slow_interval,
-            tables_budget: c.health_tables_budget,
-        },
-        spool_path: cfg.buffer.path.clone(),
-        databases: c.databases.clone(),
-    }
-}
-
 fn run_interval(ctx: &Context, ship: &StatusHandle) {
     let mut options = cycle_options(&ctx.config);
     options.statements.plans = Some(ctx.plans.clone());
@@ -802,16 +679,12 @@ fn open_log_feed(
         }
     };
     match found {
-        Ok(source) => {
-            let budget = correlated_budget(
-                ctx.config.listener.max_requests_per_minute,
-                ctx.config.collection.interval,
-            );
-            Some(
-                LogFeed::from_source(&source, &ctx.config.collection, budget, Instant::now())
-                    .with_plan_store(ctx.plans.clone()),
-            )
-        }
+        Ok(source) => Some(wiring::log_feed(
+            &source,
+            &ctx.config,
+            ctx.plans.clone(),
+            Instant::now(),
+        )),
         Err(why) => {
             if last_reason.as_deref() != Some(why.0.as_str()) {
                 log::warn!("no server log is tailed: {}", why.0);
@@ -1037,65 +910,4 @@ pub fn run(
     }
     log::info!("stopped");
     crate::cli::EXIT_OK
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_correlated_budget_keeps_collectors_under_half_the_pace() {
-        // Defaults: 60 requests a minute, 60 s interval: 30 for the collectors, 4 summaries,
-        // one record per request (it was 13 per producer, two records per request).
-        assert_eq!(correlated_budget(60, Duration::from_secs(60)), 26);
-        for (pace, secs) in [(60, 60), (100, 60), (60, 10), (10, 60), (6000, 1)] {
-            let interval = Duration::from_secs(secs);
-            let per_interval = pace as f64 * secs as f64 / 60.0;
-            let worst = 4 + correlated_budget(pace, interval);
-            assert!(
-                worst as f64 <= per_interval / 2.0 + 4.0,
-                "pace {pace}, {secs} s: {worst}"
-            );
-        }
-        assert_eq!(correlated_budget(60, Duration::from_secs(10)), 1);
-        assert_eq!(correlated_budget(10, Duration::from_secs(10)), 0);
-    }
-
-    fn config_with(interval_s: &str, pace: &str) -> Config {
-        let env: BTreeMap<String, String> = [
-            ("BITVILLE_PG_INTERVAL_S", interval_s),
-            ("BITVILLE_PG_MAX_REQUESTS_PER_MINUTE", pace),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let mut warnings = Vec::new();
-        let raw = config::RawConfig::build(None, &env, &mut warnings).unwrap();
-        Config::from_raw(&raw, &mut warnings).unwrap()
-    }
-
-    #[test]
-    fn a_zero_budget_is_a_warning_whose_fix_gives_a_budget() {
-        let (line, warning) = budget_note(&config_with("60", "60"));
-        assert!(line.contains("26 correlated records"), "{line}");
-        assert_eq!(warning, None);
-        let (line, warning) = budget_note(&config_with("5", "60"));
-        assert!(line.contains("budget: 0 "), "{line}");
-        let warning = warning.expect("0 is warned about");
-        let fix_s: u64 = warning
-            .split("interval_s = ")
-            .nth(2)
-            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no interval fix: {warning}"));
-        assert!(
-            correlated_budget(60, Duration::from_secs(fix_s)) > 0,
-            "{warning}"
-        );
-        assert!(
-            correlated_budget(60, Duration::from_secs(fix_s - 1)) == 0,
-            "{warning}"
-        );
-        assert!(warning.contains("max_requests_per_minute = "), "{warning}");
-    }
 }

@@ -25,3 +25,4 @@ pub mod signals;
 pub mod spike;
 pub mod spool;
 pub mod status;
+pub mod wiring;
