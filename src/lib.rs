@@ -2,6 +2,7 @@
 //! ships it to the Bitville listener. ARCHITECTURE.md maps the modules in the order data flows
 //! through them, with the invariants.
 
+pub mod agent_report;
 pub mod cli;
 pub mod collect;
 pub mod config;
