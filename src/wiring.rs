@@ -18,7 +18,7 @@ use crate::collect::cycle::CycleOptions;
 use crate::collect::statements::StatementsConfig;
 use crate::config::{self, Config};
 use crate::health::HealthOptions;
-use crate::logtail::{LogFeed, LogSource, PlanStore};
+use crate::logtail::{LogFeed, LogSource};
 use crate::normalize::{CorrelationPattern, QueryText};
 use crate::pool::Pool;
 
@@ -163,13 +163,13 @@ pub fn deep_options(cfg: &Config) -> crate::spike::deep::DeepOptions {
     }
 }
 
-/// A log feed on a found server log, with the correlated budget, attaching plans to `plans`.
-pub fn log_feed(source: &LogSource, cfg: &Config, plans: PlanStore, now: Instant) -> LogFeed {
+/// A log feed on a found server log, with the `[collection]` settings and the correlated budget.
+pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
     let budget = correlated_budget(
         cfg.listener.max_requests_per_minute,
         cfg.collection.interval,
     );
-    LogFeed::from_source(source, &cfg.collection, budget, now).with_plan_store(plans)
+    LogFeed::from_source(source, &cfg.collection, budget, now)
 }
 
 #[cfg(test)]

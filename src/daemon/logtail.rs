@@ -43,12 +43,10 @@ fn open_log_feed(
         }
     };
     match found {
-        Ok(source) => Some(wiring::log_feed(
-            &source,
-            &ctx.config,
-            ctx.plans.clone(),
-            Instant::now(),
-        )),
+        Ok(source) => Some(
+            wiring::log_feed(&source, &ctx.config, Instant::now())
+                .with_plan_store(ctx.plans.clone()),
+        ),
         Err(why) => {
             if last_reason.as_deref() != Some(why.0.as_str()) {
                 log::warn!("no server log is tailed: {}", why.0);
