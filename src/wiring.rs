@@ -18,7 +18,7 @@ use crate::collect::cycle::CycleOptions;
 use crate::collect::statements::StatementsConfig;
 use crate::config::{self, Config};
 use crate::health::HealthOptions;
-use crate::logtail::{LogFeed, LogSource};
+use crate::logtail::{FeedConfig, LogFeed, LogSource, PayloadOptions};
 use crate::normalize::{CorrelationPattern, QueryText};
 use crate::pool::Pool;
 
@@ -163,13 +163,28 @@ pub fn deep_options(cfg: &Config) -> crate::spike::deep::DeepOptions {
     }
 }
 
-/// A log feed on a found server log, with the `[collection]` settings and the correlated budget.
+/// A log feed on a found server log, with the `[collection]` settings (interval, query text
+/// mode and length, plan size, correlation pattern, entries per minute, the position file in the
+/// state directory) and the correlated budget.
 pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
-    let budget = correlated_budget(
-        cfg.listener.max_requests_per_minute,
-        cfg.collection.interval,
-    );
-    LogFeed::from_source(source, &cfg.collection, budget, now)
+    let c = &cfg.collection;
+    let per_interval = c.log_max_entries_per_minute as f64 * c.interval.as_secs_f64() / 60.0;
+    let feed = FeedConfig {
+        interval: c.interval,
+        payload: PayloadOptions {
+            max_correlated: correlated_budget(cfg.listener.max_requests_per_minute, c.interval),
+            ..PayloadOptions::from_collection(c)
+        },
+        max_entries_per_interval: (per_interval as usize).max(100),
+        ..FeedConfig::default()
+    };
+    LogFeed::from_source(
+        source,
+        CorrelationPattern::from_collection(c),
+        c.state_dir.clone(),
+        feed,
+        now,
+    )
 }
 
 #[cfg(test)]
