@@ -4,9 +4,7 @@
 //! daemon, `--once`, `--dry-run` and `--test` hand to a component is read here.
 //!
 //! Invariants:
-//! - Library modules never read `Config` as a whole; they take their own option structs (a few
-//!   collectors still build theirs from `CollectionConfig` in a `from_collection` constructor,
-//!   called only from here).
+//! - Library modules never read `Config`; they take their own option structs, built here.
 //! - The correlated budget is computed in one function ([`correlated_budget`]) and shared by the
 //!   sampler, the log feed and the correlator.
 
@@ -133,7 +131,10 @@ pub fn shipper_options(l: &config::ListenerConfig) -> crate::ship::ShipperOption
 pub fn cycle_options(cfg: &Config) -> CycleOptions {
     let c = &cfg.collection;
     CycleOptions {
-        statements: StatementsConfig::from_collection(c),
+        statements: StatementsConfig {
+            query_text: query_text(c),
+            ..StatementsConfig::new(&c.state_dir)
+        },
         health: HealthOptions {
             top_n: c.health_top_n,
             slow_every: c.health_slow_interval,
@@ -144,6 +145,22 @@ pub fn cycle_options(cfg: &Config) -> CycleOptions {
     }
 }
 
+/// The query text rule of `[collection] query_text` and `query_max_chars`.
+pub fn query_text(c: &config::CollectionConfig) -> QueryText {
+    QueryText {
+        mode: c.query_text,
+        max_chars: c.query_max_chars,
+    }
+}
+
+/// The correlation pattern of `[collection] correlation_prefix` and `correlation_sources`.
+pub fn correlation(c: &config::CollectionConfig) -> CorrelationPattern {
+    CorrelationPattern {
+        prefix: c.correlation_prefix.clone(),
+        sources: c.correlation_sources,
+    }
+}
+
 /// The activity sampler's settings: the `[collection]` ones, with the correlated budget.
 pub fn activity_config(cfg: &Config) -> ActivityConfig {
     ActivityConfig {
@@ -151,15 +168,17 @@ pub fn activity_config(cfg: &Config) -> ActivityConfig {
             cfg.listener.max_requests_per_minute,
             cfg.collection.interval,
         ),
-        ..ActivityConfig::from_collection(&cfg.collection)
+        query_text: query_text(&cfg.collection),
+        correlation: correlation(&cfg.collection),
+        ..ActivityConfig::default()
     }
 }
 
 /// The spike deep snapshot's settings (query text mode, correlation pattern).
 pub fn deep_options(cfg: &Config) -> crate::spike::deep::DeepOptions {
     crate::spike::deep::DeepOptions {
-        query_text: QueryText::from_collection(&cfg.collection),
-        correlation: CorrelationPattern::from_collection(&cfg.collection),
+        query_text: query_text(&cfg.collection),
+        correlation: correlation(&cfg.collection),
     }
 }
 
@@ -173,18 +192,15 @@ pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
         interval: c.interval,
         payload: PayloadOptions {
             max_correlated: correlated_budget(cfg.listener.max_requests_per_minute, c.interval),
-            ..PayloadOptions::from_collection(c)
+            query_text: c.query_text,
+            max_query_chars: c.query_max_chars,
+            plan_max_bytes: c.plan_max_bytes,
+            ..PayloadOptions::default()
         },
         max_entries_per_interval: (per_interval as usize).max(100),
         ..FeedConfig::default()
     };
-    LogFeed::from_source(
-        source,
-        CorrelationPattern::from_collection(c),
-        c.state_dir.clone(),
-        feed,
-        now,
-    )
+    LogFeed::from_source(source, correlation(c), c.state_dir.clone(), feed, now)
 }
 
 #[cfg(test)]
