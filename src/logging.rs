@@ -4,7 +4,6 @@
 //! (`dup2`), so everything that writes to stderr (the logger, a panic message) lands in it.
 //! [`reopen`] repeats that after logrotate moved the file away (on SIGHUP).
 
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// Starts logging at `level`, to `file` if given (else standard error).
@@ -40,17 +39,12 @@ pub fn reopen(path: &Path) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(path)?;
-    // SAFETY: both descriptors are valid; dup2 atomically replaces fd 2.
-    let rc = unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::redirect_stderr(&file)
 }
 
-/// Writes the process id to `path` (for init scripts).
+/// Writes the process id to `path` (for init scripts), atomically so that an init script never
+/// reads half a pid ([`Durability::Atomic`](crate::fsutil::Durability::Atomic): a pid file is meaningless after a reboot anyway).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, path)
+    let pid = format!("{}\n", std::process::id());
+    crate::fsutil::write_atomically(path, pid.as_bytes(), crate::fsutil::Durability::Atomic)
 }

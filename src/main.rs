@@ -1,5 +1,7 @@
 //! The `bitville-pg-agent` binary: wiring only (command line, configuration, logging, start).
 
+#![deny(unsafe_code)]
+
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;

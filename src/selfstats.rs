@@ -30,12 +30,8 @@ fn timeval(tv: libc::timeval) -> Duration {
 
 /// Reads this process's usage now.
 pub fn usage() -> SelfUsage {
-    // SAFETY: rusage is plain data filled in by getrusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage; RUSAGE_SELF covers all threads of the process.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0;
     let mut u = SelfUsage::default();
-    if ok {
+    if let Some(ru) = crate::sys::rusage_self() {
         u.cpu_user = timeval(ru.ru_utime);
         u.cpu_system = timeval(ru.ru_stime);
         u.peak_rss_bytes = (ru.ru_maxrss.max(0) as u64) * 1024;
@@ -48,35 +44,21 @@ pub fn usage() -> SelfUsage {
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
+    crate::sys::page_size().unwrap_or(4096)
 }
 
 /// Keeps glibc's allocator from holding memory the agent no longer uses: at most two malloc
 /// arenas (glibc otherwise gives each of the agent's threads its own, each keeping its freed
 /// memory). Call once at start, before the threads. No-op with musl (the static binary).
 pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
+    crate::sys::limit_malloc_arenas(2);
 }
 
 /// Returns freed heap memory to the operating system (glibc keeps it otherwise): called after
 /// each collection cycle, whose statements snapshot briefly needs a few MB on a big server.
 /// Costs well under a millisecond. No-op with musl, which returns memory by itself.
 pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 /// The resident page count, the second field of `/proc/<pid>/statm`.

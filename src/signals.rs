@@ -15,24 +15,11 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 pub const EXIT_FORCED: i32 = 130;
 
 /// A set of blocked signals, to be handed to [`spawn_waiter`].
-pub struct Blocked(libc::sigset_t);
+pub struct Blocked(crate::sys::SignalSet);
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it spawns later.
 pub fn block() -> std::io::Result<Blocked> {
-    // SAFETY: sigset_t is plain data; it is initialised by sigemptyset before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the calls only write to it and the thread's mask.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-    }
-    Ok(Blocked(set))
+    crate::sys::block_signals(&SIGNALS).map(Blocked)
 }
 
 /// Starts the thread that turns signals into requests on `shutdown`.
@@ -40,13 +27,13 @@ pub fn spawn_waiter(blocked: Blocked, shutdown: Shutdown) -> std::io::Result<()>
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: the set was built by `block`; sigwait writes the signal number to `sig`.
-            let rc = unsafe { libc::sigwait(&blocked.0, &mut sig) };
-            if rc != 0 {
-                log::error!("sigwait failed: {}", std::io::Error::from_raw_os_error(rc));
-                return;
-            }
+            let sig = match crate::sys::wait_signal(&blocked.0) {
+                Ok(sig) => sig,
+                Err(e) => {
+                    log::error!("sigwait failed: {e}");
+                    return;
+                }
+            };
             match sig {
                 libc::SIGHUP => {
                     log::info!("SIGHUP: reloading the configuration");

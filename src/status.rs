@@ -1,11 +1,12 @@
 //! The status file: what the running agent tells `--status` (and an operator with `cat`).
 //!
-//! The daemon rewrites `<state_dir>/status` atomically (temp file, rename) as plain
+//! The daemon rewrites `<state_dir>/status` atomically (`status.tmp`, rename) as plain
 //! `key: value` lines: at once when the breaker changes state and when a backlog has drained,
 //! otherwise every [`STATUS_EVERY`] ([`StatusWatch`] decides). `--status` reads it and adds what
 //! only the reader can know: how old the file is and whether the process that wrote it is still
 //! alive.
 
+use crate::fsutil::Durability;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +22,9 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(STATUS_FILE)
 }
 
-/// Writes the lines atomically. Values must not contain newlines (they are replaced by spaces).
+/// Writes the lines atomically ([`Durability::Atomic`]: rewritten every few seconds, and a
+/// stale one after a power failure is corrected by the next write). Values must not contain
+/// newlines (they are replaced by spaces).
 pub fn write(state_dir: &Path, lines: &[(&str, String)]) -> std::io::Result<()> {
     let mut text = String::new();
     for (key, value) in lines {
@@ -33,9 +36,7 @@ pub fn write(state_dir: &Path, lines: &[(&str, String)]) -> std::io::Result<()> 
     // One writer at a time: two threads sharing the temp file could rename a torn one.
     static WRITING: Mutex<()> = Mutex::new(());
     let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
-    let tmp = state_dir.join(".status.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path(state_dir))
+    crate::fsutil::write_atomically(&path(state_dir), text.as_bytes(), Durability::Atomic)
 }
 
 /// What the status watch looks at, read from the shipper and the spool.
@@ -133,10 +134,7 @@ pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Whether a process with this pid exists.
 fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    crate::sys::process_exists(pid)
 }
 
 /// The report `--status` prints, and whether the agent looks healthy (running and recent).

@@ -17,7 +17,8 @@
 //! - A statement is shipped once: one still running when its interval closes waits for the next
 //!   interval (and is merged with what that one saw); a statement already shipped is never
 //!   shipped again, by either producer (the shipped keys are remembered, bounded).
-//! - At most `budget` records per flush, chosen by the request's load (summed active time, then
+//! - At most `budget` records per flush: the preferred requests first (the latest spike's top
+//!   requests, [`Correlator::prefer`]), then by the request's load (summed active time, then
 //!   CPU); the others stay in the summaries only and are counted.
 //! - Memory is bounded: at most `max_held` statements wait (the oldest log statements go first),
 //!   and the remembered keys are capped.
@@ -171,6 +172,9 @@ const MAX_SHIPPED_KEYS: usize = 50_000;
 /// be the same execution: the log's time has millisecond precision, the duration too.
 const SAME_START_S: f64 = 0.5;
 
+/// Most request ids [`Correlator::prefer`] keeps (the rest of its list is ignored).
+pub const MAX_PREFERRED: usize = 20;
+
 /// The correlator shared by the sampler and log threads.
 pub type SharedCorrelator = Arc<Mutex<Correlator>>;
 
@@ -294,6 +298,8 @@ pub struct Correlator {
     n_dropped: u64,
     /// Counts since the last [`Correlator::take_counts`]: records, over budget, dropped.
     since: (u64, u64, u64),
+    /// Requests whose records go first within the budget, most important first.
+    preferred: Vec<String>,
 }
 
 impl Correlator {
@@ -310,7 +316,17 @@ impl Correlator {
             n_over_budget: 0,
             n_dropped: 0,
             since: (0, 0, 0),
+            preferred: Vec::new(),
         }
+    }
+
+    /// Takes the records of `ids` (the spike's top requests, most important first; at most
+    /// [`MAX_PREFERRED`]) first within the budget from now on, before the heavier requests,
+    /// until the next call replaces the list. Request ids are unique per request, so a list
+    /// kept after its spike prefers nothing else.
+    pub fn prefer(&mut self, ids: Vec<String>) {
+        self.preferred = ids;
+        self.preferred.truncate(MAX_PREFERRED);
     }
 
     /// A correlator behind a mutex, for the two threads.
@@ -508,9 +524,17 @@ impl Correlator {
                     .sum::<u64>(),
             )
         };
+        let rank = |id: &str| {
+            self.preferred
+                .iter()
+                .position(|p| p == id)
+                .unwrap_or(usize::MAX)
+        };
         ready.sort_by(|a, b| {
             let (la, lb) = (load(&a.1), load(&b.1));
-            lb.0.total_cmp(&la.0)
+            rank(&a.0)
+                .cmp(&rank(&b.0))
+                .then(lb.0.total_cmp(&la.0))
                 .then(lb.1.cmp(&la.1))
                 .then(a.0.cmp(&b.0))
         });
@@ -1027,6 +1051,56 @@ mod tests {
             c.take_counts().to_json_string(),
             r#"{"records":0,"over_budget":0,"dropped":0,"held":0}"#
         );
+    }
+
+    #[test]
+    fn preferred_requests_are_taken_first_within_the_budget() {
+        let mut c = Correlator::new(CorrelatorConfig {
+            grace: Duration::ZERO,
+            budget: 2,
+            ..CorrelatorConfig::default()
+        });
+        c.prefer(vec!["spike-b".into(), "gone".into(), "spike-a".into()]);
+        c.add_logged(
+            vec![
+                logged("heavy", 1, 10.0, Some(900.0)),
+                logged("spike-a", 2, 10.0, Some(50.0)),
+                logged("medium", 3, 10.0, Some(400.0)),
+                logged("spike-b", 4, 10.0, Some(10.0)),
+            ],
+            12.0,
+        );
+        c.add_sampled(vec![], None, Some(60.0), 60.0);
+        let ids: Vec<_> = c
+            .take_due(60.0)
+            .iter()
+            .map(|p| p.correlation_id.clone().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["spike-b", "spike-a"],
+            "the spike's requests in its order, before heavier ones"
+        );
+        assert_eq!(c.n_over_budget(), 2);
+
+        // Without a preference (or once replaced) the load decides again.
+        c.prefer(Vec::new());
+        c.add_logged(
+            vec![
+                logged("light", 5, 70.0, Some(10.0)),
+                logged("spike-c", 6, 70.0, Some(5.0)),
+            ],
+            72.0,
+        );
+        c.add_sampled(vec![], Some(60.0), Some(120.0), 120.0);
+        let ids: Vec<_> = c
+            .take_due(120.0)
+            .iter()
+            .map(|p| p.correlation_id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["light", "spike-c"]);
+        c.prefer((0..50).map(|i| format!("r{i}")).collect());
+        assert_eq!(c.preferred.len(), MAX_PREFERRED);
     }
 
     #[test]

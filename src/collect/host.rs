@@ -10,10 +10,8 @@
 //! `memory.total`, `swap`, `disk_io`, `network_io`, `disk_usage`.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -304,15 +302,7 @@ impl FsUsage {
 
 /// `statvfs(3)` of `path`.
 pub fn fs_usage(path: &Path) -> std::io::Result<FsUsage> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "nul byte in path"))?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value and the call fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a valid out pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let st = crate::sys::statvfs(path)?;
     let frsize = st.f_frsize as u64;
     let total = (st.f_blocks as u64).saturating_mul(frsize);
     let free = (st.f_bavail as u64).saturating_mul(frsize);

@@ -104,29 +104,13 @@ pub fn parse_btime(text: &str) -> Option<f64> {
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 when the call fails.
 pub fn clock_ticks_per_sec() -> u64 {
     static TCK: OnceLock<u64> = OnceLock::new();
-    *TCK.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions and only reads a constant.
-        let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if v > 0 {
-            v as u64
-        } else {
-            100
-        }
-    })
+    *TCK.get_or_init(|| crate::sys::clock_ticks_per_sec().unwrap_or(100))
 }
 
 /// The page size in bytes (`sysconf(_SC_PAGESIZE)`), 4096 when the call fails.
 pub fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions and only reads a constant.
-        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if v > 0 {
-            v as u64
-        } else {
-            4096
-        }
-    })
+    *PAGE.get_or_init(|| crate::sys::page_size().unwrap_or(4096))
 }
 
 /// Converts CPU ticks to milliseconds.

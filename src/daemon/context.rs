@@ -13,7 +13,7 @@ use crate::collect::correlate::SharedCorrelator;
 use crate::collect::cycle::DbSteps;
 use crate::collect::{Backoff, CollectError};
 use crate::config::Config;
-use crate::logtail::PlanStore;
+use crate::logtail::{EventStore, PlanStore};
 use crate::payload::Payload;
 use crate::pool::{Pool, PooledClient};
 use crate::ship::StatusHandle;
@@ -39,6 +39,8 @@ pub struct Context {
     /// The latest auto_explain plan per query_id: written by the log thread, attached to the
     /// pg_stat_statements rows by the interval thread.
     pub plans: PlanStore,
+    /// The recent classified log events: written by the log thread, read by the spike watch.
+    pub events: EventStore,
 }
 
 impl Context {

@@ -45,7 +45,8 @@ fn open_log_feed(
     match found {
         Ok(source) => Some(
             wiring::log_feed(&source, &ctx.config, Instant::now())
-                .with_plan_store(ctx.plans.clone()),
+                .with_plan_store(ctx.plans.clone())
+                .with_event_store(ctx.events.clone()),
         ),
         Err(why) => {
             if last_reason.as_deref() != Some(why.0.as_str()) {

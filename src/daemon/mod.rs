@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::logtail::PlanStore;
+use crate::logtail::{EventStore, PlanStore};
 use crate::pool::Pool;
 use crate::shutdown::{Event, Shutdown};
 use crate::spool::Spool;
@@ -142,6 +142,7 @@ pub fn run(
         spool,
         shutdown: shutdown.clone(),
         plans: PlanStore::default(),
+        events: EventStore::default(),
     });
     let mut threads = Vec::new();
     let spawned = (|| -> std::io::Result<()> {

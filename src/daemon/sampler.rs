@@ -19,7 +19,8 @@ use super::context::{append_due, Context};
 pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let cfg = &ctx.config.collection;
     let mut sampler = ActivitySampler::new(wiring::activity_config(&ctx.config));
-    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir));
+    let mut watch = Watch::new(&ctx.config.spike, cfg.sample_interval, Some(&cfg.state_dir))
+        .with_event_store(ctx.events.clone());
     let deep_options = wiring::deep_options(&ctx.config);
     // The summary (with the interval's timeline and load attribution) goes to the spool at
     // once; the requests' statements wait in the correlator for their log lines (a short
@@ -65,6 +66,10 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
                     crate::spike::deep::run(c, &deep_options, req)
                 })
             }));
+            if watch.in_spike() {
+                let top = watch.top_requests(crate::collect::correlate::MAX_PREFERRED);
+                corr.lock().unwrap_or_else(|p| p.into_inner()).prefer(top);
+            }
         }
         let now = Instant::now();
         if now >= next_summary {

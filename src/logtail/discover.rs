@@ -7,6 +7,7 @@
 //! preferred format is jsonlog, then csvlog, then stderr, because the structured formats need no
 //! prefix guessing and always carry `application_name`.
 
+use crate::fsutil::Durability;
 use std::path::{Path, PathBuf};
 
 use super::parse::Format;
@@ -124,9 +125,9 @@ pub fn discover_from_server(
             .filter(|(k, v)| !k.contains(['\t', '\n']) && !v.contains(['\t', '\n']))
             .map(|(k, v)| format!("{k}\t{v}\n"))
             .collect();
-        let tmp = dir.join(format!(".{SETTINGS_CACHE_FILE}.tmp"));
-        let saved = std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, dir.join(SETTINGS_CACHE_FILE)));
+        // Atomic only: a cache lost to a power failure is rewritten when the server next answers.
+        let path = dir.join(SETTINGS_CACHE_FILE);
+        let saved = crate::fsutil::write_atomically(&path, text.as_bytes(), Durability::Atomic);
         if let Err(e) = saved {
             log::warn!("cannot remember the log settings in {}: {e}", dir.display());
         }

@@ -17,6 +17,7 @@ use super::build::{build_payloads, Origin, PayloadOptions};
 use super::discover::LogSource;
 use super::entry::{Entry, Level};
 use super::events::EventClass;
+use super::eventstore::{EventStore, StoredEvent};
 use super::parse::{EntryParser, ParseStats};
 use super::plan::{PlanStore, StoredPlan};
 use super::tail::{Position, TailConfig, TailError, Tailer};
@@ -88,6 +89,7 @@ pub struct LogFeed {
     own_entries: Vec<(Level, u64)>,
     /// Where the latest plan per query_id goes for the statements collector, when attached.
     plans: Option<PlanStore>,
+    events: Option<EventStore>,
     /// Whether correlated statements go to [`LogFeed::take_correlated`] (the daemon's
     /// correlator) instead of correlated `pg_log` payloads.
     route_correlated: bool,
@@ -138,6 +140,7 @@ impl LogFeed {
             event_counts: Vec::new(),
             own_entries: Vec::new(),
             plans: None,
+            events: None,
             route_correlated: false,
             correlated_from: 0,
             correlated_out: Vec::new(),
@@ -211,6 +214,29 @@ impl LogFeed {
         self
     }
 
+    /// Records every classified event (its time, pid, request id and figures) into `store`,
+    /// whatever the budget ships, for the spike reports' `log_events`.
+    pub fn with_event_store(mut self, store: EventStore) -> LogFeed {
+        self.events = Some(store);
+        self
+    }
+
+    fn record_event(&self, e: &Entry) {
+        let (Some(store), Some(ev)) = (&self.events, &e.event) else {
+            return;
+        };
+        store.record(StoredEvent {
+            at: e
+                .timestamp
+                .as_deref()
+                .and_then(super::entry::timestamp_to_unix)
+                .unwrap_or_else(unix_now),
+            pid: e.pid,
+            correlation_id: e.correlation_id.clone(),
+            event: ev.clone(),
+        });
+    }
+
     fn record_plan(&self, e: &Entry) {
         let (Some(store), Some(body), Some(qid)) =
             (&self.plans, e.plan(), e.query_id.filter(|q| *q != 0))
@@ -249,6 +275,7 @@ impl LogFeed {
         if let Some(ev) = &e.event {
             bump(&mut self.event_counts, ev.class);
         }
+        self.record_event(&e);
         self.record_plan(&e);
         let important = e.event.is_some()
             || e.correlation_id.is_some()

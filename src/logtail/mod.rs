@@ -20,6 +20,7 @@ pub mod csvlog;
 pub mod discover;
 pub mod entry;
 pub mod events;
+pub mod eventstore;
 pub mod feed;
 pub mod jsonlog;
 pub mod parse;
@@ -34,6 +35,7 @@ pub use discover::{
     SETTINGS_QUERY,
 };
 pub use entry::{Entry, Level};
+pub use eventstore::{EventStore, StoredEvent};
 pub use feed::{FeedConfig, Flush, LogFeed};
 pub use parse::{EntryParser, Format, ParseStats};
 pub use plan::{PlanStore, StoredPlan};

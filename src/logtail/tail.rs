@@ -26,7 +26,7 @@
 //! entry that is not in that batch or an earlier one.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -501,7 +501,7 @@ impl Tailer {
         for f in &self.finished {
             text.push_str(&format!("done {}\n", mark(f)));
         }
-        write_atomically(&path, text.as_bytes()).map_err(|source| TailError::Position {
+        save_position(&path, text.as_bytes()).map_err(|source| TailError::Position {
             path: path.clone(),
             source,
         })
@@ -1097,25 +1097,19 @@ fn parse_state(text: &str) -> Option<State> {
     Some((resume, finished))
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // The rename itself is durable only once the directory is synced.
-    File::open(dir)?.sync_all()
+/// Writes the position file (creating its directory) so that a crash leaves either the old or
+/// the new content, [`Durability::Durable`](crate::fsutil::Durability::Durable): a position that went back after a power failure
+/// would ship entries twice, and it is written only after they are in the spool.
+fn save_position(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    crate::fsutil::write_atomically(path, bytes, crate::fsutil::Durability::Durable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs::{self, OpenOptions};
+    use std::io::Write;
     use std::ops::Range;
 
     /// A directory of its own under the temp dir, removed on drop.
@@ -1301,9 +1295,7 @@ mod tests {
 
         // The path turns into a FIFO with no writer: opening it would block for good.
         fs::remove_file(&log).unwrap();
-        let c = std::ffi::CString::new(log.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::mkfifo(&log).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
             for _ in 0..3 {

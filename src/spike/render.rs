@@ -329,6 +329,37 @@ fn spike_text(n: usize, s: &Json) -> String {
             ));
         }
     }
+    if let Some(ev) = s.get("log_events") {
+        let counts = match ev.get("counts") {
+            Some(Json::Object(f)) if !f.is_empty() => f
+                .iter()
+                .map(|(k, v)| format!("{k} {}", json_f64(v).unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "none".into(),
+        };
+        out.push_str(&format!("  log events: {counts}\n"));
+        if let Some(Json::Array(top)) = ev.get("top") {
+            for e in top {
+                let figure = if let Some(b) = num(e, &["size_bytes"]) {
+                    format!(" {:.1} MB", b / 1e6)
+                } else if let Some(ms) = num(e, &["wait_ms"]) {
+                    format!(" {ms:.0} ms")
+                } else if let Some(s) = num(e, &["total_s"]).or(num(e, &["elapsed_s"])) {
+                    format!(" {s:.1} s")
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "    {}{figure} at {}, pid {}, request {}\n",
+                    text(e, "class").unwrap_or("?"),
+                    num(e, &["at"]).map_or("?".into(), |t| fmt_time(t)[11..].to_string()),
+                    opt(num(e, &["pid"]), 0),
+                    text(e, "correlation_id").unwrap_or("-"),
+                ));
+            }
+        }
+    }
     if let Some(h) = s.get("host") {
         out.push_str(&format!(
             "  host: max R {} D {}, procs_running {}, procs_blocked {}, load1 {}, CPU busy {} %, iowait {} %, PSI some avg10 cpu {} io {} memory {}\n",
@@ -476,7 +507,21 @@ mod tests {
                         .field("by_class", Json::object().field("Lock", 380.0))]),
                 ),
             )
-            .field("host", Json::object().field("max_run_r", 3));
+            .field("host", Json::object().field("max_run_r", 3))
+            .field(
+                "log_events",
+                Json::object()
+                    .field("counts", Json::object().field("lock_wait", 39u64))
+                    .field(
+                        "top",
+                        Json::Array(vec![Json::object()
+                            .field("class", "lock_wait")
+                            .field("at", 1052.5)
+                            .field("pid", 78u64)
+                            .field("correlation_id", "req-waiter")
+                            .field("wait_ms", 4000.0)]),
+                    ),
+            );
         h.spikes.push(spike);
         let text = render(&h, 1000.0, 1120.0, true);
         assert!(text.contains('█'), "{text}");
@@ -491,6 +536,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("max R 3"), "{text}");
+        assert!(text.contains("log events: lock_wait 39\n"), "{text}");
+        assert!(
+            text.contains("lock_wait 4000 ms at 00:17:32, pid 78, request req-waiter"),
+            "{text}"
+        );
         let marks = text
             .lines()
             .find(|l| l.trim_start().starts_with('^'))

@@ -215,6 +215,11 @@ impl SpikeCapture {
             .max_by(f64::total_cmp)
     }
 
+    /// The time of its last sample so far.
+    pub fn last_sample_at(&self) -> Option<f64> {
+        self.timeline.rows().last().map(|r| r.t)
+    }
+
     /// The request ids of the spike's top `n` requests by active seconds, blockers first.
     pub fn top_requests(&self, n: usize) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -22,6 +22,7 @@ use super::timeline::{Row, Timeline};
 use super::SampleSnapshot;
 use crate::config::SpikeConfig;
 use crate::json::Json;
+use crate::logtail::EventStore;
 use crate::payload::{unix_now, Payload, Source};
 
 /// Most timeline rows per interval summary (an hour at 1 s, or 15 minutes of bursts).
@@ -58,7 +59,17 @@ pub struct Watch {
     statements_start: Vec<deep::StatementCounters>,
     /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
     cpu_prev: HashMap<i32, (i64, u64)>,
+    /// The log thread's classified events, for the end reports' `log_events`.
+    events: Option<EventStore>,
 }
+
+/// Seconds around a spike's window whose log events its end report counts: the server writes a
+/// lock wait after `deadlock_timeout` and a temp file when it is deleted, so an event of the
+/// spike may carry a time a little before its first or after its last hot sample.
+pub const LOG_EVENT_SLACK_S: f64 = 5.0;
+
+/// Most events per class listed in `log_events.top`.
+pub const LOG_EVENTS_TOP_PER_CLASS: usize = 3;
 
 fn spike_payload(data: Json) -> Payload {
     Payload {
@@ -101,7 +112,15 @@ impl Watch {
             period: normal,
             statements_start: Vec::new(),
             cpu_prev: HashMap::new(),
+            events: None,
         }
+    }
+
+    /// Adds `log_events` (the classified log events of the spike's window, from `store`) to
+    /// the end reports.
+    pub fn with_event_store(mut self, store: EventStore) -> Watch {
+        self.events = Some(store);
+        self
     }
 
     /// Fills each row's `cpu_ticks` (since the previous sample) from the sampler's running
@@ -190,7 +209,18 @@ impl Watch {
     }
 
     fn report(&mut self, s: &SpikeCapture, phase: &str) -> Payload {
-        let data = s.to_json(phase, self.top_n);
+        let mut data = s.to_json(phase, self.top_n);
+        if let (Some(store), "end") = (&self.events, phase) {
+            let end = s.end.or(s.last_sample_at()).unwrap_or(s.start).max(s.start);
+            data.push(
+                "log_events",
+                store.summary(
+                    s.start - LOG_EVENT_SLACK_S,
+                    end + LOG_EVENT_SLACK_S,
+                    LOG_EVENTS_TOP_PER_CLASS,
+                ),
+            );
+        }
         if let Some(r) = self.recorder.as_mut() {
             r.spike(s.start, &data);
         }
@@ -432,5 +462,47 @@ mod tests {
         assert_eq!(h.rows.len(), 20);
         assert_eq!(h.spikes.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_end_report_lists_the_log_events_of_the_spike_window_only() {
+        use crate::logtail::events::{Event as LogEvent, EventClass};
+        use crate::logtail::{EventStore, StoredEvent};
+        let store = EventStore::default();
+        let mut w = Watch::with_host(
+            &spike_cfg(),
+            Duration::from_secs(1),
+            None,
+            HostLine::with_root("/nonexistent"),
+        )
+        .with_event_store(store.clone());
+        let wait = |at: f64, ms: f64| StoredEvent {
+            at,
+            pid: Some(at as u32),
+            correlation_id: Some(format!("req-{at}")),
+            event: LogEvent {
+                class: EventClass::LockWait,
+                figures: Json::object().field("wait_ms", ms),
+            },
+        };
+        store.record(wait(1.0, 9000.0)); // long before the spike (it starts at 10)
+        store.record(wait(8.0, 100.0)); // within the slack
+        store.record(wait(12.0, 4000.0));
+        let mut reports = vec![];
+        for i in 0..20 {
+            let n = if (10..15).contains(&i) { 40 } else { 1 };
+            reports.extend(w.after_sample(snap(i as f64, n), &mut |_| None));
+        }
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[0].data.get("log_events"), None, "end report only");
+        let ev = reports[1].data.get("log_events").expect("log_events");
+        assert_eq!(ev.get("total"), Some(&Json::UInt(2)));
+        assert_eq!(ev.get("from"), Some(&Json::Float(10.0 - LOG_EVENT_SLACK_S)));
+        let text = ev.to_json_string();
+        assert!(text.contains(r#""counts":{"lock_wait":2}"#), "{text}");
+        assert!(
+            text.contains(r#""top":[{"class":"lock_wait","wait_ms":4000.0,"at":12.0,"pid":12,"correlation_id":"req-12"}"#),
+            "{text}"
+        );
     }
 }

@@ -9,8 +9,9 @@
 //! The last line is a CRC32C of the lines before it: a flipped digit is detected instead of
 //! trusted (a cursor written before the checksum existed still loads, without that protection).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use crate::fsutil::Durability;
+use std::fs::File;
+use std::io;
 use std::path::Path;
 
 /// The cursor file's name inside the spool directory.
@@ -134,20 +135,12 @@ pub fn read(dir: &Path) -> Result<Option<(CursorState, Checksum)>, String> {
     }
 }
 
-/// Replaces the cursor in `dir` atomically and durably.
+/// Replaces the cursor in `dir` atomically and durably: [`Durability::Durable`] (`cursor.tmp`,
+/// fsync, rename, fsync of the directory), as ARCHITECTURE.md's durability invariant requires:
+/// the acknowledgements and the unreported loss counters it holds must survive a power failure.
 pub fn write(dir: &Path, state: &CursorState) -> io::Result<()> {
-    let tmp = dir.join(TMP_NAME);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(render(state).as_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
-    sync_dir(dir)
+    let path = dir.join(FILE_NAME);
+    crate::fsutil::write_atomically(&path, render(state).as_bytes(), Durability::Durable)
 }
 
 /// Fsyncs a directory so that a file created, renamed or removed in it stays so after a crash.
@@ -158,6 +151,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_temp_name_is_the_one_recovery_knows() {
+        let dir = Path::new("/spool");
+        let tmp = crate::fsutil::temp_path(&dir.join(FILE_NAME));
+        assert_eq!(tmp, dir.join(TMP_NAME));
+    }
 
     #[test]
     fn round_trips_and_rejects_foreign_text() {

@@ -7,6 +7,7 @@
 //! foreign or damaged baseline (checksum, format, other slots) is ignored with one warning;
 //! a corrupt entry count never reserves memory before the file's size confirms it.
 
+use crate::fsutil::Durability;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -245,29 +246,20 @@ pub(super) fn load(path: &Path) -> Option<Baseline> {
     }
 }
 
-/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomically_with(path, |w| w.write_all(data))
-}
-
-/// [`write_atomically`] with the content streamed by `fill` through a small buffer, so a large
-/// file never needs its own allocation.
+/// Replaces the baseline file at `path` (creating its directory) with the content streamed by
+/// `fill` through a 64 KiB buffer, so a large file never needs its own allocation. Durability:
+/// [`Durability::Durable`] (temp file, fsync, rename, fsync of the directory), since a baseline
+/// that went back after a power failure would ship its deltas twice.
 pub(super) fn write_atomically_with(
     path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    crate::fsutil::write_atomically_with(path, Durability::Durable, |f| {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
         fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory entry is.
-    std::fs::File::open(dir)?.sync_all()
+        w.flush()
+    })
 }
 
 /// An entry with only calls and execution time set: the fixture of the delta and baseline tests.
@@ -337,10 +329,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bv-stmts-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let p = dir.join("sub/state");
-        write_atomically(&p, b"one").unwrap();
-        write_atomically(&p, b"two").unwrap();
+        write_atomically_with(&p, |w| w.write_all(b"one")).unwrap();
+        write_atomically_with(&p, |w| w.write_all(b"two")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert!(!p.with_extension("tmp").exists());
+        assert!(!crate::fsutil::temp_path(&p).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

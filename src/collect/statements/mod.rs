@@ -42,7 +42,7 @@ use columns::counters_sql;
 use delta::{push_counters, Delta};
 use wire::read_counters;
 
-pub use baseline::{write_atomically, Key};
+pub use baseline::Key;
 pub use columns::{
     columns_for, features, parse_ext_version, Column, ExtVersion, Features, COLUMNS,
 };
