@@ -5,6 +5,7 @@
 // `unsafe` lives in `sys` only (every libc call behind a safe function); the compiler holds it so.
 #![deny(unsafe_code)]
 
+pub mod agent_report;
 pub mod cli;
 pub mod collect;
 pub mod config;
@@ -30,3 +31,4 @@ pub mod spool;
 pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod wiring;

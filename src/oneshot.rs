@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli;
-use crate::collect::activity::{ActivityConfig, ActivitySampler};
+use crate::collect::activity::ActivitySampler;
 use crate::collect::correlate::{Correlator, LoggedStatement};
 use crate::collect::cycle::{DbSteps, IntervalCycle};
 use crate::collect::{Backoff, CollectError};
 use crate::config::Config;
-use crate::daemon;
 use crate::json::Json;
 use crate::logtail::{self, LogFeed};
 use crate::payload::{envelope_body, render_record, unix_now, AgentInfo, AgentStamp, Payload};
@@ -27,6 +26,7 @@ use crate::pool::{Pool, PooledClient};
 use crate::ship::{Shipper, StopSignal};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
+use crate::wiring;
 
 /// How long `--once` waits for the listener to take what it collected.
 const ONCE_SHIP_DEADLINE: Duration = Duration::from_secs(60);
@@ -55,18 +55,7 @@ fn log_feed(cfg: &Config, steps: &OneShotSteps) -> Option<LogFeed> {
             .map_err(CollectError::query("logtail", "settings"))
     })?;
     match discovered {
-        Ok(source) => {
-            let budget = daemon::correlated_budget(
-                cfg.listener.max_requests_per_minute,
-                cfg.collection.interval,
-            );
-            Some(LogFeed::from_source(
-                &source,
-                &cfg.collection,
-                budget,
-                Instant::now(),
-            ))
-        }
+        Ok(source) => Some(wiring::log_feed(&source, cfg, Instant::now())),
         Err(why) => {
             log::warn!("no server log is tailed: {}", why.0);
             None
@@ -155,13 +144,7 @@ pub fn collect(
         drop(pool.acquire().map_err(|e| e.to_string())?);
     }
     let window = cfg.collection.sample_interval.max(Duration::from_secs(1));
-    let mut sampler = ActivitySampler::new(ActivityConfig {
-        max_correlated: daemon::correlated_budget(
-            cfg.listener.max_requests_per_minute,
-            cfg.collection.interval,
-        ),
-        ..ActivityConfig::from_collection(&cfg.collection)
-    });
+    let mut sampler = ActivitySampler::new(wiring::activity_config(&cfg));
     // The summary's load timeline and attribution; no flight recorder and no spike detection
     // (two samples have no baseline, and the load rule would fire on a busy host).
     let no_spikes = crate::config::SpikeConfig {
@@ -171,7 +154,7 @@ pub fn collect(
     };
     let mut watch = crate::spike::watch::Watch::new(&no_spikes, window, None);
     let mut b_activity = Backoff::default();
-    let mut cycle = IntervalCycle::new(daemon::cycle_options(&cfg));
+    let mut cycle = IntervalCycle::new(wiring::cycle_options(&cfg));
     cycle.prime(&steps);
     let mut payloads = Vec::new();
     if steps
@@ -197,7 +180,7 @@ pub fn collect(
         drop(watch.after_sample(sampler.take_spike_snapshot(), &mut |_| None));
     }
     let paused = steps.paused();
-    let mut correlator = Correlator::new(daemon::correlator_config(&cfg));
+    let mut correlator = Correlator::new(wiring::correlator_config(&cfg));
     if !paused {
         let (mut summary, sampled) = sampler.finish_interval_parts();
         watch.finish_interval(&mut summary);

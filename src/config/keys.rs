@@ -170,5 +170,39 @@ pub const KEYS: &[KeySpec] = &[
         "size cap of the flight recorder's two files together, in MiB (1 to 4096); 24 h of 1 s rows take about 20 MiB"),
 ];
 
+/// The default of a whole-number key in [`KEYS`], for the `Default`s of library option structs
+/// (so each default is written once, in its row). 0 for a key that is not in the table or whose
+/// default is not a whole number; a unit test proves the keys the option structs use are.
+pub fn default_whole(section: &str, key: &str) -> u64 {
+    KEYS.iter()
+        .find(|k| k.section == section && k.key == key)
+        .and_then(|k| k.default.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Environment variables with the agent's prefix that are not configuration keys.
 pub(super) const NON_KEY_ENV: &[&str] = &[CONFIG_PATH_ENV];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_struct_defaults_are_whole_numbers_of_the_table() {
+        // The keys whose defaults `HealthOptions` and `ShipperOptions` take.
+        let used = [
+            ("collection", "health_top_n"),
+            ("collection", "health_slow_interval_s"),
+            ("collection", "health_tables_budget_ms"),
+            ("listener", "timeout_s"),
+            ("listener", "max_requests_per_minute"),
+            ("listener", "breaker_failures"),
+            ("listener", "breaker_reset_s"),
+        ];
+        for (section, key) in used {
+            assert!(default_whole(section, key) > 0, "[{section}] {key}");
+        }
+        assert_eq!(default_whole("collection", "health_top_n"), 20);
+        assert_eq!(default_whole("collection", "no_such_key"), 0);
+    }
+}

@@ -46,7 +46,7 @@ mod render;
 mod secret;
 mod typed;
 
-pub use keys::{Allowed, KeySpec, KEYS};
+pub use keys::{default_whole, Allowed, KeySpec, KEYS};
 pub use raw::{agent_env, Origin, RawConfig};
 pub use render::{describe, example_ini, markdown_table};
 pub use secret::{excerpt, mask_url, Secret};

@@ -55,6 +55,7 @@ pub use crate::pgerror::PgError;
 
 use crate::collect::backoff::DEFAULT_MAX_SKIP;
 
+use crate::config::default_whole;
 use crate::json::Json;
 use crate::pgerror;
 
@@ -76,12 +77,16 @@ pub struct HealthOptions {
 /// Below this many tables the hot-tables query always runs every interval, whatever it cost.
 pub const LARGE_CATALOG: usize = 5_000;
 
+/// The `[collection] health_*` defaults of `config::KEYS`.
 impl Default for HealthOptions {
     fn default() -> HealthOptions {
         HealthOptions {
-            top_n: 20,
-            slow_every: Duration::from_secs(300),
-            tables_budget: Duration::from_millis(50),
+            top_n: default_whole("collection", "health_top_n") as usize,
+            slow_every: Duration::from_secs(default_whole("collection", "health_slow_interval_s")),
+            tables_budget: Duration::from_millis(default_whole(
+                "collection",
+                "health_tables_budget_ms",
+            )),
         }
     }
 }

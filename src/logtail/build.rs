@@ -52,17 +52,6 @@ impl Default for PayloadOptions {
 }
 
 impl PayloadOptions {
-    /// The options the agent's `[collection]` settings ask for (query text mode and length, plan
-    /// size).
-    pub fn from_collection(c: &crate::config::CollectionConfig) -> PayloadOptions {
-        PayloadOptions {
-            query_text: c.query_text,
-            max_query_chars: c.query_max_chars,
-            plan_max_bytes: c.plan_max_bytes,
-            ..PayloadOptions::default()
-        }
-    }
-
     /// The text rule of [`crate::normalize`] for these options.
     fn text_rule(&self) -> crate::normalize::QueryText {
         crate::normalize::QueryText {

@@ -7,6 +7,7 @@
 //! committing it after the spool append can neither lose nor repeat an entry; time is passed in,
 //! so the interval logic is testable without sleeping.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::json::Json;
@@ -297,36 +298,23 @@ impl LogFeed {
         }
     }
 
-    /// The feed the agent runs for what discovery found, with the `[collection]` settings: the
-    /// interval, the query text mode and length, the correlation prefix, and the position file
-    /// in the state directory. At most `max_correlated` correlated payloads per flush (the
-    /// daemon's share of the listener's pace). Logs which file is tailed, in which format, and
-    /// what the prefix lacks.
+    /// The feed the agent runs for what discovery found: `correlation` reads the correlation
+    /// IDs, the position file lives in `state_dir`, `cfg` holds the batching and payload
+    /// settings (`wiring::log_feed` maps the `[collection]` ones). Logs which file is tailed, in
+    /// which format, and what the prefix lacks.
     pub fn from_source(
         src: &LogSource,
-        collection: &crate::config::CollectionConfig,
-        max_correlated: usize,
+        correlation: crate::normalize::CorrelationPattern,
+        state_dir: PathBuf,
+        cfg: FeedConfig,
         now: Instant,
     ) -> LogFeed {
-        let per_interval =
-            collection.log_max_entries_per_minute as f64 * collection.interval.as_secs_f64() / 60.0;
         log::info!("server log: {}", src.description);
-        let parser = EntryParser::new(src.format, &src.prefix).with_correlation(
-            crate::normalize::CorrelationPattern::from_collection(collection),
-        );
+        let parser = EntryParser::new(src.format, &src.prefix).with_correlation(correlation);
         for w in parser.warnings() {
             log::warn!("{w}");
         }
-        let tail = TailConfig::new(src.follow.clone(), Some(collection.state_dir.clone()));
-        let cfg = FeedConfig {
-            interval: collection.interval,
-            payload: PayloadOptions {
-                max_correlated,
-                ..PayloadOptions::from_collection(collection)
-            },
-            max_entries_per_interval: (per_interval as usize).max(100),
-            ..FeedConfig::default()
-        };
+        let tail = TailConfig::new(src.follow.clone(), Some(state_dir));
         LogFeed::new(Tailer::new(tail, parser), cfg, now)
     }
 

@@ -144,14 +144,6 @@ impl Default for CorrelationPattern {
 }
 
 impl CorrelationPattern {
-    /// The pattern of `[collection] correlation_prefix` and `correlation_sources`.
-    pub fn from_collection(c: &crate::config::CollectionConfig) -> CorrelationPattern {
-        CorrelationPattern {
-            prefix: c.correlation_prefix.clone(),
-            sources: c.correlation_sources,
-        }
-    }
-
     /// The first `<prefix><uuid>` ID in `application_name`, if any (whatever the sources).
     pub fn extract<'a>(&self, application_name: &'a str) -> Option<&'a str> {
         extract_correlation_id(application_name, &self.prefix)

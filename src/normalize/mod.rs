@@ -97,14 +97,6 @@ impl Default for QueryText {
 }
 
 impl QueryText {
-    /// The `query_text` and `query_max_chars` settings of `[collection]`.
-    pub fn from_collection(c: &crate::config::CollectionConfig) -> QueryText {
-        QueryText {
-            mode: c.query_text,
-            max_chars: c.query_max_chars,
-        }
-    }
-
     /// Renders `sql` into `out` (cleared first) according to the mode, then truncates.
     /// Returns false (and leaves `out` empty) when the mode is `none`.
     pub fn render_into(&self, sql: &str, out: &mut String) -> bool {

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::default_whole;
 use crate::payload::{check_project, envelope_body};
 use crate::spool::{Record, Spool, SpoolError};
 
@@ -71,18 +72,19 @@ pub struct ShipperOptions {
 }
 
 impl ShipperOptions {
-    /// Options with every default for `url`, `api_key` and `project`.
+    /// Options with every default for `url`, `api_key` and `project` (the `[listener]` ones are
+    /// those of `config::KEYS`).
     pub fn new(url: &str, api_key: &str, project: &str) -> ShipperOptions {
         ShipperOptions {
             url: url.to_string(),
             api_key: api_key.to_string(),
             project: project.to_string(),
             ca_file: None,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(default_whole("listener", "timeout_s")),
             connect_timeout: http::DEFAULT_CONNECT_TIMEOUT,
-            max_requests_per_minute: 60,
-            breaker_failures: 5,
-            breaker_reset: Duration::from_secs(60),
+            max_requests_per_minute: default_whole("listener", "max_requests_per_minute") as u32,
+            breaker_failures: default_whole("listener", "breaker_failures") as u32,
+            breaker_reset: Duration::from_secs(default_whole("listener", "breaker_reset_s")),
             config_error_retry: Duration::from_secs(60),
             proxy_from_env: true,
         }

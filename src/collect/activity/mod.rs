@@ -101,17 +101,6 @@ impl Default for ActivityConfig {
     }
 }
 
-impl ActivityConfig {
-    /// The sampler settings from the agent's `[collection]` configuration, defaults elsewhere.
-    pub fn from_collection(c: &crate::config::CollectionConfig) -> ActivityConfig {
-        ActivityConfig {
-            query_text: QueryText::from_collection(c),
-            correlation: CorrelationPattern::from_collection(c),
-            ..ActivityConfig::default()
-        }
-    }
-}
-
 type ExecKey = (i32, i64);
 
 /// What one call of [`ActivitySampler::sample`] saw.

@@ -106,15 +106,6 @@ pub struct StatementsConfig {
 }
 
 impl StatementsConfig {
-    /// The settings from the agent's `[collection]` configuration (state directory, query text
-    /// mode and length), defaults elsewhere.
-    pub fn from_collection(c: &crate::config::CollectionConfig) -> StatementsConfig {
-        StatementsConfig {
-            query_text: QueryText::from_collection(c),
-            ..StatementsConfig::new(&c.state_dir)
-        }
-    }
-
     /// Defaults with the baseline in `state_dir`.
     pub fn new(state_dir: impl Into<PathBuf>) -> StatementsConfig {
         StatementsConfig {
