@@ -11,19 +11,9 @@ use std::time::Duration;
 
 use common::e2e::{Rig, KEY, LIVENESS};
 use common::listener::TestListener;
+use common::logs::session;
 use common::TestPg;
 use serde_json::Value;
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
-}
 
 /// The stored bodies whose top-level `correlation_id` is `id`.
 fn records(listener: &TestListener, id: &str) -> Vec<Value> {

@@ -19,6 +19,7 @@ use bitville_pg_agent::logtail::{
 };
 use bitville_pg_agent::payload::{unix_now, Payload};
 use bitville_pg_agent::pool::Pool;
+use common::logs::session;
 use common::TestPg;
 
 const ID: &str = "3d6f4a2b-1c9e-4b7a-8f0d-5e6a7b8c9d0e";
@@ -30,17 +31,6 @@ fn num(v: &Json, key: &str) -> f64 {
         Some(Json::UInt(u)) => *u as f64,
         other => panic!("{key}: {other:?} in {}", v.to_json_string()),
     }
-}
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
 }
 
 /// The server's log, followed from its end the way the daemon does, its correlated statements

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::logtail::tail::{TailConfig, Tailer};
-use bitville_pg_agent::logtail::{
-    discover, EntryParser, FeedConfig, LogFeed, LogSource, ServerLogSettings, SETTINGS_QUERY,
-};
+use bitville_pg_agent::logtail::{EntryParser, FeedConfig, LogFeed};
+use common::logs::{discovered, session};
 use common::{TempDir, TestPg};
 
 fn server(destination: &str) -> TestPg {
@@ -35,27 +34,6 @@ fn server(destination: &str) -> TestPg {
         .setting("autovacuum_naptime", "1s")
         .setting("log_connections", "on")
         .start()
-}
-
-fn discovered(pg: &TestPg) -> LogSource {
-    let mut admin = pg.admin();
-    let rows = admin.query(SETTINGS_QUERY, &[]).unwrap();
-    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut settings =
-        ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    discover(&settings, None).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
 }
 
 /// Every `event` object of every entry in the payloads.

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use bitville_pg_agent::logtail::build::{PayloadOptions, QueryText};
 use bitville_pg_agent::logtail::tail::{TailConfig, Tailer};
-use bitville_pg_agent::logtail::{
-    discover, EntryParser, FeedConfig, LogFeed, LogSource, ServerLogSettings, SETTINGS_QUERY,
-};
+use bitville_pg_agent::logtail::{EntryParser, FeedConfig, LogFeed, LogSource};
+use common::logs::{discovered, session};
 use common::{TempDir, TestPg};
 
 const UUID: &str = "5f0c6a1e-8d2b-4c3a-9e7f-0123456789ab";
@@ -44,27 +43,6 @@ fn server(destination: &str) -> TestPg {
         .setting("log_rotation_age", "0")
         .setting("log_rotation_size", "0")
         .start()
-}
-
-fn discovered(pg: &TestPg) -> LogSource {
-    let mut admin = pg.admin();
-    let rows = admin.query(SETTINGS_QUERY, &[]).unwrap();
-    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut settings =
-        ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    discover(&settings, None).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
 }
 
 /// The hostile table, run with plans in `plan_format`. Statements meant to fail must fail.

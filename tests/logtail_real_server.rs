@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::logtail::build::{build_payloads, Origin, PayloadOptions};
 use bitville_pg_agent::logtail::tail::{TailConfig, Tailer};
-use bitville_pg_agent::logtail::{
-    discover, Entry, EntryParser, Format, Level, LogSource, ParseStats, ServerLogSettings,
-    SETTINGS_QUERY,
-};
+use bitville_pg_agent::logtail::{Entry, EntryParser, Format, Level, LogSource, ParseStats};
+use common::logs::{discovered, session};
 use common::{TempDir, TestPg};
 
 const UUID: &str = "5f0c6a1e-8d2b-4c3a-9e7f-0123456789ab";
@@ -35,33 +33,11 @@ fn server(destination: &str, prefix: &str) -> TestPg {
         .start()
 }
 
-/// Discovery exactly as the agent does it: the settings query, then current_logfiles.
-fn discovered(pg: &TestPg) -> LogSource {
-    let mut admin = pg.admin();
-    let rows = admin.query(SETTINGS_QUERY, &[]).unwrap();
-    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut settings =
-        ServerLogSettings::from_rows(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-    settings.read_current_logfiles();
-    discover(&settings, None).unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn tailer(src: &LogSource, state: &Path) -> Tailer {
     let mut cfg = TailConfig::new(src.follow.clone(), Some(state.to_path_buf()));
     cfg.start_at_end = false;
     cfg.settle = Duration::ZERO;
     Tailer::new(cfg, EntryParser::new(src.format, &src.prefix))
-}
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
 }
 
 /// Polls until an entry whose message contains `marker` arrived; commits each batch. The

@@ -18,20 +18,10 @@ use bitville_pg_agent::collect::statements::{StatementsCollector, StatementsConf
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::payload::Payload;
 use bitville_pg_agent::pool::Pool;
+use common::logs::session;
 use common::{TempDir, TestPg};
 
 const ID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-
-fn session(pg: &TestPg, app: &str) -> postgres::Client {
-    postgres::Config::new()
-        .host(pg.socket_dir().to_str().unwrap())
-        .port(pg.port())
-        .user("postgres")
-        .dbname("postgres")
-        .application_name(app)
-        .connect(postgres::NoTls)
-        .unwrap()
-}
 
 fn array<'a>(v: &'a Json, key: &str) -> &'a [Json] {
     match v.get(key) {

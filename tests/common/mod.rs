@@ -523,4 +523,5 @@ impl Drop for TempDir {
 pub mod agent;
 pub mod e2e;
 pub mod listener;
+pub mod logs;
 pub mod pileup;
