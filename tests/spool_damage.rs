@@ -9,29 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bitville_pg_agent::json::Json;
-use bitville_pg_agent::payload::{AgentInfo, Payload, Source};
-use bitville_pg_agent::spool::{Spool, SpoolOptions};
+use bitville_pg_agent::spool::Spool;
+use common::spool::{options, payload};
 use common::TempDir;
-
-fn options(dir: &Path) -> SpoolOptions {
-    let mut o = SpoolOptions::new(dir);
-    o.segment_bytes = 4096;
-    o.agent = AgentInfo {
-        version: "test".into(),
-        host: "h".into(),
-    };
-    o
-}
-
-fn payload(i: u64) -> Payload {
-    Payload {
-        source: Source::ALL[(i % 4) as usize],
-        collected_at: 1_700_000_000.0 + i as f64,
-        correlation_id: None,
-        data: Json::object().field("i", i).field("pad", "x".repeat(150)),
-    }
-}
 
 /// A spool with records 1..=n of which 1..=acked are acknowledged; closed again.
 fn spool_with(dir: &Path, n: u64, acked: u64) {

@@ -4,6 +4,7 @@
 //! and what was counted as lost.
 
 mod common;
+use common::spool::{options, payload};
 use common::TempDir;
 
 use std::fs::{self, OpenOptions};
@@ -11,31 +12,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use bitville_pg_agent::json::Json;
-use bitville_pg_agent::payload::{AgentInfo, Payload, Source};
-use bitville_pg_agent::spool::{Spool, SpoolOptions};
+use bitville_pg_agent::spool::Spool;
 
 fn temp_dir(name: &str) -> TempDir {
     TempDir::new(name)
-}
-
-fn options(dir: &Path) -> SpoolOptions {
-    let mut o = SpoolOptions::new(dir);
-    o.segment_bytes = 4096;
-    o.agent = AgentInfo {
-        version: "test".into(),
-        host: "h".into(),
-    };
-    o
-}
-
-fn payload(i: u64) -> Payload {
-    Payload {
-        source: Source::ALL[(i % 4) as usize],
-        collected_at: 1_700_000_000.0 + i as f64,
-        correlation_id: None,
-        data: Json::object().field("i", i).field("pad", "x".repeat(150)),
-    }
 }
 
 /// Creates a spool with `n` payloads and closes it.

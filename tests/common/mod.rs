@@ -525,3 +525,4 @@ pub mod e2e;
 pub mod listener;
 pub mod logs;
 pub mod pileup;
+pub mod spool;
