@@ -14,11 +14,9 @@ use bitville_pg_agent::collect::activity::{ActivityConfig, ActivitySampler};
 use bitville_pg_agent::collect::correlate::{Correlator, CorrelatorConfig, LoggedStatement};
 use bitville_pg_agent::daemon::correlated_budget;
 use bitville_pg_agent::json::Json;
-use bitville_pg_agent::logtail::{
-    discover_from_server, EntryParser, FeedConfig, LogFeed, TailConfig, Tailer,
-};
 use bitville_pg_agent::payload::unix_now;
 use bitville_pg_agent::pool::Pool;
+use common::logs::routed_feed;
 use common::TestPg;
 
 const N: usize = 40;
@@ -38,21 +36,8 @@ fn forty_short_requests_at_the_default_pace_twice_as_many_linkable_heaviest_firs
         .setting("log_min_duration_statement", "0")
         .start();
     let pool = Pool::new(&pg.db_config());
+    let mut feed = routed_feed(&pg, &pool);
     let mut c = pool.acquire().unwrap();
-    let src = discover_from_server(&mut c, Some(&pg.server_log()), None)
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{}", e.0));
-    let tail = TailConfig {
-        settle: Duration::from_millis(100),
-        ..TailConfig::new(src.follow.clone(), None)
-    };
-    let mut feed = LogFeed::new(
-        Tailer::new(tail, EntryParser::new(src.format, &src.prefix)),
-        FeedConfig::default(),
-        Instant::now(),
-    );
-    feed.route_correlated();
-    let _ = feed.poll(Instant::now());
 
     let interval = Duration::from_secs(60);
     let budget = correlated_budget(60, interval);

@@ -14,11 +14,10 @@ use bitville_pg_agent::collect::correlate::{
     Correlator, CorrelatorConfig, LoggedStatement, SharedCorrelator,
 };
 use bitville_pg_agent::json::Json;
-use bitville_pg_agent::logtail::{
-    discover_from_server, EntryParser, FeedConfig, LogFeed, TailConfig, Tailer,
-};
+use bitville_pg_agent::logtail::LogFeed;
 use bitville_pg_agent::payload::{unix_now, Payload};
 use bitville_pg_agent::pool::Pool;
+use common::logs::routed_feed;
 use common::logs::session;
 use common::TestPg;
 
@@ -31,28 +30,6 @@ fn num(v: &Json, key: &str) -> f64 {
         Some(Json::UInt(u)) => *u as f64,
         other => panic!("{key}: {other:?} in {}", v.to_json_string()),
     }
-}
-
-/// The server's log, followed from its end the way the daemon does, its correlated statements
-/// routed to the correlator.
-fn log_feed(pg: &TestPg, pool: &Pool) -> LogFeed {
-    let mut c = pool.acquire().unwrap();
-    let src = discover_from_server(&mut c, Some(&pg.server_log()), None)
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{}", e.0));
-    let tail = TailConfig {
-        settle: Duration::from_millis(100),
-        ..TailConfig::new(src.follow.clone(), None)
-    };
-    let mut feed = LogFeed::new(
-        Tailer::new(tail, EntryParser::new(src.format, &src.prefix)),
-        FeedConfig::default(),
-        Instant::now(),
-    );
-    feed.route_correlated();
-    // Opens the file at its end.
-    let _ = feed.poll(Instant::now());
-    feed
 }
 
 fn hand_over(feed: &mut LogFeed, corr: &SharedCorrelator) {
@@ -85,7 +62,7 @@ fn a_three_second_sleep_is_one_record_at_its_start_with_the_log_duration() {
         .setting("log_min_duration_statement", "0")
         .start();
     let pool = Pool::new(&pg.db_config());
-    let mut feed = log_feed(&pg, &pool);
+    let mut feed = routed_feed(&pg, &pool);
     let corr = Correlator::shared(CorrelatorConfig::default());
     let mut sampler = ActivitySampler::new(ActivityConfig::default());
     let mut c = pool.acquire().unwrap();
