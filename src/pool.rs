@@ -312,12 +312,6 @@ fn describe_target(db: &DatabaseConfig) -> String {
     format!("{}@{} on {place}", db.user, db.dbname)
 }
 
-/// Whether `err` means the connection itself is unusable (rather than the statement failing):
-/// [`crate::pgerror::is_connection_error`], the one place that decides it.
-pub fn is_connection_error(err: &postgres::Error) -> bool {
-    pgerror::is_connection_error(err)
-}
-
 /// What a failed connection attempt means for the operator: by the server's SQLSTATE when it
 /// answered, otherwise by the I/O error under the driver's error (see the two exceptions below).
 fn classify(err: &postgres::Error) -> ConnectFailure {
