@@ -11,7 +11,9 @@ use crate::json::Json;
 
 mod record;
 
-pub use record::{envelope_body, render_record, with_dropped, AgentStamp, DropCounts};
+pub use record::{
+    envelope_body, render_record, with_dropped, AgentStamp, DropCounts, Lane, RecordKind,
+};
 
 /// The four sources the listener accepts; any other is rejected with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -22,6 +22,7 @@ impl Inner {
         let stamp = AgentStamp {
             agent: &self.opts.agent,
             seq,
+            lane: self.lane,
         };
         let body = render_record(payload, &stamp);
         let limit = self.opts.effective_max_record();
@@ -78,7 +79,6 @@ impl Inner {
         self.total_bytes += frame.len() as u64;
         self.next_seq = seq + 1;
         self.dirty = true;
-        self.generation += 1;
         Ok(seq)
     }
 
