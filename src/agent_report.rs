@@ -112,6 +112,7 @@ impl AgentReport {
                 "spool",
                 Json::object()
                     .field("records_pending", spool.n_pending)
+                    .field("spike_records_pending", spool.spike_pending)
                     .field("bytes", spool.bytes)
                     .field("segments", spool.n_segments)
                     .field("records_dropped", spool.lost.records)
@@ -148,6 +149,10 @@ impl AgentReport {
             ("uptime_s", self.uptime.as_secs().to_string()),
             ("paused", self.paused.to_string()),
             ("spool_records_pending", spool.n_pending.to_string()),
+            (
+                "spool_spike_records_pending",
+                spool.spike_pending.to_string(),
+            ),
             ("spool_bytes", spool.bytes.to_string()),
             ("spool_records_dropped", spool.lost.records.to_string()),
             ("dead_letters", spool.n_dead_letters.to_string()),
@@ -194,6 +199,7 @@ mod tests {
             spool: SpoolStats {
                 n_pending: 7,
                 bytes: 1234,
+                spike_pending: 2,
                 ..SpoolStats::default()
             },
             append_errors: 1,
@@ -235,6 +241,8 @@ mod tests {
             "{json:?}"
         );
         assert_eq!(line("spool_records_pending").as_deref(), Some("7"));
+        assert_eq!(spool.get("spike_records_pending"), Some(&Json::from(2u64)));
+        assert_eq!(line("spool_spike_records_pending").as_deref(), Some("2"));
         assert_eq!(line("uptime_s").as_deref(), Some("90"));
         assert_eq!(json.get("uptime_s"), Some(&Json::Float(90.5)));
         assert_eq!(line("sent").as_deref(), Some("9"));

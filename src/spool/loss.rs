@@ -3,7 +3,8 @@
 //! Invariants: every loss is counted twice, in the pending report (`Inner::unreported`, kept in
 //! the cursor file, cleared only by the acknowledgement of the payload that carried it) and in
 //! the lifetime totals (`SpoolStats::lost`); a segment dropped for room is counted record by
-//! record, by source.
+//! record, by source and by kind (read from each record's text as it is evicted, a frame at a
+//! time: nothing kept per segment, nothing a crash could make wrong), with the seq range.
 
 use crate::payload::{DropCounts, RecordKind};
 
@@ -298,6 +299,11 @@ mod tests {
         assert_eq!(spikes, [1, 2, 3, 4], "the spike lane has its own numbers");
         let stats = spool.stats();
         assert_eq!(stats.spike_pending, 4);
+        assert_eq!(
+            stats.n_pending,
+            spool.lane_stats(Lane::Main).n_pending + 4,
+            "pending counts both lanes (what --once and --status show)"
+        );
         assert!(
             stats.bytes <= 64 * 1024,
             "the bound holds for both lanes: {stats:?}"

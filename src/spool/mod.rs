@@ -4,6 +4,12 @@
 //! record, sends it, and [`Spool::ack`]s it after the listener answered 200 (or after the record
 //! was moved to the dead-letter file). Nothing reaches the listener without passing through here.
 //!
+//! Two lanes ([`Lane`]), each a complete spool with everything below (segments, sequence space,
+//! cursor, lock, its share of `max_bytes`): spike reports in `<dir>/spike/`, everything else in
+//! `<dir>`. `peek` serves the spike lane first, and each lane evicts only its own segments, so a
+//! spike report neither waits behind a backlog nor is deleted to make room for steady records.
+//! The main lane's lock is taken first and covers the subdirectory.
+//!
 //! On disk (see `docs/delivery.md`): append-only segment files `seg-<20 digits>.spool` made of
 //! checksummed frames ([`frame`]), the acknowledged cursor ([`cursor`]), a `lock` file, and
 //! `dead-letter.jsonl`.
@@ -23,7 +29,8 @@
 //!   cleared only when the listener acknowledged it, so it cannot be lost with a dropped record
 //!   or a restart — it is kept in the cursor file).
 //! - Sequence numbers are assigned only to records actually written, increase by one per
-//!   record, and never go backwards across restarts (recovered from the segments and the cursor).
+//!   record of a lane, and never go backwards across restarts (recovered from the segments and
+//!   the cursor). A loss report speaks of the lane of the record carrying it.
 //! - Nothing here panics on what it reads from disk, and nothing found there stops the open:
 //!   damage is truncated (a torn tail) or skipped and counted (damage in the middle), with a
 //!   warning naming the segment and offset; what cannot be read at all (a newer format, a
