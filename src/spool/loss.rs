@@ -335,12 +335,25 @@ mod tests {
     }
 
     #[test]
-    fn a_spike_reports_write_loss_is_reported_in_the_main_lane() {
+    fn a_spike_report_too_large_for_its_lane_goes_to_the_main_lane_or_is_reported_there() {
         let (dir, spool) = open_with("spikeoversized", |o| o.max_bytes = 64 * 1024);
+        // 64 KiB: the spike lane takes records up to 8 KiB, the main lane up to 24 KiB.
         let mut big = spike(1);
-        big.data.push("timeline", "y".repeat(20 * 1024));
+        big.data.push("timeline", "y".repeat(12 * 1024));
+        assert_eq!(
+            spool.append(&big).unwrap(),
+            1,
+            "too large for the spike lane only"
+        );
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!((r.lane, r.seq), (Lane::Main, 1));
+        assert!(r.report.is_empty(), "nothing was lost: {:?}", r.report);
+        assert!(r.body.contains("\"kind\":\"spike\""));
+        spool.ack(&r).unwrap();
+        let mut huge = spike(2);
+        huge.data.push("timeline", "y".repeat(30 * 1024));
         assert!(matches!(
-            spool.append(&big),
+            spool.append(&huge),
             Err(SpoolError::TooLarge { .. })
         ));
         spool.append(&steady(0)).unwrap();

@@ -381,6 +381,9 @@ impl Spool {
     /// record is in the page cache when this returns (it survives the process being killed);
     /// [`Spool::sync`] makes it durable.
     ///
+    /// A spike report too large for the spike lane's share (records are at most half of a
+    /// lane's share) goes to the main lane instead.
+    ///
     /// On error the payload is dropped and counted (reported with the next payload delivered;
     /// a spike report's write error or size with the next main-lane payload, which comes
     /// soonest); it takes no sequence number, the spool stays usable and the next call tries
@@ -388,7 +391,24 @@ impl Spool {
     pub fn append(&self, payload: &Payload) -> Result<u64, SpoolError> {
         let lane = Lane::of(payload);
         let mut inner = self.lane(lane);
-        let result = inner.append(payload);
+        let mut result = inner.append(payload);
+        if lane == Lane::Spike && matches!(result, Err(SpoolError::TooLarge { .. })) {
+            // Too large for the spike lane's share, maybe not for the main lane's: better
+            // shipped behind the backlog than not at all.
+            inner.unreported.oversized = inner.unreported.oversized.saturating_sub(1);
+            inner.lost.oversized = inner.lost.oversized.saturating_sub(1);
+            log::warn!(
+                "spike report too large for the spike lane ({}); spooled in the main lane",
+                result
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            drop(inner);
+            result = self.lane(Lane::Main).append(payload);
+            inner = self.lane(Lane::Spike);
+        }
         if lane == Lane::Spike && result.is_err() {
             // These counters take no sequence number, so nothing ties them to the spike lane's
             // gap rule; the main lane reports them without waiting for the next spike.
