@@ -365,6 +365,29 @@ mod tests {
     }
 
     #[test]
+    fn spike_reports_alone_filling_their_share_evict_their_own_oldest_and_say_so() {
+        let (dir, spool) = open_with("spikefull", |o| o.max_bytes = 64 * 1024);
+        for n in 0..200 {
+            spool.append(&spike(n)).unwrap();
+        }
+        spool.append(&steady(0)).unwrap();
+        let stats = spool.lane_stats(Lane::Spike);
+        assert!(
+            stats.bytes <= 16 * 1024,
+            "the spike lane keeps to its share: {stats:?}"
+        );
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!(r.lane, Lane::Spike);
+        let d = r.report;
+        assert!(d.records > 0);
+        assert_eq!(d.by_kind[RecordKind::Spike as usize], d.records, "{d:?}");
+        assert_eq!((d.first_seq, d.last_seq), (1, r.seq - 1));
+        // The main lane lost nothing.
+        assert!(spool.lane_stats(Lane::Main).lost.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn something_else_under_the_spike_lanes_name_is_moved_aside() {
         let dir = crate::spool::test_support::temp_dir("spikefile");
         fs::create_dir_all(&dir).unwrap();
