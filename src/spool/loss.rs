@@ -388,6 +388,50 @@ mod tests {
     }
 
     #[test]
+    fn the_spike_lane_recovers_a_torn_tail_and_reports_the_gap_in_its_own_numbers() {
+        let (dir, spool) = open_with("spiketorn", |_| {});
+        for n in 0..3 {
+            spool.append(&spike(n)).unwrap();
+            spool.append(&steady(n)).unwrap();
+        }
+        spool.sync().unwrap();
+        drop(spool);
+        // A torn last frame in the spike lane (as a crash mid-write leaves it).
+        let lane_dir = dir.join(crate::spool::SPIKE_LANE_DIR);
+        let seg = fs::read_dir(&lane_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "spool"))
+            .unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let spool = Spool::open(opts(&dir)).unwrap();
+        for want in [1, 2] {
+            let r = spool.peek().unwrap().unwrap();
+            assert_eq!((r.lane, r.seq, r.gap), (Lane::Spike, want, 0));
+            spool.ack(&r).unwrap();
+        }
+        // The torn record's number is never reused, and its loss comes with the next report.
+        assert_eq!(spool.append(&spike(9)).unwrap(), 4);
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!((r.lane, r.seq, r.gap), (Lane::Spike, 4, 1));
+        assert_eq!(r.report.corrupt_records, 1);
+        spool.ack(&r).unwrap();
+        // The main lane is untouched.
+        let r = spool.peek().unwrap().unwrap();
+        assert_eq!(
+            (r.lane, r.seq, r.report.corrupt_records),
+            (Lane::Main, 1, 0)
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn something_else_under_the_spike_lanes_name_is_moved_aside() {
         let dir = crate::spool::test_support::temp_dir("spikefile");
         fs::create_dir_all(&dir).unwrap();
