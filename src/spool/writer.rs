@@ -9,7 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::payload::{render_record, AgentStamp, DropCounts, Payload};
+use crate::payload::{render_record, AgentStamp, DropCounts, Payload, RecordKind};
 
 use super::frame::{self, FRAME_HEADER_LEN, HEADER_LEN};
 use super::loss::count_unacked;
@@ -134,13 +134,23 @@ impl Inner {
                 self.reader.offset = HEADER_LEN as u64;
             }
             if !counts.is_empty() {
+                let kinds: Vec<String> = RecordKind::ALL
+                    .iter()
+                    .zip(counts.by_kind)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| format!("{} {n}", k.as_str()))
+                    .collect();
                 log::warn!(
-                    "spool over {} bytes: dropped segment {} with {} unacknowledged records \
-                     ({} bytes)",
+                    "spool {} lane over {} bytes: dropped segment {} with {} unacknowledged \
+                     records ({} bytes, seq {} to {}: {})",
+                    self.lane.as_str(),
                     self.opts.max_bytes,
                     seg.path.display(),
                     counts.records,
-                    counts.bytes
+                    counts.bytes,
+                    counts.first_seq,
+                    counts.last_seq,
+                    kinds.join(", ")
                 );
                 self.count_loss(&counts);
             }
