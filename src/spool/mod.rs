@@ -719,4 +719,19 @@ mod tests {
         assert!(Spool::open(opts(&dir)).is_ok());
         let _ = fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_spool_opened_on_the_spike_lane_directory_and_the_spool_exclude_each_other() {
+        let dir = temp_dir("lanelock");
+        let lane_dir = dir.join(super::SPIKE_LANE_DIR);
+        let inner = Spool::open(opts(&lane_dir)).unwrap();
+        let outer = Spool::open(opts(&dir));
+        assert!(matches!(outer, Err(SpoolError::Locked { .. })), "{outer:?}");
+        drop(inner);
+        let outer = Spool::open(opts(&dir)).unwrap();
+        let inner = Spool::open(opts(&lane_dir));
+        assert!(matches!(inner, Err(SpoolError::Locked { .. })), "{inner:?}");
+        drop(outer);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
