@@ -1,7 +1,8 @@
 //! Spike reports in the spool: they never wait behind a backlog and are never evicted to make
 //! room for steady-state records, and the drop report names what was evicted instead (by kind,
 //! with counts and the seq range). The real spool and shipper against the contract listener in
-//! the test process.
+//! the test process, and `--once` of the real binary (with real PostgreSQL) over a spool left
+//! with a backlog and spike reports.
 //!
 //! No test asserts that something was fast: order is what is checked (which record arrived
 //! before which), and time appears only as a liveness bound for a broken agent.
@@ -296,4 +297,41 @@ fn a_spike_report_appended_behind_a_backlog_is_delivered_before_the_backlog_drai
         "the backlog was not drained when the spike report arrived ({main_after} of {BACKLOG})"
     );
     assert_eq!(seq_of(&stored[at]), Some(1));
+}
+
+#[test]
+fn once_ships_spike_reports_left_in_the_spool_first_and_drains_both_lanes() {
+    let pg = common::TestPg::start();
+    let l = TestListener::start(common::e2e::KEY);
+    let rig = common::e2e::Rig::new("spike-lane-once", &pg, &l.url());
+    // What a daemon stopped during an outage leaves: a backlog and two spike reports after it.
+    {
+        let spool = open_spool(&rig.spool_dir(), 100 * 1024 * 1024);
+        for i in 0..40 {
+            spool.append(&steady(i).1).expect("append steady");
+        }
+        for i in 0..2 {
+            spool.append(&spike(i)).expect("append spike");
+        }
+        spool.sync().unwrap();
+    }
+    let out = rig.run(&["--once"], Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "everything was acknowledged: {out:?}");
+    assert!(out.stderr.contains("everything was delivered"), "{out:?}");
+    let stored = l.stored();
+    assert_eq!(l.stored_seqs_in("spike"), [1, 2]);
+    assert!(
+        stored[..2].iter().all(|v| lane_of(v) == "spike"),
+        "the spike reports go before the backlog"
+    );
+    let main = l.stored_seqs();
+    assert!(
+        (1..=40).all(|s| main.contains(&s)) && main.len() > 40,
+        "the backlog and the --once collection arrived: {main:?}"
+    );
+    assert!(
+        l.schema_violations().is_empty(),
+        "{:?}",
+        l.schema_violations()
+    );
 }
