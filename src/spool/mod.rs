@@ -307,7 +307,7 @@ struct Inner {
 
 /// The spool: two lanes, each a complete spool of its own (segments, sequence space, cursor,
 /// lock, share of `max_bytes`), behind one API. Shared between threads as `Arc<Spool>`; every
-/// method takes `&self`. Lock order: the spike lane before the main lane, `generation` last.
+/// method takes `&self`. No method holds two of its locks (the lanes, `generation`) at once.
 #[derive(Debug)]
 pub struct Spool {
     main: Mutex<Inner>,
@@ -368,11 +368,9 @@ impl Spool {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn bump_generation(&self) -> u64 {
-        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        *g += 1;
+    fn bump_generation(&self) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.appended.notify_all();
-        *g
     }
 
     /// Appends `payload` to its lane ([`Lane::of`]: spike reports to the spike lane, the rest
