@@ -39,12 +39,13 @@ pub struct PayloadOptions {
     pub max_correlated: usize,
 }
 
+/// The `[collection] query_max_chars` and `plan_max_bytes` defaults of `config::KEYS`.
 impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            max_query_chars: 1000,
-            plan_max_bytes: 64 * 1024,
+            max_query_chars: crate::config::default_whole("collection", "query_max_chars") as usize,
+            plan_max_bytes: crate::config::default_whole("collection", "plan_max_bytes") as usize,
             max_entries_per_payload: 500,
             max_correlated: 100,
         }
