@@ -338,13 +338,8 @@ impl Health {
         if let Some(v) = self.version_num {
             return Ok(v);
         }
-        let row = client
-            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        let v = crate::collect::read_server_version(client)
             .map_err(PgError::at("version", "server_version_num"))?;
-        let v: i32 = row
-            .try_get(0)
-            .map_err(PgError::at("version", "server_version_num"))?;
-        let v = u32::try_from(v).unwrap_or(0);
         let major = v / 10000;
         if !version::SUPPORTED.contains(&major) {
             log::warn!(
