@@ -328,10 +328,7 @@ impl Entry {
         if target.len() - before > room {
             // Replacement characters are longer than the bytes they replace: cut back at a char
             // boundary so the cap holds exactly.
-            let mut cut = before + room;
-            while !target.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            let cut = crate::normalize::char_floor(target, before + room);
             target.truncate(cut);
         }
         let added = target.len() - before;
