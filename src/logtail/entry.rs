@@ -11,8 +11,8 @@
 /// realistic statement and bounds a batch.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
-/// The default start of a correlated `application_name`: the PHP agent sets `bitville-<uuid>`.
-pub const DEFAULT_CORRELATION_PREFIX: &str = "bitville-";
+/// The default start of a correlated `application_name` (one constant, in `normalize`).
+pub use crate::normalize::DEFAULT_CORRELATION_PREFIX;
 
 /// A severity (or a secondary line kind) as PostgreSQL writes it before `:  `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
