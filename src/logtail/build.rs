@@ -529,27 +529,16 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         "internal_query",
         e.internal_query.as_deref().and_then(sql).map(Json::from),
     );
-    put(
-        "detail",
-        e.detail
-            .as_deref()
-            .and_then(|d| log(LogText::Detail, d))
-            .map(Json::from),
-    );
-    put(
-        "hint",
-        e.hint
-            .as_deref()
-            .and_then(|h| log(LogText::Hint, h))
-            .map(Json::from),
-    );
-    put(
-        "context",
-        e.context
-            .as_deref()
-            .and_then(|c| log(LogText::Context, c))
-            .map(Json::from),
-    );
+    for (key, kind, text) in [
+        ("detail", LogText::Detail, &e.detail),
+        ("hint", LogText::Hint, &e.hint),
+        ("context", LogText::Context, &e.context),
+    ] {
+        put(
+            key,
+            text.as_deref().and_then(|t| log(kind, t)).map(Json::from),
+        );
+    }
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
     put("event", e.event.as_ref().map(|ev| ev.to_json()));
     if let Some(body) = e.plan() {
