@@ -1,9 +1,9 @@
 //! Follows the server log by path across every kind of rotation and persists the read position.
 //!
 //! The tailer reads the current file in chunks, hands complete lines to the [`EntryParser`] with
-//! their file offsets, and at the end of the file asks [`rotation`] whether it was rotated
+//! their file offsets, and at the end of the file asks `rotation` whether it was rotated
 //! (renamed, or truncated in place); [`target`] says which file is the current log, and
-//! [`position`] is the position file that a restart resumes from. This module holds the reading
+//! `position` is the position file that a restart resumes from. This module holds the reading
 //! itself: opening a file and choosing where to start in it, the read buffer, batches, and
 //! finishing a file that was rotated away.
 //!
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use super::entry::Entry;
 use super::parse::{EntryParser, ParseStats};
 
-pub mod position;
-pub mod rotation;
+mod position;
+mod rotation;
 pub mod target;
 
 #[cfg(test)]
