@@ -127,6 +127,18 @@ mod tests {
     }
 
     #[test]
+    fn the_project_rule_is_the_key_tables_project_id_range() {
+        let row = crate::config::KEYS
+            .iter()
+            .find(|k| (k.section, k.key) == ("listener", "project_id"))
+            .unwrap();
+        assert_eq!(
+            row.allowed,
+            crate::config::Allowed::Chars(1, PROJECT_MAX_CHARS)
+        );
+    }
+
+    #[test]
     fn project_rule_counts_characters() {
         assert!(check_project("").is_err());
         assert!(check_project(&"é".repeat(50)).is_ok());

@@ -39,12 +39,13 @@ pub struct PayloadOptions {
     pub max_correlated: usize,
 }
 
+/// The `[collection] query_max_chars` and `plan_max_bytes` defaults of `config::KEYS`.
 impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            max_query_chars: 1000,
-            plan_max_bytes: 64 * 1024,
+            max_query_chars: crate::config::default_whole("collection", "query_max_chars") as usize,
+            plan_max_bytes: crate::config::default_whole("collection", "plan_max_bytes") as usize,
             max_entries_per_payload: 500,
             max_correlated: 100,
         }
@@ -528,27 +529,16 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         "internal_query",
         e.internal_query.as_deref().and_then(sql).map(Json::from),
     );
-    put(
-        "detail",
-        e.detail
-            .as_deref()
-            .and_then(|d| log(LogText::Detail, d))
-            .map(Json::from),
-    );
-    put(
-        "hint",
-        e.hint
-            .as_deref()
-            .and_then(|h| log(LogText::Hint, h))
-            .map(Json::from),
-    );
-    put(
-        "context",
-        e.context
-            .as_deref()
-            .and_then(|c| log(LogText::Context, c))
-            .map(Json::from),
-    );
+    for (key, kind, text) in [
+        ("detail", LogText::Detail, &e.detail),
+        ("hint", LogText::Hint, &e.hint),
+        ("context", LogText::Context, &e.context),
+    ] {
+        put(
+            key,
+            text.as_deref().and_then(|t| log(kind, t)).map(Json::from),
+        );
+    }
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
     put("event", e.event.as_ref().map(|ev| ev.to_json()));
     if let Some(body) = e.plan() {

@@ -11,8 +11,8 @@
 /// realistic statement and bounds a batch.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
-/// The default start of a correlated `application_name`: the PHP agent sets `bitville-<uuid>`.
-pub const DEFAULT_CORRELATION_PREFIX: &str = "bitville-";
+/// The default start of a correlated `application_name` (one constant, in `normalize`).
+pub use crate::normalize::DEFAULT_CORRELATION_PREFIX;
 
 /// A severity (or a secondary line kind) as PostgreSQL writes it before `:  `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -328,10 +328,7 @@ impl Entry {
         if target.len() - before > room {
             // Replacement characters are longer than the bytes they replace: cut back at a char
             // boundary so the cap holds exactly.
-            let mut cut = before + room;
-            while !target.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            let cut = crate::normalize::char_floor(target, before + room);
             target.truncate(cut);
         }
         let added = target.len() - before;

@@ -43,10 +43,11 @@ pub struct FeedConfig {
     pub max_entries_per_interval: usize,
 }
 
+/// The interval is `[collection] interval_s`'s default in `config::KEYS`.
 impl Default for FeedConfig {
     fn default() -> FeedConfig {
         FeedConfig {
-            interval: Duration::from_secs(60),
+            interval: Duration::from_secs(crate::config::default_whole("collection", "interval_s")),
             max_batch: 2000,
             max_batch_bytes: 8 * 1024 * 1024,
             max_entries_per_interval: usize::MAX,
