@@ -9,6 +9,7 @@ pub mod agent_report;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod connect_block;
 pub mod daemon;
 pub mod fsutil;
 pub mod health;
