@@ -344,21 +344,86 @@ impl Sighting {
 pub const NOTHING_HELD: &str = "no session holds an exclusive lock on a catalog read at \
      connection start (an overloaded server, or the lock was released before the agent looked)";
 
-/// Renders the lookup's rows into a sighting (rows that do not decode are skipped).
-pub fn sighting(rows: &[postgres::Row], view: &View, database: &str, seen_at: u64) -> Sighting {
+/// The reason given when the lookup could only run at the next new connection and found nothing.
+pub const GONE_BY_THEN: &str = "no connection was open to look with while connecting was \
+     blocked, and the lock was gone by the next connection";
+
+/// Renders the lookup's rows into a sighting (rows that do not decode are skipped); `late`: the
+/// lookup ran only at the next new connection (an empty answer then means the lock was gone).
+pub fn sighting(rows: &[postgres::Row], view: &View, database: &str, late: bool) -> Sighting {
+    let seen_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let holders: Vec<Holder> = rows
         .iter()
         .filter_map(|r| RawHolder::from_row(r).ok())
         .take(MAX_HOLDERS)
         .map(|raw| Holder::from_row(raw, view, database, seen_at))
         .collect();
-    if holders.is_empty() {
-        Sighting::not_visible(NOTHING_HELD)
-    } else {
-        Sighting {
+    match (holders.is_empty(), late) {
+        (true, false) => Sighting::not_visible(NOTHING_HELD),
+        (true, true) => Sighting::not_visible(GONE_BY_THEN),
+        (false, _) => Sighting {
             holders,
             not_visible: None,
+        },
+    }
+}
+
+/// A pool's sightings: merged until the summary takes them, the last one kept for the status
+/// file, and what the log last named (so each change is logged once, "not visible" once per
+/// streak of blocked attempts).
+#[derive(Debug, Default)]
+pub struct Sightings {
+    pending: Option<Sighting>,
+    shipped: Option<Sighting>,
+    /// `Some(empty)`: "not visible" was logged in this streak.
+    logged: Option<Vec<(i32, String)>>,
+}
+
+impl Sightings {
+    /// Adds a sighting; returns the log line's tail (` by pid ...` or `; holder not visible:
+    /// ...`) when it should be logged.
+    pub fn record(&mut self, seen: Sighting) -> Option<String> {
+        let key = seen.key();
+        let log = if key.is_empty() {
+            self.logged.is_none()
+        } else {
+            self.logged.as_ref() != Some(&key)
+        };
+        let line = log.then(|| {
+            if key.is_empty() {
+                format!("; {}", seen.describe())
+            } else {
+                format!(" by {}", seen.describe())
+            }
+        });
+        if log {
+            self.logged = Some(key);
         }
+        self.pending
+            .get_or_insert_with(Sighting::default)
+            .merge(seen);
+        line
+    }
+
+    /// A connection succeeded: the next blocked attempt starts a new streak (logged again).
+    pub fn streak_over(&mut self) {
+        self.logged = None;
+    }
+
+    /// What was seen since the last call (for the summary); `None` when nothing was blocked.
+    pub fn take(&mut self) -> Option<Sighting> {
+        let taken = self.pending.take();
+        if taken.is_some() {
+            self.shipped.clone_from(&taken);
+        }
+        taken
+    }
+
+    /// The latest sighting, shipped or not (for the status file).
+    pub fn latest(&self) -> Option<Sighting> {
+        self.pending.clone().or_else(|| self.shipped.clone())
     }
 }
 
@@ -492,6 +557,30 @@ mod tests {
             s.holders_json().to_json_string().matches("\"pid\"").count(),
             5
         );
+    }
+
+    #[test]
+    fn each_holder_is_logged_once_and_shipped_once_and_the_status_keeps_the_last() {
+        let mut s = Sightings::default();
+        let miss = Sighting::not_visible("no open connection to look with");
+        assert_eq!(
+            s.record(miss.clone()).as_deref(),
+            Some("; holder not visible: no open connection to look with")
+        );
+        assert_eq!(s.record(miss), None, "once per streak");
+        let seen = Sighting {
+            holders: vec![Holder::from_row(raw(), &View::default(), "postgres", 7)],
+            not_visible: None,
+        };
+        let line = s.record(seen.clone()).expect("a new holder is logged");
+        assert!(line.starts_with(" by pid 123 (app bitville-"), "{line}");
+        assert_eq!(s.record(seen.clone()), None, "the same holder again");
+        let taken = s.take().expect("pending");
+        assert_eq!(taken.holders, seen.holders);
+        assert_eq!(s.take(), None, "shipped once");
+        assert_eq!(s.latest(), Some(taken), "the status file keeps the last");
+        s.streak_over();
+        assert!(s.record(seen).is_some(), "a new streak logs again");
     }
 
     #[test]

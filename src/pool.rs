@@ -267,14 +267,10 @@ struct State {
     /// The last failed attempt's message, for [`PoolError::BackingOff`].
     last_connect_error: String,
     stats: PoolStats,
-    /// Who blocked connecting, since the summary last took it.
-    blocked_by: Option<Sighting>,
-    /// The sighting the summary took last (the status file shows it until a newer one).
-    shipped_blocked_by: Option<Sighting>,
+    /// Who blocked connecting: for the summary, the status file and the log.
+    blockers: connect_block::Sightings,
     /// An attempt was blocked while no connection was idle: look at the next one handed out.
     lookup_pending: bool,
-    /// The holders last logged (`Some(empty)`: "not visible" was logged); reset by a success.
-    logged_blockers: Option<Vec<(i32, String)>>,
 }
 
 struct Inner {
@@ -438,10 +434,8 @@ impl Pool {
                         max,
                         ..PoolStats::default()
                     },
-                    blocked_by: None,
-                    shipped_blocked_by: None,
+                    blockers: connect_block::Sightings::default(),
                     lookup_pending: false,
-                    logged_blockers: None,
                 }),
                 returned: Condvar::new(),
             }),
@@ -666,7 +660,6 @@ impl Pool {
                         state.stats.connections_opened += 1;
                         let streak = state.backoff.succeeded();
                         let look = std::mem::take(&mut state.lookup_pending);
-                        state.logged_blockers = None;
                         drop(state);
                         if streak > 0 {
                             log::info!(
@@ -678,6 +671,8 @@ impl Pool {
                         if look {
                             self.look_for_blockers(&mut client, true);
                         }
+                        // The streak of blocked attempts is over: a new one is logged again.
+                        self.lock().blockers.streak_over();
                         Ok(client)
                     }
                     Err(e) => {
@@ -750,26 +745,13 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let result = match client.prepared.lookup.clone() {
             Some(st) => client.query(&st, &[]),
             // Set-up could not prepare it: the plain query (which may wait on the lock).
             None => client.query(connect_block::LOOKUP_SQL, &[]),
         };
         let seen = match result {
-            Ok(rows) => {
-                let seen = connect_block::sighting(&rows, &view, &self.inner.dbname, now);
-                if late && seen.holders.is_empty() {
-                    Sighting::not_visible(
-                        "no connection was open to look with while connecting was blocked, and \
-                         the lock was gone by the next connection",
-                    )
-                } else {
-                    seen
-                }
-            }
+            Ok(rows) => connect_block::sighting(&rows, &view, &self.inner.dbname, late),
             Err(e) => {
                 if pgerror::is_connection_error(&e) {
                     client.mark_broken();
@@ -781,29 +763,14 @@ impl Pool {
         self.record_blockers(seen);
     }
 
-    /// Keeps a sighting for the summary and logs it when it names someone new (or, once per
-    /// streak of blocked attempts, that nobody can be named).
+    /// Keeps a sighting for the summary; logs it when it names someone new (or, once per streak
+    /// of blocked attempts, that nobody can be named).
     fn record_blockers(&self, seen: Sighting) {
-        let mut state = self.lock();
-        let key = seen.key();
-        let log = match &state.logged_blockers {
-            _ if !key.is_empty() => state.logged_blockers.as_ref() != Some(&key),
-            None => true,
-            Some(_) => false,
-        };
-        if log {
-            state.logged_blockers = Some(key);
-        }
-        state
-            .blocked_by
-            .get_or_insert_with(Sighting::default)
-            .merge(seen.clone());
-        drop(state);
-        if log {
+        let line = self.lock().blockers.record(seen);
+        if let Some(line) = line {
             log::warn!(
-                "database: connecting to {} was blocked by {}",
-                self.inner.target,
-                seen.describe()
+                "database: connecting to {} was blocked{line}",
+                self.inner.target
             );
         }
     }
@@ -817,21 +784,12 @@ impl Pool {
     /// Who blocked connecting since the last call (for the summary, which ships it once);
     /// `None` when no attempt was blocked.
     pub fn take_connect_blocked_by(&self) -> Option<Sighting> {
-        let mut state = self.lock();
-        let taken = state.blocked_by.take();
-        if taken.is_some() {
-            state.shipped_blocked_by.clone_from(&taken);
-        }
-        taken
+        self.lock().blockers.take()
     }
 
     /// The latest sighting of who blocked connecting, shipped or not (for the status file).
     pub fn connect_blocked_by(&self) -> Option<Sighting> {
-        let state = self.lock();
-        state
-            .blocked_by
-            .clone()
-            .or_else(|| state.shipped_blocked_by.clone())
+        self.lock().blockers.latest()
     }
 
     fn guard(&self, client: postgres::Client, prepared: Prepared) -> PooledClient {

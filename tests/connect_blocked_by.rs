@@ -262,3 +262,71 @@ fn the_summary_status_file_and_log_name_who_blocked_connecting() {
     assert!(listener.schema_violations().is_empty());
     assert_lookup_left_no_error(&pg);
 }
+
+#[test]
+fn without_pg_read_all_stats_or_an_open_connection_it_says_what_it_cannot_see() {
+    let pg = TestPg::start();
+    pg.admin()
+        .batch_execute("CREATE ROLE bitville_nostats LOGIN")
+        .unwrap();
+    let mut db = pg.db_config();
+    db.connect_timeout = Duration::from_secs(1);
+    db.user = "bitville_nostats".into();
+
+    // No connection at all: nothing to look over, and by the next one the lock is gone.
+    let cold = Pool::new(&db);
+    let mut holder = holder_session(&pg);
+    let pid = lock(&mut holder, "", "pg_database");
+    blocked(&cold);
+    let seen = cold.connect_blocked_by().expect("a sighting");
+    assert!(seen.holders.is_empty(), "{seen:?}");
+    assert_eq!(
+        seen.not_visible.as_deref(),
+        Some(
+            "holder not visible: no open connection to look with (the agent looks at its next \
+             connection)"
+        )
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cold.acquire().is_err() {
+        assert!(Instant::now() < deadline, "never connected after the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = cold.take_connect_blocked_by().expect("a sighting");
+    assert!(seen.holders.is_empty(), "{seen:?}");
+    assert!(
+        seen.not_visible
+            .as_deref()
+            .is_some_and(|n| n.ends_with("the lock was gone by the next connection")),
+        "{seen:?}"
+    );
+
+    // An open connection, but a role that may not see other roles' queries.
+    let pool = Pool::new(&db);
+    drop(pool.acquire().unwrap());
+    let pid2 = lock(&mut holder, "", "pg_database");
+    assert_eq!(pid, pid2, "the same session");
+    let busy = pool.acquire().unwrap();
+    let pool2 = pool.clone();
+    let waiter = std::thread::spawn(move || blocked(&pool2));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(busy);
+    waiter.join().unwrap();
+    let seen = pool.take_connect_blocked_by().expect("a sighting");
+    let h = seen
+        .holders
+        .iter()
+        .find(|h| h.pid == pid)
+        .unwrap_or_else(|| panic!("holder {pid} not named: {seen:?}"));
+    assert!(h.hidden, "{h:?}");
+    assert_eq!(h.query, None);
+    assert_eq!(h.relation, "pg_database");
+    assert_eq!(
+        h.request_id.as_deref(),
+        Some(REQUEST),
+        "application_name is shown to every role"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_lookup_left_no_error(&pg);
+}
