@@ -32,4 +32,6 @@ pub mod spool;
 pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod testdir;
 pub mod wiring;
