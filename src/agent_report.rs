@@ -184,7 +184,7 @@ impl AgentReport {
                 "connect_blocked_by",
                 self.connect_blocked_by
                     .as_ref()
-                    .map_or_else(|| "none".into(), Sighting::describe),
+                    .map_or_else(|| "none".into(), Sighting::status_line),
             ),
             (
                 "collector_errors",
@@ -315,6 +315,7 @@ mod tests {
             "{}",
             line.1
         );
+        assert!(line.1.ends_with(" (seen at 5 unix seconds)"), "{}", line.1);
 
         r.connect_blocked_by = Some(Sighting::not_visible("no open connection to look with"));
         let v: serde_json::Value = serde_json::from_str(&r.to_json().to_json_string()).unwrap();

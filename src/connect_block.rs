@@ -331,6 +331,15 @@ impl Sighting {
         s.join("; ")
     }
 
+    /// The status file's line: [`Sighting::describe`] and, when someone is named, when the
+    /// agent saw them (the line stays after the summary shipped it).
+    pub fn status_line(&self) -> String {
+        match self.holders.iter().map(|h| h.seen_at).max() {
+            Some(at) => format!("{} (seen at {at} unix seconds)", self.describe()),
+            None => self.describe(),
+        }
+    }
+
     /// Who is named, for logging a change only: (pid, relation) pairs.
     pub fn key(&self) -> Vec<(i32, String)> {
         self.holders

@@ -504,7 +504,8 @@ impl Pool {
             // Not fatal: only the lookup of who blocks connecting is lost (it prepares again
             // when needed); the message says what the server answered.
             Err(e) => log::warn!(
-                "database: the lock-holder lookup does not run on this server: {}",
+                "database: the lock-holder lookup failed on a new connection (it is tried again \
+                 when connecting is blocked): {}",
                 pgerror::message(&e)
             ),
         }
