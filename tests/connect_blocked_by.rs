@@ -192,11 +192,13 @@ fn the_summary_status_file_and_log_name_who_blocked_connecting() {
         .collect()
     };
     // The sampler and the interval thread overlap now and then: the agent holds two sessions.
+    let t = Instant::now();
     assert!(
         wait_until(Duration::from_secs(20), || agent_pids(&mut holder).len()
             >= 2),
         "the agent never held two sessions"
     );
+    println!("two agent sessions after {:?}", t.elapsed());
     let pid = lock(&mut holder, "", "pg_authid");
     // Keep one session, end the others: the next overlap needs a new connection, which the
     // lock blocks, while the kept one is there to look over.
@@ -218,9 +220,11 @@ fn the_summary_status_file_and_log_name_who_blocked_connecting() {
                 })
             })
     };
+    let t = Instant::now();
     let shipped = wait_until(Duration::from_secs(30), || {
         listener.stored().iter().any(&named)
     });
+    println!("the holder named in a summary after {:?}", t.elapsed());
     // The status file is rewritten every few seconds.
     let status_file = rig.state_dir().join("status");
     let status_names = |s: &str| {
