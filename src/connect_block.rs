@@ -13,10 +13,12 @@
 //!   `pg_database` and would wait on the very lock they look for. Relation names come from
 //!   [`catalog_name`] (fixed catalog OIDs), not from `regclass`. The holder's role name is looked
 //!   up (`pg_get_userbyid`) only when no one holds or waits for an exclusive lock on `pg_authid`.
-//! - The pool prepares the query on every new connection (a Parse only): the function, operator
-//!   and role lookups it needs are then cached in that backend, so running it later, while a
-//!   catalog is locked, needs no catalog read (role-membership and function caches are filled by
-//!   the pool's own session count at connect time).
+//! - The pool prepares and runs the query once on every new connection, right after its session
+//!   count: the function, operator, type and role-membership lookups it needs are then cached
+//!   in that backend, so running it later, while a catalog is locked, reads no catalog (a cold
+//!   backend would read `pg_authid` for the `pg_read_all_stats` check and wait on the lock;
+//!   measured on PostgreSQL 15: a lock timeout). Nothing else uses an aggregate (its owner's
+//!   privileges would be checked, a role lookup).
 //! - What is shipped is bounded ([`MAX_HOLDERS`]) and follows `query_text` (`none` ships no text);
 //!   nothing here panics on a server answer.
 
