@@ -225,6 +225,9 @@ fn the_summary_status_file_and_log_name_who_blocked_connecting() {
         listener.stored().iter().any(&named)
     });
     println!("the holder named in a summary after {:?}", t.elapsed());
+    if let Some(v) = listener.stored().iter().find(|v| named(v)) {
+        println!("pool block: {}", v["data"]["agent"]["pool"]);
+    }
     // The status file is rewritten every few seconds.
     let status_file = rig.state_dir().join("status");
     let status_names = |s: &str| {

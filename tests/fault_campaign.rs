@@ -8,7 +8,8 @@
 //!   than 5 agent sessions, no record reported lost, and no ERROR in the server log.
 //!
 //! The damaged spool files are in `spool_damage.rs`, the full tmpfs in `spool_disk_full.rs`,
-//! the catalog locks (watched at 10 Hz) and the back-off in `pool_connect_faults.rs`.
+//! the catalog locks (watched at 10 Hz) and the back-off in `pool_connect_faults.rs`, who holds
+//! such a lock in `connect_blocked_by.rs`.
 
 mod common;
 
