@@ -9,6 +9,7 @@ pub mod agent_report;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod connect_block;
 pub mod daemon;
 pub mod fsutil;
 pub mod health;
@@ -31,4 +32,6 @@ pub mod spool;
 pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod testdir;
 pub mod wiring;

@@ -38,6 +38,13 @@ pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
         })
         .collect();
     let main = Pool::with_limits(&cfg.database, cap.saturating_sub(extra.len()).max(1), cap);
+    let view = crate::connect_block::View {
+        query_text: query_text(&cfg.collection),
+        correlation: correlation(&cfg.collection),
+    };
+    for pool in std::iter::once(&main).chain(extra.iter().map(|(_, p)| p)) {
+        pool.set_blocker_view(view.clone());
+    }
     (main, extra)
 }
 

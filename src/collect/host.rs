@@ -776,15 +776,15 @@ mod tests {
         assert_eq!(parse_cpuinfo_physical("processor : 0\n"), None);
     }
 
-    fn fixture_dir(tag: &str) -> (PathBuf, PathBuf) {
-        let base = std::env::temp_dir().join(format!("bv-host-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+    /// A fake `/proc` and `/sys` in a temp dir (removed when the guard drops).
+    fn fixture_dir(tag: &str) -> (crate::testdir::TempDir, PathBuf, PathBuf) {
+        let base = crate::testdir::TempDir::new(&format!("host-{tag}"));
         let proc_ = base.join("proc");
         let sys = base.join("sys");
         std::fs::create_dir_all(proc_.join("net")).unwrap();
         std::fs::create_dir_all(sys.join("block/sda")).unwrap();
         std::fs::create_dir_all(sys.join("block/loop0")).unwrap();
-        (proc_, sys)
+        (base, proc_, sys)
     }
 
     fn write_set(p: &Path, stat: &str, disk: &str, net: &str) {
@@ -797,7 +797,7 @@ mod tests {
 
     #[test]
     fn two_readings_give_interval_figures() {
-        let (p, s) = fixture_dir("two");
+        let (_dir, p, s) = fixture_dir("two");
         write_set(&p, STAT1, DISK1, NET1);
         let mut h = HostCollector::with_roots(&p, &s);
         let watched = [WatchedPath {
@@ -842,12 +842,11 @@ mod tests {
         };
         assert!(matches!(usage[0].get("total"), Some(Json::UInt(t)) if *t > 0));
         assert!(d.get("errors").is_none());
-        let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 
     #[test]
     fn unreadable_files_are_named_not_fatal() {
-        let (p, s) = fixture_dir("missing");
+        let (_dir, p, s) = fixture_dir("missing");
         write_set(&p, STAT1, DISK1, NET1);
         let mut h = HostCollector::with_roots(&p, &s);
         let missing = [WatchedPath {
@@ -867,6 +866,5 @@ mod tests {
             panic!("disk_usage missing")
         };
         assert!(usage[0].get("error").is_some());
-        let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 }
