@@ -222,7 +222,8 @@ pub enum Escape {
 /// Decodes the escape whose backslash is at `at - 1` (`at` is the index of the letter after it)
 /// into `out` as UTF-8: `\n`, `\t`, `\r`, `\b`, `\f`, `\uXXXX` (a high surrogate with its low
 /// one as one character; a lone surrogate as U+FFFD), and any other byte as itself (`\"`, `\\`,
-/// `\/`). The one JSON string-escape decoder of the readers (jsonlog lines, auto_explain plans).
+/// `\/`). The one JSON string-escape decoder of the readers (jsonlog lines, auto_explain plans, the
+/// flight recorder).
 pub fn unescape(text: &[u8], at: usize, out: &mut Vec<u8>) -> Escape {
     let Some(&esc) = text.get(at) else {
         return Escape::Cut;

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent_report;
+pub mod calendar;
 pub mod cli;
 pub mod collect;
 pub mod config;

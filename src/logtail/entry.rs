@@ -503,14 +503,7 @@ pub fn timestamp_to_unix(ts: &str) -> Option<f64> {
     }
     let zone = ts.get(at..)?.trim();
     let offset = zone_offset(zone)?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
+    let days = crate::calendar::days_from_civil(y, mo, d);
     let secs = days * 86400 + h * 3600 + mi * 60 + s - offset;
     Some(secs as f64 + frac)
 }
