@@ -82,6 +82,5 @@ mod tests {
         assert_eq!(last["lane"], "main");
         assert_eq!(last["status"], 400);
         assert_eq!(last["payload"], "{\"sent\":1}");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

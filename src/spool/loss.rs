@@ -198,7 +198,6 @@ mod tests {
             "{}",
             r.body
         );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     fn kind_payload(source: Source, kind: Option<&str>, n: i64) -> Payload {
@@ -277,7 +276,6 @@ mod tests {
         assert!(next.report.first_seq > d.last_seq, "{:?}", next.report);
         assert_eq!(next.report.last_seq, next.seq - 1);
         assert_eq!(next.report.by_kind.iter().sum::<u64>(), next.report.records);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     fn opts_with(dir: &std::path::Path) -> crate::spool::SpoolOptions {
@@ -331,12 +329,11 @@ mod tests {
         let spool = Spool::open(opts_with(&dir)).unwrap();
         assert_eq!(spool.append(&spike(1)).unwrap(), 5);
         assert_eq!(spool.peek().unwrap().unwrap().lane, Lane::Spike);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_spike_report_too_large_for_its_lane_goes_to_the_main_lane_or_is_reported_there() {
-        let (dir, spool) = open_with("spikeoversized", |o| o.max_bytes = 64 * 1024);
+        let (_dir, spool) = open_with("spikeoversized", |o| o.max_bytes = 64 * 1024);
         // 64 KiB: the spike lane takes records up to 8 KiB, the main lane up to 24 KiB.
         let mut big = spike(1);
         big.data.push("timeline", "y".repeat(12 * 1024));
@@ -361,12 +358,11 @@ mod tests {
         assert_eq!((r.lane, r.report.oversized), (Lane::Main, 1));
         spool.ack(&r).unwrap();
         assert_eq!(spool.stats().lost.oversized, 1);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn spike_reports_alone_filling_their_share_evict_their_own_oldest_and_say_so() {
-        let (dir, spool) = open_with("spikefull", |o| o.max_bytes = 64 * 1024);
+        let (_dir, spool) = open_with("spikefull", |o| o.max_bytes = 64 * 1024);
         for n in 0..200 {
             spool.append(&spike(n)).unwrap();
         }
@@ -384,7 +380,6 @@ mod tests {
         assert_eq!((d.first_seq, d.last_seq), (1, r.seq - 1));
         // The main lane lost nothing.
         assert!(spool.lane_stats(Lane::Main).lost.is_empty());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -428,7 +423,6 @@ mod tests {
             (r.lane, r.seq, r.report.corrupt_records),
             (Lane::Main, 1, 0)
         );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -440,6 +434,5 @@ mod tests {
         assert!(dir.join("spike.bad").is_file());
         spool.append(&spike(1)).unwrap();
         assert_eq!(spool.peek().unwrap().unwrap().lane, Lane::Spike);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

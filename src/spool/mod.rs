@@ -600,17 +600,15 @@ impl Inner {
 /// Fixtures shared by the spool's unit tests.
 #[cfg(test)]
 mod test_support {
-    use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::{Spool, SpoolOptions};
     use crate::json::Json;
     use crate::payload::{AgentInfo, Payload, Source};
 
-    pub(super) fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bv-spool-unit-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+    /// A fresh spool directory for one test, removed when the test ends (also on panic).
+    pub(super) fn temp_dir(name: &str) -> crate::testdir::TempDir {
+        crate::testdir::TempDir::new(&format!("spool-{name}"))
     }
 
     pub(super) fn payload(n: i64) -> Payload {
@@ -635,7 +633,7 @@ mod test_support {
     pub(super) fn open_with(
         name: &str,
         configure: impl FnOnce(&mut SpoolOptions),
-    ) -> (PathBuf, Spool) {
+    ) -> (crate::testdir::TempDir, Spool) {
         let dir = temp_dir(name);
         let mut o = opts(&dir);
         configure(&mut o);
@@ -646,7 +644,6 @@ mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
     use std::time::Duration;
 
     use super::test_support::{opts, payload, temp_dir};
@@ -670,7 +667,6 @@ mod tests {
         assert!(spool.wait_for_append(seen, Duration::from_secs(3600)) > seen);
         assert_eq!(spool.peek().unwrap(), None, "nothing was appended");
         drop(spool);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -701,7 +697,6 @@ mod tests {
         let spool = Spool::open(opts(&dir)).unwrap();
         assert_eq!(spool.stats().n_segments, 0);
         assert_eq!(spool.append(&payload(4)).unwrap(), 4);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -715,7 +710,6 @@ mod tests {
         );
         drop(first);
         assert!(Spool::open(opts(&dir)).is_ok());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -730,6 +724,5 @@ mod tests {
         let inner = Spool::open(opts(&lane_dir));
         assert!(matches!(inner, Err(SpoolError::Locked { .. })), "{inner:?}");
         drop(outer);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -292,13 +292,12 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
 
     use crate::spool::test_support::{open_with, payload};
 
     #[test]
     fn segments_rotate_and_acked_ones_are_deleted() {
-        let (dir, spool) = open_with("rotate", |o| o.segment_bytes = 4096);
+        let (_dir, spool) = open_with("rotate", |o| o.segment_bytes = 4096);
         for n in 0..100 {
             spool.append(&payload(n)).unwrap();
         }
@@ -313,12 +312,11 @@ mod tests {
         let after = spool.stats();
         assert_eq!(after.n_segments, 1, "only the active segment stays");
         assert_eq!(after.n_pending, 0);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_record_in_flight_whose_segment_is_dropped_can_still_be_acked() {
-        let (dir, spool) = open_with("inflight", |o| o.max_bytes = 16 * 1024);
+        let (_dir, spool) = open_with("inflight", |o| o.max_bytes = 16 * 1024);
         spool.append(&payload(0)).unwrap();
         let in_flight = spool.peek().unwrap().unwrap();
         assert_eq!(in_flight.seq, 1);
@@ -338,6 +336,5 @@ mod tests {
             spool.ack(&r).unwrap();
         }
         assert_eq!(last, 200);
-        let _ = fs::remove_dir_all(&dir);
     }
 }
