@@ -164,8 +164,9 @@ impl HostLine {
         self
     }
 
-    /// Reads file `i` of [`FILES`] into the buffer; the text, or `None`.
-    fn read(&mut self, i: usize) -> Option<String> {
+    /// Reads file `i` of [`FILES`] into the buffer (kept and reused); the text, or `None` (also
+    /// for a file that is not UTF-8: procfs writes ASCII).
+    fn read(&mut self, i: usize) -> Option<&str> {
         if let Slot::Missing(at) = self.slots[i] {
             if at.elapsed() < REOPEN_AFTER {
                 return None;
@@ -184,17 +185,18 @@ impl HostLine {
         let Slot::Open(f) = &self.slots[i] else {
             return None;
         };
-        match f.read_at(&mut self.buf, 0) {
-            // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
-            Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
-                let bigger = self.buf.len() * 4;
-                self.buf.resize(bigger, 0);
-                self.read(i)
-            }
-            Ok(n) => Some(String::from_utf8_lossy(&self.buf[..n]).into_owned()),
-            Err(_) => {
-                self.slots[i] = Slot::Closed;
-                None
+        loop {
+            match f.read_at(&mut self.buf, 0) {
+                // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
+                Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
+                    let bigger = self.buf.len() * 4;
+                    self.buf.resize(bigger, 0);
+                }
+                Ok(n) => return std::str::from_utf8(&self.buf[..n]).ok(),
+                Err(_) => {
+                    self.slots[i] = Slot::Closed;
+                    return None;
+                }
             }
         }
     }
@@ -206,7 +208,7 @@ impl HostLine {
             n_cpus: self.n_cpus,
             ..HostPoint::default()
         };
-        if let Some((load1, running)) = self.read(1).as_deref().and_then(parse_loadavg_running) {
+        if let Some((load1, running)) = self.read(1).and_then(parse_loadavg_running) {
             p.load1 = Some(load1);
             p.procs_running = Some(running);
         }
@@ -216,7 +218,7 @@ impl HostLine {
                 .map_or(true, |at| at.elapsed() >= self.stat_every);
         if stat_due {
             self.stat_at = Some(Instant::now());
-            if let Some(st) = self.read(0).as_deref().and_then(parse_proc_stat) {
+            if let Some(st) = self.read(0).and_then(parse_proc_stat) {
                 p.procs_running = Some(st.running);
                 p.procs_blocked = Some(st.blocked);
                 if st.n_cpus > 0 {
@@ -236,9 +238,9 @@ impl HostLine {
             Some((at, v)) if at.elapsed() < self.slow_every => v,
             _ => {
                 let v = [
-                    self.read(2).as_deref().and_then(parse_psi_some_avg10),
-                    self.read(3).as_deref().and_then(parse_psi_some_avg10),
-                    self.read(4).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(2).and_then(parse_psi_some_avg10),
+                    self.read(3).and_then(parse_psi_some_avg10),
+                    self.read(4).and_then(parse_psi_some_avg10),
                 ];
                 self.psi = Some((Instant::now(), v));
                 v
