@@ -8,7 +8,6 @@
 //! sample that started it and the end report by the sample that ended it (or by [`Watch::stop`]);
 //! the interval's timeline is bounded ([`MAX_INTERVAL_ROWS`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use super::recorder::{Recorder, RecorderConfig};
 use super::report::SpikeCapture;
 use super::timeline::{Row, Timeline};
 use super::SampleSnapshot;
+use crate::collect::inthash::IntMap;
 use crate::config::SpikeConfig;
 use crate::json::Json;
 use crate::logtail::EventStore;
@@ -58,9 +58,9 @@ pub struct Watch {
     period: Duration,
     statements_start: Vec<deep::StatementCounters>,
     /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
-    cpu_prev: HashMap<i32, (i64, u64)>,
+    cpu_prev: IntMap<i32, (i64, u64)>,
     /// The same for this sample, being filled (kept to reuse its memory).
-    cpu_now: HashMap<i32, (i64, u64)>,
+    cpu_now: IntMap<i32, (i64, u64)>,
     /// The log thread's classified events, for the end reports' `log_events`.
     events: Option<EventStore>,
 }
@@ -113,8 +113,8 @@ impl Watch {
             normal,
             period: normal,
             statements_start: Vec::new(),
-            cpu_prev: HashMap::new(),
-            cpu_now: HashMap::new(),
+            cpu_prev: IntMap::default(),
+            cpu_now: IntMap::default(),
             events: None,
         }
     }

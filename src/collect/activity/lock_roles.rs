@@ -9,11 +9,11 @@
 //! that old while the same sessions wait. A failed name lookup keeps the OIDs and the tree; the
 //! peak is the snapshot with the largest total wait.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::query::SessionRow;
 use super::{ActivitySampler, ExecKey};
+use crate::collect::inthash::IntMap;
 use crate::collect::locks::{self, LockWaiter};
 use crate::collect::CollectError;
 use crate::json::Json;
@@ -231,12 +231,12 @@ impl ActivitySampler {
         waiters: &[LockWaiter],
         now: f64,
     ) -> f64 {
-        let waits: HashMap<i32, f64> = waiters
+        let waits: IntMap<i32, f64> = waiters
             .iter()
             .map(|w| (w.pid, self.wait_of(w, now)))
             .collect();
         for t in trees {
-            let parent: HashMap<i32, i32> = t
+            let parent: IntMap<i32, i32> = t
                 .nodes
                 .iter()
                 .filter_map(|n| Some((n.pid, n.parent?)))

@@ -48,7 +48,6 @@ mod query;
 mod render;
 mod spike_hook;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use self::execution::{Execution, PidTrack};
@@ -57,6 +56,7 @@ use self::procfs_host::ProcfsHost;
 pub use self::query::{query_id_status, QueryIdStatus, QUERY_ID_SINCE};
 use self::query::{query_prepared, sample_sql, SessionRow};
 use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
+use super::inthash::IntMap;
 use super::locks::{self, LockWaiter};
 use super::procfs::ProcReader;
 use super::CollectError;
@@ -133,8 +133,8 @@ pub struct SampleStats {
 pub struct ActivitySampler {
     cfg: ActivityConfig,
     proc: ProcReader,
-    execs: HashMap<ExecKey, Execution>,
-    tracks: HashMap<i32, PidTrack>,
+    execs: IntMap<ExecKey, Execution>,
+    tracks: IntMap<i32, PidTrack>,
     round: u64,
     interval_start: Option<f64>,
     last_sample_at: Option<f64>,
@@ -149,8 +149,8 @@ pub struct ActivitySampler {
     version_num: Option<u32>,
     query_id_checked: bool,
     n_background_execs: usize,
-    current: HashMap<i32, ExecKey>,
-    leaders_by_start: HashMap<i64, ExecKey>,
+    current: IntMap<i32, ExecKey>,
+    leaders_by_start: IntMap<i64, ExecKey>,
     room_check_at: usize,
     text_buf: String,
     /// The lock waiters of the last sample, when it queried them (for the spike code).
@@ -169,8 +169,8 @@ impl ActivitySampler {
         ActivitySampler {
             cfg,
             proc,
-            execs: HashMap::new(),
-            tracks: HashMap::new(),
+            execs: IntMap::default(),
+            tracks: IntMap::default(),
             round: 0,
             interval_start: None,
             last_sample_at: None,
@@ -185,8 +185,8 @@ impl ActivitySampler {
             version_num: None,
             query_id_checked: false,
             n_background_execs: 0,
-            current: HashMap::new(),
-            leaders_by_start: HashMap::new(),
+            current: IntMap::default(),
+            leaders_by_start: IntMap::default(),
             room_check_at: 0,
             text_buf: String::new(),
             spike_waiters: None,
