@@ -2,22 +2,25 @@
 //! binary costs beyond `ActivitySampler::sample`. A plain program (harness = false), never a
 //! test: it prints figures and asserts none.
 //!
-//! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both] [--callgrind]`
-//! (`make bench-sampler` builds unstripped with line tables, so callgrind names functions).
+//! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both] [--callgrind]
+//! [--sessions N]` (`make bench-sampler` builds unstripped with line tables, so callgrind names
+//! functions). `--sessions N`: N sessions in `pg_sleep` instead of pgbench. `BENCH_AGENT_BIN`
+//! profiles another build of the agent (e.g. the commit before a change).
 //!
 //! - Native: the agent runs `S` seconds (after a warm-up of 12 s) with the spike detector's load
 //!   rule on (`load_per_cpu = 2`, the default) and/or off (`0`); sampler thread CPU from
 //!   `/proc/<pid>/task/<tid>/schedstat` divided by the ticks taken (timeline rows of the flight
 //!   recorder over the same time), and whether the agent logged a load spike.
 //! - `--callgrind`: the agent runs under `valgrind --tool=callgrind --separate-threads=yes`
-//!   twice, for 10 s and for 10 + S s; one steady tick of the sampler thread = (Ir(long) -
-//!   Ir(short)) / (ticks(long) - ticks(short)), per function the same difference of
-//!   `callgrind_annotate --inclusive=yes` figures. User-space instructions only.
+//!   (load rule off); `callgrind_control -z` zeroes the counters after a 15 s warm-up and
+//!   `callgrind_control -d` dumps them S seconds later, so neither the start nor the interval
+//!   summary (first one at 60 s, or at the stop) is in the profile; one tick = the sampler
+//!   thread's instructions / the ticks in that window, per function the same from
+//!   `callgrind_annotate --inclusive=yes`. User-space instructions only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,7 +123,7 @@ fn native(pg: &TestPg, secs: u64, load_rule: bool) {
     );
 }
 
-/// Inclusive instructions per `file:function` of one callgrind file.
+/// Inclusive instructions per `file:function` of one callgrind file (call lines left out).
 fn annotate(out: &Path) -> Vec<(u64, String)> {
     let text = Command::new("callgrind_annotate")
         .args(["--inclusive=yes", "--threshold=100"])
@@ -131,109 +134,171 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
     let mut v = Vec::new();
     for line in text.lines() {
         let t = line.trim();
+        if t.contains("=>") {
+            continue;
+        }
         let Some((num, rest)) = t.split_once(' ') else {
             continue;
         };
         let Ok(ir) = num.replace(',', "").parse::<u64>() else {
             continue;
         };
-        let f = rest
-            .trim()
-            .trim_start_matches(|c: char| c == '(' || c.is_ascii_digit() || c == '.' || c == '%')
-            .trim_start_matches(')')
-            .trim()
-            .trim_end_matches(" [/work]")
-            .to_string();
-        let f = match f.find(" [") {
-            Some(i) => f[..i].to_string(),
-            None => f,
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('(') {
+            Some(r) => r.split_once(')').map_or(r, |x| x.1),
+            None => rest,
         };
-        v.push((ir, f));
+        let f = rest.trim();
+        let f = f.find(" [").map_or(f, |i| &f[..i]);
+        v.push((ir, f.to_string()));
     }
     v
 }
 
-/// Runs the agent under callgrind for `secs`; the sampler thread's profile and the ticks.
-fn callgrind_run(pg: &TestPg, secs: u64, tag: &str) -> Option<(Vec<(u64, String)>, u64)> {
+/// The binary profiled: `BENCH_AGENT_BIN` (another build, e.g. the commit before a change) or
+/// this build's.
+fn agent_binary() -> String {
+    std::env::var("BENCH_AGENT_BIN").unwrap_or_else(|_| common::agent::AGENT_BIN.to_string())
+}
+
+/// Runs the agent under callgrind: counters zeroed after a 15 s warm-up, dumped `secs` later
+/// (so neither the start nor the summary at the stop is in it); prints the sampler thread's
+/// instructions per tick and its top functions.
+fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
     let l = TestListener::start("bench-key");
     let work = TempDir::new("bench-sampler-cg");
     let ini = ini(pg, &l, work.path(), false);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let out = target.join(format!("callgrind.sampler.{tag}.out"));
-    for e in std::fs::read_dir(&target).ok()?.flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&format!("callgrind.sampler.{tag}.out"))
-        {
-            let _ = std::fs::remove_file(e.path());
+    let prefix = format!("callgrind.sampler.{tag}.out");
+    let out = target.join(&prefix);
+    if let Ok(dir) = std::fs::read_dir(&target) {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     let wrapper = work.path().join("agent-under-callgrind.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec valgrind --tool=callgrind -q --separate-threads=yes --callgrind-out-file={} {} \"$@\"\n",
-            out.display(),
-            common::agent::AGENT_BIN
-        ),
-    )
-    .ok()?;
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .ok()?;
+    let script = format!(
+        "#!/bin/sh\nexec valgrind --tool=callgrind -q --separate-threads=yes --callgrind-out-file={} {} \"$@\"\n",
+        out.display(),
+        agent_binary()
+    );
+    if std::fs::write(&wrapper, script).is_err()
+        || !Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        println!("  callgrind: cannot write the wrapper script");
+        return;
+    }
     std::env::set_var("BITVILLE_AGENT_BIN", &wrapper);
     let mut agent = AgentProcess::start(&ini, &[], work.path());
-    std::thread::sleep(Duration::from_secs(secs));
-    agent.stop();
     std::env::remove_var("BITVILLE_AGENT_BIN");
-    let ticks = recorder_rows(&work.path().join("state"), 0.0, f64::MAX);
-    // One file per thread: the sampler's is the one that ran `run_sampler`.
-    for e in std::fs::read_dir(&target).ok()?.flatten() {
+    let control = |arg: &str| {
+        Command::new("callgrind_control")
+            .arg(arg)
+            .arg(agent.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::thread::sleep(Duration::from_secs(15));
+    let zeroed = control("-z");
+    let u0 = unix_now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let dumped = control("-d");
+    let u1 = unix_now();
+    // The dump is written by the threads as they next run.
+    std::thread::sleep(Duration::from_secs(3));
+    agent.stop();
+    let ticks = recorder_rows(&work.path().join("state"), u0, u1).max(1);
+    if !(zeroed && dumped) {
+        println!("  callgrind {tag}: callgrind_control failed (is valgrind installed?)");
+        return;
+    }
+    // One file per thread and dump: the sampler's is the one that ran `run_sampler`, part 1.
+    let Ok(dir) = std::fs::read_dir(&target) else {
+        return;
+    };
+    for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&format!("callgrind.sampler.{tag}.out-")) {
+        if !name.starts_with(&format!("{prefix}.1-")) {
             continue;
         }
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if text.contains("run_sampler") {
-            println!("  callgrind {tag}: {} ({ticks} ticks)", e.path().display());
-            return Some((annotate(&e.path()), ticks));
+        if !text.contains("run_sampler") {
+            continue;
         }
+        let prof = annotate(&e.path());
+        let total = prof.first().map_or(0, |x| x.0);
+        println!(
+            "  callgrind {tag}: {} ({ticks} ticks in {:.0} s): sampler thread {} instructions per tick",
+            e.path().display(),
+            u1 - u0,
+            total / ticks
+        );
+        println!("  top functions, inclusive instructions per tick:");
+        for (ir, f) in prof.iter().take(70) {
+            println!("    {:>10}  {f}", ir / ticks);
+        }
+        return;
     }
-    println!("  callgrind {tag}: no sampler thread profile (is valgrind installed?)");
-    None
+    println!(
+        "  callgrind {tag}: no sampler thread profile in {}",
+        target.display()
+    );
 }
 
-fn callgrind(pg: &TestPg, secs: u64) {
-    let Some((short, t_short)) = callgrind_run(pg, 10, "short") else {
-        return;
-    };
-    let Some((long, t_long)) = callgrind_run(pg, 10 + secs, "long") else {
-        return;
-    };
-    let ticks = t_long.saturating_sub(t_short).max(1);
-    let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
-    println!(
-        "  sampler thread instructions: {} ({t_short} ticks), {} ({t_long} ticks); one steady tick = {}",
-        total(&short),
-        total(&long),
-        (total(&long).saturating_sub(total(&short))) / ticks
-    );
-    let base: HashMap<&str, u64> = short.iter().map(|(ir, f)| (f.as_str(), *ir)).collect();
-    let mut per_tick: Vec<(u64, &str)> = long
-        .iter()
-        .map(|(ir, f)| {
-            (
-                ir.saturating_sub(*base.get(f.as_str()).unwrap_or(&0)) / ticks,
-                f.as_str(),
-            )
+/// Holds `n` sessions in `SELECT pg_sleep(3600)` until dropped (then cancels them).
+struct Sleepers {
+    admin: postgres::Client,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn sleepers(pg: &TestPg, n: usize) -> Sleepers {
+    let threads = (0..n)
+        .map(|_| {
+            let cfg = format!(
+                "host={} port={} user=postgres dbname=postgres",
+                pg.socket_dir().display(),
+                pg.port()
+            );
+            std::thread::spawn(move || {
+                if let Ok(mut c) = postgres::Client::connect(&cfg, postgres::NoTls) {
+                    let _ = c.batch_execute("SELECT pg_sleep(3600)");
+                }
+            })
         })
         .collect();
-    per_tick.sort_by_key(|b| std::cmp::Reverse(b.0));
-    println!("  top functions, inclusive instructions per steady tick:");
-    for (ir, f) in per_tick.iter().take(60) {
-        println!("    {ir:>12}  {f}");
+    let mut admin = pg.admin();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        let busy: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3600)' AND state = 'active'",
+                &[],
+            )
+            .map_or(0, |r| r.get(0));
+        if busy as usize >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Sleepers { admin, threads }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        let _ = self.admin.batch_execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3600)'",
+        );
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -242,49 +307,64 @@ fn main() {
     let mut secs = 30;
     let mut rules = vec![false, true];
     let mut cg = false;
+    let mut sessions = 0usize;
     let mut i = 0;
     while i < args.len() {
+        let value = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--secs" => {
+                secs = value(i).parse().expect("--secs N");
                 i += 1;
-                secs = args[i].parse().expect("--secs N");
             }
             "--load-rule" => {
-                i += 1;
-                rules = match args[i].as_str() {
+                rules = match value(i).as_str() {
                     "on" => vec![true],
                     "off" => vec![false],
                     _ => vec![false, true],
                 };
+                i += 1;
+            }
+            "--sessions" => {
+                sessions = value(i).parse().expect("--sessions N");
+                i += 1;
             }
             "--callgrind" => cg = true,
-            "--native" => {}
             _ => {}
         }
         i += 1;
     }
-    println!("== the daemon's sampler thread under pgbench -c 8 (scale 5)");
     println!(
         "  load average at start: {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
-    let pg = TestPg::builder().setting("max_connections", "100").start();
-    let st = pgbench(&pg, &["-i", "-q", "-s", "5"])
-        .status()
-        .expect("pgbench -i");
-    assert!(st.success(), "pgbench -i");
-    let mut bench: Child = pgbench(&pg, &["-n", "-c", "8", "-j", "2", "-T", "3600"])
-        .spawn()
-        .expect("pgbench");
-    std::thread::sleep(Duration::from_secs(2));
+    let pg = TestPg::builder()
+        .setting("max_connections", &(sessions + 100).to_string())
+        .start();
+    let (mut bench, _sleepers): (Option<Child>, Option<Sleepers>) = if sessions > 0 {
+        println!("== the daemon's sampler thread at {sessions} sessions in pg_sleep");
+        (None, Some(sleepers(&pg, sessions)))
+    } else {
+        println!("== the daemon's sampler thread under pgbench -c 8 (scale 5)");
+        let st = pgbench(&pg, &["-i", "-q", "-s", "5"])
+            .status()
+            .expect("pgbench -i");
+        assert!(st.success(), "pgbench -i");
+        let child = pgbench(&pg, &["-n", "-c", "8", "-j", "2", "-T", "3600"])
+            .spawn()
+            .expect("pgbench");
+        std::thread::sleep(Duration::from_secs(2));
+        (Some(child), None)
+    };
     for r in rules {
         native(&pg, secs, r);
     }
     if cg {
-        callgrind(&pg, secs);
+        callgrind(&pg, secs, if sessions > 0 { "sessions" } else { "pgbench" });
     }
-    let _ = bench.kill();
-    let _ = bench.wait();
+    if let Some(b) = bench.as_mut() {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
 }
