@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both] [--callgrind]
 //! [--sessions N]` (`make bench-sampler` builds unstripped with line tables, so callgrind names
-//! functions). `--sessions N`: N sessions in `pg_sleep` instead of pgbench. `BENCH_AGENT_BIN`
+//! functions). `--sessions N`: N sessions in `pg_sleep` instead of pgbench (`--lock-waiters`:
+//! waiting on one session's lock instead). `BENCH_AGENT_BIN`
 //! profiles another build of the agent (e.g. the commit before a change).
 //!
 //! - Native: the agent runs `S` seconds (after a warm-up of 12 s) with the spike detector's load
@@ -198,13 +199,18 @@ fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
     let mut agent = AgentProcess::start(&ini, &[], work.path());
     std::env::remove_var("BITVILLE_AGENT_BIN");
     let control = |arg: &str| {
-        Command::new("callgrind_control")
+        let o = Command::new("callgrind_control")
             .arg(arg)
             .arg(agent.pid().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .output();
+        let text = o.as_ref().map_or(String::new(), |o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        });
+        println!(
+            "  callgrind_control {arg}: {}",
+            text.trim().replace('\n', " / ")
+        );
+        o.is_ok_and(|o| o.status.success())
     };
     std::thread::sleep(Duration::from_secs(15));
     let zeroed = control("-z");
@@ -220,24 +226,26 @@ fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
         println!("  callgrind {tag}: callgrind_control failed (is valgrind installed?)");
         return;
     }
-    // One file per thread and dump: the sampler's is the one that ran `run_sampler`, part 1.
+    // One file per thread and dump: the sampler thread is the one whose final file (written at
+    // the stop) ran `run_sampler`; its dump is part 1 of the same thread number.
     let Ok(dir) = std::fs::read_dir(&target) else {
         return;
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&format!("{prefix}.1-")) {
+        let Some(thread) = name.strip_prefix(&format!("{prefix}-")) else {
             continue;
-        }
+        };
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         if !text.contains("run_sampler") {
             continue;
         }
-        let prof = annotate(&e.path());
+        let part = target.join(format!("{prefix}.1-{thread}"));
+        let prof = annotate(&part);
         let total = prof.first().map_or(0, |x| x.0);
         println!(
             "  callgrind {tag}: {} ({ticks} ticks in {:.0} s): sampler thread {} instructions per tick",
-            e.path().display(),
+            part.display(),
             u1 - u0,
             total / ticks
         );
@@ -253,13 +261,29 @@ fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
     );
 }
 
-/// Holds `n` sessions in `SELECT pg_sleep(3600)` until dropped (then cancels them).
+/// The statement the held sessions run: a sleep, or a read behind the holder's lock.
+const SLEEP_SQL: &str = "SELECT pg_sleep(3600)";
+const WAIT_SQL: &str = "SELECT count(*) FROM hot16_lock";
+
+/// Holds `n` sessions in `pg_sleep` or waiting on a lock until dropped (then ends them).
 struct Sleepers {
     admin: postgres::Client,
+    holder: Option<postgres::Client>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn sleepers(pg: &TestPg, n: usize) -> Sleepers {
+fn sleepers(pg: &TestPg, n: usize, lock: bool) -> Sleepers {
+    let mut admin = pg.admin();
+    let holder = lock.then(|| {
+        admin
+            .batch_execute("CREATE TABLE IF NOT EXISTS hot16_lock (i int)")
+            .unwrap();
+        let mut h = pg.admin();
+        h.batch_execute("BEGIN; LOCK TABLE hot16_lock IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        h
+    });
+    let sql = if lock { WAIT_SQL } else { SLEEP_SQL };
     let threads = (0..n)
         .map(|_| {
             let cfg = format!(
@@ -269,18 +293,17 @@ fn sleepers(pg: &TestPg, n: usize) -> Sleepers {
             );
             std::thread::spawn(move || {
                 if let Ok(mut c) = postgres::Client::connect(&cfg, postgres::NoTls) {
-                    let _ = c.batch_execute("SELECT pg_sleep(3600)");
+                    let _ = c.batch_execute(sql);
                 }
             })
         })
         .collect();
-    let mut admin = pg.admin();
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(60) {
         let busy: i64 = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3600)' AND state = 'active'",
-                &[],
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
             )
             .map_or(0, |r| r.get(0));
         if busy as usize >= n {
@@ -288,13 +311,21 @@ fn sleepers(pg: &TestPg, n: usize) -> Sleepers {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Sleepers { admin, threads }
+    Sleepers {
+        admin,
+        holder,
+        threads,
+    }
 }
 
 impl Drop for Sleepers {
     fn drop(&mut self) {
-        let _ = self.admin.batch_execute(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3600)'",
+        if let Some(mut h) = self.holder.take() {
+            let _ = h.batch_execute("COMMIT");
+        }
+        let _ = self.admin.query(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = $1",
+            &[&SLEEP_SQL],
         );
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -308,6 +339,7 @@ fn main() {
     let mut rules = vec![false, true];
     let mut cg = false;
     let mut sessions = 0usize;
+    let mut lock = false;
     let mut i = 0;
     while i < args.len() {
         let value = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
@@ -320,6 +352,7 @@ fn main() {
                 rules = match value(i).as_str() {
                     "on" => vec![true],
                     "off" => vec![false],
+                    "none" => vec![],
                     _ => vec![false, true],
                 };
                 i += 1;
@@ -328,6 +361,7 @@ fn main() {
                 sessions = value(i).parse().expect("--sessions N");
                 i += 1;
             }
+            "--lock-waiters" => lock = true,
             "--callgrind" => cg = true,
             _ => {}
         }
@@ -343,8 +377,15 @@ fn main() {
         .setting("max_connections", &(sessions + 100).to_string())
         .start();
     let (mut bench, _sleepers): (Option<Child>, Option<Sleepers>) = if sessions > 0 {
-        println!("== the daemon's sampler thread at {sessions} sessions in pg_sleep");
-        (None, Some(sleepers(&pg, sessions)))
+        println!(
+            "== the daemon's sampler thread at {sessions} sessions {}",
+            if lock {
+                "waiting on a lock"
+            } else {
+                "in pg_sleep"
+            }
+        );
+        (None, Some(sleepers(&pg, sessions, lock)))
     } else {
         println!("== the daemon's sampler thread under pgbench -c 8 (scale 5)");
         let st = pgbench(&pg, &["-i", "-q", "-s", "5"])
@@ -361,7 +402,12 @@ fn main() {
         native(&pg, secs, r);
     }
     if cg {
-        callgrind(&pg, secs, if sessions > 0 { "sessions" } else { "pgbench" });
+        let tag = match (sessions, lock) {
+            (0, _) => "pgbench".to_string(),
+            (n, false) => format!("sleep{n}"),
+            (n, true) => format!("lock{n}"),
+        };
+        callgrind(&pg, secs, &tag);
     }
     if let Some(b) = bench.as_mut() {
         let _ = b.kill();

@@ -95,6 +95,8 @@ pub(super) struct LockSnapshot {
 pub(super) struct LockAgg {
     pub(super) n_snapshots: u32,
     pub(super) peak: Option<LockSnapshot>,
+    /// The latest snapshot when it is not the peak (`None`: the peak is the latest), so a
+    /// snapshot that becomes the peak is moved there, never copied.
     pub(super) last: Option<LockSnapshot>,
 }
 
@@ -103,7 +105,7 @@ impl LockAgg {
     /// latest.
     pub(super) fn to_json(&self) -> Json {
         match (&self.peak, &self.last) {
-            (Some(peak), Some(last)) => Json::object()
+            (Some(peak), last) => Json::object()
                 .field("n_snapshots", self.n_snapshots)
                 .field("max_blocked", peak.n_blocked)
                 .field("max_depth", peak.max_depth)
@@ -111,10 +113,9 @@ impl LockAgg {
                 // The latest snapshot only when it differs from the peak, to keep payloads small.
                 .field(
                     "last",
-                    if last.at == peak.at {
-                        Json::Null
-                    } else {
-                        snapshot_json(last)
+                    match last {
+                        Some(last) if last.at != peak.at => snapshot_json(last),
+                        _ => Json::Null,
                     },
                 ),
             _ => Json::object()
@@ -204,9 +205,11 @@ impl ActivitySampler {
         };
         self.locks.n_snapshots += 1;
         if self.locks.peak.as_ref().is_none_or_smaller(&snap) {
-            self.locks.peak = Some(snap.clone());
+            self.locks.peak = Some(snap);
+            self.locks.last = None;
+        } else {
+            self.locks.last = Some(snap);
         }
-        self.locks.last = Some(snap);
         Ok(())
     }
 
