@@ -66,11 +66,12 @@ impl Json {
             Json::Null => out.push_str("null"),
             Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Json::Int(i) => {
-                let _ = write!(out, "{i}");
+                if *i < 0 {
+                    out.push('-');
+                }
+                push_digits(i.unsigned_abs(), out);
             }
-            Json::UInt(u) => {
-                let _ = write!(out, "{u}");
-            }
+            Json::UInt(u) => push_digits(*u, out),
             Json::Float(f) => write_float(*f, out),
             Json::Str(s) => write_str(s, out),
             Json::Array(items) => {
@@ -106,6 +107,22 @@ impl Json {
     }
 }
 
+/// The decimal digits of `n`, without the formatting machinery (integers are most of a
+/// payload's numbers).
+fn push_digits(mut n: u64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf[at..].iter().map(|&d| char::from(d)));
+}
+
 fn write_float(f: f64, out: &mut String) {
     if !f.is_finite() {
         out.push_str("null");
@@ -122,25 +139,36 @@ fn write_float(f: f64, out: &mut String) {
 /// Appends `s` as a quoted JSON string.
 pub fn write_str(s: &str, out: &mut String) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => None,
-            _ => continue,
+    let mut i = 0;
+    // Byte by byte: every character that needs an escape starts with an ASCII byte or, for
+    // U+2028 and U+2029, with 0xE2; the other bytes of a UTF-8 sequence are never those.
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (len, escape): (usize, Option<&str>) = match b {
+            b'"' => (1, Some("\\\"")),
+            b'\\' => (1, Some("\\\\")),
+            b'\n' => (1, Some("\\n")),
+            b'\r' => (1, Some("\\r")),
+            b'\t' => (1, Some("\\t")),
+            0..=0x1f | 0x7f => (1, None),
+            0xE2 if matches!(bytes.get(i + 1..i + 3), Some([0x80, 0xA8 | 0xA9])) => (3, None),
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[start..i]);
         match escape {
             Some(e) => out.push_str(e),
             None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                let c = s[i..].chars().next().map_or(0, |c| c as u32);
+                let _ = write!(out, "\\u{c:04x}");
             }
         }
-        start = i + c.len_utf8();
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
@@ -291,6 +319,26 @@ mod tests {
     fn escapes_quotes_backslashes_and_controls() {
         let s = Json::from("a\"b\\c\nd\u{1}e\u{7f}");
         assert_eq!(s.to_json_string(), r#""a\"b\\c\nd\u0001e\u007f""#);
+        // Line and paragraph separators are escaped; other characters of their lead byte are not.
+        let s = Json::from("\u{e9}\u{2028}x\u{2029}\u{2020}\u{1F600}\t");
+        assert_eq!(
+            s.to_json_string(),
+            "\"\u{e9}\\u2028x\\u2029\u{2020}\u{1F600}\\t\""
+        );
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal_at_both_ends_of_their_range() {
+        for (v, text) in [
+            (Json::Int(0), "0"),
+            (Json::Int(-7), "-7"),
+            (Json::Int(i64::MIN), "-9223372036854775808"),
+            (Json::Int(i64::MAX), "9223372036854775807"),
+            (Json::UInt(10), "10"),
+            (Json::UInt(u64::MAX), "18446744073709551615"),
+        ] {
+            assert_eq!(v.to_json_string(), text);
+        }
     }
 
     #[test]

@@ -336,14 +336,16 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
     } else {
         unix_now()
     };
-    let mut fields = match &payload.data {
-        Json::Object(fields) => fields.clone(),
+    let wrapped;
+    let fields: &[(String, Json)] = match &payload.data {
+        Json::Object(fields) => fields,
         other => {
             log::error!(
                 "{} payload data is not an object; wrapped as data.value",
                 payload.source.as_str()
             );
-            vec![("value".to_string(), other.clone())]
+            wrapped = [("value".to_string(), other.clone())];
+            &wrapped
         }
     };
     // The stamp is the delivery path's alone: a collector's `data.agent` (the agent's own cost
@@ -357,29 +359,39 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
         agent.push("lane", stamp.lane.as_str());
     }
     agent.push("collected_at", collected_at);
-    if let Some(pos) = fields.iter().position(|(k, _)| k == "agent") {
-        if let (_, Json::Object(own)) = fields.remove(pos) {
-            for (k, v) in own {
-                if !matches!(
-                    k.as_str(),
-                    "version" | "host" | "seq" | "lane" | "collected_at"
-                ) {
-                    agent.push(&k, v);
-                }
+    if let Some((_, Json::Object(own))) = fields.iter().find(|(k, _)| k == "agent") {
+        for (k, v) in own {
+            if !matches!(
+                k.as_str(),
+                "version" | "host" | "seq" | "lane" | "collected_at"
+            ) {
+                agent.push(k, v.clone());
             }
         }
     }
-    fields.retain(|(k, _)| k != "agent");
-    fields.push(("agent".to_string(), agent));
 
-    let mut envelope = Json::object()
-        .field("timestamp", collected_at)
-        .field("source", payload.source.as_str());
+    // Written field by field rather than built as one `Json` and rendered: the data (an
+    // interval's activity summary is the largest) is borrowed, never cloned.
+    let mut out = String::with_capacity(4096);
+    out.push_str("{\"timestamp\":");
+    Json::Float(collected_at).write_to(&mut out);
+    out.push_str(",\"source\":");
+    crate::json::write_str(payload.source.as_str(), &mut out);
     if let Some(id) = &payload.correlation_id {
-        envelope.push("correlation_id", id.as_str());
+        out.push_str(",\"correlation_id\":");
+        crate::json::write_str(id, &mut out);
     }
-    envelope.push("data", Json::Object(fields));
-    envelope.to_json_string()
+    out.push_str(",\"data\":{");
+    for (key, value) in fields.iter().filter(|(k, _)| k != "agent") {
+        crate::json::write_str(key, &mut out);
+        out.push(':');
+        value.write_to(&mut out);
+        out.push(',');
+    }
+    out.push_str("\"agent\":");
+    agent.write_to(&mut out);
+    out.push_str("}}");
+    out
 }
 
 /// Adds `data.agent.dropped` to a stored record (output of [`render_record`]) at send time, so
@@ -471,6 +483,27 @@ mod tests {
             Some(1_700_000_000.25)
         );
         assert!(body.starts_with("{\"project\":\"shop\","));
+    }
+
+    #[test]
+    fn the_record_text_is_exactly_the_envelope_with_data_agent_last() {
+        let mut p = sample(Some("bitville-abc"));
+        p.data = Json::object()
+            .field(
+                "agent",
+                Json::object().field("rss_bytes", 1u64).field("seq", 7u64),
+            )
+            .field("query", "select \"x\"\n")
+            .field("n", 2i64);
+        assert_eq!(
+            render(&p, 5),
+            concat!(
+                r#"{"timestamp":1700000000.25,"source":"pg_stat_activity","#,
+                r#""correlation_id":"bitville-abc","data":{"query":"select \"x\"\n","n":2,"#,
+                r#""agent":{"version":"1.2.3","host":"db\"1","seq":5,"#,
+                r#""collected_at":1700000000.25,"rss_bytes":1}}}"#
+            )
+        );
     }
 
     #[test]
