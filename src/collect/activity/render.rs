@@ -214,19 +214,30 @@ impl ActivitySampler {
 }
 
 /// Picks what a summary lists: half the slots to the longest-running executions, the rest to
-/// the most CPU-hungry, then longest again. Returned longest first.
-fn select(mut execs: Vec<Execution>, cap: usize) -> Vec<Execution> {
-    execs.sort_by(|a, b| b.duration_ms().total_cmp(&a.duration_ms()));
-    if execs.len() <= cap {
-        return execs;
+/// the most CPU-hungry, then longest again. Returned longest first. Sorts small (key, index)
+/// pairs, not the executions themselves (an interval can hold thousands, each a few hundred
+/// bytes).
+fn select(execs: Vec<Execution>, cap: usize) -> Vec<Execution> {
+    let by_duration_desc = |a: &(f64, u64, usize), b: &(f64, u64, usize)| b.0.total_cmp(&a.0);
+    let mut order: Vec<(f64, u64, usize)> = execs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.duration_ms(), e.cpu_ticks, i))
+        .collect();
+    order.sort_by(by_duration_desc);
+    if order.len() > cap {
+        let by_duration = cap.div_ceil(2);
+        let mut rest = order.split_off(by_duration);
+        rest.sort_by_key(|&(_, cpu, _)| std::cmp::Reverse(cpu));
+        rest.truncate(cap - by_duration);
+        order.append(&mut rest);
+        order.sort_by(by_duration_desc);
     }
-    let by_duration = cap.div_ceil(2);
-    let mut rest = execs.split_off(by_duration);
-    rest.sort_by_key(|e| std::cmp::Reverse(e.cpu_ticks));
-    rest.truncate(cap - by_duration);
-    execs.append(&mut rest);
-    execs.sort_by(|a, b| b.duration_ms().total_cmp(&a.duration_ms()));
-    execs
+    let mut slots: Vec<Option<Execution>> = execs.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|&(_, _, i)| slots[i].take())
+        .collect()
 }
 
 #[cfg(test)]
@@ -358,8 +369,12 @@ mod tests {
             exec(4, 2.0, 10),
             exec(5, 3.0, 0),
         ];
-        let picked: Vec<i32> = select(execs, 3).iter().map(|e| e.pid).collect();
-        assert_eq!(picked, vec![1, 2, 3]);
+        let picked =
+            |cap| -> Vec<i32> { select(execs.clone(), cap).iter().map(|e| e.pid).collect() };
+        assert_eq!(picked(3), vec![1, 2, 3]);
+        // Two longest, then the two most CPU-hungry of the rest, all listed longest first.
+        assert_eq!(picked(4), vec![1, 2, 4, 3]);
+        assert_eq!(picked(9), vec![1, 2, 5, 4, 3]);
     }
 
     #[test]
