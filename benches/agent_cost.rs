@@ -681,6 +681,10 @@ struct Opts {
     compare: bool,
     /// With the scale scenario: one callgrind profile of the sampler at 400 sessions.
     callgrind: bool,
+    /// Sizes of the scale scenario (`--sizes 400`; default [`SCALE_SIZES`]).
+    sizes: Vec<usize>,
+    /// With `--callgrind`: only the callgrind profiles, no timed samples (`--callgrind-only`).
+    callgrind_only: bool,
 }
 
 /// Whether scenario `s` runs: every one but `scale` when `--only` is not given.
@@ -1626,10 +1630,10 @@ fn print_scale_table(rows: &[ScaleRow]) {
 }
 
 fn scenario_scale(o: &Opts, rep: &mut Report) {
-    let max = *SCALE_SIZES.iter().max().unwrap_or(&1_000);
+    let max = *o.sizes.iter().max().unwrap_or(&1_000);
     println!(
         "\n== scale (issue 16): the activity sampler at {:?} active sessions, pg_sleep and lock waiters",
-        SCALE_SIZES
+        o.sizes
     );
     let pg = TestPg::builder()
         .setting("max_connections", &(max + 30).to_string())
@@ -1643,16 +1647,18 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     let mut holders = Holders::new(&pg);
     let mut rows = Vec::new();
     let mut agent_at_400 = None;
-    for &n in &SCALE_SIZES {
+    for &n in &o.sizes {
         holders.grow_to(n);
         // pg_sleep
         holders.run_all("SELECT pg_sleep(3600)");
         if !wait_sessions(&mut admin, n, "wait_event = 'PgSleep'") {
             println!("  ({n}: not every session reached pg_sleep)");
         }
-        rows.push(measure_scale(&mut c, n, "pg_sleep"));
+        if !o.callgrind_only {
+            rows.push(measure_scale(&mut c, n, "pg_sleep"));
+        }
         if n == 400 && o.callgrind {
-            callgrind_profile(&pg, n);
+            callgrind_profile(&pg, n, "");
         }
         let _ = admin.batch_execute(&format!(
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
@@ -1667,10 +1673,15 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         if !wait_sessions(&mut admin, n, "wait_event_type = 'Lock'") {
             println!("  ({n}: not every session is waiting on the lock)");
         }
-        rows.push(measure_scale(&mut c, n, "lock waiters"));
+        if !o.callgrind_only {
+            rows.push(measure_scale(&mut c, n, "lock waiters"));
+        }
+        if n == 400 && o.callgrind {
+            callgrind_profile(&pg, n, ".lock");
+        }
         holder.batch_execute("COMMIT").unwrap();
         holders.wait_all();
-        if n == 400 {
+        if n == 400 && !o.callgrind_only {
             // The agent process itself at 400 sessions in pg_sleep: its sampler thread does more
             // than `ActivitySampler::sample` (spike detector, timeline, flight recorder). The
             // bench's own session of the role is closed first: the agent counts its role's
@@ -1687,7 +1698,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             pool = Pool::new(&pg.db_config());
             c = pool.acquire().unwrap();
         }
-        let r = &rows[rows.len() - 2..];
+        let r = &rows[rows.len().saturating_sub(2)..];
         for r in r {
             rep.add(
                 &format!(
@@ -1817,12 +1828,13 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
 
 /// Runs the sampler child under callgrind with 1 and 11 samples against the sessions held now;
 /// the difference over 10 is what one steady sample costs, in total and per function.
-fn callgrind_profile(pg: &TestPg, n: usize) {
+/// `variant` ("" for pg_sleep, ".lock" for lock waiters) names the output files.
+fn callgrind_profile(pg: &TestPg, n: usize, variant: &str) {
     let exe = std::env::current_exe().expect("current exe");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let mut totals = Vec::new();
     for samples in [1usize, 11] {
-        let out = dir.join(format!("callgrind.scale{n}.{samples}.out"));
+        let out = dir.join(format!("callgrind.scale{n}{variant}.{samples}.out"));
         let t = Instant::now();
         let st = Command::new("valgrind")
             .args(["--tool=callgrind", "-q"])
@@ -1849,7 +1861,7 @@ fn callgrind_profile(pg: &TestPg, n: usize) {
     let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
     let (one, eleven) = (&totals[0], &totals[1]);
     println!(
-        "  instructions: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
+        "  instructions{variant}: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
         total(one),
         total(eleven),
         (total(eleven) - total(one)) / 10,
@@ -1886,6 +1898,8 @@ fn main() {
         only: Vec::new(),
         compare: false,
         callgrind: false,
+        sizes: SCALE_SIZES.to_vec(),
+        callgrind_only: false,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1904,6 +1918,17 @@ fn main() {
             }
             "--compare" => o.compare = true,
             "--callgrind" => o.callgrind = true,
+            "--callgrind-only" => {
+                o.callgrind = true;
+                o.callgrind_only = true;
+            }
+            "--sizes" => {
+                o.sizes = args[i + 1]
+                    .split(',')
+                    .map(|n| n.parse().expect("--sizes: whole numbers"))
+                    .collect();
+                i += 1;
+            }
             _ => {} // cargo bench passes --bench
         }
         i += 1;
