@@ -199,6 +199,13 @@ impl CostControl {
         }
     }
 
+    /// Starts at `level` instead of `full` (tests of what the levels do).
+    #[cfg(test)]
+    pub(crate) fn at_level(mut self, level: Level) -> CostControl {
+        self.report.level = level;
+        self
+    }
+
     /// The level the next sample runs at.
     pub fn level(&self) -> Level {
         self.report.level
