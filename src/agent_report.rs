@@ -67,6 +67,8 @@ pub struct AgentReport {
     pub overruns: u64,
     /// The interval's cost, when the report is made at an interval boundary.
     pub cost: Option<IntervalCost>,
+    /// The activity sampler's adaptive cost control (`data.agent.sample_cost`), once it sampled.
+    pub sample_cost: Option<crate::collect::cost_control::CostReport>,
 }
 
 impl AgentReport {
@@ -132,6 +134,10 @@ impl AgentReport {
             .field("collectors", collectors)
             .field("overruns", self.overruns)
             .field("paused", self.paused)
+            .field(
+                "sample_cost",
+                self.sample_cost.as_ref().map(|c| c.to_json()),
+            )
     }
 
     /// The status file's `key: value` lines (`status::write` writes them, `--status` reads them).
@@ -219,6 +225,11 @@ mod tests {
             ],
             overruns: 0,
             cost: None,
+            sample_cost: Some(crate::collect::cost_control::CostReport {
+                budget: Duration::from_millis(2),
+                samples: 60,
+                ..Default::default()
+            }),
         }
     }
 
@@ -248,5 +259,8 @@ mod tests {
         );
         assert_eq!(line("connections_held").as_deref(), Some("2"));
         assert_eq!(json.get("connections_held"), Some(&Json::from(2usize)));
+        let cost = json.get("sample_cost").expect("sample_cost block");
+        assert_eq!(cost.get("level_name"), Some(&Json::from("full")));
+        assert_eq!(cost.get("samples"), Some(&Json::from(60u64)));
     }
 }

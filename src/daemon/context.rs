@@ -120,6 +120,7 @@ impl Context {
             collectors: self.health.collector_reports(),
             overruns,
             cost,
+            sample_cost: self.health.sample_cost(),
         }
     }
 

@@ -55,10 +55,11 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
         if ctx.shutdown.wait_until(at) {
             break;
         }
-        if ctx
+        let sampled = ctx
             .db_step("activity", &mut backoff, |c| sampler.sample(c))
-            .is_some()
-        {
+            .is_some();
+        ctx.health.set_sample_cost(sampler.cost_report());
+        if sampled {
             // Spike reports go to the spool at once, not at the interval's end.
             let snapshot = sampler.take_spike_snapshot();
             ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
@@ -77,8 +78,10 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
             next_summary = summaries.next_after(now).at;
         }
         append_due(ctx, corr, false);
-        let period = watch.next_period();
-        let was_bursting = std::mem::replace(&mut bursting, period < cfg.sample_interval);
+        // Cost control may stretch the period (bounded: 4x); a stretched period is paced like a
+        // burst, off the ticker, and the boundaries it passes are not overruns.
+        let period = watch.next_period() * sampler.interval_stretch();
+        let was_bursting = std::mem::replace(&mut bursting, period != cfg.sample_interval);
         at = if bursting {
             (at + period).max(Instant::now())
         } else {
