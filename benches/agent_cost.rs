@@ -242,7 +242,12 @@ struct AgentRun {
     bytes_per_min: f64,
     payloads_per_cycle: f64,
     wakeups_per_s: f64,
+    /// `data.agent.sample_cost` of the last system_metrics payload (the cost control's level).
+    sample_cost: Option<serde_json::Value>,
 }
+
+/// Sections appended to every agent configuration of the run (`--no-load-rule`).
+static AGENT_EXTRA_SECTIONS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn agent_ini(pg: &TestPg, listener: &TestListener, work: &Path, extra: &str) -> PathBuf {
     let ini = work.join("agent.ini");
@@ -251,11 +256,12 @@ fn agent_ini(pg: &TestPg, listener: &TestListener, work: &Path, extra: &str) -> 
         pg.agent_ini(&format!(
             "[collection]\ninterval_s = {INTERVAL_S}\nstate_dir = {}\nlog_path = {}\n{extra}\n\
              [listener]\nurl = {}\napi_key = bench-key\nproject_id = bench\n\
-             max_requests_per_minute = 600\n[buffer]\npath = {}\n",
+             max_requests_per_minute = 600\n[buffer]\npath = {}\n{}",
             work.join("state").display(),
             pg.server_log().display(),
             listener.url(),
-            work.join("spool").display()
+            work.join("spool").display(),
+            AGENT_EXTRA_SECTIONS.get().map_or("", String::as_str)
         )),
     )
     .unwrap();
@@ -314,6 +320,12 @@ fn run_agent_with(pg: &TestPg, secs: u64, extra: &str) -> (AgentRun, f64) {
     let payloads = reqs.iter().filter(|r| r.status == 200).count() as f64;
     let bytes: usize = reqs.iter().map(|r| r.body.len()).sum();
     agent.stop();
+    let sample_cost = listener
+        .stored()
+        .iter()
+        .rev()
+        .find(|v| v["source"] == "system_metrics")
+        .map(|v| v["data"]["agent"]["sample_cost"].clone());
 
     let d = |name: &str| {
         (cpu1.get(name).copied().unwrap_or(0) - cpu0.get(name).copied().unwrap_or(0)) as f64
@@ -348,6 +360,7 @@ fn run_agent_with(pg: &TestPg, secs: u64, extra: &str) -> (AgentRun, f64) {
         bytes_per_min: bytes as f64 / cycles,
         payloads_per_cycle,
         wakeups_per_s: (sw1 - sw0) as f64 / wall,
+        sample_cost,
     };
     (run, recorder_per_h)
 }
@@ -1690,7 +1703,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             drop(pool);
             holders.run_all("SELECT pg_sleep(3600)");
             wait_sessions(&mut admin, n, "wait_event = 'PgSleep'");
-            agent_at_400 = Some(run_agent(&pg, SCALE_WINDOW_S));
+            agent_at_400 = Some(agent_at_400_both(&pg));
             let _ = admin.batch_execute(&format!(
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
             ));
@@ -1717,17 +1730,26 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     holders.close();
     drop(c);
     print_scale_table(&rows);
-    if let Some(a) = agent_at_400 {
-        println!(
-            "  agent process at 400 sessions in pg_sleep ({SCALE_WINDOW_S} s after a warm-up cycle): \
-             sampler thread {:.0} µs per 1 s sample = {:.0} ms/min; agent CPU per minute at defaults \
-             {:.0} ms; PostgreSQL CPU of its backends {:.0} ms/min (10 s cycles); steady RSS {:.2} MB",
-            a.sampler_us_per_sample,
-            a.sampler_us_per_sample * 60.0 / 1e3,
-            a.cpu_ms_per_min,
-            a.pg_cpu_ms_per_min,
-            a.steady_rss_kb / 1024.0
-        );
+    if let Some(runs) = agent_at_400 {
+        for (a, what) in runs.iter().zip([
+            "cost control off (sample_cpu_budget_ms = 0)",
+            "defaults (sample_cpu_budget_ms = 2)",
+        ]) {
+            println!(
+                "  agent process at 400 sessions in pg_sleep, {what} ({SCALE_WINDOW_S} s after a warm-up cycle): \
+                 sampler thread {:.0} µs CPU per second = {:.0} ms/min; agent CPU per minute \
+                 {:.0} ms; PostgreSQL CPU of its backends {:.0} ms/min (10 s cycles); steady RSS {:.2} MB; \
+                 sample_cost {}",
+                a.sampler_us_per_sample,
+                a.sampler_us_per_sample * 60.0 / 1e3,
+                a.cpu_ms_per_min,
+                a.pg_cpu_ms_per_min,
+                a.steady_rss_kb / 1024.0,
+                a.sample_cost
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |c| c.to_string())
+            );
+        }
     }
     // Backends exit a moment after their client hangs up: wait up to 10 s for all of them.
     let t = Instant::now();
@@ -1747,6 +1769,13 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         std::thread::sleep(Duration::from_millis(100));
     };
     println!("  (scale sessions still connected at the end: {left})");
+}
+
+/// The agent process against the sessions held now, with the cost control off (the full cost,
+/// comparable with the runs before it existed) and at its default budget.
+fn agent_at_400_both(pg: &TestPg) -> [AgentRun; 2] {
+    let off = run_agent_with(pg, SCALE_WINDOW_S, "sample_cpu_budget_ms = 0").0;
+    [off, run_agent(pg, SCALE_WINDOW_S)]
 }
 
 /// `--sample-child <socket dir> <port> <samples>`: connects as the monitoring role and takes
@@ -1918,6 +1947,10 @@ fn main() {
             }
             "--compare" => o.compare = true,
             "--callgrind" => o.callgrind = true,
+            "--no-load-rule" => {
+                // The load1 rule fires on a loaded shared VM and bursts the sampler.
+                let _ = AGENT_EXTRA_SECTIONS.set("[spike]\nload_per_cpu = 0\n".into());
+            }
             "--callgrind-only" => {
                 o.callgrind = true;
                 o.callgrind_only = true;
