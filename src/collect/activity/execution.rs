@@ -240,11 +240,8 @@ impl ActivitySampler {
     fn read_pid(&mut self, pid: i32, key: ExecKey, quiet: bool) {
         let level = self.cost.level();
         let read_before = self.execs.get(&key).is_some_and(|e| e.os_seen);
-        let same = self
-            .tracks
-            .get(&pid)
-            .copied()
-            .filter(|p| read_before && p.exec == Some(key));
+        let prev = self.tracks.get(&pid).copied();
+        let same = prev.filter(|p| read_before && p.exec == Some(key));
         let due = (pid as u64).wrapping_add(self.round) % DEFER_EVERY == 0;
         if same.is_some() && level.defers_stat() && !due {
             if let Some(t) = self.tracks.get_mut(&pid) {
@@ -274,7 +271,6 @@ impl ActivitySampler {
                 exec.io_seen = true;
             }
         }
-        let prev = self.tracks.get(&pid).copied();
         self.charge(prev, &s, Some(key));
         self.tracks.insert(
             pid,
