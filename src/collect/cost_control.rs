@@ -17,8 +17,10 @@
 //! - Pure: fed the CPU time each sample took and the wall time since the previous one, it
 //!   decides; no clock, no I/O, no `/proc` here.
 //! - A budget of 0 turns it off: the level stays `full`.
-//! - Up one level when the mean CPU of the last [`ESCALATE_AFTER`] samples at the current level,
-//!   divided by the stretch (the cost per nominal period), is over the budget; down one level
+//! - Up one level when the median CPU of the last [`ESCALATE_AFTER`] samples at the current
+//!   level, divided by the stretch (the cost per nominal period), is over the budget (so one
+//!   costly sample, such as the first of an interval that reads every file, does not degrade);
+//!   down one level
 //!   after [`RECOVER_AFTER`] samples in a row under half the budget at the current level. Halving
 //!   the stretch doubles the cost per period, so a recovery from a stretch does not overrun at
 //!   once; from `no_io` or `rotate` it may, which costs at most [`ESCALATE_AFTER`] samples over
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use crate::json::Json;
 
-/// Samples whose mean CPU decides a step up.
+/// Samples whose median CPU decides a step up.
 pub const ESCALATE_AFTER: usize = 3;
 
 /// Samples in a row under half the budget before a step down.
@@ -132,7 +134,8 @@ pub struct Change {
     pub from: Level,
     /// The level now.
     pub to: Level,
-    /// The CPU per nominal period that decided it (mean over the decisive samples).
+    /// The CPU per nominal period that decided it (the median of the decisive samples, or the
+    /// last sample's for a step down).
     pub cpu: Duration,
 }
 
@@ -236,21 +239,19 @@ impl CostControl {
         } else {
             self.under = 0;
         }
-        let to = if self.n_recent >= ESCALATE_AFTER
-            && self.recent.iter().sum::<Duration>() / ESCALATE_AFTER as u32 > r.budget
-            && level != Level::Stretch4
-        {
-            level.up()
-        } else if self.under >= RECOVER_AFTER && level != Level::Full {
-            level.down()
-        } else {
-            return None;
+        let median = {
+            let mut v = self.recent;
+            v.sort_unstable();
+            v[ESCALATE_AFTER / 2]
         };
-        let decisive = if to > level {
-            self.recent.iter().sum::<Duration>() / ESCALATE_AFTER as u32
-        } else {
-            per_period
-        };
+        let (to, decisive) =
+            if self.n_recent >= ESCALATE_AFTER && median > r.budget && level != Level::Stretch4 {
+                (level.up(), median)
+            } else if self.under >= RECOVER_AFTER && level != Level::Full {
+                (level.down(), per_period)
+            } else {
+                return None;
+            };
         r.level = to;
         r.changes += 1;
         // The next decision sees samples of the new level only.
@@ -323,10 +324,22 @@ mod tests {
         assert_eq!(feed(&mut c, 1, 2.0), vec![]);
         assert_eq!(feed(&mut c, 29, 0.5), vec![]);
         assert_eq!(feed(&mut c, 1, 0.5), vec![Level::NoIo]);
-        // One expensive sample among cheap ones: the mean of three stays under the budget.
-        assert_eq!(feed(&mut c, 1, 4.0), vec![]);
+        // One expensive sample among cheap ones: the median of three stays under the budget.
+        assert_eq!(feed(&mut c, 1, 40.0), vec![]);
         assert_eq!(feed(&mut c, 30, 0.5), vec![Level::Full]);
         assert_eq!(feed(&mut c, 100, 0.5), vec![], "nothing below full");
+    }
+
+    #[test]
+    fn two_costly_samples_of_three_decide() {
+        let mut c = CostControl::new(ms(2.0));
+        assert_eq!(feed(&mut c, 1, 9.0), vec![]);
+        assert_eq!(feed(&mut c, 1, 1.0), vec![]);
+        assert_eq!(feed(&mut c, 1, 1.5), vec![], "median 1.5 ms");
+        assert_eq!(feed(&mut c, 1, 3.0), vec![], "median of 1, 1.5, 3: 1.5 ms");
+        let ch = c.observe(ms(2.5), Duration::from_secs(1)).unwrap();
+        assert_eq!((ch.from, ch.to), (Level::Full, Level::NoIo));
+        assert_eq!(ch.cpu, ms(2.5), "the median of 1.5, 3 and 2.5");
     }
 
     #[test]
