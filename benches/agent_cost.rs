@@ -3,9 +3,12 @@
 //! timing. Targets are printed beside the results; missing one is a finding.
 //!
 //! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow,spike,quiet,scale]
-//! [--compare] [--callgrind]`; `scale` (issue 16: the sampler at 100, 400 and 1,000 active
-//! sessions, about 6 minutes) runs only when named, `--callgrind` adds a callgrind profile of it
-//! at 400.
+//! [--compare] [--callgrind] [--callgrind-only] [--sizes 100,400] [--no-load-rule]`; `scale`
+//! (issue 16: the sampler at 100, 400 and 1,000 active sessions, about 6 minutes) runs only when
+//! named, `--callgrind` adds a callgrind and an strace profile of it at 400 (both variants),
+//! `--callgrind-only` only those, `--sizes` picks the sizes; `--no-load-rule` appends
+//! `[spike] load_per_cpu = 0` to every agent configuration (the load1 rule fires on a loaded VM
+//! and bursts the sampler).
 //!
 //! Method (also in BENCHMARKS.md):
 //! - The release binary runs as a child with 1 s sampling and a shortened interval
@@ -1911,6 +1914,61 @@ fn callgrind_profile(pg: &TestPg, n: usize, variant: &str) {
     for (ir, f) in steady.iter().skip(1).take(40) {
         println!("    {ir:>12}  {f}");
     }
+    syscall_profile(pg, n, variant);
+}
+
+/// Syscalls per steady sample (the kernel side callgrind does not see): the sampler child
+/// under `strace -c` with 1 and 11 samples, (11 - 1) / 10 per syscall. Skipped without strace.
+fn syscall_profile(pg: &TestPg, n: usize, variant: &str) {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let mut counts: Vec<HashMap<String, u64>> = Vec::new();
+    for samples in [1usize, 11] {
+        let out = dir.join(format!("strace.scale{n}{variant}.{samples}.txt"));
+        let st = Command::new("strace")
+            .args(["-c", "-f", "-o"])
+            .arg(&out)
+            .arg(&exe)
+            .arg("--sample-child")
+            .arg(pg.socket_dir())
+            .arg(pg.port().to_string())
+            .arg(samples.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            println!("  strace run failed ({st:?}); is strace installed?");
+            return;
+        }
+        // "% time  seconds  usecs/call  calls  [errors]  syscall"
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let mut m = HashMap::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 5 || f[0].parse::<f64>().is_err() {
+                continue;
+            }
+            let calls = f[3].parse::<u64>().unwrap_or(0);
+            m.insert(f[f.len() - 1].to_string(), calls);
+        }
+        counts.push(m);
+    }
+    let (one, eleven) = (&counts[0], &counts[1]);
+    let mut per: Vec<(u64, &str)> = eleven
+        .iter()
+        .filter(|(k, _)| k.as_str() != "total")
+        .map(|(k, v)| (v.saturating_sub(*one.get(k).unwrap_or(&0)) / 10, k.as_str()))
+        .filter(|(v, _)| *v > 0)
+        .collect();
+    per.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let total: u64 = per.iter().map(|p| p.0).sum();
+    println!(
+        "  syscalls{variant} per steady sample at {n} sessions: {total} ({})",
+        per.iter()
+            .map(|(v, k)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
