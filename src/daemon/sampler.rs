@@ -1,7 +1,7 @@
 //! The sampler thread: samples pg_stat_activity every `sample_interval` (faster while a spike
-//! lasts), appends spike reports at once and the activity summary at every interval boundary,
-//! hands the interval's correlated statements to the shared correlator and appends its records
-//! when they are due.
+//! lasts, up to 4 times slower while the cost control says so), appends spike reports at once
+//! and the activity summary at every interval boundary, hands the interval's correlated
+//! statements to the shared correlator and appends its records when they are due.
 
 use std::time::Instant;
 
@@ -55,11 +55,10 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
         if ctx.shutdown.wait_until(at) {
             break;
         }
-        let sampled = ctx
+        if ctx
             .db_step("activity", &mut backoff, |c| sampler.sample(c))
-            .is_some();
-        ctx.health.set_sample_cost(sampler.cost_report());
-        if sampled {
+            .is_some()
+        {
             // Spike reports go to the spool at once, not at the interval's end.
             let snapshot = sampler.take_spike_snapshot();
             ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
@@ -78,6 +77,7 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
             next_summary = summaries.next_after(now).at;
         }
         append_due(ctx, corr, false);
+        ctx.health.set_sample_cost(sampler.cost_report());
         // Cost control may stretch the period (bounded: 4x); a stretched period is paced like a
         // burst, off the ticker, and the boundaries it passes are not overruns.
         let period = watch.next_period() * sampler.interval_stretch();

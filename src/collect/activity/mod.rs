@@ -157,7 +157,7 @@ pub struct ActivitySampler {
     spike_waiters: Option<Vec<LockWaiter>>,
     procfs: ProcfsHost,
     cost: CostControl,
-    last_sample_end: Option<Instant>,
+    last_sample_end: Option<std::time::Instant>,
     /// `/proc/<pid>/io` readings taken as unchanged this interval (quiet sessions, cost level).
     n_io_unchanged: u64,
     /// `/proc/<pid>` readings deferred this interval (cost level `rotate` and above).
