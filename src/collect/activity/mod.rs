@@ -61,7 +61,6 @@ use self::procfs_host::ProcfsHost;
 pub use self::query::{query_id_status, QueryIdStatus, QUERY_ID_SINCE};
 use self::query::{query_prepared, sample_sql, SessionRow};
 use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
-use super::cost_control::CostControl;
 use super::locks::{self, LockWaiter};
 use super::procfs::ProcReader;
 use super::CollectError;
@@ -156,7 +155,7 @@ pub struct ActivitySampler {
     /// The lock waiters of the last sample, when it queried them (for the spike code).
     spike_waiters: Option<Vec<LockWaiter>>,
     procfs: ProcfsHost,
-    cost: CostControl,
+    cost: super::cost_control::CostControl,
     last_sample_end: Option<std::time::Instant>,
     /// `/proc/<pid>/io` readings taken as unchanged this interval (quiet sessions, cost level).
     n_io_unchanged: u64,
@@ -172,7 +171,7 @@ impl ActivitySampler {
 
     /// A sampler reading per-pid figures through `proc` (tests point it elsewhere).
     pub fn with_proc(cfg: ActivityConfig, proc: ProcReader) -> ActivitySampler {
-        let cost = CostControl::new(cfg.sample_cpu_budget);
+        let cost = super::cost_control::CostControl::new(cfg.sample_cpu_budget);
         ActivitySampler {
             cfg,
             proc,
