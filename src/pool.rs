@@ -24,6 +24,12 @@
 //!   decisions are [`crate::pgerror`]'s.
 //! - Statements prepared on a connection are known to it ([`PooledClient::query_cached`]), so
 //!   nothing executes a statement the server lacks.
+//! - An attempt abandoned at the deadline makes the pool look who blocks it
+//!   ([`crate::connect_block`]), over a connection it already holds: an idle one at once, else
+//!   the next one handed out (an idle one or the next new one). Every new connection runs that
+//!   lookup once at set-up, so its backend has cached what the lookup needs and running it while
+//!   a catalog is locked reads no catalog. What it saw waits in the pool until the summary takes
+//!   it ([`Pool::take_connect_blocked_by`]); the log names the holders once per change.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -33,6 +39,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 
 use crate::config::DatabaseConfig;
+use crate::connect_block::{self, Sighting};
 use crate::pgerror;
 
 /// The application_name of every agent session; the agent excludes these from what it reports.
@@ -233,11 +240,19 @@ struct Idle {
 /// with the connection: a new connection starts with none, so nothing ever executes a statement
 /// the server does not have (which would write an ERROR into the server log).
 #[derive(Default)]
-struct Prepared(Vec<(&'static str, postgres::Statement)>);
+struct Prepared {
+    /// The callers' statements ([`PooledClient::query_cached`]).
+    by_name: Vec<(&'static str, postgres::Statement)>,
+    /// The pool's own lock-holder lookup, prepared at set-up ([`crate::connect_block`]).
+    lookup: Option<postgres::Statement>,
+}
 
 impl Prepared {
     fn get(&self, name: &str) -> Option<&postgres::Statement> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, st)| st)
+        self.by_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, st)| st)
     }
 }
 
@@ -252,11 +267,19 @@ struct State {
     /// The last failed attempt's message, for [`PoolError::BackingOff`].
     last_connect_error: String,
     stats: PoolStats,
+    /// Who blocked connecting: for the summary, the status file and the log.
+    blockers: connect_block::Sightings,
+    /// An attempt was blocked while no connection was idle: look at the next one handed out.
+    lookup_pending: bool,
 }
 
 struct Inner {
     pg: postgres::Config,
     target: String,
+    /// The database connected to (named with a non-shared catalog's holder).
+    dbname: String,
+    /// How lock holders are rendered (query text mode, correlation markers).
+    view: Mutex<connect_block::View>,
     max: usize,
     session_limit: usize,
     acquire_timeout: Duration,
@@ -395,6 +418,8 @@ impl Pool {
             inner: Arc::new(Inner {
                 pg: driver_config(db),
                 target: describe_target(db),
+                dbname: db.dbname.clone(),
+                view: Mutex::new(connect_block::View::default()),
                 max,
                 session_limit: session_limit.clamp(1, crate::config::MAX_POOL_SIZE),
                 acquire_timeout: db.acquire_timeout,
@@ -409,6 +434,8 @@ impl Pool {
                         max,
                         ..PoolStats::default()
                     },
+                    blockers: connect_block::Sightings::default(),
+                    lookup_pending: false,
                 }),
                 returned: Condvar::new(),
             }),
@@ -425,7 +452,7 @@ impl Pool {
     /// Used at start so a wrong password, a missing database or a stopped server is reported
     /// clearly before anything else runs.
     pub fn check(&self) -> Result<String, ConnectError> {
-        let mut client = self.connect_bounded(false)?;
+        let (mut client, _) = self.connect_bounded(false)?;
         let row = client
             .query_one("SELECT version()", &[])
             .map_err(|e| self.connect_error(&e))?;
@@ -442,8 +469,9 @@ impl Pool {
 
     /// Opens a connection, then counts the agent's sessions on the server (this one included)
     /// and closes it again if there are more than the cap: another agent instance on the same
-    /// server, or leaked sessions, must not push the total higher.
-    fn connect(&self) -> Result<postgres::Client, ConnectError> {
+    /// server, or leaked sessions, must not push the total higher. Then runs the lock-holder
+    /// lookup once, prepared, so the backend caches what it needs (see the module doc).
+    fn connect(&self) -> Result<(postgres::Client, Prepared), ConnectError> {
         let mut client = self
             .inner
             .pg
@@ -466,7 +494,22 @@ impl Pool {
                 ),
             });
         }
-        Ok(client)
+        let mut prepared = Prepared::default();
+        let warmed = client
+            .prepare(connect_block::LOOKUP_SQL)
+            .and_then(|st| client.query(&st, &[]).map(|_| st));
+        match warmed {
+            Ok(st) => prepared.lookup = Some(st),
+            Err(e) if pgerror::is_connection_error(&e) => return Err(self.connect_error(&e)),
+            // Not fatal: only the lookup of who blocks connecting is lost (it prepares again
+            // when needed); the message says what the server answered.
+            Err(e) => log::warn!(
+                "database: the lock-holder lookup failed on a new connection (it is tried again \
+                 when connecting is blocked): {}",
+                pgerror::message(&e)
+            ),
+        }
+        Ok((client, prepared))
     }
 
     /// [`Pool::connect`] on a short-lived thread, waited for at most the connect deadline: the
@@ -475,11 +518,14 @@ impl Pool {
     /// When the deadline passes, the thread is left to finish on its own; with `reserved_slot`
     /// the pool slot stays taken until it does (so the cap holds even then) and a client that
     /// arrives late is closed. On any error the slot is released (by the thread if it was left).
-    fn connect_bounded(&self, reserved_slot: bool) -> Result<postgres::Client, ConnectError> {
+    fn connect_bounded(
+        &self,
+        reserved_slot: bool,
+    ) -> Result<(postgres::Client, Prepared), ConnectError> {
         enum Handoff {
             Waiting,
             Abandoned,
-            Done(Box<Result<postgres::Client, ConnectError>>),
+            Done(Box<Result<(postgres::Client, Prepared), ConnectError>>),
         }
         let shared = Arc::new((Mutex::new(Handoff::Waiting), Condvar::new()));
         let pool = self.clone();
@@ -571,6 +617,7 @@ impl Pool {
             if let Some(idle) = state.idle.pop() {
                 state.checked_out += 1;
                 let suspect = state.broken_seen.is_some_and(|t| idle.since <= t);
+                let look = std::mem::take(&mut state.lookup_pending);
                 drop(state);
                 let Idle {
                     mut client,
@@ -581,11 +628,16 @@ impl Pool {
                 let healthy =
                     !client.is_closed() && (!needs_probe || client.is_valid(PROBE_TIMEOUT).is_ok());
                 if healthy {
-                    return Ok(self.guard(client, prepared));
+                    let mut client = self.guard(client, prepared);
+                    if look {
+                        self.look_for_blockers(&mut client, false);
+                    }
+                    return Ok(client);
                 }
                 // Dropping a broken client may block on its socket: keep the lock released.
                 drop(client);
                 state = self.lock();
+                state.lookup_pending |= look;
                 state.checked_out -= 1;
                 state.stats.connections_replaced += 1;
                 state.broken_seen = Some(Instant::now());
@@ -604,10 +656,11 @@ impl Pool {
                 state.checked_out += 1;
                 drop(state);
                 return match self.connect_bounded(true) {
-                    Ok(client) => {
+                    Ok((client, prepared)) => {
                         let mut state = self.lock();
                         state.stats.connections_opened += 1;
                         let streak = state.backoff.succeeded();
+                        let look = std::mem::take(&mut state.lookup_pending);
                         drop(state);
                         if streak > 0 {
                             log::info!(
@@ -615,7 +668,13 @@ impl Pool {
                                 self.inner.target
                             );
                         }
-                        Ok(self.guard(client, Prepared::default()))
+                        let mut client = self.guard(client, prepared);
+                        if look {
+                            self.look_for_blockers(&mut client, true);
+                        }
+                        // The streak of blocked attempts is over: a new one is logged again.
+                        self.lock().blockers.streak_over();
+                        Ok(client)
                     }
                     Err(e) => {
                         let mut state = self.lock();
@@ -630,6 +689,9 @@ impl Pool {
                                 ConnectBackoff::delay(1).as_secs_f64(),
                                 ConnectBackoff::MAX.as_secs()
                             );
+                        }
+                        if e.failure == ConnectFailure::Blocked {
+                            self.after_blocked();
                         }
                         Err(PoolError::Connect(e))
                     }
@@ -655,6 +717,80 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// A connection attempt was abandoned at the deadline: look who blocks it over an idle
+    /// connection now, or over the next one handed out.
+    fn after_blocked(&self) {
+        let mut state = self.lock();
+        let Some(idle) = state.idle.pop() else {
+            state.lookup_pending = true;
+            drop(state);
+            self.record_blockers(Sighting::not_visible(
+                "no open connection to look with (the agent looks at its next connection)",
+            ));
+            return;
+        };
+        state.checked_out += 1;
+        drop(state);
+        let mut client = self.guard(idle.client, idle.prepared);
+        self.look_for_blockers(&mut client, false);
+    }
+
+    /// Runs the lock-holder lookup on `client` and records what it saw; `late`: run at the next
+    /// new connection, so an empty answer means the lock was already gone.
+    fn look_for_blockers(&self, client: &mut PooledClient, late: bool) {
+        let view = self
+            .inner
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let result = match client.prepared.lookup.clone() {
+            Some(st) => client.query(&st, &[]),
+            // Set-up could not prepare it: the plain query (which may wait on the lock).
+            None => client.query(connect_block::LOOKUP_SQL, &[]),
+        };
+        let seen = match result {
+            Ok(rows) => connect_block::sighting(&rows, &view, &self.inner.dbname, late),
+            Err(e) => {
+                if pgerror::is_connection_error(&e) {
+                    client.mark_broken();
+                    self.lock().lookup_pending = true;
+                }
+                Sighting::not_visible(&format!("the lookup failed: {}", pgerror::message(&e)))
+            }
+        };
+        self.record_blockers(seen);
+    }
+
+    /// Keeps a sighting for the summary; logs it when it names someone new (or, once per streak
+    /// of blocked attempts, that nobody can be named).
+    fn record_blockers(&self, seen: Sighting) {
+        let line = self.lock().blockers.record(seen);
+        if let Some(line) = line {
+            log::warn!(
+                "database: connecting to {} was blocked{line}",
+                self.inner.target
+            );
+        }
+    }
+
+    /// How lock holders are rendered from now on (the `query_text` mode and the correlation
+    /// markers of `[collection]`); the default is `normalized` with every marker trusted.
+    pub fn set_blocker_view(&self, view: connect_block::View) {
+        *self.inner.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    /// Who blocked connecting since the last call (for the summary, which ships it once);
+    /// `None` when no attempt was blocked.
+    pub fn take_connect_blocked_by(&self) -> Option<Sighting> {
+        self.lock().blockers.take()
+    }
+
+    /// The latest sighting of who blocked connecting, shipped or not (for the status file).
+    pub fn connect_blocked_by(&self) -> Option<Sighting> {
+        self.lock().blockers.latest()
     }
 
     fn guard(&self, client: postgres::Client, prepared: Prepared) -> PooledClient {
@@ -734,13 +870,13 @@ impl PooledClient {
             Some(st) => st.clone(),
             None => {
                 let st = self.deref_mut().prepare(sql)?;
-                self.prepared.0.push((name, st.clone()));
+                self.prepared.by_name.push((name, st.clone()));
                 st
             }
         };
         match self.deref_mut().query(&statement, &[]) {
             Err(e) if pgerror::has_state(&e, &SqlState::INVALID_SQL_STATEMENT_NAME) => {
-                self.prepared.0.retain(|(n, _)| *n != name);
+                self.prepared.by_name.retain(|(n, _)| *n != name);
                 self.deref_mut().query_typed(sql, &[])
             }
             other => other,
@@ -749,7 +885,7 @@ impl PooledClient {
 
     /// How many statements this connection has prepared through [`PooledClient::query_cached`].
     pub fn n_prepared(&self) -> usize {
-        self.prepared.0.len()
+        self.prepared.by_name.len()
     }
 }
 

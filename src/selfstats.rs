@@ -39,12 +39,8 @@ pub fn usage() -> SelfUsage {
     u.rss_bytes = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| parse_statm_resident(&s))
-        .map_or(0, |pages| pages * page_size());
+        .map_or(0, |pages| pages * crate::collect::procfs::page_size());
     u
-}
-
-fn page_size() -> u64 {
-    crate::sys::page_size().unwrap_or(4096)
 }
 
 /// Keeps glibc's allocator from holding memory the agent no longer uses: at most two malloc

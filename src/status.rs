@@ -185,8 +185,7 @@ mod tests {
 
     #[test]
     fn written_status_reads_back_and_reports_this_process_running() {
-        let dir = std::env::temp_dir().join(format!("bitville-status-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("status");
         write(
             &dir,
             &[
@@ -200,7 +199,6 @@ mod tests {
         let (report, healthy) = report(&dir, Duration::from_secs(60));
         assert!(healthy, "{report}");
         assert!(report.starts_with("state: running\n"), "{report}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn obs(breaker: &'static str, pending: u64, failing: bool, sent: u64) -> Observation {
@@ -269,11 +267,9 @@ mod tests {
     fn a_missing_status_or_dead_pid_is_not_healthy() {
         let (r, ok) = report(Path::new("/nonexistent-dir"), Duration::from_secs(60));
         assert!(!ok && r.contains("has the agent run yet"), "{r}");
-        let dir = std::env::temp_dir().join(format!("bitville-status-dead-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("status-dead");
         write(&dir, &[("pid", "999999999".into())]).unwrap();
         let (r, ok) = report(&dir, Duration::from_secs(60));
         assert!(!ok && r.contains("not running"), "{r}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

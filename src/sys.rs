@@ -228,7 +228,8 @@ mod tests {
 
     #[test]
     fn flock_is_exclusive_between_open_files() {
-        let p = std::env::temp_dir().join(format!("bv-sys-lock-{}", std::process::id()));
+        let dir = crate::testdir::TempDir::new("sys-lock");
+        let p = dir.join("lock");
         let a = File::create(&p).unwrap();
         let b = File::open(&p).unwrap();
         assert_eq!(flock_exclusive_nonblocking(a.as_raw_fd()), 0);
@@ -238,6 +239,5 @@ mod tests {
             Some(libc::EWOULDBLOCK)
         );
         drop((a, b));
-        std::fs::remove_file(&p).unwrap();
     }
 }

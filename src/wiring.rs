@@ -38,6 +38,13 @@ pub fn pools(cfg: &Config) -> (Pool, Vec<(String, Pool)>) {
         })
         .collect();
     let main = Pool::with_limits(&cfg.database, cap.saturating_sub(extra.len()).max(1), cap);
+    let view = crate::connect_block::View {
+        query_text: query_text(&cfg.collection),
+        correlation: correlation(&cfg.collection),
+    };
+    for pool in std::iter::once(&main).chain(extra.iter().map(|(_, p)| p)) {
+        pool.set_blocker_view(view.clone());
+    }
     (main, extra)
 }
 
@@ -183,13 +190,13 @@ pub fn deep_options(cfg: &Config) -> crate::spike::deep::DeepOptions {
     }
 }
 
-/// A log feed on a found server log, with the `[collection]` settings (interval, query text
-/// mode and length, plan size, correlation pattern, entries per minute, the position file in the
-/// state directory) and the correlated budget.
-pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
+/// The log feed's batching and payload settings: the `[collection]` ones (interval, query text
+/// mode and length, plan size, entries per minute as entries per interval, at least 100) and the
+/// correlated budget.
+pub fn feed_config(cfg: &Config) -> FeedConfig {
     let c = &cfg.collection;
     let per_interval = c.log_max_entries_per_minute as f64 * c.interval.as_secs_f64() / 60.0;
-    let feed = FeedConfig {
+    FeedConfig {
         interval: c.interval,
         payload: PayloadOptions {
             max_correlated: correlated_budget(cfg.listener.max_requests_per_minute, c.interval),
@@ -200,8 +207,20 @@ pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
         },
         max_entries_per_interval: (per_interval as usize).max(100),
         ..FeedConfig::default()
-    };
-    LogFeed::from_source(source, correlation(c), c.state_dir.clone(), feed, now)
+    }
+}
+
+/// A log feed on a found server log, with [`feed_config`], the correlation pattern and the
+/// position file in the state directory.
+pub fn log_feed(source: &LogSource, cfg: &Config, now: Instant) -> LogFeed {
+    let c = &cfg.collection;
+    LogFeed::from_source(
+        source,
+        correlation(c),
+        c.state_dir.clone(),
+        feed_config(cfg),
+        now,
+    )
 }
 
 #[cfg(test)]
@@ -225,6 +244,98 @@ mod tests {
         }
         assert_eq!(correlated_budget(60, Duration::from_secs(10)), 1);
         assert_eq!(correlated_budget(10, Duration::from_secs(10)), 0);
+    }
+
+    /// Every key at its `config::KEYS` default (no file, no environment).
+    fn defaults() -> Config {
+        let mut warnings = Vec::new();
+        let raw = config::RawConfig::build(None, &BTreeMap::new(), &mut warnings).unwrap();
+        Config::from_raw(&raw, &mut warnings).unwrap()
+    }
+
+    // The option structs' own defaults must be what the agent runs with when nothing is
+    // configured, i.e. what wiring makes of the `config::KEYS` defaults; these tests fail when a
+    // row or a `Default` changes without the other (or a key a `Default` reads through
+    // `config::default_whole` is renamed: it then reads 0). Not compared, because no key states
+    // them and wiring sets them from the correlated budget or a per-minute key: the correlated
+    // caps (`PayloadOptions` 100, `ActivityConfig` 10, against 26 at the defaults) and the log
+    // feed's entries per interval (unlimited, against 5000).
+
+    #[test]
+    fn the_spool_and_shipper_defaults_are_the_key_table_defaults() {
+        let cfg = defaults();
+        let spool = spool_options(&cfg.buffer);
+        let lib = crate::spool::SpoolOptions::new(&cfg.buffer.path);
+        assert_eq!(spool.max_bytes, lib.max_bytes, "[buffer] max_size_mb");
+        let l = &cfg.listener;
+        let ship = shipper_options(l);
+        let lib = crate::ship::ShipperOptions::new(&l.url, l.api_key.expose(), &l.project_id);
+        assert_eq!(ship.timeout, lib.timeout, "[listener] timeout_s");
+        assert_eq!(ship.connect_timeout, lib.connect_timeout);
+        assert_eq!(
+            ship.max_requests_per_minute, lib.max_requests_per_minute,
+            "[listener] max_requests_per_minute"
+        );
+        assert_eq!(ship.breaker_failures, lib.breaker_failures);
+        assert_eq!(ship.breaker_reset, lib.breaker_reset);
+    }
+
+    #[test]
+    fn the_cycle_defaults_are_the_key_table_defaults() {
+        let cfg = defaults();
+        let cycle = cycle_options(&cfg);
+        let lib = HealthOptions::default();
+        assert_eq!(cycle.health.top_n, lib.top_n, "[collection] health_top_n");
+        assert_eq!(cycle.health.slow_every, lib.slow_every);
+        assert_eq!(cycle.health.tables_budget, lib.tables_budget);
+        let lib = StatementsConfig::new(&cfg.collection.state_dir);
+        assert_eq!(cycle.statements.query_text, lib.query_text);
+    }
+
+    #[test]
+    fn the_text_and_correlation_defaults_are_the_key_table_defaults() {
+        let cfg = defaults();
+        assert_eq!(query_text(&cfg.collection), QueryText::default());
+        assert_eq!(correlation(&cfg.collection), CorrelationPattern::default());
+        let (wired, lib) = (activity_config(&cfg), ActivityConfig::default());
+        assert_eq!(wired.query_text, lib.query_text);
+        assert_eq!(wired.correlation, lib.correlation);
+        assert_eq!(
+            deep_options(&cfg).query_text,
+            QueryText::default(),
+            "deep snapshot"
+        );
+    }
+
+    #[test]
+    fn the_correlator_and_spike_defaults_are_the_key_table_defaults() {
+        let cfg = defaults();
+        assert_eq!(
+            correlator_config(&cfg).budget,
+            CorrelatorConfig::default().budget,
+            "the correlated budget at the default pace and interval"
+        );
+        assert_eq!(
+            crate::spike::detector::DetectorConfig::from_spike(&cfg.spike),
+            crate::spike::detector::DetectorConfig::default(),
+            "[spike]"
+        );
+    }
+
+    #[test]
+    fn the_log_feed_defaults_are_the_key_table_defaults() {
+        let cfg = defaults();
+        let (wired, lib) = (feed_config(&cfg), FeedConfig::default());
+        assert_eq!(wired.interval, lib.interval, "[collection] interval_s");
+        assert_eq!(wired.payload.query_text, lib.payload.query_text);
+        assert_eq!(
+            wired.payload.max_query_chars, lib.payload.max_query_chars,
+            "[collection] query_max_chars"
+        );
+        assert_eq!(
+            wired.payload.plan_max_bytes, lib.payload.plan_max_bytes,
+            "[collection] plan_max_bytes"
+        );
     }
 
     fn config_with(interval_s: &str, pace: &str) -> Config {

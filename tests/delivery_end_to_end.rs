@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::e2e::{gaps, has_after, source, unix_now, wait_until, Rig, KEY, LIVENESS};
 use common::listener::{validate, Answer, TestListener};
-use common::TestPg;
+use common::{kill, TestPg};
 use serde_json::Value;
 
 const UUID: &str = "0f8e6a1c-2b3d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -114,14 +114,6 @@ fn listener_down_for_30_cycles_then_back_every_seq_arrives_in_order_and_paced() 
     );
 }
 
-/// A small xorshift generator: reproducible kills from a printed seed.
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 #[test]
 fn twenty_kill_9_while_collecting_and_shipping_lose_no_sequence_number() {
     // Every statement is logged, so each cycle also carries pg_log payloads.
@@ -146,47 +138,13 @@ fn twenty_kill_9_while_collecting_and_shipping_lose_no_sequence_number() {
     // A pace close to what the agent produces: at a kill there is often a request in flight and
     // a little backlog.
     rig.set("listener", "max_requests_per_minute", "240");
-    let mut seed = unix_now().to_bits() | 1;
-    println!("kill seed {seed}");
-    for round in 0..20 {
-        let mut agent = rig.start();
-        let ms = 500 + next(&mut seed) % 2500;
-        std::thread::sleep(Duration::from_millis(ms));
-        assert!(
-            agent.wait_exit(Duration::ZERO).is_none(),
-            "round {round}: the agent exited on its own; log:\n{}",
-            agent.log_text()
-        );
-        agent.kill9();
-    }
+    kill::kill_rounds(&rig, 20, Duration::from_millis(500), 2500, || {});
     let before_clean = listener.stored_seqs();
     stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
     load.join().unwrap();
 
     rig.set("listener", "max_requests_per_minute", "6000");
-    let mut agent = rig.start();
-    let pid = agent.pid();
-    // FIFO: once a payload of the clean run arrived, everything spooled before it was sent.
-    let drained = wait_until(LIVENESS, || {
-        listener
-            .stored()
-            .iter()
-            .any(|v| v["data"]["agent"]["pid"].as_i64() == Some(i64::from(pid)))
-    });
-    let status = agent.stop();
-    assert!(
-        drained,
-        "the clean run did not drain the spool; log:\n{}",
-        agent.log_text()
-    );
-    assert_eq!(status.code(), Some(0));
-
-    let seqs = listener.stored_seqs();
-    assert!(
-        gaps(&seqs).is_empty(),
-        "missing at the listener: {:?}",
-        gaps(&seqs)
-    );
+    let seqs = kill::drain_clean(&rig, &listener);
     assert!(
         !before_clean.is_empty(),
         "nothing was shipped during the kill rounds: the kills never hit a shipping agent"

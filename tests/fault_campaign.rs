@@ -8,7 +8,8 @@
 //!   than 5 agent sessions, no record reported lost, and no ERROR in the server log.
 //!
 //! The damaged spool files are in `spool_damage.rs`, the full tmpfs in `spool_disk_full.rs`,
-//! the catalog locks (watched at 10 Hz) and the back-off in `pool_connect_faults.rs`.
+//! the catalog locks (watched at 10 Hz) and the back-off in `pool_connect_faults.rs`, who holds
+//! such a lock in `connect_blocked_by.rs`.
 
 mod common;
 
@@ -16,9 +17,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::e2e::{gaps, wait_until, Rig, KEY, LIVENESS};
+use common::e2e::{Rig, KEY};
 use common::listener::{Answer, TestListener};
-use common::{TempDir, TestPg};
+use common::{kill, TempDir, TestPg};
 
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
@@ -128,30 +129,10 @@ fn kill_9_under_a_failing_listener_loses_nothing_and_leaves_no_server_error() {
     let mut rig = Rig::new("campaign-kill", &pg, &listener.url());
     rig.set("listener", "max_requests_per_minute", "600");
     let mut admin = pg.admin();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("kill seed {seed}");
     let mut max_sessions = 0;
-    for round in 0..10 {
-        let mut agent = rig.start();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let until = Instant::now() + Duration::from_millis(700 + seed % 2000);
-        while Instant::now() < until {
-            max_sessions = max_sessions.max(pg.agent_sessions(&mut admin));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            agent.wait_exit(Duration::ZERO).is_none(),
-            "round {round}: the agent exited on its own; log:\n{}",
-            agent.log_text()
-        );
-        agent.kill9();
-    }
+    kill::kill_rounds(&rig, 10, Duration::from_millis(700), 2000, || {
+        max_sessions = max_sessions.max(pg.agent_sessions(&mut admin));
+    });
 
     let tried = *tries.lock().unwrap();
     assert!(
@@ -159,29 +140,8 @@ fn kill_9_under_a_failing_listener_loses_nothing_and_leaves_no_server_error() {
         "the kill rounds met the failing listener ({tried} requests)"
     );
     listener.set_rule(|_v| None);
-    let mut agent = rig.start();
-    let pid = agent.pid();
-    let drained = wait_until(LIVENESS, || {
-        listener
-            .stored()
-            .iter()
-            .any(|v| v["data"]["agent"]["pid"].as_i64() == Some(i64::from(pid)))
-    });
-    let status = agent.stop();
-    assert!(
-        drained,
-        "the clean run did not drain; log:\n{}",
-        agent.log_text()
-    );
-    assert_eq!(status.code(), Some(0));
-
-    let seqs = listener.stored_seqs();
+    let seqs = kill::drain_clean(&rig, &listener);
     assert!(!seqs.is_empty());
-    assert!(
-        gaps(&seqs).is_empty(),
-        "missing at the listener: {:?}",
-        gaps(&seqs)
-    );
     for v in listener.stored() {
         let lost = &v["data"]["agent"]["dropped"]["corrupt_records"];
         assert!(lost.is_null() || lost == 0, "a kill lost records: {v}");

@@ -124,7 +124,11 @@ fn a_lock_chain_names_each_blocker_and_what_the_root_held_up() {
     wait_for_lock_waits(&mut admin, &[b_pid, c_pid]);
 
     let pool = Pool::new(&pg.db_config());
-    let mut sampler = ActivitySampler::new(ActivityConfig::default());
+    // The same sessions keep waiting: the tree is queried again only after the refresh.
+    let mut sampler = ActivitySampler::new(ActivityConfig {
+        lock_snapshot_refresh: Duration::from_secs(1),
+        ..ActivityConfig::default()
+    });
     let mut client = pool.acquire().unwrap();
     let first = sampler.sample(&mut client).unwrap();
     assert_eq!(first.n_lock_waits, 2, "{first:?}");

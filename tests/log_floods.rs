@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::agent::AgentProcess;
 use common::e2e::{wait_until, Rig, KEY, LIVENESS};
 use common::listener::TestListener;
 use common::TestPg;
@@ -43,6 +44,54 @@ impl Drop for Mount {
     }
 }
 
+/// Where a test mounts its own small tmpfs before the agent starts.
+enum Tmpfs {
+    None,
+    /// On the spool directory, of this size.
+    Spool(&'static str),
+    /// On the state directory, of this size.
+    State(&'static str),
+}
+
+/// The rig every flood test starts from: a server, the listener, the agent's configuration
+/// (with its tmpfs, if any) and the running agent, past its first three deliveries. Fields drop
+/// in order: the agent is killed before its tmpfs is unmounted and the server stopped.
+struct Flood {
+    agent: AgentProcess,
+    mount: Option<Mount>,
+    rig: Rig,
+    /// Kept running for the agent.
+    _listener: TestListener,
+    pg: TestPg,
+}
+
+impl Flood {
+    /// `None` where the tmpfs cannot be mounted (not root): the caller skips, saying so.
+    fn start(name: &str, tmpfs: Tmpfs) -> Option<Flood> {
+        let pg = TestPg::start();
+        let listener = TestListener::start(KEY);
+        let rig = Rig::new(name, &pg, &listener.url());
+        let mount = match tmpfs {
+            Tmpfs::None => None,
+            Tmpfs::Spool(size) => Some(Mount::tmpfs(&rig.spool_dir(), size)?),
+            Tmpfs::State(size) => Some(Mount::tmpfs(&rig.state_dir(), size)?),
+        };
+        let agent = rig.start();
+        assert!(
+            listener.wait_for_stored(3, LIVENESS),
+            "{}",
+            agent.log_text()
+        );
+        Some(Flood {
+            agent,
+            mount,
+            rig,
+            _listener: listener,
+            pg,
+        })
+    }
+}
+
 fn count(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
@@ -60,20 +109,12 @@ fn fill(dir: &Path) -> PathBuf {
 
 #[test]
 fn a_full_spool_filesystem_is_one_error_per_streak() {
-    let pg = TestPg::start();
-    let listener = TestListener::start(KEY);
-    let rig = Rig::new("floods-full", &pg, &listener.url());
-    let Some(_mount) = Mount::tmpfs(&rig.spool_dir(), "2m") else {
+    let Some(mut f) = Flood::start("floods-full", Tmpfs::Spool("2m")) else {
         eprintln!("mount refused: this test needs root; skipped");
         return;
     };
-    let mut agent = rig.start();
-    assert!(
-        listener.wait_for_stored(3, LIVENESS),
-        "{}",
-        agent.log_text()
-    );
-    let filler = fill(&rig.spool_dir());
+    let agent = &mut f.agent;
+    let filler = fill(&f.rig.spool_dir());
     // Several cycles of every collector (interval 1 s, sampler 250 ms) with a full disk.
     assert!(
         wait_until(LIVENESS, || count(&agent.log_text(), "payload not stored")
@@ -101,24 +142,16 @@ fn a_full_spool_filesystem_is_one_error_per_streak() {
 
 #[test]
 fn a_read_only_state_directory_is_one_warning_per_streak_and_file() {
-    let pg = TestPg::start();
-    let listener = TestListener::start(KEY);
-    let rig = Rig::new("floods-ro", &pg, &listener.url());
-    let Some(mount) = Mount::tmpfs(&rig.state_dir(), "4m") else {
+    let Some(mut f) = Flood::start("floods-ro", Tmpfs::State("4m")) else {
         eprintln!("mount refused: this test needs root; skipped");
         return;
     };
-    let mut agent = rig.start();
-    assert!(
-        listener.wait_for_stored(3, LIVENESS),
-        "{}",
-        agent.log_text()
-    );
+    let (agent, mount) = (&mut f.agent, f.mount.as_ref().expect("the state tmpfs"));
     let warnings = |log: &str| log.lines().filter(|l| l.contains(" WARN ")).count();
     let before = warnings(&agent.log_text());
     mount.remount("ro");
     // Six cycles of the interval thread, six of the status file, dozens of log polls.
-    common::e2e::some_statements(&pg, "floods");
+    common::e2e::some_statements(&f.pg, "floods");
     std::thread::sleep(Duration::from_secs(6));
     let during = agent.log_text();
     let new_warnings = warnings(&during) - before;
@@ -152,22 +185,15 @@ fn lock_timeouts(pg: &TestPg) -> Vec<String> {
 
 #[test]
 fn a_locked_statistics_view_costs_the_server_log_few_errors() {
-    let pg = TestPg::start();
-    let listener = TestListener::start(KEY);
-    let rig = Rig::new("floods-lock", &pg, &listener.url());
-    let mut agent = rig.start();
-    assert!(
-        listener.wait_for_stored(3, LIVENESS),
-        "{}",
-        agent.log_text()
-    );
-    let before = lock_timeouts(&pg).len();
+    let mut f = Flood::start("floods-lock", Tmpfs::None).expect("no tmpfs needed");
+    let (pg, agent) = (&f.pg, &mut f.agent);
+    let before = lock_timeouts(pg).len();
     let mut locker = pg.admin();
     let mut tx = locker.transaction().unwrap();
     tx.batch_execute("LOCK TABLE pg_catalog.pg_stat_activity IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    let during = lock_timeouts(&pg);
+    let during = lock_timeouts(pg);
     tx.rollback().unwrap();
     let n = during.len() - before;
     eprintln!("{n} lock timeouts in 8 s: {:#?}", &during[before..]);

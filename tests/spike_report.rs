@@ -93,6 +93,12 @@ fn a_lock_pile_up_is_reported_at_once_with_its_root_blocker() {
     );
     let ends = spike_reports(&stored, "end");
     assert_eq!(ends.len(), 1);
+    // The daemon spools both reports in the spike lane, numbered on their own.
+    assert_eq!(
+        listener.stored_seqs_in("spike"),
+        [1, 2],
+        "the start and end reports travel in the spike lane"
+    );
     let report = &ends[0]["data"];
     assert_eq!(report["top_class"], "Lock", "{report}");
     let root = &report["root_blockers"][0];

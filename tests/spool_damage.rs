@@ -124,64 +124,80 @@ fn an_old_cursor_without_checksum_still_loads() {
     assert_eq!(drain(&spool, 2), (vec![3, 4, 5], 0));
 }
 
-#[test]
-fn a_zero_length_sealed_segment_is_reported_as_a_gap() {
-    let dir = TempDir::new("seg-zero");
-    spool_with(dir.path(), 40, 0);
-    let segs = segments(dir.path());
-    assert!(segs.len() >= 3, "{segs:?}");
-    fs::File::create(&segs[1]).unwrap().set_len(0).unwrap();
-    let spool = Spool::open(options(dir.path())).unwrap();
-    let (seqs, reported) = drain(&spool, 0);
-    assert_eq!(
-        seqs.len() as u64 + reported,
-        40,
-        "{seqs:?} + {reported} reported"
-    );
-    assert!(reported > 0);
+/// Which segment of a spool of 40 records a damage case cuts, and to what length.
+#[derive(Clone, Copy)]
+enum Segment {
+    First,
+    Second,
+    Last,
+}
+
+#[derive(Clone, Copy)]
+enum Cut {
+    ToZero,
+    ToHalf,
 }
 
 #[test]
-fn a_truncated_sealed_segment_is_reported_as_a_gap() {
-    let dir = TempDir::new("seg-trunc");
-    spool_with(dir.path(), 40, 0);
-    let segs = segments(dir.path());
-    let len = fs::metadata(&segs[0]).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segs[0])
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-    let spool = Spool::open(options(dir.path())).unwrap();
-    let (seqs, reported) = drain(&spool, 0);
-    assert_eq!(
-        seqs.len() as u64 + reported,
-        40,
-        "{seqs:?} + {reported} reported"
-    );
-    assert!(reported > 0);
-}
-
-#[test]
-fn an_emptied_last_segment_is_reported_with_the_next_record() {
-    let dir = TempDir::new("seg-last-zero");
-    spool_with(dir.path(), 40, 0);
-    let segs = segments(dir.path());
-    fs::File::create(segs.last().unwrap()).unwrap();
-    let spool = Spool::open(options(dir.path())).unwrap();
-    assert_eq!(
-        spool.append(&payload(41)).unwrap(),
-        41,
-        "no number is reused"
-    );
-    let (seqs, reported) = drain(&spool, 0);
-    assert_eq!(seqs.last(), Some(&41));
-    assert_eq!(
-        seqs.len() as u64 + reported,
-        41,
-        "{seqs:?} + {reported} reported"
-    );
+fn an_emptied_or_truncated_segment_is_reported_as_a_gap() {
+    // (case, segment, cut, a record appended after the reopen)
+    let cases = [
+        (
+            "a zero-length sealed segment",
+            Segment::Second,
+            Cut::ToZero,
+            false,
+        ),
+        (
+            "a truncated sealed segment",
+            Segment::First,
+            Cut::ToHalf,
+            false,
+        ),
+        // Reported with the next record: the one appended after the reopen.
+        ("an emptied last segment", Segment::Last, Cut::ToZero, true),
+    ];
+    for (case, segment, cut, append) in cases {
+        let dir = TempDir::new("seg-cut");
+        spool_with(dir.path(), 40, 0);
+        let segs = segments(dir.path());
+        assert!(segs.len() >= 3, "{case}: {segs:?}");
+        let seg = match segment {
+            Segment::First => &segs[0],
+            Segment::Second => &segs[1],
+            Segment::Last => segs.last().unwrap(),
+        };
+        let len = match cut {
+            Cut::ToZero => 0,
+            Cut::ToHalf => fs::metadata(seg).unwrap().len() / 2,
+        };
+        fs::OpenOptions::new()
+            .write(true)
+            .open(seg)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let spool = Spool::open(options(dir.path())).unwrap();
+        let mut total = 40;
+        if append {
+            total += 1;
+            assert_eq!(
+                spool.append(&payload(total)).unwrap(),
+                total,
+                "{case}: no number is reused"
+            );
+        }
+        let (seqs, reported) = drain(&spool, 0);
+        assert_eq!(
+            seqs.len() as u64 + reported,
+            total,
+            "{case}: {seqs:?} + {reported} reported"
+        );
+        assert!(reported > 0, "{case}: the lost records are reported");
+        if append {
+            assert_eq!(seqs.last(), Some(&total), "{case}");
+        }
+    }
 }
 
 #[test]

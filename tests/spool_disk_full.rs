@@ -40,8 +40,10 @@ fn options(dir: &Path) -> SpoolOptions {
 struct Mount(PathBuf);
 
 impl Drop for Mount {
+    /// Unmounts, then removes the (now empty) mount point, so no test run leaves it behind.
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -591,96 +591,107 @@ impl HostCollector {
     }
 }
 
+/// Cumulative counters of one device or interface, shipped as deltas over the interval: per
+/// item and summed over the items.
+trait Counters: Default {
+    /// Each counter of `self` combined by `f` with the same counter of `other`.
+    fn zip(&self, other: &Self, f: fn(u64, u64) -> u64) -> Self;
+    /// The counters as fields of `o`, in the payload's order.
+    fn fields(&self, o: Json) -> Json;
+}
+
+impl Counters for DiskCounters {
+    fn zip(&self, o: &Self, f: fn(u64, u64) -> u64) -> Self {
+        DiskCounters {
+            reads: f(self.reads, o.reads),
+            writes: f(self.writes, o.writes),
+            read_bytes: f(self.read_bytes, o.read_bytes),
+            write_bytes: f(self.write_bytes, o.write_bytes),
+            read_ms: f(self.read_ms, o.read_ms),
+            write_ms: f(self.write_ms, o.write_ms),
+            busy_ms: f(self.busy_ms, o.busy_ms),
+        }
+    }
+
+    fn fields(&self, o: Json) -> Json {
+        o.field("read_count", self.reads)
+            .field("write_count", self.writes)
+            .field("read_bytes", self.read_bytes)
+            .field("write_bytes", self.write_bytes)
+            .field("read_time", self.read_ms)
+            .field("write_time", self.write_ms)
+            .field("busy_time", self.busy_ms)
+    }
+}
+
+impl Counters for NetCounters {
+    fn zip(&self, o: &Self, f: fn(u64, u64) -> u64) -> Self {
+        NetCounters {
+            bytes_recv: f(self.bytes_recv, o.bytes_recv),
+            packets_recv: f(self.packets_recv, o.packets_recv),
+            errin: f(self.errin, o.errin),
+            dropin: f(self.dropin, o.dropin),
+            bytes_sent: f(self.bytes_sent, o.bytes_sent),
+            packets_sent: f(self.packets_sent, o.packets_sent),
+            errout: f(self.errout, o.errout),
+            dropout: f(self.dropout, o.dropout),
+        }
+    }
+
+    fn fields(&self, o: Json) -> Json {
+        o.field("bytes_sent", self.bytes_sent)
+            .field("bytes_recv", self.bytes_recv)
+            .field("packets_sent", self.packets_sent)
+            .field("packets_recv", self.packets_recv)
+            .field("errin", self.errin)
+            .field("errout", self.errout)
+            .field("dropin", self.dropin)
+            .field("dropout", self.dropout)
+    }
+}
+
+/// The deltas of `cur` over `prev`: their sum, with one `{name, <counters>, ...}` per item
+/// under `list` (`extra` adds an item's own fields). An item that appeared during the interval
+/// has no baseline; it is reported next time.
+fn deltas_json<C: Counters>(
+    prev: &[(String, C)],
+    cur: &[(String, C)],
+    list: &str,
+    extra: impl Fn(Json, &C) -> Json,
+) -> Json {
+    let mut sum = C::default();
+    let mut items = Vec::new();
+    for (name, c) in cur {
+        let Some((_, p)) = prev.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let d = c.zip(p, delta);
+        sum = sum.zip(&d, u64::saturating_add);
+        items.push(extra(
+            d.fields(Json::object().field("name", name.as_str())),
+            &d,
+        ));
+    }
+    sum.fields(Json::object()).field(list, Json::Array(items))
+}
+
 fn disk_json(
     prev: &[(String, DiskCounters)],
     cur: &[(String, DiskCounters)],
     interval_s: f64,
 ) -> Json {
-    let mut sum = DiskCounters::default();
-    let mut devices = Vec::new();
-    for (name, c) in cur {
-        // A device that appeared during the interval has no baseline; it is reported next time.
-        let Some((_, p)) = prev.iter().find(|(n, _)| n == name) else {
-            continue;
-        };
-        let d = DiskCounters {
-            reads: delta(c.reads, p.reads),
-            writes: delta(c.writes, p.writes),
-            read_bytes: delta(c.read_bytes, p.read_bytes),
-            write_bytes: delta(c.write_bytes, p.write_bytes),
-            read_ms: delta(c.read_ms, p.read_ms),
-            write_ms: delta(c.write_ms, p.write_ms),
-            busy_ms: delta(c.busy_ms, p.busy_ms),
-        };
-        sum.reads += d.reads;
-        sum.writes += d.writes;
-        sum.read_bytes += d.read_bytes;
-        sum.write_bytes += d.write_bytes;
-        sum.read_ms += d.read_ms;
-        sum.write_ms += d.write_ms;
-        sum.busy_ms += d.busy_ms;
+    deltas_json(prev, cur, "devices", |o, d| {
         let util = if interval_s > 0.0 {
             (d.busy_ms as f64 / (interval_s * 10.0)).min(100.0)
         } else {
             0.0
         };
-        devices.push(
-            disk_fields(Json::object().field("name", name.as_str()), &d)
-                .field("util_percent", util),
-        );
-    }
-    disk_fields(Json::object(), &sum).field("devices", Json::Array(devices))
-}
-
-fn disk_fields(o: Json, d: &DiskCounters) -> Json {
-    o.field("read_count", d.reads)
-        .field("write_count", d.writes)
-        .field("read_bytes", d.read_bytes)
-        .field("write_bytes", d.write_bytes)
-        .field("read_time", d.read_ms)
-        .field("write_time", d.write_ms)
-        .field("busy_time", d.busy_ms)
+        o.field("util_percent", util)
+    })
 }
 
 fn net_json(prev: &[(String, NetCounters)], cur: &[(String, NetCounters)]) -> Json {
-    let mut sum = NetCounters::default();
-    let mut ifaces = Vec::new();
-    for (name, c) in cur {
-        let Some((_, p)) = prev.iter().find(|(n, _)| n == name) else {
-            continue;
-        };
-        let d = NetCounters {
-            bytes_recv: delta(c.bytes_recv, p.bytes_recv),
-            packets_recv: delta(c.packets_recv, p.packets_recv),
-            errin: delta(c.errin, p.errin),
-            dropin: delta(c.dropin, p.dropin),
-            bytes_sent: delta(c.bytes_sent, p.bytes_sent),
-            packets_sent: delta(c.packets_sent, p.packets_sent),
-            errout: delta(c.errout, p.errout),
-            dropout: delta(c.dropout, p.dropout),
-        };
-        sum.bytes_recv += d.bytes_recv;
-        sum.packets_recv += d.packets_recv;
-        sum.errin += d.errin;
-        sum.dropin += d.dropin;
-        sum.bytes_sent += d.bytes_sent;
-        sum.packets_sent += d.packets_sent;
-        sum.errout += d.errout;
-        sum.dropout += d.dropout;
-        ifaces.push(net_fields(Json::object().field("name", name.as_str()), &d));
-    }
-    net_fields(Json::object(), &sum).field("interfaces", Json::Array(ifaces))
-}
-
-fn net_fields(o: Json, d: &NetCounters) -> Json {
-    o.field("bytes_sent", d.bytes_sent)
-        .field("bytes_recv", d.bytes_recv)
-        .field("packets_sent", d.packets_sent)
-        .field("packets_recv", d.packets_recv)
-        .field("errin", d.errin)
-        .field("errout", d.errout)
-        .field("dropin", d.dropin)
-        .field("dropout", d.dropout)
+    deltas_json(prev, cur, "interfaces", |o, _| o)
 }
 
 #[cfg(test)]
@@ -765,15 +776,15 @@ mod tests {
         assert_eq!(parse_cpuinfo_physical("processor : 0\n"), None);
     }
 
-    fn fixture_dir(tag: &str) -> (PathBuf, PathBuf) {
-        let base = std::env::temp_dir().join(format!("bv-host-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+    /// A fake `/proc` and `/sys` in a temp dir (removed when the guard drops).
+    fn fixture_dir(tag: &str) -> (crate::testdir::TempDir, PathBuf, PathBuf) {
+        let base = crate::testdir::TempDir::new(&format!("host-{tag}"));
         let proc_ = base.join("proc");
         let sys = base.join("sys");
         std::fs::create_dir_all(proc_.join("net")).unwrap();
         std::fs::create_dir_all(sys.join("block/sda")).unwrap();
         std::fs::create_dir_all(sys.join("block/loop0")).unwrap();
-        (proc_, sys)
+        (base, proc_, sys)
     }
 
     fn write_set(p: &Path, stat: &str, disk: &str, net: &str) {
@@ -786,7 +797,7 @@ mod tests {
 
     #[test]
     fn two_readings_give_interval_figures() {
-        let (p, s) = fixture_dir("two");
+        let (_dir, p, s) = fixture_dir("two");
         write_set(&p, STAT1, DISK1, NET1);
         let mut h = HostCollector::with_roots(&p, &s);
         let watched = [WatchedPath {
@@ -831,12 +842,11 @@ mod tests {
         };
         assert!(matches!(usage[0].get("total"), Some(Json::UInt(t)) if *t > 0));
         assert!(d.get("errors").is_none());
-        let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 
     #[test]
     fn unreadable_files_are_named_not_fatal() {
-        let (p, s) = fixture_dir("missing");
+        let (_dir, p, s) = fixture_dir("missing");
         write_set(&p, STAT1, DISK1, NET1);
         let mut h = HostCollector::with_roots(&p, &s);
         let missing = [WatchedPath {
@@ -856,6 +866,5 @@ mod tests {
             panic!("disk_usage missing")
         };
         assert!(usage[0].get("error").is_some());
-        let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 }

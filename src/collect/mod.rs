@@ -14,6 +14,7 @@ pub mod correlate;
 pub mod cost_control;
 pub mod cycle;
 pub mod host;
+pub mod inthash;
 pub mod locks;
 pub mod procfs;
 pub mod statements;
@@ -161,16 +162,20 @@ pub(crate) fn col<'a, T: postgres::types::FromSql<'a>>(
     row.try_get::<_, Option<T>>(i).ok().flatten()
 }
 
-/// The server's `server_version_num` (e.g. 150004).
+/// The server's `server_version_num` (e.g. 150004; 0 when the setting is not a number): the
+/// one reader of the server version, for the collectors ([`server_version_num`]) and health.
+pub fn read_server_version(client: &mut postgres::Client) -> Result<u32, postgres::Error> {
+    let row = client.query_one("SELECT current_setting('server_version_num')", &[])?;
+    let v: Option<&str> = col(&row, 0);
+    Ok(v.and_then(|v| v.trim().parse().ok()).unwrap_or(0))
+}
+
+/// [`read_server_version`] for a collector: a failure is its `server_version` query error.
 pub fn server_version_num(
     client: &mut postgres::Client,
     collector: &'static str,
 ) -> Result<u32, CollectError> {
-    let row = client
-        .query_one("SELECT current_setting('server_version_num')", &[])
-        .map_err(CollectError::query(collector, "server_version"))?;
-    let v: Option<&str> = col(&row, 0);
-    Ok(v.and_then(|v| v.trim().parse().ok()).unwrap_or(0))
+    read_server_version(client).map_err(CollectError::query(collector, "server_version"))
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("spike", "baseline_factor", ["BITVILLE_PG_BASELINE_FACTOR"], "3", Decimal(0.0, 1000.0),
         "a spike needs more than this many times the baseline (the 5-minute mean with the spike left out) of active sessions or R+D backends"),
     key!("spike", "load_per_cpu", ["BITVILLE_PG_LOAD_PER_CPU"], "2", Decimal(0.0, 1000.0),
-        "load1 above this many times the CPU count is a spike by itself (twice as many runnable tasks as CPUs); 0 disables"),
+        "load1 above this many times the CPU count is a spike by itself (twice as many runnable tasks as CPUs) once at least min_active_sessions sessions are active, so other work on a busy host does not start burst sampling; 0 disables"),
     key!("spike", "end_after_quiet_s", ["BITVILLE_PG_END_AFTER_QUIET_S"], "10", Range(1, 3600),
         "a spike ends after this many seconds without a sample over the thresholds, so one calm second does not split it"),
     key!("spike", "baseline_s", ["BITVILLE_PG_BASELINE_S"], "300", Range(1, 86_400),

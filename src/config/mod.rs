@@ -51,8 +51,8 @@ pub use raw::{agent_env, Origin, RawConfig};
 pub use render::{describe, example_ini, markdown_table};
 pub use secret::{excerpt, mask_url, Secret};
 pub use typed::{
-    BufferConfig, CollectionConfig, Config, DatabaseConfig, ListenerConfig, LogConfig,
-    QueryTextMode, SpikeConfig,
+    listener_url_problem, BufferConfig, CollectionConfig, Config, DatabaseConfig, ListenerConfig,
+    LogConfig, QueryTextMode, SpikeConfig,
 };
 /// A configuration error: always names where the bad value came from.
 #[derive(Debug)]

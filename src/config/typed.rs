@@ -514,22 +514,8 @@ impl Config {
 
     fn listener(r: &mut Reader<'_>) -> Result<ListenerConfig, ConfigError> {
         let url = r.string("listener", "url");
-        let lower = url.to_ascii_lowercase();
-        let rest = lower
-            .strip_prefix("https://")
-            .or_else(|| lower.strip_prefix("http://"));
-        match rest {
-            None => {
-                return Err(r.error(
-                    "listener",
-                    "url",
-                    format!("{} is not an http:// or https:// URL", excerpt(&url)),
-                ))
-            }
-            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                return Err(r.error("listener", "url", format!("{} has no host", excerpt(&url))))
-            }
-            Some(_) => {}
+        if let Some(problem) = listener_url_problem(&url) {
+            return Err(r.error("listener", "url", format!("{} {problem}", excerpt(&url))));
         }
         let project_id = r.chars("listener", "project_id")?;
         let ca_file = r.optional_path("listener", "ca_file");
@@ -552,5 +538,19 @@ impl Config {
             breaker_failures: r.whole("listener", "breaker_failures")? as u32,
             breaker_reset: Duration::from_secs(r.whole("listener", "breaker_reset_s")?),
         })
+    }
+}
+
+/// What is wrong with a listener URL, if anything: the one rule for the configuration and the
+/// shipper (`http://` or `https://`, any case, then a host).
+pub fn listener_url_problem(url: &str) -> Option<&'static str> {
+    let lower = url.to_ascii_lowercase();
+    match lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    {
+        None => Some("is not an http:// or https:// URL"),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => Some("has no host"),
+        Some(_) => None,
     }
 }

@@ -105,7 +105,8 @@ impl Context {
     }
 
     /// The agent's own report now: its bookkeeping with the pools', the spool's and the
-    /// shipper's figures; `cost` at an interval boundary (for `data.agent`).
+    /// shipper's figures; `cost` at an interval boundary (for `data.agent`); with `cost` the
+    /// pools' sightings of who blocked connecting are taken (shipped once).
     pub fn report(&self, ship: &StatusHandle, cost: Option<IntervalCost>) -> AgentReport {
         let (overruns, paused, append_errors) = self.health.counters();
         AgentReport {
@@ -119,9 +120,28 @@ impl Context {
             shipped: ship.get(),
             collectors: self.health.collector_reports(),
             overruns,
+            connect_blocked_by: self.connect_blocked_by(cost.is_some()),
             cost,
             sample_cost: self.health.sample_cost(),
         }
+    }
+
+    /// Who blocked connecting, over every pool: at an interval boundary (`take`) what was seen
+    /// since the previous summary, taken so it is shipped once; otherwise the latest sighting.
+    fn connect_blocked_by(&self, take: bool) -> Option<crate::connect_block::Sighting> {
+        let pools = std::iter::once(&self.pool).chain(self.extra_pools.iter().map(|(_, p)| p));
+        let mut all: Option<crate::connect_block::Sighting> = None;
+        for pool in pools {
+            let seen = if take {
+                pool.take_connect_blocked_by()
+            } else {
+                pool.connect_blocked_by()
+            };
+            if let Some(seen) = seen {
+                all.get_or_insert_with(Default::default).merge(seen);
+            }
+        }
+        all
     }
 
     /// Appends payloads to the spool; returns false when any append failed (the spool counts and

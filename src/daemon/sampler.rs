@@ -3,7 +3,7 @@
 //! and the activity summary at every interval boundary, hands the interval's correlated
 //! statements to the shared correlator and appends its records when they are due.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::collect::activity::ActivitySampler;
 use crate::collect::correlate::SharedCorrelator;
@@ -14,6 +14,11 @@ use crate::spike::watch::Watch;
 use crate::wiring;
 
 use super::context::{append_due, Context};
+
+/// Least time between two hand-overs of the spike's top requests to the correlator: the top
+/// set changes slowly, while ranking it and taking the correlator's lock 4 times a second in a
+/// burst is work for nothing.
+const PREFER_EVERY: Duration = Duration::from_secs(1);
 
 /// The thread's body (until a stop).
 pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
@@ -51,6 +56,9 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
     let mut summaries = Ticker::new(start, cfg.interval);
     let mut next_summary = summaries.next_after(start).at;
     let mut at = samples.next_after(start).at;
+    // One snapshot refilled by every sample (no allocation per sample in steady state).
+    let mut snapshot = crate::spike::SampleSnapshot::default();
+    let mut preferred: (Option<Instant>, Vec<String>) = (None, Vec::new());
     loop {
         if ctx.shutdown.wait_until(at) {
             break;
@@ -60,15 +68,20 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
             .is_some()
         {
             // Spike reports go to the spool at once, not at the interval's end.
-            let snapshot = sampler.take_spike_snapshot();
-            ctx.append_all(&watch.after_sample(snapshot, &mut |req| {
+            sampler.fill_spike_snapshot(&mut snapshot);
+            ctx.append_all(&watch.observe(&mut snapshot, &mut |req| {
                 ctx.db_step("spike_deep", &mut Backoff::default(), |c| {
                     crate::spike::deep::run(c, &deep_options, req)
                 })
             }));
-            if watch.in_spike() {
+            let due = preferred.0.map_or(true, |t| t.elapsed() >= PREFER_EVERY);
+            if watch.in_spike() && due {
+                preferred.0 = Some(Instant::now());
                 let top = watch.top_requests(crate::collect::correlate::MAX_PREFERRED);
-                corr.lock().unwrap_or_else(|p| p.into_inner()).prefer(top);
+                if top != preferred.1 {
+                    preferred.1.clone_from(&top);
+                    corr.lock().unwrap_or_else(|p| p.into_inner()).prefer(top);
+                }
             }
         }
         let now = Instant::now();

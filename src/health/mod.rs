@@ -338,13 +338,8 @@ impl Health {
         if let Some(v) = self.version_num {
             return Ok(v);
         }
-        let row = client
-            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        let v = crate::collect::read_server_version(client)
             .map_err(PgError::at("version", "server_version_num"))?;
-        let v: i32 = row
-            .try_get(0)
-            .map_err(PgError::at("version", "server_version_num"))?;
-        let v = u32::try_from(v).unwrap_or(0);
         let major = v / 10000;
         if !version::SUPPORTED.contains(&major) {
             log::warn!(
@@ -374,12 +369,8 @@ impl Health {
             interval.map(|d| counters::round3(d.as_secs_f64())),
         );
         out.push("baseline", self.last_collect.is_none());
-        let v = match version {
-            Ok(v) => v,
-            Err(e) => {
-                out.push("errors", Json::Array(vec![e.to_json()]));
-                return out;
-            }
+        let Some(v) = version_or_error(version, &mut out) else {
+            return out;
         };
         if !self.gate.allows(self.cycle) {
             // The statistics were locked broadly lately: the whole collector waits (1, 2, 4, ...
@@ -399,13 +390,7 @@ impl Health {
             self.cycle += 1;
             return out;
         }
-        let ctx = Ctx {
-            major: v / 10000,
-            top_n: self.options.top_n,
-            cycle: self.cycle,
-            now,
-            tables_budget: self.options.tables_budget,
-        };
+        let ctx = self.ctx(v, now);
         let in_transaction = begin(client);
         let mut runner = Runner {
             cycle: self.cycle,
@@ -480,9 +465,6 @@ impl Health {
             in_transaction,
             &mut out,
         );
-        if rel.in_transaction {
-            commit(client);
-        }
         errors.extend(rel.errors);
         stale |= rel.version_stale;
         out.push("errors", Json::Array(errors));
@@ -506,20 +488,11 @@ impl Health {
         now: Instant,
     ) -> Json {
         let mut out = Json::object().field("database", database);
-        let v = match self.ensure_version(client) {
-            Ok(v) => v,
-            Err(e) => {
-                out.push("errors", Json::Array(vec![e.to_json()]));
-                return out;
-            }
+        let version = self.ensure_version(client);
+        let Some(v) = version_or_error(version, &mut out) else {
+            return out;
         };
-        let ctx = Ctx {
-            major: v / 10000,
-            top_n: self.options.top_n,
-            cycle: self.cycle,
-            now,
-            tables_budget: self.options.tables_budget,
-        };
+        let ctx = self.ctx(v, now);
         let state = self
             .others
             .entry(database.to_string())
@@ -533,14 +506,34 @@ impl Health {
             in_transaction,
             &mut out,
         );
-        if rel.in_transaction {
-            commit(client);
-        }
         out.push("errors", Json::Array(rel.errors));
         if rel.version_stale {
             self.version_num = None;
         }
         out
+    }
+
+    /// The context of this cycle's parts on a server of `server_version_num` `v`.
+    fn ctx(&self, v: u32, now: Instant) -> Ctx {
+        Ctx {
+            major: v / 10000,
+            top_n: self.options.top_n,
+            cycle: self.cycle,
+            now,
+            tables_budget: self.options.tables_budget,
+        }
+    }
+}
+
+/// The server version, or `None` with the error as the block's `errors` (nothing else can be
+/// collected without it).
+fn version_or_error(version: Result<u32, PgError>, out: &mut Json) -> Option<u32> {
+    match version {
+        Ok(v) => Some(v),
+        Err(e) => {
+            out.push("errors", Json::Array(vec![e.to_json()]));
+            None
+        }
     }
 }
 
@@ -569,10 +562,10 @@ fn commit(client: &mut postgres::Client) {
 struct RelationOutcome {
     errors: Vec<Json>,
     version_stale: bool,
-    in_transaction: bool,
 }
 
-/// Runs the relation-level parts of one database.
+/// Runs the relation-level parts of one database, then ends the collection's transaction (when
+/// one is still open).
 fn collect_relations(
     state: &mut RelationState,
     client: &mut postgres::Client,
@@ -602,10 +595,12 @@ fn collect_relations(
     runner.run(Part::UnusedIndexes, out, client, |c| {
         tables::collect_unused_indexes(c, ctx)
     });
+    if runner.in_transaction {
+        commit(client);
+    }
     RelationOutcome {
         errors: runner.errors,
         version_stale: runner.version_stale,
-        in_transaction: runner.in_transaction,
     }
 }
 

@@ -363,7 +363,8 @@ mod tests {
 
     #[test]
     fn reports_entries_durations_and_unparsable_lines() {
-        let path = std::env::temp_dir().join(format!("logtail-analyze-{}.log", std::process::id()));
+        let dir = crate::testdir::TempDir::new("logtail-analyze");
+        let path = dir.join("pg.log");
         std::fs::write(
             &path,
             "garbage first\n\
@@ -377,7 +378,6 @@ mod tests {
         )
         .unwrap();
         let a = analyze_log(&path, None, None).unwrap();
-        let _ = std::fs::remove_file(&path);
         assert_eq!(a.n_lines, 9);
         assert_eq!(a.n_entries, 6);
         assert_eq!(a.n_unparsed, 1);

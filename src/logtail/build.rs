@@ -39,12 +39,13 @@ pub struct PayloadOptions {
     pub max_correlated: usize,
 }
 
+/// The `[collection] query_max_chars` and `plan_max_bytes` defaults of `config::KEYS`.
 impl Default for PayloadOptions {
     fn default() -> PayloadOptions {
         PayloadOptions {
             query_text: QueryText::Normalized,
-            max_query_chars: 1000,
-            plan_max_bytes: 64 * 1024,
+            max_query_chars: crate::config::default_whole("collection", "query_max_chars") as usize,
+            plan_max_bytes: crate::config::default_whole("collection", "plan_max_bytes") as usize,
             max_entries_per_payload: 500,
             max_correlated: 100,
         }
@@ -528,27 +529,16 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
         "internal_query",
         e.internal_query.as_deref().and_then(sql).map(Json::from),
     );
-    put(
-        "detail",
-        e.detail
-            .as_deref()
-            .and_then(|d| log(LogText::Detail, d))
-            .map(Json::from),
-    );
-    put(
-        "hint",
-        e.hint
-            .as_deref()
-            .and_then(|h| log(LogText::Hint, h))
-            .map(Json::from),
-    );
-    put(
-        "context",
-        e.context
-            .as_deref()
-            .and_then(|c| log(LogText::Context, c))
-            .map(Json::from),
-    );
+    for (key, kind, text) in [
+        ("detail", LogText::Detail, &e.detail),
+        ("hint", LogText::Hint, &e.hint),
+        ("context", LogText::Context, &e.context),
+    ] {
+        put(
+            key,
+            text.as_deref().and_then(|t| log(kind, t)).map(Json::from),
+        );
+    }
     put("query_id", e.query_id.filter(|q| *q != 0).map(Json::from));
     put("event", e.event.as_ref().map(|ev| ev.to_json()));
     if let Some(body) = e.plan() {
@@ -596,33 +586,94 @@ mod tests {
     use super::*;
     use crate::logtail::entry::Part;
 
-    fn entry(msg: &str, app: Option<&str>, level: Level) -> Entry {
-        let mut e = Entry {
-            timestamp: Some("2024-05-01 12:00:00.500 UTC".into()),
-            pid: Some(7),
-            application_name: app.map(str::to_string),
-            level: Some(level),
-            ..Entry::default()
+    /// The one entry builder of these tests: `E::log(msg)` or `E::error(msg)` (pid 7, a fixed
+    /// timestamp), the parts a parser would add, then [`E::done`] finishes it as the parser does
+    /// (correlation, duration, event).
+    struct E(Entry);
+
+    impl E {
+        fn new(level: Level, msg: &str) -> E {
+            let mut e = Entry {
+                timestamp: Some("2024-05-01 12:00:00.500 UTC".into()),
+                pid: Some(7),
+                level: Some(level),
+                ..Entry::default()
+            };
+            e.append(Part::Message, "", msg.as_bytes());
+            E(e)
+        }
+
+        fn log(msg: &str) -> E {
+            E::new(Level::Log, msg)
+        }
+
+        fn error(msg: &str) -> E {
+            E::new(Level::Error, msg)
+        }
+
+        /// The session of a correlated request (`application_name` [`ID`]).
+        fn request(mut self) -> E {
+            self.0.application_name = Some(ID.into());
+            self
+        }
+
+        fn at(mut self, timestamp: &str) -> E {
+            self.0.timestamp = Some(timestamp.into());
+            self
+        }
+
+        fn detail(mut self, text: &str) -> E {
+            self.0.detail = Some(text.into());
+            self
+        }
+
+        fn statement(mut self, text: &str) -> E {
+            self.0.statement = Some(text.into());
+            self
+        }
+
+        fn context(mut self, text: &str) -> E {
+            self.0.context = Some(text.into());
+            self
+        }
+
+        fn hint(mut self, text: &str) -> E {
+            self.0.hint = Some(text.into());
+            self
+        }
+
+        fn sqlstate(mut self, code: &str) -> E {
+            self.0.sqlstate = Some(code.into());
+            self
+        }
+
+        fn done(mut self) -> Entry {
+            self.0
+                .finish(&crate::normalize::CorrelationPattern::default());
+            self.0
+        }
+    }
+
+    /// The payloads of `es` from a stderr log with no parse failures, at time 1.0.
+    fn payloads(es: &[Entry], opts: &PayloadOptions) -> Vec<Payload> {
+        let origin = Origin {
+            file: None,
+            format: Format::Stderr,
         };
-        e.append(Part::Message, "", msg.as_bytes());
-        e.finish(&crate::normalize::CorrelationPattern::default());
-        e
+        build_payloads(es, &ParseStats::default(), &origin, opts, 1.0)
     }
 
     const ID: &str = "bitville-0123abcd-0123-4567-89ab-0123456789ab";
 
     #[test]
     fn summary_and_correlated_payloads() {
-        let mut es = vec![
-            entry(
-                "duration: 1500.5 ms  statement: SELECT * FROM t WHERE a = 'secret'",
-                Some(ID),
-                Level::Log,
-            ),
-            entry("checkpoint starting", None, Level::Log),
-            entry("oops", None, Level::Error),
+        let es = vec![
+            E::log("duration: 1500.5 ms  statement: SELECT * FROM t WHERE a = 'secret'")
+                .request()
+                .done(),
+            E::log("checkpoint starting").done(),
+            E::error("oops").detail("parameters: $1 = 'secret'").done(),
         ];
-        es[2].detail = Some("parameters: $1 = 'secret'".into());
         let stats = ParseStats {
             n_lines: 4,
             n_entries: 3,
@@ -659,23 +710,17 @@ mod tests {
 
         // Three entries of one request become one payload headed by the slowest.
         let mut three = vec![
-            entry(
-                "duration: 5.0 ms  statement: SELECT 1",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(
-                "duration: 900.0 ms  statement: SELECT 2",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(
-                "duration: 7.0 ms  statement: SELECT 3",
-                Some(ID),
-                Level::Log,
-            ),
+            E::log("duration: 5.0 ms  statement: SELECT 1")
+                .request()
+                .done(),
+            E::log("duration: 900.0 ms  statement: SELECT 2")
+                .request()
+                .done(),
+            E::log("duration: 7.0 ms  statement: SELECT 3")
+                .request()
+                .done(),
         ];
-        three.push(entry("unrelated", None, Level::Log));
+        three.push(E::log("unrelated").done());
         let ps = build_payloads(&three, &stats, &origin, &PayloadOptions::default(), 100.0);
         let correlated: Vec<_> = ps.iter().filter(|p| p.correlation_id.is_some()).collect();
         assert_eq!(correlated.len(), 1);
@@ -715,29 +760,19 @@ mod tests {
 
     #[test]
     fn no_literal_of_any_message_kind_is_shipped_normalized_and_none_ships_no_text() {
-        let mut es = vec![
-            entry(
-                "duration: 2.0 ms  plan:\nQuery Text: SELECT * FROM users WHERE email = 'secret@x.com'\n\
+        let es = vec![
+            E::log("duration: 2.0 ms  plan:\nQuery Text: SELECT * FROM users WHERE email = 'secret@x.com'\n\
                  Index Scan using users_email_key on users  (cost=0.29..8.31 rows=1 width=40)\n  \
-                 Index Cond: (email = 'secret@x.com'::text)\n  Filter: (id > 424242)",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(
-                "duplicate key value violates unique constraint \"users_email_key\"",
-                None,
-                Level::Error,
-            ),
-            entry(
-                "invalid input syntax for type integer: \"secret\"",
-                None,
-                Level::Error,
-            ),
+                 Index Cond: (email = 'secret@x.com'::text)\n  Filter: (id > 424242)").request().done(),
+            E::error("duplicate key value violates unique constraint \"users_email_key\"")
+                .detail("Key (email)=(secret@x.com) already exists.")
+                .statement("INSERT INTO users VALUES ('secret@x.com') /* secret */")
+                .done(),
+            E::error("invalid input syntax for type integer: \"secret\"")
+                .context("SQL statement \"SELECT 'secret'\"")
+                .hint("try 'secret'")
+                .done(),
         ];
-        es[1].detail = Some("Key (email)=(secret@x.com) already exists.".into());
-        es[1].statement = Some("INSERT INTO users VALUES ('secret@x.com') /* secret */".into());
-        es[2].context = Some("SQL statement \"SELECT 'secret'\"".into());
-        es[2].hint = Some("try 'secret'".into());
         let stats = ParseStats {
             samples: vec![(0, "\tAND x = 'secret' AND y = \"secret\" AND 424242".into())],
             n_unparsed: 1,
@@ -798,41 +833,30 @@ mod tests {
     #[test]
     fn correlated_records_list_statements_with_their_plans_and_events() {
         let plan = "duration: 900.0 ms  plan:\n{\"Query Text\": \"SELECT * FROM t WHERE a = 'secret'\", \"Plan\": {\"Node Type\": \"Sort\", \"Sort Space Type\": \"Disk\", \"Sort Method\": \"external merge\", \"Sort Space Used\": 2048, \"Filter\": \"(a = 'secret'::text)\"}}";
-        let mut es = vec![
+        let es = vec![
             // log_statement, then auto_explain and a temp file, then the duration line.
-            entry(
-                "statement: SELECT * FROM t WHERE a = 'secret'",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(plan, Some(ID), Level::Log),
-            entry(
-                "temporary file: path \"base/pgsql_tmp/x\", size 209715200",
-                Some(ID),
-                Level::Log,
-            ),
-            entry("duration: 901.5 ms", Some(ID), Level::Log),
+            E::log("statement: SELECT * FROM t WHERE a = 'secret'")
+                .request()
+                .done(),
+            E::log(plan).request().done(),
+            E::log("temporary file: path \"base/pgsql_tmp/x\", size 209715200")
+                .request()
+                .done(),
+            E::log("duration: 901.5 ms").request().done(),
             // No log_statement: the lock wait comes first, the statement after.
-            entry(
-                "process 7 still waiting for ShareLock on transaction 9 after 4000.0 ms",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(
-                "duration: 4100.0 ms  statement: UPDATE t SET v = 'secret'",
-                Some(ID),
-                Level::Log,
-            ),
-            entry(
-                "canceling statement due to lock timeout",
-                Some(ID),
-                Level::Error,
-            ),
+            E::log("process 7 still waiting for ShareLock on transaction 9 after 4000.0 ms")
+                .request()
+                .detail("Process holding the lock: 8. Wait queue: 7.")
+                .done(),
+            E::log("duration: 4100.0 ms  statement: UPDATE t SET v = 'secret'")
+                .request()
+                .done(),
+            E::error("canceling statement due to lock timeout")
+                .request()
+                .statement("UPDATE t SET v = 'other secret'")
+                .sqlstate("55P03")
+                .done(),
         ];
-        es[4].detail = Some("Process holding the lock: 8. Wait queue: 7.".into());
-        es[4].event = crate::logtail::events::classify(&es[4]);
-        es[6].statement = Some("UPDATE t SET v = 'other secret'".into());
-        es[6].sqlstate = Some("55P03".into());
         let members: Vec<&Entry> = es.iter().collect();
         let stmts = request_statements(&members);
         assert_eq!(stmts.len(), 3);
@@ -863,16 +887,7 @@ mod tests {
             third.contains(r#""sqlstate":"55P03""#) && third.contains("lock_timeout"),
             "{third}"
         );
-        let ps = build_payloads(
-            &es,
-            &ParseStats::default(),
-            &Origin {
-                file: None,
-                format: Format::Stderr,
-            },
-            &opts,
-            1.0,
-        );
+        let ps = payloads(&es, &opts);
         let correlated = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
         // The slowest statement heads the record; the plan's duration is not counted twice.
         assert_eq!(
@@ -894,23 +909,12 @@ mod tests {
     #[test]
     fn with_log_statement_the_record_takes_its_query_from_the_statement() {
         let es = vec![
-            entry(
-                "statement: SELECT pg_sleep(0.9), 'secret'",
-                Some(ID),
-                Level::Log,
-            ),
-            entry("duration: 900.5 ms", Some(ID), Level::Log),
+            E::log("statement: SELECT pg_sleep(0.9), 'secret'")
+                .request()
+                .done(),
+            E::log("duration: 900.5 ms").request().done(),
         ];
-        let ps = build_payloads(
-            &es,
-            &ParseStats::default(),
-            &Origin {
-                file: None,
-                format: Format::Stderr,
-            },
-            &PayloadOptions::default(),
-            1.0,
-        );
+        let ps = payloads(&es, &PayloadOptions::default());
         let c = ps.iter().find(|p| p.correlation_id.is_some()).unwrap();
         assert_eq!(c.data.get("duration_ms"), Some(&Json::Float(900.5)));
         assert_eq!(
@@ -921,17 +925,15 @@ mod tests {
 
     #[test]
     fn a_plan_from_outside_the_statements_time_window_is_not_attached() {
-        let mut old_plan = entry(
+        let old_plan = E::log(
             "duration: 5.0 ms  plan:\nQuery Text: SELECT 1\nResult  (cost=0.00..0.01 rows=1 width=4)",
-            Some(ID),
-            Level::Log,
-        );
-        old_plan.timestamp = Some("2024-05-01 11:50:00.000 UTC".into());
-        let stmt = entry(
-            "duration: 5.0 ms  statement: SELECT 2",
-            Some(ID),
-            Level::Log,
-        );
+        )
+        .request()
+        .at("2024-05-01 11:50:00.000 UTC")
+        .done();
+        let stmt = E::log("duration: 5.0 ms  statement: SELECT 2")
+            .request()
+            .done();
         let members = vec![&old_plan, &stmt];
         let stmts = request_statements(&members);
         assert_eq!(stmts.len(), 1);
@@ -944,9 +946,7 @@ mod tests {
 
     #[test]
     fn chunks_and_empty_batches() {
-        let es: Vec<Entry> = (0..5)
-            .map(|i| entry(&format!("m{i}"), None, Level::Log))
-            .collect();
+        let es: Vec<Entry> = (0..5).map(|i| E::log(&format!("m{i}")).done()).collect();
         let opts = PayloadOptions {
             max_entries_per_payload: 2,
             ..PayloadOptions::default()
@@ -961,9 +961,7 @@ mod tests {
         assert_eq!(ps[2].data.get("parts"), Some(&Json::UInt(3)));
         assert_eq!(ps[1].data.get("parse_failures"), None);
         // Text size splits too, never inside an entry.
-        let big: Vec<Entry> = (0..3)
-            .map(|_| entry(&"x".repeat(60_000), None, Level::Log))
-            .collect();
+        let big: Vec<Entry> = (0..3).map(|_| E::log(&"x".repeat(60_000)).done()).collect();
         assert_eq!(split(&big, 500, 100_000).len(), 3);
         assert_eq!(split(&big, 500, 10).len(), 3);
         assert_eq!(split(&big, 500, 1 << 20).len(), 1);

@@ -142,12 +142,8 @@ impl CsvRecord {
     pub fn take(&mut self, correlation: &crate::normalize::CorrelationPattern) -> Option<Entry> {
         let n = self.n_fields;
         let truncated = self.truncated;
-        self.has_bytes = false;
-        self.n_fields = 0;
-        self.truncated = false;
-        self.field_started = false;
-        self.in_quotes = false;
-        self.quote_pending = false;
+        // The field buffers stay as they are (`reset` only forgets them) until the entry is read.
+        self.reset();
         let f = |i: usize| -> &[u8] {
             if i < n {
                 &self.fields[i]

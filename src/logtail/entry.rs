@@ -11,8 +11,8 @@
 /// realistic statement and bounds a batch.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
-/// The default start of a correlated `application_name`: the PHP agent sets `bitville-<uuid>`.
-pub const DEFAULT_CORRELATION_PREFIX: &str = "bitville-";
+/// The default start of a correlated `application_name` (one constant, in `normalize`).
+pub use crate::normalize::DEFAULT_CORRELATION_PREFIX;
 
 /// A severity (or a secondary line kind) as PostgreSQL writes it before `:  `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -328,10 +328,7 @@ impl Entry {
         if target.len() - before > room {
             // Replacement characters are longer than the bytes they replace: cut back at a char
             // boundary so the cap holds exactly.
-            let mut cut = before + room;
-            while !target.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            let cut = crate::normalize::char_floor(target, before + room);
             target.truncate(cut);
         }
         let added = target.len() - before;
@@ -506,14 +503,7 @@ pub fn timestamp_to_unix(ts: &str) -> Option<f64> {
     }
     let zone = ts.get(at..)?.trim();
     let offset = zone_offset(zone)?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
+    let days = crate::calendar::days_from_civil(y, mo, d);
     let secs = days * 86400 + h * 3600 + mi * 60 + s - offset;
     Some(secs as f64 + frac)
 }

@@ -349,23 +349,89 @@ fn lock_figures(m: &str, verb: &str, detail: &str) -> Json {
     f
 }
 
+/// Where a figure's number stands next to its key.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// Right after the key (`total=1.5`).
+    After(&'static str),
+    /// Right before the key (`3 removed`).
+    Before(&'static str),
+    /// Right before the first key, else right before the second (words that changed between
+    /// versions).
+    BeforeEither(&'static str, &'static str),
+}
+
+/// One figure of a message: its name in the event, the line it is read from (`None`: the whole
+/// text; `Some(start)`: the first line that starts with `start`, leading blanks ignored) and
+/// where its number stands. A figure that is not there is `null`.
+type Figure = (&'static str, Option<&'static str>, At);
+
+/// Adds the figures of `table`, read from `text`, to `f` in the table's order.
+fn push_figures(f: &mut Json, text: &str, table: &[Figure]) {
+    for &(name, line, at) in table {
+        let within = match line {
+            None => text,
+            Some(start) => text
+                .lines()
+                .map(str::trim_start)
+                .find(|l| l.starts_with(start))
+                .unwrap_or(""),
+        };
+        let v = match at {
+            At::After(key) => num_after(within, key),
+            At::Before(key) => num_before(within, key),
+            At::BeforeEither(a, b) => num_before(within, a).or_else(|| num_before(within, b)),
+        };
+        f.push(name, v.map(Json::Float));
+    }
+}
+
+#[rustfmt::skip]
+const CHECKPOINT_FIGURES: &[Figure] = &[
+    ("buffers", None, At::After("wrote ")),
+    ("buffers_pct", None, At::After("buffers (")),
+    ("wal_added", None, At::Before(" WAL file(s) added")),
+    ("wal_removed", None, At::Before(" removed")),
+    ("wal_recycled", None, At::Before(" recycled")),
+    ("write_s", None, At::After("write=")),
+    ("sync_s", None, At::After("sync=")),
+    ("total_s", None, At::After("total=")),
+    ("sync_files", None, At::After("sync files=")),
+    ("longest_sync_s", None, At::After("longest=")),
+    ("distance_kb", None, At::After("distance=")),
+    ("estimate_kb", None, At::After("estimate=")),
+];
+
+/// The figures only an automatic vacuum reports (before those it shares with analyze).
+#[rustfmt::skip]
+const VACUUM_FIGURES: &[Figure] = &[
+    ("index_scans", None, At::After("index scans: ")),
+    ("pages_removed", Some("pages: "), At::Before(" removed")),
+    ("pages_remain", Some("pages: "), At::Before(" remain")),
+    ("pages_scanned", Some("pages: "), At::Before(" scanned")),
+    ("tuples_removed", Some("tuples: "), At::Before(" removed")),
+    ("tuples_remain", Some("tuples: "), At::Before(" remain")),
+    ("tuples_dead_not_removable", Some("tuples: "), At::Before(" are dead")),
+];
+
+/// The figures of an automatic vacuum and an automatic analyze alike.
+#[rustfmt::skip]
+const VACUUM_ANALYZE_FIGURES: &[Figure] = &[
+    ("buffer_hits", Some("buffer usage: "), At::Before(" hits")),
+    ("buffer_misses", Some("buffer usage: "), At::BeforeEither(" misses", " reads")),
+    ("buffer_dirtied", Some("buffer usage: "), At::Before(" dirtied")),
+    ("wal_records", Some("WAL usage: "), At::Before(" records")),
+    ("wal_fpi", Some("WAL usage: "), At::Before(" full page images")),
+    ("wal_bytes", Some("WAL usage: "), At::Before(" bytes")),
+    ("avg_read_mb_s", None, At::After("avg read rate: ")),
+    ("avg_write_mb_s", None, At::After("avg write rate: ")),
+    ("elapsed_s", None, At::After("elapsed: ")),
+];
+
 fn checkpoint_figures(rest: &str, kind: &str) -> Json {
-    let n = |key: &str| num_after(rest, key).map(Json::Float);
-    let b = |key: &str| num_before(rest, key).map(Json::Float);
-    Json::object()
-        .field("kind", kind)
-        .field("buffers", num_after(rest, "wrote ").map(Json::Float))
-        .field("buffers_pct", n("buffers ("))
-        .field("wal_added", b(" WAL file(s) added"))
-        .field("wal_removed", b(" removed"))
-        .field("wal_recycled", b(" recycled"))
-        .field("write_s", n("write="))
-        .field("sync_s", n("sync="))
-        .field("total_s", n("total="))
-        .field("sync_files", n("sync files="))
-        .field("longest_sync_s", n("longest="))
-        .field("distance_kb", n("distance="))
-        .field("estimate_kb", n("estimate="))
+    let mut f = Json::object().field("kind", kind);
+    push_figures(&mut f, rest, CHECKPOINT_FIGURES);
+    f
 }
 
 fn vacuum_figures(rest: &str, vacuum: bool) -> Json {
@@ -373,73 +439,11 @@ fn vacuum_figures(rest: &str, vacuum: bool) -> Json {
         .strip_prefix('"')
         .and_then(|r| r.split('"').next())
         .unwrap_or("");
-    let line = |start: &str| {
-        rest.lines()
-            .map(str::trim_start)
-            .find(|l| l.starts_with(start))
-            .unwrap_or("")
-    };
     let mut f = Json::object().field("table", table);
     if vacuum {
-        let pages = line("pages: ");
-        let tuples = line("tuples: ");
-        f.push(
-            "index_scans",
-            num_after(rest, "index scans: ").map(Json::Float),
-        );
-        f.push(
-            "pages_removed",
-            num_before(pages, " removed").map(Json::Float),
-        );
-        f.push(
-            "pages_remain",
-            num_before(pages, " remain").map(Json::Float),
-        );
-        f.push(
-            "pages_scanned",
-            num_before(pages, " scanned").map(Json::Float),
-        );
-        f.push(
-            "tuples_removed",
-            num_before(tuples, " removed").map(Json::Float),
-        );
-        f.push(
-            "tuples_remain",
-            num_before(tuples, " remain").map(Json::Float),
-        );
-        f.push(
-            "tuples_dead_not_removable",
-            num_before(tuples, " are dead").map(Json::Float),
-        );
+        push_figures(&mut f, rest, VACUUM_FIGURES);
     }
-    let buffers = line("buffer usage: ");
-    f.push("buffer_hits", num_before(buffers, " hits").map(Json::Float));
-    f.push(
-        "buffer_misses",
-        num_before(buffers, " misses")
-            .or_else(|| num_before(buffers, " reads"))
-            .map(Json::Float),
-    );
-    f.push(
-        "buffer_dirtied",
-        num_before(buffers, " dirtied").map(Json::Float),
-    );
-    let wal = line("WAL usage: ");
-    f.push("wal_records", num_before(wal, " records").map(Json::Float));
-    f.push(
-        "wal_fpi",
-        num_before(wal, " full page images").map(Json::Float),
-    );
-    f.push("wal_bytes", num_before(wal, " bytes").map(Json::Float));
-    f.push(
-        "avg_read_mb_s",
-        num_after(rest, "avg read rate: ").map(Json::Float),
-    );
-    f.push(
-        "avg_write_mb_s",
-        num_after(rest, "avg write rate: ").map(Json::Float),
-    );
-    f.push("elapsed_s", num_after(rest, "elapsed: ").map(Json::Float));
+    push_figures(&mut f, rest, VACUUM_ANALYZE_FIGURES);
     f
 }
 

@@ -43,10 +43,11 @@ pub struct FeedConfig {
     pub max_entries_per_interval: usize,
 }
 
+/// The interval is `[collection] interval_s`'s default in `config::KEYS`.
 impl Default for FeedConfig {
     fn default() -> FeedConfig {
         FeedConfig {
-            interval: Duration::from_secs(60),
+            interval: Duration::from_secs(crate::config::default_whole("collection", "interval_s")),
             max_batch: 2000,
             max_batch_bytes: 8 * 1024 * 1024,
             max_entries_per_interval: usize::MAX,
@@ -472,8 +473,7 @@ mod tests {
 
     #[test]
     fn over_the_budget_only_warnings_and_requests_are_shipped_and_the_rest_is_counted() {
-        let dir = std::env::temp_dir().join(format!("logtail-budget-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("logtail-budget");
         let log = dir.join("pg.log");
         let mut f = std::fs::File::create(&log).unwrap();
         for i in 0..10 {
@@ -485,7 +485,7 @@ mod tests {
         )
         .unwrap();
         writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  routine 10").unwrap();
-        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.to_path_buf()));
         tc.start_at_end = false;
         tc.settle = Duration::ZERO;
         let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] "));
@@ -515,13 +515,11 @@ mod tests {
             text.contains("next interval") && !text.contains("over_budget"),
             "{text}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn over_the_budget_events_are_kept_statements_go_first_and_own_lines_are_counted_apart() {
-        let dir = std::env::temp_dir().join(format!("logtail-events-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("logtail-events");
         let log = dir.join("pg.log");
         let mut f = std::fs::File::create(&log).unwrap();
         let line = |f: &mut std::fs::File, app: &str, msg: &str| {
@@ -555,7 +553,7 @@ mod tests {
         );
         line(&mut f, "bitville-monitor", "checkpoint starting: time");
         line(&mut f, "app", "routine end");
-        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.to_path_buf()));
         tc.start_at_end = false;
         tc.settle = Duration::ZERO;
         let tailer = Tailer::new(tc, EntryParser::new(Format::Stderr, "%m [%p] %a "));
@@ -594,8 +592,7 @@ mod tests {
 
     #[test]
     fn routed_correlated_statements_are_handed_over_once_and_no_correlated_payload_is_built() {
-        let dir = std::env::temp_dir().join(format!("logtail-route-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("logtail-route");
         let log = dir.join("pg.log");
         let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
         let mut f = std::fs::File::create(&log).unwrap();
@@ -622,19 +619,17 @@ mod tests {
         assert!(feed.take_correlated().is_empty(), "not again at the flush");
         assert!(fl.payloads.iter().all(|p| p.correlation_id.is_none()));
         assert_eq!(fl.payloads[0].data.get("count"), Some(&Json::UInt(2)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn flushes_on_interval_and_when_full_and_commits() {
-        let dir = std::env::temp_dir().join(format!("logtail-feed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TempDir::new("logtail-feed");
         let log = dir.join("pg.log");
         let mut f = std::fs::File::create(&log).unwrap();
         for i in 0..5 {
             writeln!(f, "2024-05-01 12:00:00.000 UTC [1] LOG:  m{i}").unwrap();
         }
-        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.clone()));
+        let mut tc = TailConfig::new(Follow::Path(log.clone()), Some(dir.to_path_buf()));
         tc.start_at_end = false;
         tc.settle = Duration::ZERO;
         let tailer = Tailer::new(tc.clone(), EntryParser::new(Format::Stderr, "%m [%p] "));
@@ -677,7 +672,6 @@ mod tests {
             text.contains("\"m7\"") && !text.contains("\"m6\""),
             "{text}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     impl LogFeed {

@@ -6,6 +6,7 @@
 //! (including `\u` surrogate pairs) decode to UTF-8, invalid ones to U+FFFD.
 
 use super::entry::{lossy, Entry, Level, Part};
+use crate::json::Escape;
 
 /// A value of a flat JSON object, borrowed from the line or the decoding scratch buffer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,47 +164,17 @@ fn read_string(line: &[u8], mut i: usize, out: &mut Vec<u8>) -> (usize, bool) {
         if line[i] == b'"' {
             return (i + 1, true);
         }
-        // A backslash escape.
-        let Some(&esc) = line.get(i + 1) else {
-            return (line.len(), false);
-        };
-        i += 2;
-        match esc {
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'r' => out.push(b'\r'),
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'u' => {
-                let Some(hi) = hex4(line, i) else {
-                    out.extend_from_slice("\u{fffd}".as_bytes());
-                    continue;
-                };
-                i += 4;
-                let mut cp = u32::from(hi);
-                if (0xD800..0xDC00).contains(&cp) {
-                    // A high surrogate must be followed by `\uDC00`..`\uDFFF`.
-                    if line.get(i..i + 2) == Some(b"\\u") {
-                        if let Some(lo) =
-                            hex4(line, i + 2).filter(|lo| (0xDC00..0xE000).contains(lo))
-                        {
-                            i += 6;
-                            cp = 0x10000 + ((cp - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
-                        }
-                    }
-                }
-                let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                let mut b = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
+        // A backslash escape; a malformed `\u` is kept as U+FFFD (a log line is read as far as
+        // it goes).
+        i = match crate::json::unescape(line, i + 1, out) {
+            Escape::Done(next) => next,
+            Escape::Cut => return (line.len(), false),
+            Escape::BadUnicode(next) => {
+                out.extend_from_slice("\u{fffd}".as_bytes());
+                next
             }
-            other => out.push(other),
-        }
+        };
     }
-}
-
-fn hex4(line: &[u8], i: usize) -> Option<u16> {
-    let s = std::str::from_utf8(line.get(i..i + 4)?).ok()?;
-    u16::from_str_radix(s, 16).ok()
 }
 
 /// Parses one jsonlog line into an entry; `None` when it has no recognisable primary severity.

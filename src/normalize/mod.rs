@@ -129,6 +129,17 @@ pub fn truncate_chars(s: &mut String, max_chars: usize) {
     }
 }
 
+/// The largest byte index at most `at` (and at most `s.len()`) where a character of `s` starts:
+/// cutting there never splits a character. The one byte cut of the agent (log entries' size cap,
+/// auto_explain plans' byte cap).
+pub fn char_floor(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 /// `text` rewritten line by line: `line_end(rest)` says where the line that starts `rest` ends
 /// (at a `\n` of `rest` or at its end), `each(line, rest, out)` writes the form of that line (and
 /// of any lines it takes with it) into the output and returns the length it took, which ends the
@@ -159,6 +170,15 @@ fn first_line_len(rest: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_cuts_fall_back_to_the_start_of_a_character() {
+        let s = "aé€";
+        assert_eq!(
+            (0..=7).map(|i| char_floor(s, i)).collect::<Vec<_>>(),
+            [0, 1, 1, 3, 3, 3, 6, 6]
+        );
+    }
 
     #[test]
     fn truncates_on_char_boundary_with_marker() {

@@ -104,18 +104,15 @@ impl Client {
     /// statuses as answers.
     pub fn new(opts: &ShipperOptions) -> Result<Client, ShipError> {
         let shown_url = crate::config::mask_url(&opts.url);
+        if let Some(problem) = crate::config::listener_url_problem(&opts.url) {
+            return Err(ShipError::Options(format!(
+                "listener url {shown_url:?} {problem}"
+            )));
+        }
         let uri: ureq::http::Uri = opts
             .url
             .parse()
             .map_err(|e| ShipError::Options(format!("listener url {shown_url:?}: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => {
-                return Err(ShipError::Options(format!(
-                    "listener url {shown_url:?} must start with http:// or https://"
-                )))
-            }
-        }
         if uri.host().is_none() {
             return Err(ShipError::Options(format!(
                 "listener url {shown_url:?} has no host"

@@ -1,9 +1,9 @@
-//! The shipper: the only thread that talks to the listener. It takes the oldest record from the
-//! spool, posts it, and acknowledges it in the spool only after the listener answered 200 (or
+//! The shipper: the only thread that talks to the listener. It takes the next record from the
+//! spool (a spike report before the oldest of the rest, see [`Spool::peek`]), posts it, and acknowledges it in the spool only after the listener answered 200 (or
 //! after a permanently rejected payload was moved to the dead-letter file).
 //!
 //! Invariants:
-//! - Oldest first, one request at a time, never faster than `max_requests_per_minute`
+//! - Spike reports first, then oldest first, one request at a time, never faster than `max_requests_per_minute`
 //!   ([`pacer`]); a 429's `Retry-After` is honoured and is not a failure.
 //! - The [`breaker`] opens after `breaker_failures` consecutive failures (5xx, timeouts, refused
 //!   connections, TLS errors) and lets one probe through after `breaker_reset`.
@@ -465,10 +465,10 @@ impl Shipper {
         self.breaker.state()
     }
 
-    /// Ships until `stop` is set (an `AtomicBool` or the daemon's `Shutdown`): oldest record
-    /// first, paced, behind the breaker. Returns within about 100 ms of `stop` (at once with the
-    /// daemon's `Shutdown`, whose waits are woken; the daemon also wakes the spool wait), or after the
-    /// request in flight ends (bounded by the timeout).
+    /// Ships until `stop` is set (an `AtomicBool` or the daemon's `Shutdown`): spike reports,
+    /// then the oldest record first, paced, behind the breaker. Returns within about 100 ms of
+    /// `stop` (at once with the daemon's `Shutdown`, whose waits are woken; the daemon also wakes
+    /// the spool wait), or after the request in flight ends (bounded by the timeout).
     pub fn run<S: StopSignal + ?Sized>(&mut self, stop: &S) {
         log::info!("shipper started for {}", self.client.url());
         while !stop.is_stopped() {

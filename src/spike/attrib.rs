@@ -139,6 +139,8 @@ pub struct Attribution {
     dims: [Dimension; DIMENSIONS.len()],
     total: Load,
     n_samples: u64,
+    /// The `query_id:<id>` key being looked up (kept to reuse its memory).
+    key_buf: String,
 }
 
 /// The key a query is attributed by: its query_id when known, else its text.
@@ -146,6 +148,20 @@ pub fn query_key(r: &SampleRow) -> Option<Cow<'_, str>> {
     match (r.query_id, &r.query) {
         (Some(id), _) if id != 0 => Some(Cow::Owned(format!("query_id:{id}"))),
         (_, Some(q)) => Some(Cow::Borrowed(q.as_str())),
+        _ => None,
+    }
+}
+
+/// [`query_key`] written into `buf` when it is a query_id (no allocation once `buf` has room).
+fn query_key_in<'a>(r: &'a SampleRow, buf: &'a mut String) -> Option<&'a str> {
+    use std::fmt::Write as _;
+    match (r.query_id, &r.query) {
+        (Some(id), _) if id != 0 => {
+            buf.clear();
+            let _ = write!(buf, "query_id:{id}");
+            Some(buf.as_str())
+        }
+        (_, Some(q)) => Some(q.as_str()),
         _ => None,
     }
 }
@@ -170,9 +186,9 @@ impl Attribution {
                 l.by_class[class_of(r.wait_event_type.as_deref())] = period_s;
             }
             self.total.add(&l);
-            let q = query_key(r);
+            let q = query_key_in(r, &mut self.key_buf);
             let keys = [
-                q.as_deref(),
+                q,
                 r.correlation_id.as_deref(),
                 r.usename.as_deref(),
                 r.datname.as_deref(),

@@ -6,7 +6,9 @@
 //! - The load figure of a sample is the larger of its active sessions and its PostgreSQL
 //!   backends in run state R or D. A sample is *hot* when that figure is at least `min_active`
 //!   and above `factor` × the baseline, or when load1 is above `load_per_cpu` × the CPU count
-//!   (when `load_per_cpu` > 0).
+//!   (when `load_per_cpu` > 0) and the load figure is at least `min_active`: the floor holds for
+//!   both rules, so load made by other work on the host (a build, a backup) while the database
+//!   is nearly idle is no database spike and does not start burst sampling.
 //! - The baseline is an exponentially weighted mean of the load figure with time constant
 //!   `baseline_s`; it is frozen while a spike lasts, so the spike cannot raise its own bar.
 //! - A spike starts at the first hot sample and ends once no sample was hot for `quiet_s`; its
@@ -29,7 +31,8 @@ pub struct DetectorConfig {
     pub min_active: u32,
     /// How many times the baseline the load figure must exceed. Default 3.
     pub factor: f64,
-    /// load1 above this many times the CPU count is a spike on its own; 0 disables. Default 2.
+    /// load1 above this many times the CPU count is a spike on its own (with the load figure at
+    /// least `min_active`); 0 disables. Default 2.
     pub load_per_cpu: f64,
     /// Time without a hot sample that ends a spike. Default 10 s.
     pub quiet: Duration,
@@ -152,7 +155,10 @@ impl Detector {
 
     fn hot(&self, p: &Point, baseline: f64) -> Option<&'static str> {
         let figure = p.active.max(p.run_rd);
-        if figure >= self.cfg.min_active && f64::from(figure) > self.cfg.factor * baseline {
+        if figure < self.cfg.min_active {
+            return None;
+        }
+        if f64::from(figure) > self.cfg.factor * baseline {
             return Some("sessions");
         }
         (self.load_armed && self.load_high(p)).then_some("load")
@@ -348,15 +354,21 @@ mod tests {
             load_per_cpu: 2.0,
             ..cfg()
         });
-        let load = |t, l| Point {
+        let load = |t, l, active| Point {
             t,
+            active,
             load1: Some(l),
             n_cpus: Some(4),
             ..Point::default()
         };
-        assert_eq!(d.step(load(0.0, 7.9)), Event::None);
+        assert_eq!(d.step(load(0.0, 7.9, 12)), Event::None);
+        assert_eq!(
+            d.step(load(0.5, 8.5, 9)),
+            Event::None,
+            "load1 high but fewer than min_active sessions: other work on the host"
+        );
         assert!(matches!(
-            d.step(load(1.0, 8.5)),
+            d.step(load(1.0, 8.5, 12)),
             Event::Started { reason: "load", .. }
         ));
         assert!(matches!(d.step(p(1.0, 0)), Event::None));
@@ -394,6 +406,7 @@ mod tests {
         });
         let load = |t: f64, l: f64| Point {
             t,
+            active: 12,
             load1: Some(l),
             n_cpus: Some(2),
             ..Point::default()

@@ -9,9 +9,10 @@
 //! saves an open and a close per file per sample; a missing file is looked for again at most
 //! once a minute. `/proc/loadavg` (load1 and the runnable tasks) is read every sample. PSI is
 //! read at most every [`SLOW_EVERY`]: the kernel recomputes its averages every 2 s. `/proc/stat`
-//! (blocked tasks, CPU busy and iowait since its previous reading) is read every sample while a
-//! spike lasts and otherwise at most every [`STAT_EVERY`]: between two readings those figures
-//! are `None`, never a repeated value.
+//! (blocked tasks, CPU busy and iowait since its previous reading) is read at most every
+//! [`SPIKE_STAT_EVERY`] while a spike lasts (once a second, not at every 250 ms burst sample)
+//! and otherwise at most every [`STAT_EVERY`]: between two readings those figures are `None`,
+//! never a repeated value.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -99,6 +100,11 @@ pub const SLOW_EVERY: Duration = Duration::from_secs(2);
 /// sampler's CPU per reading on a 2-core VM, against 8 µs in a hot loop).
 pub const STAT_EVERY: Duration = Duration::from_secs(5);
 
+/// Least time between two readings of `/proc/stat` while a spike lasts: a burst samples 4 times
+/// a second, and reading this file at each would cost 4 × 60 µs a second of burst for CPU
+/// percentages over 250 ms, which the kernel's tick accounting makes coarse anyway.
+pub const SPIKE_STAT_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a file that could not be opened is left alone.
 const REOPEN_AFTER: Duration = Duration::from_secs(60);
 
@@ -119,6 +125,7 @@ pub struct HostLine {
     slow_every: Duration,
     psi: Option<(Instant, [Option<f64>; 3])>,
     stat_every: Duration,
+    spike_stat_every: Duration,
     stat_at: Option<Instant>,
     n_cpus: Option<u64>,
 }
@@ -151,21 +158,31 @@ impl HostLine {
             slow_every: SLOW_EVERY,
             psi: None,
             stat_every: STAT_EVERY,
+            spike_stat_every: SPIKE_STAT_EVERY,
             stat_at: None,
             n_cpus: None,
         }
     }
 
-    /// Reads PSI at most every `psi` and `/proc/stat` (outside spikes) at most every `stat`
+    /// Reads PSI at most every `psi` and `/proc/stat` at most every `stat` (outside spikes;
+    /// during spikes at most every `stat` too when it is shorter than [`SPIKE_STAT_EVERY`])
     /// (tests: zero, every sample).
     pub fn with_periods(mut self, psi: Duration, stat: Duration) -> HostLine {
         self.slow_every = psi;
         self.stat_every = stat;
+        self.spike_stat_every = self.spike_stat_every.min(stat);
         self
     }
 
-    /// Reads file `i` of [`FILES`] into the buffer; the text, or `None`.
-    fn read(&mut self, i: usize) -> Option<String> {
+    /// Reads `/proc/stat` at most every `every` while a spike lasts (tests).
+    pub fn with_spike_stat_period(mut self, every: Duration) -> HostLine {
+        self.spike_stat_every = every;
+        self
+    }
+
+    /// Reads file `i` of [`FILES`] into the buffer (kept and reused); the text, or `None` (also
+    /// for a file that is not UTF-8: procfs writes ASCII).
+    fn read(&mut self, i: usize) -> Option<&str> {
         if let Slot::Missing(at) = self.slots[i] {
             if at.elapsed() < REOPEN_AFTER {
                 return None;
@@ -184,39 +201,42 @@ impl HostLine {
         let Slot::Open(f) = &self.slots[i] else {
             return None;
         };
-        match f.read_at(&mut self.buf, 0) {
-            // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
-            Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
-                let bigger = self.buf.len() * 4;
-                self.buf.resize(bigger, 0);
-                self.read(i)
-            }
-            Ok(n) => Some(String::from_utf8_lossy(&self.buf[..n]).into_owned()),
-            Err(_) => {
-                self.slots[i] = Slot::Closed;
-                None
+        loop {
+            match f.read_at(&mut self.buf, 0) {
+                // A file that fills the buffer may be cut: /proc/stat grows with the CPU count.
+                Ok(n) if n == self.buf.len() && self.buf.len() < (1 << 22) => {
+                    let bigger = self.buf.len() * 4;
+                    self.buf.resize(bigger, 0);
+                }
+                Ok(n) => return std::str::from_utf8(&self.buf[..n]).ok(),
+                Err(_) => {
+                    self.slots[i] = Slot::Closed;
+                    return None;
+                }
             }
         }
     }
 
     /// Reads the figures of this moment; `detailed` (while a spike lasts) reads `/proc/stat`
-    /// whatever [`STAT_EVERY`] says.
+    /// at [`SPIKE_STAT_EVERY`] instead of [`STAT_EVERY`].
     pub fn sample(&mut self, detailed: bool) -> HostPoint {
         let mut p = HostPoint {
             n_cpus: self.n_cpus,
             ..HostPoint::default()
         };
-        if let Some((load1, running)) = self.read(1).as_deref().and_then(parse_loadavg_running) {
+        if let Some((load1, running)) = self.read(1).and_then(parse_loadavg_running) {
             p.load1 = Some(load1);
             p.procs_running = Some(running);
         }
-        let stat_due = detailed
-            || self
-                .stat_at
-                .map_or(true, |at| at.elapsed() >= self.stat_every);
+        let every = if detailed {
+            self.spike_stat_every
+        } else {
+            self.stat_every
+        };
+        let stat_due = self.stat_at.map_or(true, |at| at.elapsed() >= every);
         if stat_due {
             self.stat_at = Some(Instant::now());
-            if let Some(st) = self.read(0).as_deref().and_then(parse_proc_stat) {
+            if let Some(st) = self.read(0).and_then(parse_proc_stat) {
                 p.procs_running = Some(st.running);
                 p.procs_blocked = Some(st.blocked);
                 if st.n_cpus > 0 {
@@ -236,9 +256,9 @@ impl HostLine {
             Some((at, v)) if at.elapsed() < self.slow_every => v,
             _ => {
                 let v = [
-                    self.read(2).as_deref().and_then(parse_psi_some_avg10),
-                    self.read(3).as_deref().and_then(parse_psi_some_avg10),
-                    self.read(4).as_deref().and_then(parse_psi_some_avg10),
+                    self.read(2).and_then(parse_psi_some_avg10),
+                    self.read(3).and_then(parse_psi_some_avg10),
+                    self.read(4).and_then(parse_psi_some_avg10),
                 ];
                 self.psi = Some((Instant::now(), v));
                 v
@@ -375,7 +395,15 @@ mod tests {
             "the kernel has not recomputed PSI yet"
         );
         let p = h.sample(true);
-        assert_eq!(p.procs_blocked, Some(2), "during a spike: every sample");
+        assert_eq!(
+            p.procs_blocked, None,
+            "during a spike: at most once a second"
+        );
+        let mut h = h.with_spike_stat_period(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(40));
+        let p = h.sample(true);
+        assert_eq!(p.procs_blocked, Some(2), "during a spike: its own period");
+        assert_eq!(h.sample(true).procs_blocked, None, "not again at once");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -143,22 +143,6 @@ impl Parser<'_> {
         }
     }
 
-    fn hex4(&mut self) -> Result<u32, String> {
-        let Some(h) = self.b.get(self.i..self.i + 4) else {
-            return self.err("short \\u escape");
-        };
-        let v = std::str::from_utf8(h)
-            .ok()
-            .and_then(|h| u32::from_str_radix(h, 16).ok());
-        match v {
-            Some(v) => {
-                self.i += 4;
-                Ok(v)
-            }
-            None => self.err("bad \\u escape"),
-        }
-    }
-
     fn string(&mut self) -> Result<String, String> {
         self.i += 1;
         let mut out = Vec::new();
@@ -169,35 +153,19 @@ impl Parser<'_> {
             self.i += 1;
             match c {
                 b'"' => break,
-                b'\\' => {
-                    let Some(&e) = self.b.get(self.i) else {
-                        return self.err("unterminated escape");
-                    };
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi) && self.eat("\\u") {
-                                let lo = self.hex4()?;
-                                0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
-                            } else {
-                                hi
-                            };
-                            char::from_u32(code).unwrap_or('\u{FFFD}')
+                b'\\' => match self.b.get(self.i) {
+                    None => return self.err("unterminated escape"),
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') => {
+                        match crate::json::unescape(self.b, self.i, &mut out) {
+                            crate::json::Escape::Done(next) => self.i = next,
+                            crate::json::Escape::Cut => return self.err("unterminated escape"),
+                            crate::json::Escape::BadUnicode(_) => {
+                                return self.err("bad \\u escape")
+                            }
                         }
-                        _ => return self.err("bad escape"),
-                    };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
+                    }
+                    Some(_) => return self.err("bad escape"),
+                },
                 _ => out.push(c),
             }
         }

@@ -7,11 +7,13 @@
 //!   past half of `max_bytes`, or once its first line is older than `history`; so both files
 //!   together never exceed `max_bytes` and always hold at least the last `history` when that
 //!   fits.
-//! - Lines are written whole, several with one `write` call, on a file opened with `O_APPEND`
-//!   for that write and closed again (the agent never keeps the state directory busy, so an
-//!   operator can remount it read-only), so a reader (another process, no lock) sees whole lines, except the last one after a crash,
-//!   which it skips. Outside spikes rows wait in memory up to [`FLUSH_EVERY`]; while a spike
-//!   lasts every row, and every report, is written at once.
+//! - Lines are written whole, several with one `write` call, on a file opened with `O_APPEND`,
+//!   so a reader (another process, no lock) sees whole lines, except the last one after a crash,
+//!   which it skips. Outside spikes rows wait in memory up to [`FLUSH_EVERY`] and the file is
+//!   opened for that write and closed again (outside spikes the agent does not keep the state
+//!   directory busy, so an operator can remount it read-only); while a spike lasts every row,
+//!   and every report, is written at once on a file kept open (no open and close 4 times a
+//!   second in a burst), until the next steady write closes it; a rotation closes it too.
 //! - Never fails the sampler: a write error is logged (once until writing works again) and
 //!   counted; reading skips damaged lines and says how many.
 
@@ -54,6 +56,8 @@ pub struct Recorder {
     pending: String,
     pending_span: Option<(f64, f64)>,
     pending_since: Option<Instant>,
+    /// The current file, kept open between the writes of a spike.
+    file: Option<File>,
 }
 
 /// Longest time rows wait in memory before they are written (outside spikes): one `write` per
@@ -81,6 +85,7 @@ impl Recorder {
             pending: String::new(),
             pending_span: None,
             pending_since: None,
+            file: None,
         }
     }
 
@@ -110,14 +115,16 @@ impl Recorder {
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
         std::fs::rename(self.cfg.dir.join(CURRENT), self.cfg.dir.join(PREVIOUS))?;
         self.bytes = 0;
         self.first_t = None;
         Ok(())
     }
 
-    /// Writes the pending lines (one `write`), rotating first when they would not fit.
-    fn write_pending(&mut self) -> std::io::Result<()> {
+    /// Writes the pending lines (one `write`), rotating first when they would not fit; `keep`:
+    /// keep the file open for the next write (while a spike lasts).
+    fn write_pending(&mut self, keep: bool) -> std::io::Result<()> {
         let Some((first, last)) = self.pending_span else {
             return Ok(());
         };
@@ -132,9 +139,17 @@ impl Recorder {
         if self.bytes > 0 && (self.bytes + len > half || too_old) {
             self.rotate()?;
         }
-        let written = self
-            .open_append()
-            .and_then(|mut f| f.write_all(self.pending.as_bytes()));
+        let file = match self.file.take() {
+            Some(f) => Ok(f),
+            None => self.open_append(),
+        };
+        let written = file.and_then(|mut f| {
+            f.write_all(self.pending.as_bytes())?;
+            if keep {
+                self.file = Some(f);
+            }
+            Ok(())
+        });
         self.pending.clear();
         self.pending_span = None;
         self.pending_since = None;
@@ -144,8 +159,9 @@ impl Recorder {
         Ok(())
     }
 
-    /// Adds one line; writes the pending lines when `now` asks for it or they are due.
-    fn record(&mut self, t: f64, kind: &str, v: &Json, now: bool) {
+    /// Adds one line whose value `write_value` writes; writes the pending lines when `now` asks
+    /// for it or they are due.
+    fn record(&mut self, t: f64, kind: &str, write_value: impl FnOnce(&mut String), now: bool) {
         let half = (self.cfg.max_bytes / 2).max(4096) as usize;
         let before = self.pending.len();
         self.pending.push_str("{\"t\":");
@@ -153,7 +169,7 @@ impl Recorder {
         self.pending.push_str(",\"k\":");
         crate::json::write_str(kind, &mut self.pending);
         self.pending.push_str(",\"v\":");
-        v.write_to(&mut self.pending);
+        write_value(&mut self.pending);
         self.pending.push_str("}\n");
         let len = self.pending.len() - before;
         let mut result = Ok(());
@@ -169,7 +185,7 @@ impl Recorder {
             let since = *self.pending_since.get_or_insert_with(Instant::now);
             let full = self.pending.len() + len > half.min(MAX_PENDING);
             if now || full || since.elapsed() >= FLUSH_EVERY {
-                result = self.write_pending();
+                result = self.write_pending(now);
             }
         }
         match result {
@@ -196,17 +212,17 @@ impl Recorder {
     /// Records one timeline row; `now`: write it at once (while a spike lasts), else it may wait
     /// up to [`FLUSH_EVERY`] with others.
     pub fn row(&mut self, row: &Row, now: bool) {
-        self.record(row.t, "row", &row.to_flat_json(), now);
+        self.record(row.t, "row", |out| row.write_flat_json(out), now);
     }
 
     /// Records one spike report (at its `start`), written at once with what is pending.
     pub fn spike(&mut self, at: f64, report: &Json) {
-        self.record(at, "spike", report, true);
+        self.record(at, "spike", |out| report.write_to(out), true);
     }
 
     /// Writes what is pending (at shutdown).
     pub fn flush(&mut self) {
-        if let Err(e) = self.write_pending() {
+        if let Err(e) = self.write_pending(false) {
             self.n_write_errors += 1;
             log::warn!(
                 "flight recorder: cannot write in {}: {e}",

@@ -6,6 +6,7 @@
 //! and the locale; times are UTC, as in the agent's log; Unicode block characters only when the
 //! locale says UTF-8, else plain ASCII.
 
+use crate::calendar::{civil_from_days, days_from_civil};
 use std::path::Path;
 
 use super::recorder::{self, History};
@@ -41,37 +42,6 @@ pub fn parse_since(text: &str) -> Result<f64, String> {
         return Err(format!("--since {text:?}: must be more than 0"));
     }
     Ok(n * mult)
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
 }
 
 /// Parses `--at "YYYY-MM-DD HH:MM[:SS]"` (UTC) into unix seconds.

@@ -93,6 +93,50 @@ impl Row {
         j
     }
 
+    /// Writes [`Row::to_flat_json`]'s text straight into `out`, without building it (the flight
+    /// recorder writes one row per sample).
+    pub fn write_flat_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("{\"t\":");
+        Json::Float(round(self.t, 3)).write_to(out);
+        out.push_str(",\"classes\":[");
+        for (i, c) in self.classes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{c}");
+        }
+        let _ = write!(
+            out,
+            "],\"iit\":{},\"r\":{},\"d\":{}",
+            self.idle_in_transaction, self.run_r, self.run_d
+        );
+        let h = &self.host;
+        for (k, v) in [
+            ("procs_running", h.procs_running),
+            ("procs_blocked", h.procs_blocked),
+        ] {
+            if let Some(v) = v {
+                let _ = write!(out, ",\"{k}\":{v}");
+            }
+        }
+        let floats = [
+            ("cpu_busy_pct", h.cpu_busy_pct.map(|x| round(x, 1))),
+            ("iowait_pct", h.iowait_pct.map(|x| round(x, 1))),
+            ("load1", h.load1),
+            ("psi_cpu", h.psi_cpu),
+            ("psi_io", h.psi_io),
+            ("psi_memory", h.psi_memory),
+        ];
+        for (k, v) in floats {
+            if let Some(v) = v {
+                let _ = write!(out, ",\"{k}\":");
+                Json::Float(v).write_to(out);
+            }
+        }
+        out.push('}');
+    }
+
     /// Reads a row written by [`Row::to_flat_json`]; `None` when `t` is missing.
     pub fn from_flat_json(v: &Json) -> Option<Row> {
         let num = |k: &str| v.get(k).and_then(json_f64);
@@ -269,5 +313,34 @@ mod tests {
         );
         assert!(j.contains(r#""Lock":[40,0]"#), "{j}");
         assert!(j.contains(r#""load1":[3.5,null]"#), "{j}");
+    }
+
+    #[test]
+    fn the_flat_row_is_written_as_its_json_says() {
+        let mut row = Row {
+            t: 1795710416.5945,
+            idle_in_transaction: 2,
+            run_r: 3,
+            ..Row::default()
+        };
+        row.classes[2] = 40;
+        let text = |r: &Row| {
+            let mut out = String::new();
+            r.write_flat_json(&mut out);
+            out
+        };
+        assert_eq!(text(&row), row.to_flat_json().to_json_string());
+        row.host = HostPoint {
+            procs_running: Some(7),
+            procs_blocked: Some(0),
+            cpu_busy_pct: Some(83.333),
+            iowait_pct: Some(0.0),
+            load1: Some(4.25),
+            n_cpus: Some(2),
+            psi_cpu: Some(12.5),
+            psi_io: None,
+            psi_memory: Some(0.0),
+        };
+        assert_eq!(text(&row), row.to_flat_json().to_json_string());
     }
 }

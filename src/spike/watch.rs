@@ -8,7 +8,6 @@
 //! sample that started it and the end report by the sample that ended it (or by [`Watch::stop`]);
 //! the interval's timeline is bounded ([`MAX_INTERVAL_ROWS`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use super::recorder::{Recorder, RecorderConfig};
 use super::report::SpikeCapture;
 use super::timeline::{Row, Timeline};
 use super::SampleSnapshot;
+use crate::collect::inthash::IntMap;
 use crate::config::SpikeConfig;
 use crate::json::Json;
 use crate::logtail::EventStore;
@@ -58,7 +58,9 @@ pub struct Watch {
     period: Duration,
     statements_start: Vec<deep::StatementCounters>,
     /// Per pid: the execution (`exec_start`) and its CPU ticks at the previous sample.
-    cpu_prev: HashMap<i32, (i64, u64)>,
+    cpu_prev: IntMap<i32, (i64, u64)>,
+    /// The same for this sample, being filled (kept to reuse its memory).
+    cpu_now: IntMap<i32, (i64, u64)>,
     /// The log thread's classified events, for the end reports' `log_events`.
     events: Option<EventStore>,
 }
@@ -111,7 +113,8 @@ impl Watch {
             normal,
             period: normal,
             statements_start: Vec::new(),
-            cpu_prev: HashMap::new(),
+            cpu_prev: IntMap::default(),
+            cpu_now: IntMap::default(),
             events: None,
         }
     }
@@ -127,7 +130,8 @@ impl Watch {
     /// total of its execution: the whole total for an execution not seen before (or after the
     /// interval restarted the totals).
     fn cpu_deltas(&mut self, snap: &mut SampleSnapshot) {
-        let mut seen = HashMap::with_capacity(snap.rows.len());
+        let seen = &mut self.cpu_now;
+        seen.clear();
         for r in &mut snap.rows {
             r.cpu_ticks = match self.cpu_prev.get(&r.pid) {
                 Some(&(start, total)) if start == r.exec_start && total <= r.cpu_ticks_total => {
@@ -137,7 +141,7 @@ impl Watch {
             };
             seen.insert(r.pid, (r.exec_start, r.cpu_ticks_total));
         }
-        self.cpu_prev = seen;
+        std::mem::swap(&mut self.cpu_prev, &mut self.cpu_now);
     }
 
     /// Takes in one sample; returns the spike reports to append now. `db` answers the deep
@@ -148,8 +152,19 @@ impl Watch {
         mut snap: SampleSnapshot,
         db: &mut dyn FnMut(&Request) -> Option<deep::Answer>,
     ) -> Vec<Payload> {
-        self.cpu_deltas(&mut snap);
-        let snap = &snap;
+        self.observe(&mut snap, db)
+    }
+
+    /// [`Self::after_sample`] on a snapshot the caller keeps and refills (see
+    /// [`crate::collect::activity::ActivitySampler::fill_spike_snapshot`]); fills its rows'
+    /// `cpu_ticks`.
+    pub fn observe(
+        &mut self,
+        snap: &mut SampleSnapshot,
+        db: &mut dyn FnMut(&Request) -> Option<deep::Answer>,
+    ) -> Vec<Payload> {
+        self.cpu_deltas(snap);
+        let snap = &*snap;
         let host = self.host.sample(self.spike.is_some());
         let row = Row::from_sample(snap, host);
         let period_s = self.period.as_secs_f64();

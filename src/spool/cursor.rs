@@ -32,8 +32,13 @@ pub struct CursorState {
     pub unreported: [u64; UNREPORTED_LEN],
 }
 
-/// How many loss counters the cursor keeps.
-pub const UNREPORTED_LEN: usize = 10;
+/// How many loss counters the cursor keeps: the ten of [`LEGACY_UNREPORTED_LEN`], the dropped
+/// records by kind (eight), and the dropped records' first and last seq.
+pub const UNREPORTED_LEN: usize = 20;
+
+/// How many loss counters a cursor written before the drop report named kinds and seqs holds;
+/// such a cursor still loads (the counters it lacks are zero).
+pub const LEGACY_UNREPORTED_LEN: usize = 10;
 
 /// The largest cursor file read; a real one is about 100 bytes.
 pub const MAX_FILE_BYTES: u64 = 4096;
@@ -92,10 +97,10 @@ pub fn parse(text: &str) -> Option<CursorState> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()
                     .ok()?;
-                if values.len() != UNREPORTED_LEN {
+                if values.len() != UNREPORTED_LEN && values.len() != LEGACY_UNREPORTED_LEN {
                     return None;
                 }
-                unreported.copy_from_slice(&values);
+                unreported[..values.len()].copy_from_slice(&values);
             }
             _ => return None,
         }
@@ -164,9 +169,16 @@ mod tests {
         let s = CursorState {
             acked: 41,
             next_seq: 77,
-            unreported: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            unreported: std::array::from_fn(|i| i as u64 + 1),
         };
         assert_eq!(parse_checked(&render(&s)), Some((s, Checksum::Valid)));
+        // A cursor from before the drop report named kinds and seqs still reads.
+        let legacy = parse(
+            "bitville-spool-cursor 1\nacked 1\nnext_seq 2\nunreported 1 2 3 4 5 6 7 8 9 10\n",
+        )
+        .unwrap();
+        assert_eq!(legacy.unreported[..10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(legacy.unreported[10..], [0; UNREPORTED_LEN - 10]);
         // Without the loss line (nothing to report) it still reads.
         let bare = parse("bitville-spool-cursor 1\nacked 1\nnext_seq 2\n").unwrap();
         assert_eq!(bare.unreported, [0; UNREPORTED_LEN]);

@@ -1,7 +1,7 @@
 //! Dead letters: payloads the listener rejected for good, kept as JSON lines for an operator.
 //!
-//! Invariants: one line per rejected payload (`at`, `seq`, `source`, `status`, `answer`,
-//! `payload`), fsynced; the file is rotated to `.1` past `dead_letter_max_bytes`, so at most
+//! Invariants: one line per rejected payload of either lane (`at`, `seq`, `lane`, `source`,
+//! `status`, `answer`, `payload`), fsynced, in the main lane's directory; the file is rotated to `.1` past `dead_letter_max_bytes`, so at most
 //! two files' worth is kept.
 
 use std::fs::{self, OpenOptions};
@@ -34,6 +34,7 @@ impl Inner {
         let line = Json::object()
             .field("at", crate::payload::unix_now())
             .field("seq", record.seq)
+            .field("lane", record.lane.as_str())
             .field("source", record.source.as_str())
             .field("status", u64::from(status))
             .field("answer", answer)
@@ -78,8 +79,8 @@ mod tests {
         assert!(lines.len() >= 2 && lines.len() <= 3, "{lines:?}");
         let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         assert_eq!(last["seq"], 3);
+        assert_eq!(last["lane"], "main");
         assert_eq!(last["status"], 400);
         assert_eq!(last["payload"], "{\"sent\":1}");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

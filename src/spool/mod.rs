@@ -4,6 +4,12 @@
 //! record, sends it, and [`Spool::ack`]s it after the listener answered 200 (or after the record
 //! was moved to the dead-letter file). Nothing reaches the listener without passing through here.
 //!
+//! Two lanes ([`Lane`]), each a complete spool with everything below (segments, sequence space,
+//! cursor, lock, its share of `max_bytes`): spike reports in `<dir>/spike/`, everything else in
+//! `<dir>`. `peek` serves the spike lane first, and each lane evicts only its own segments, so a
+//! spike report neither waits behind a backlog nor is deleted to make room for steady records.
+//! The main lane's lock is taken first and covers the subdirectory.
+//!
 //! On disk (see `docs/delivery.md`): append-only segment files `seg-<20 digits>.spool` made of
 //! checksummed frames ([`frame`]), the acknowledged cursor ([`cursor`]), a `lock` file, and
 //! `dead-letter.jsonl`.
@@ -23,7 +29,8 @@
 //!   cleared only when the listener acknowledged it, so it cannot be lost with a dropped record
 //!   or a restart — it is kept in the cursor file).
 //! - Sequence numbers are assigned only to records actually written, increase by one per
-//!   record, and never go backwards across restarts (recovered from the segments and the cursor).
+//!   record of a lane, and never go backwards across restarts (recovered from the segments and
+//!   the cursor). A loss report speaks of the lane of the record carrying it.
 //! - Nothing here panics on what it reads from disk, and nothing found there stops the open:
 //!   damage is truncated (a torn tail) or skipped and counted (damage in the middle), with a
 //!   warning naming the segment and offset; what cannot be read at all (a newer format, a
@@ -56,7 +63,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::payload::{AgentInfo, Payload, Source};
+use crate::payload::{AgentInfo, Lane, Payload, Source};
 
 use cursor::CursorState;
 use reader::Reader;
@@ -68,18 +75,31 @@ pub use dead_letter::DEAD_LETTER_FILE;
 /// The lock file's name: held with `flock` for as long as a [`Spool`] is open.
 pub const LOCK_FILE: &str = "lock";
 
+/// The spike lane's subdirectory of the spool directory: a spool of its own (segments, cursor,
+/// lock), opened only by whoever holds the main directory's lock.
+pub const SPIKE_LANE_DIR: &str = "spike";
+
+/// The spike lane's share of `max_bytes` is a tenth, but at least this much (4 MiB) where that
+/// stays under a quarter of `max_bytes`: room for a few dozen spike reports.
+pub const MIN_SPIKE_LANE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Where the spool lives and how big it may grow.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
     /// The spool directory (created with mode 0700 when missing).
     pub dir: PathBuf,
-    /// Upper bound of all segment files together. Defaults to 100 MiB (`[buffer] max_size_mb`).
+    /// Upper bound of all segment files together, both lanes. Defaults to 100 MiB
+    /// (`[buffer] max_size_mb`).
     pub max_bytes: u64,
+    /// The spike lane's share of `max_bytes` (the main lane gets the rest); `None` for the rule
+    /// of [`SpoolOptions::spike_lane_bytes`]. Never more than half of `max_bytes`.
+    pub spike_lane_bytes: Option<u64>,
     /// A segment is sealed and a new one started past this size. Defaults to 4 MiB, and to at
-    /// most a quarter of `max_bytes` so dropping the oldest segment frees a useful share.
+    /// most a quarter of the lane's share of `max_bytes` so dropping the oldest segment frees a
+    /// useful share.
     pub segment_bytes: u64,
     /// The largest single record accepted; larger payloads are dropped with a counted error.
-    /// Defaults to 8 MiB, and to at most half of `max_bytes`.
+    /// Defaults to 8 MiB, and to at most half of the lane's share of `max_bytes`.
     pub max_record_bytes: u64,
     /// The dead-letter file is rotated to `dead-letter.jsonl.1` past this size. Defaults to
     /// 10 MiB.
@@ -94,11 +114,36 @@ impl SpoolOptions {
         SpoolOptions {
             dir: dir.into(),
             max_bytes: 100 * 1024 * 1024,
+            spike_lane_bytes: None,
             segment_bytes: 4 * 1024 * 1024,
             max_record_bytes: 8 * 1024 * 1024,
             dead_letter_max_bytes: 10 * 1024 * 1024,
             agent: AgentInfo::current(),
         }
+    }
+
+    /// The spike lane's share of `max_bytes`: `spike_lane_bytes` if set, else a tenth of
+    /// `max_bytes` but at least [`MIN_SPIKE_LANE_BYTES`] or a quarter of `max_bytes`, whichever
+    /// is less; never more than half. (100 MiB: 10 MiB; 20 MiB: 4 MiB; 1 MiB: 256 KiB.)
+    pub fn spike_lane_bytes(&self) -> u64 {
+        let rule = (self.max_bytes / 10).max(MIN_SPIKE_LANE_BYTES.min(self.max_bytes / 4));
+        self.spike_lane_bytes
+            .unwrap_or(rule)
+            .min(self.max_bytes / 2)
+    }
+
+    /// The options of one lane: its directory and its share of the bound.
+    fn for_lane(&self, lane: Lane) -> SpoolOptions {
+        let spike = self.spike_lane_bytes();
+        let mut o = self.clone();
+        match lane {
+            Lane::Main => o.max_bytes = self.max_bytes - spike,
+            Lane::Spike => {
+                o.dir = self.dir.join(SPIKE_LANE_DIR);
+                o.max_bytes = spike;
+            }
+        }
+        o
     }
 
     fn effective_segment_bytes(&self) -> u64 {
@@ -191,8 +236,10 @@ impl std::error::Error for SpoolError {
 /// One stored payload, as the shipper gets it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// The payload's sequence number (`data.agent.seq`).
+    /// The payload's sequence number in its lane (`data.agent.seq`).
     pub seq: u64,
+    /// The lane it was read from (`data.agent.lane`); acknowledging it goes there.
+    pub lane: Lane,
     /// The listener source.
     pub source: Source,
     /// The envelope without `project` (see [`crate::payload::envelope_body`]), including
@@ -222,10 +269,15 @@ pub struct SpoolStats {
     pub lost: DropCounts,
     /// Payloads moved to the dead-letter file.
     pub n_dead_letters: u64,
+    /// Of `n_pending`, the records in the spike lane.
+    pub spike_pending: u64,
+    /// Of `bytes`, the spike lane's.
+    pub spike_bytes: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
+    lane: Lane,
     dir: PathBuf,
     opts: SpoolOptions,
     segments: VecDeque<Segment>,
@@ -250,15 +302,18 @@ struct Inner {
     write_error_streak: u64,
     /// Appends since the last `sync`.
     dirty: bool,
-    /// Incremented on every successful append; the shipper waits on it.
-    generation: u64,
     _lock: File,
 }
 
-/// The spool. Shared between threads as `Arc<Spool>`; every method takes `&self`.
+/// The spool: two lanes, each a complete spool of its own (segments, sequence space, cursor,
+/// lock, share of `max_bytes`), behind one API. Shared between threads as `Arc<Spool>`; every
+/// method takes `&self`. No method holds two of its locks (the lanes, `generation`) at once.
 #[derive(Debug)]
 pub struct Spool {
-    inner: Mutex<Inner>,
+    main: Mutex<Inner>,
+    spike: Mutex<Inner>,
+    /// Incremented on every successful append; the shipper waits on it.
+    generation: Mutex<u64>,
     appended: Condvar,
 }
 
@@ -290,52 +345,111 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
 impl Spool {
     /// Opens (or creates) the spool in `opts.dir`: takes the lock, scans every segment,
     /// truncates a torn tail, counts damage, and recovers the cursor and the sequence number
-    /// (see [`recovery`]).
+    /// (see [`recovery`]); then the same for the spike lane in `<dir>/spike`.
     pub fn open(opts: SpoolOptions) -> Result<Spool, SpoolError> {
+        // The main lane first: its lock covers the whole directory, `spike/` included.
+        let main = recovery::open(opts.for_lane(Lane::Main), Lane::Main)?;
+        let spike = recovery::open(opts.for_lane(Lane::Spike), Lane::Spike)?;
         Ok(Spool {
-            inner: Mutex::new(recovery::open(opts)?),
+            main: Mutex::new(main),
+            spike: Mutex::new(spike),
+            generation: Mutex::new(0),
             appended: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lane(&self, lane: Lane) -> MutexGuard<'_, Inner> {
+        let m = match lane {
+            Lane::Main => &self.main,
+            Lane::Spike => &self.spike,
+        };
         // A panic while holding the lock cannot leave the files inconsistent (every file change
         // is a single write or rename), so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `payload`, stamping `data.agent` (version, host, the next sequence number,
-    /// collected_at). Returns the sequence number. The record is in the page cache when this
-    /// returns (it survives the process being killed); [`Spool::sync`] makes it durable.
+    fn bump_generation(&self) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.appended.notify_all();
+    }
+
+    /// Appends `payload` to its lane ([`Lane::of`]: spike reports to the spike lane, the rest
+    /// to the main lane), stamping `data.agent` (version, host, the lane's next sequence number,
+    /// the lane when it is the spike lane, collected_at). Returns the sequence number. The
+    /// record is in the page cache when this returns (it survives the process being killed);
+    /// [`Spool::sync`] makes it durable.
     ///
-    /// On error the payload is dropped and counted (reported with the next payload delivered);
-    /// it takes no sequence number, the spool stays usable and the next call tries again.
+    /// A spike report too large for the spike lane's share (records are at most half of a
+    /// lane's share) goes to the main lane instead.
+    ///
+    /// On error the payload is dropped and counted (reported with the next payload delivered;
+    /// a spike report's write error or size with the next main-lane payload, which comes
+    /// soonest); it takes no sequence number, the spool stays usable and the next call tries
+    /// again.
     pub fn append(&self, payload: &Payload) -> Result<u64, SpoolError> {
-        let result = self.lock().append(payload);
+        let lane = Lane::of(payload);
+        let mut inner = self.lane(lane);
+        let mut result = inner.append(payload);
+        if lane == Lane::Spike && matches!(result, Err(SpoolError::TooLarge { .. })) {
+            // Too large for the spike lane's share, maybe not for the main lane's: better
+            // shipped behind the backlog than not at all.
+            inner.unreported.oversized = inner.unreported.oversized.saturating_sub(1);
+            inner.lost.oversized = inner.lost.oversized.saturating_sub(1);
+            log::warn!(
+                "spike report too large for the spike lane ({}); spooled in the main lane",
+                result
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            drop(inner);
+            result = self.lane(Lane::Main).append(payload);
+            inner = self.lane(Lane::Spike);
+        }
+        if lane == Lane::Spike && result.is_err() {
+            // These counters take no sequence number, so nothing ties them to the spike lane's
+            // gap rule; the main lane reports them without waiting for the next spike.
+            let moved = DropCounts {
+                write_errors: std::mem::take(&mut inner.unreported.write_errors),
+                oversized: std::mem::take(&mut inner.unreported.oversized),
+                ..DropCounts::default()
+            };
+            drop(inner);
+            self.lane(Lane::Main).unreported.add(&moved);
+        } else {
+            drop(inner);
+        }
         if result.is_ok() {
-            self.appended.notify_all();
+            self.bump_generation();
         }
         result
     }
 
-    /// Flushes appended records and the cursor to stable storage (fdatasync). Call it at least
-    /// once per collection cycle, after the cycle's appends.
+    /// Flushes appended records and the cursors of both lanes to stable storage (fdatasync).
+    /// Call it at least once per collection cycle, after the cycle's appends.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.lock().sync()
+        let spike = self.lane(Lane::Spike).sync();
+        let main = self.lane(Lane::Main).sync();
+        spike.and(main)
     }
 
-    /// The oldest record not yet acknowledged, if any. Damaged frames met on the way are
-    /// skipped with a warning.
+    /// The record to send next, if any: the oldest unacknowledged spike report, else the oldest
+    /// unacknowledged main-lane record, so a spike report never waits behind a backlog.
+    /// Damaged frames met on the way are skipped with a warning.
     pub fn peek(&self) -> Result<Option<Record>, SpoolError> {
-        self.lock().peek()
+        if let Some(record) = self.lane(Lane::Spike).peek()? {
+            return Ok(Some(record));
+        }
+        self.lane(Lane::Main).peek()
     }
 
-    /// The listener stored `record`: marks every record up to its seq acknowledged, clears the
-    /// loss report it carried, persists the cursor and deletes segments that are now fully
-    /// acknowledged. An error means only the cursor could not be saved: after a restart those
-    /// records would be sent again.
+    /// The listener stored `record`: marks every record of its lane up to its seq
+    /// acknowledged, clears the loss report it carried, persists the lane's cursor and deletes
+    /// segments that are now fully acknowledged. An error means only the cursor could not be
+    /// saved: after a restart those records would be sent again.
     pub fn ack(&self, record: &Record) -> Result<(), SpoolError> {
-        let mut inner = self.lock();
+        let mut inner = self.lane(record.lane);
         // The gap is not a pending counter: acknowledging closes it by moving `acked`.
         let mut delivered = record.report;
         delivered.corrupt_records = delivered.corrupt_records.saturating_sub(record.gap);
@@ -344,10 +458,11 @@ impl Spool {
     }
 
     /// The listener rejected `record` for good: appends it (the `body` sent, the listener's
-    /// `status` and `answer`) to the dead-letter file, fsynced, then acknowledges it so one
-    /// rejected payload never blocks the queue. Its loss report stays pending for the next
-    /// payload. If the dead letter cannot be written the record is acknowledged anyway (and
-    /// the error returned): it can never be delivered.
+    /// `status` and `answer`) to the dead-letter file (one, in the spool directory, for both
+    /// lanes), fsynced, then acknowledges it so one rejected payload never blocks the queue.
+    /// Its loss report stays pending for the next payload of its lane. If the dead letter
+    /// cannot be written the record is acknowledged anyway (and the error returned): it can
+    /// never be delivered.
     pub fn dead_letter(
         &self,
         record: &Record,
@@ -355,11 +470,13 @@ impl Spool {
         status: u16,
         answer: &str,
     ) -> Result<(), SpoolError> {
-        let mut inner = self.lock();
+        let written = self
+            .lane(Lane::Main)
+            .dead_letter(record, body, status, answer);
+        let mut inner = self.lane(record.lane);
         // Acknowledging closes the gap before the record; its report was not delivered, so the
         // gap becomes a pending counter.
         inner.unreported.corrupt_records += record.gap;
-        let written = inner.dead_letter(record, body, status, answer);
         let acked = inner.ack(record.seq);
         written.and(acked)
     }
@@ -367,44 +484,65 @@ impl Spool {
     /// A counter that increases with every successful append (and every
     /// [`Spool::wake_waiters`]).
     pub fn generation(&self) -> u64 {
-        self.lock().generation
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ends every [`Spool::wait_for_append`] in progress or about to start for a generation
     /// observed before this call, as if something was appended: how the daemon wakes an idle
     /// shipper at once on a stop request, so it can wait for appends without polling.
     pub fn wake_waiters(&self) {
-        self.lock().generation += 1;
-        self.appended.notify_all();
+        self.bump_generation();
     }
 
     /// Waits up to `timeout` for an append after `generation` was observed; returns the
     /// current generation.
     pub fn wait_for_append(&self, generation: u64, timeout: Duration) -> u64 {
-        let guard = self.lock();
+        let guard = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         let (guard, _) = self
             .appended
-            .wait_timeout_while(guard, timeout, |inner| inner.generation == generation)
+            .wait_timeout_while(guard, timeout, |g| *g == generation)
             .unwrap_or_else(|p| p.into_inner());
-        guard.generation
+        *guard
     }
 
-    /// A snapshot of sizes, positions and counters.
+    /// A snapshot of sizes, positions and counters: both lanes added up, except the positions
+    /// (`next_seq`, `acked_seq`), which are the main lane's.
     pub fn stats(&self) -> SpoolStats {
-        self.lock().stats()
+        let spike = self.lane(Lane::Spike).stats();
+        let main = self.lane(Lane::Main).stats();
+        let mut lost = main.lost;
+        lost.add(&spike.lost);
+        SpoolStats {
+            n_segments: main.n_segments + spike.n_segments,
+            bytes: main.bytes + spike.bytes,
+            next_seq: main.next_seq,
+            acked_seq: main.acked_seq,
+            n_pending: main.n_pending + spike.n_pending,
+            lost,
+            n_dead_letters: main.n_dead_letters + spike.n_dead_letters,
+            spike_pending: spike.n_pending,
+            spike_bytes: spike.bytes,
+        }
+    }
+
+    /// A snapshot of one lane alone (its own positions and counters).
+    pub fn lane_stats(&self, lane: Lane) -> SpoolStats {
+        self.lane(lane).stats()
     }
 
     /// The spool directory.
     pub fn dir(&self) -> PathBuf {
-        self.lock().dir.clone()
+        self.lane(Lane::Main).dir.clone()
     }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = inner.sync() {
-            log::warn!("final spool sync failed: {e}");
+        for lane in [&mut self.spike, &mut self.main] {
+            let inner = lane.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = inner.sync() {
+                log::warn!("final spool sync failed: {e}");
+            }
         }
     }
 }
@@ -445,6 +583,16 @@ impl Inner {
             n_pending,
             lost: self.lost,
             n_dead_letters: self.n_dead_letters,
+            spike_pending: if self.lane == Lane::Spike {
+                n_pending
+            } else {
+                0
+            },
+            spike_bytes: if self.lane == Lane::Spike {
+                self.total_bytes
+            } else {
+                0
+            },
         }
     }
 }
@@ -452,17 +600,15 @@ impl Inner {
 /// Fixtures shared by the spool's unit tests.
 #[cfg(test)]
 mod test_support {
-    use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::{Spool, SpoolOptions};
     use crate::json::Json;
     use crate::payload::{AgentInfo, Payload, Source};
 
-    pub(super) fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bv-spool-unit-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+    /// A fresh spool directory for one test, removed when the test ends (also on panic).
+    pub(super) fn temp_dir(name: &str) -> crate::testdir::TempDir {
+        crate::testdir::TempDir::new(&format!("spool-{name}"))
     }
 
     pub(super) fn payload(n: i64) -> Payload {
@@ -487,7 +633,7 @@ mod test_support {
     pub(super) fn open_with(
         name: &str,
         configure: impl FnOnce(&mut SpoolOptions),
-    ) -> (PathBuf, Spool) {
+    ) -> (crate::testdir::TempDir, Spool) {
         let dir = temp_dir(name);
         let mut o = opts(&dir);
         configure(&mut o);
@@ -498,7 +644,6 @@ mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
     use std::time::Duration;
 
     use super::test_support::{opts, payload, temp_dir};
@@ -522,7 +667,6 @@ mod tests {
         assert!(spool.wait_for_append(seen, Duration::from_secs(3600)) > seen);
         assert_eq!(spool.peek().unwrap(), None, "nothing was appended");
         drop(spool);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -553,7 +697,6 @@ mod tests {
         let spool = Spool::open(opts(&dir)).unwrap();
         assert_eq!(spool.stats().n_segments, 0);
         assert_eq!(spool.append(&payload(4)).unwrap(), 4);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -567,6 +710,19 @@ mod tests {
         );
         drop(first);
         assert!(Spool::open(opts(&dir)).is_ok());
-        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_spool_opened_on_the_spike_lane_directory_and_the_spool_exclude_each_other() {
+        let dir = temp_dir("lanelock");
+        let lane_dir = dir.join(super::SPIKE_LANE_DIR);
+        let inner = Spool::open(opts(&lane_dir)).unwrap();
+        let outer = Spool::open(opts(&dir));
+        assert!(matches!(outer, Err(SpoolError::Locked { .. })), "{outer:?}");
+        drop(inner);
+        let outer = Spool::open(opts(&dir)).unwrap();
+        let inner = Spool::open(opts(&lane_dir));
+        assert!(matches!(inner, Err(SpoolError::Locked { .. })), "{inner:?}");
+        drop(outer);
     }
 }

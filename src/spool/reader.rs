@@ -92,6 +92,7 @@ impl Inner {
                     let body = with_dropped(&body, &report);
                     return Ok(Some(Record {
                         seq,
+                        lane: self.lane,
                         source,
                         body,
                         report,

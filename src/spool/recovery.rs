@@ -11,16 +11,19 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
-use crate::payload::DropCounts;
+use crate::payload::{DropCounts, Lane};
 
 use super::frame::{self, HeaderCheck, HEADER_LEN};
 use super::reader::Reader;
 use super::segment::{read_frame_at, remove_quietly, resync_file, Segment, MAX_SEGMENT_FILE};
-use super::{cursor, lock_dir, Inner, SpoolError, SpoolOptions, DEAD_LETTER_FILE, LOCK_FILE};
+use super::{
+    cursor, lock_dir, Inner, SpoolError, SpoolOptions, DEAD_LETTER_FILE, LOCK_FILE, SPIKE_LANE_DIR,
+};
 
 /// Opens (or creates) the spool in `opts.dir`: takes the lock, scans every segment, truncates a
-/// torn tail, counts damage, and recovers the cursor and the sequence number.
-pub(super) fn open(opts: SpoolOptions) -> Result<Inner, SpoolError> {
+/// torn tail, counts damage, and recovers the cursor and the sequence number. The main lane's
+/// open also quarantines anything but a directory under the spike lane's name.
+pub(super) fn open(opts: SpoolOptions, lane: Lane) -> Result<Inner, SpoolError> {
     let dir = opts.dir.clone();
     fs::DirBuilder::new()
         .recursive(true)
@@ -40,6 +43,15 @@ pub(super) fn open(opts: SpoolOptions) -> Result<Inner, SpoolError> {
         quarantine_if_not_regular(&dir.join(name), &mut found);
     }
     let _ = fs::remove_file(dir.join(cursor::TMP_NAME));
+    if lane == Lane::Main {
+        let spike = dir.join(SPIKE_LANE_DIR);
+        if let Ok(meta) = fs::symlink_metadata(&spike) {
+            if !meta.file_type().is_dir() {
+                let why = format!("is {}, not a directory", crate::fsutil::kind(&meta));
+                quarantine(&spike, &why, &mut found);
+            }
+        }
+    }
 
     let mut ids = Vec::new();
     let entries =
@@ -161,6 +173,7 @@ pub(super) fn open(opts: SpoolOptions) -> Result<Inner, SpoolError> {
         ..Reader::default()
     };
     let mut inner = Inner {
+        lane,
         dir: dir.clone(),
         opts,
         next_seg_id,
@@ -182,7 +195,6 @@ pub(super) fn open(opts: SpoolOptions) -> Result<Inner, SpoolError> {
         n_dead_letters: 0,
         write_error_streak: 0,
         dirty: false,
-        generation: 0,
         _lock: lock,
     };
     let saved = inner.write_cursor();

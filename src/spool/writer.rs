@@ -9,7 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::payload::{render_record, AgentStamp, DropCounts, Payload};
+use crate::payload::{render_record, AgentStamp, DropCounts, Payload, RecordKind};
 
 use super::frame::{self, FRAME_HEADER_LEN, HEADER_LEN};
 use super::loss::count_unacked;
@@ -22,6 +22,7 @@ impl Inner {
         let stamp = AgentStamp {
             agent: &self.opts.agent,
             seq,
+            lane: self.lane,
         };
         let body = render_record(payload, &stamp);
         let limit = self.opts.effective_max_record();
@@ -78,7 +79,6 @@ impl Inner {
         self.total_bytes += frame.len() as u64;
         self.next_seq = seq + 1;
         self.dirty = true;
-        self.generation += 1;
         Ok(seq)
     }
 
@@ -134,13 +134,23 @@ impl Inner {
                 self.reader.offset = HEADER_LEN as u64;
             }
             if !counts.is_empty() {
+                let kinds: Vec<String> = RecordKind::ALL
+                    .iter()
+                    .zip(counts.by_kind)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| format!("{} {n}", k.as_str()))
+                    .collect();
                 log::warn!(
-                    "spool over {} bytes: dropped segment {} with {} unacknowledged records \
-                     ({} bytes)",
+                    "spool {} lane over {} bytes: dropped segment {} with {} unacknowledged \
+                     records ({} bytes, seq {} to {}: {})",
+                    self.lane.as_str(),
                     self.opts.max_bytes,
                     seg.path.display(),
                     counts.records,
-                    counts.bytes
+                    counts.bytes,
+                    counts.first_seq,
+                    counts.last_seq,
+                    kinds.join(", ")
                 );
                 self.count_loss(&counts);
             }
@@ -282,13 +292,12 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
 
     use crate::spool::test_support::{open_with, payload};
 
     #[test]
     fn segments_rotate_and_acked_ones_are_deleted() {
-        let (dir, spool) = open_with("rotate", |o| o.segment_bytes = 4096);
+        let (_dir, spool) = open_with("rotate", |o| o.segment_bytes = 4096);
         for n in 0..100 {
             spool.append(&payload(n)).unwrap();
         }
@@ -303,12 +312,11 @@ mod tests {
         let after = spool.stats();
         assert_eq!(after.n_segments, 1, "only the active segment stays");
         assert_eq!(after.n_pending, 0);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_record_in_flight_whose_segment_is_dropped_can_still_be_acked() {
-        let (dir, spool) = open_with("inflight", |o| o.max_bytes = 16 * 1024);
+        let (_dir, spool) = open_with("inflight", |o| o.max_bytes = 16 * 1024);
         spool.append(&payload(0)).unwrap();
         let in_flight = spool.peek().unwrap().unwrap();
         assert_eq!(in_flight.seq, 1);
@@ -328,6 +336,5 @@ mod tests {
             spool.ack(&r).unwrap();
         }
         assert_eq!(last, 200);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -71,6 +71,15 @@ impl Request {
     }
 }
 
+/// The spool lane of a body: `data.agent.lane`, `main` when absent.
+pub fn lane_of(v: &Value) -> &str {
+    v.get("data")
+        .and_then(|d| d.get("agent"))
+        .and_then(|a| a.get("lane"))
+        .and_then(Value::as_str)
+        .unwrap_or("main")
+}
+
 /// `data.agent.seq` of a body.
 pub fn seq_of(v: &Value) -> Option<u64> {
     v.get("data")?.get("agent")?.get("seq")?.as_u64()
@@ -243,12 +252,20 @@ impl TestListener {
         self.shared.lock().stored.clone()
     }
 
-    /// `data.agent.seq` of every stored body, in arrival order.
+    /// `data.agent.seq` of every stored main-lane body (no `data.agent.lane`), in arrival
+    /// order: the sequence the gap rule is checked on (the spike lane has its own).
     pub fn stored_seqs(&self) -> Vec<u64> {
+        self.stored_seqs_in("main")
+    }
+
+    /// `data.agent.seq` of every stored body of spool lane `lane` (`main` or `spike`), in
+    /// arrival order.
+    pub fn stored_seqs_in(&self, lane: &str) -> Vec<u64> {
         self.shared
             .lock()
             .stored
             .iter()
+            .filter(|v| lane_of(v) == lane)
             .filter_map(seq_of)
             .collect()
     }

@@ -522,6 +522,7 @@ impl Drop for TempDir {
 
 pub mod agent;
 pub mod e2e;
+pub mod kill;
 pub mod listener;
 pub mod logs;
 pub mod pileup;

@@ -3,13 +3,17 @@
 //! snapshot.
 //!
 //! Invariants: `pg_blocking_pids()` runs (in [`crate::collect::locks`]) only when a sample saw a
-//! session waiting on a lock, and at most once per `lock_snapshot_min_gap` (the caller's
-//! gate); a failed name lookup keeps the OIDs and the tree; the peak is the snapshot with the
-//! largest total wait.
+//! session waiting on a lock, at most once per `lock_snapshot_min_gap`, and only when an
+//! execution waits that did not at the previous lock-tree query, or `lock_snapshot_refresh`
+//! passed since it ([`LockGate`]); so the wait times of a snapshot (and of the peak) are at most
+//! that old while the same sessions wait. A failed name lookup keeps the OIDs and the tree; the
+//! peak is the snapshot with the largest total wait.
 
-use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use super::ActivitySampler;
+use super::query::SessionRow;
+use super::{ActivitySampler, ExecKey};
+use crate::collect::inthash::IntMap;
 use crate::collect::locks::{self, LockWaiter};
 use crate::collect::CollectError;
 use crate::json::Json;
@@ -91,6 +95,8 @@ pub(super) struct LockSnapshot {
 pub(super) struct LockAgg {
     pub(super) n_snapshots: u32,
     pub(super) peak: Option<LockSnapshot>,
+    /// The latest snapshot when it is not the peak (`None`: the peak is the latest), so a
+    /// snapshot that becomes the peak is moved there, never copied.
     pub(super) last: Option<LockSnapshot>,
 }
 
@@ -99,7 +105,7 @@ impl LockAgg {
     /// latest.
     pub(super) fn to_json(&self) -> Json {
         match (&self.peak, &self.last) {
-            (Some(peak), Some(last)) => Json::object()
+            (Some(peak), last) => Json::object()
                 .field("n_snapshots", self.n_snapshots)
                 .field("max_blocked", peak.n_blocked)
                 .field("max_depth", peak.max_depth)
@@ -107,10 +113,9 @@ impl LockAgg {
                 // The latest snapshot only when it differs from the peak, to keep payloads small.
                 .field(
                     "last",
-                    if last.at == peak.at {
-                        Json::Null
-                    } else {
-                        snapshot_json(last)
+                    match last {
+                        Some(last) if last.at != peak.at => snapshot_json(last),
+                        _ => Json::Null,
                     },
                 ),
             _ => Json::object()
@@ -120,6 +125,50 @@ impl LockAgg {
                 .field("peak", Json::Null)
                 .field("last", Json::Null),
         }
+    }
+}
+
+/// Decides whether a sample with lock waiters queries the lock tree (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct LockGate {
+    last_query: Option<Instant>,
+    /// The executions waiting on a lock at the last query, sorted.
+    waiting: Vec<ExecKey>,
+    /// This sample's, sorted (kept to reuse its memory).
+    now_waiting: Vec<ExecKey>,
+}
+
+impl LockGate {
+    /// Whether this sample's rows should be followed by a lock-tree query; when so, it counts as
+    /// made now.
+    pub(super) fn due(
+        &mut self,
+        rows: &[SessionRow],
+        min_gap: Duration,
+        refresh: Duration,
+    ) -> bool {
+        let since = self.last_query.map(|at| at.elapsed());
+        if since.is_some_and(|s| s < min_gap) {
+            return false;
+        }
+        self.now_waiting.clear();
+        self.now_waiting.extend(
+            rows.iter()
+                .filter(|r| r.wait_event_type == Some("Lock"))
+                .map(SessionRow::key),
+        );
+        self.now_waiting.sort_unstable();
+        let stale = since.map_or(true, |s| s >= refresh);
+        let joined = self
+            .now_waiting
+            .iter()
+            .any(|k| self.waiting.binary_search(k).is_err());
+        if !(stale || joined) {
+            return false;
+        }
+        std::mem::swap(&mut self.waiting, &mut self.now_waiting);
+        self.last_query = Some(Instant::now());
+        true
     }
 }
 
@@ -156,9 +205,11 @@ impl ActivitySampler {
         };
         self.locks.n_snapshots += 1;
         if self.locks.peak.as_ref().is_none_or_smaller(&snap) {
-            self.locks.peak = Some(snap.clone());
+            self.locks.peak = Some(snap);
+            self.locks.last = None;
+        } else {
+            self.locks.last = Some(snap);
         }
-        self.locks.last = Some(snap);
         Ok(())
     }
 
@@ -183,12 +234,12 @@ impl ActivitySampler {
         waiters: &[LockWaiter],
         now: f64,
     ) -> f64 {
-        let waits: HashMap<i32, f64> = waiters
+        let waits: IntMap<i32, f64> = waiters
             .iter()
             .map(|w| (w.pid, self.wait_of(w, now)))
             .collect();
         for t in trees {
-            let parent: HashMap<i32, i32> = t
+            let parent: IntMap<i32, i32> = t
                 .nodes
                 .iter()
                 .filter_map(|n| Some((n.pid, n.parent?)))
@@ -338,6 +389,35 @@ mod tests {
         assert_eq!(
             j.get("correlation_ids"),
             Some(&Json::Array(vec![Json::from("r2")]))
+        );
+    }
+
+    #[test]
+    fn the_lock_tree_is_queried_again_for_a_new_waiter_or_after_the_refresh() {
+        use super::super::test_support::row;
+        let waiting = |pid: i32, start: f64| SessionRow {
+            wait_event_type: Some("Lock"),
+            ..row(pid, 100.0, start)
+        };
+        let (no_gap, refresh) = (Duration::ZERO, Duration::from_secs(3600));
+        let mut g = LockGate::default();
+        let two = [waiting(1, 10.0), waiting(2, 11.0), row(3, 100.0, 12.0)];
+        assert!(g.due(&two, no_gap, refresh), "the first waiters");
+        assert!(!g.due(&two, no_gap, refresh), "the same waiters");
+        assert!(
+            !g.due(&two[..1], no_gap, refresh),
+            "one left: the rest is known"
+        );
+        assert!(
+            g.due(&[waiting(1, 10.0), waiting(2, 50.0)], no_gap, refresh),
+            "pid 2 waits in another statement"
+        );
+        assert!(g.due(&two, no_gap, Duration::ZERO), "refresh passed");
+        let mut g = LockGate::default();
+        assert!(g.due(&two, Duration::from_secs(3600), refresh));
+        assert!(
+            !g.due(&[waiting(4, 1.0)], Duration::from_secs(3600), refresh),
+            "a new waiter still waits for the minimum gap"
         );
     }
 }

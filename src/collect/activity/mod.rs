@@ -30,7 +30,9 @@
 //! - Background processes (state NULL) are sampled like executions, listed apart
 //!   (`background[]`), never dropped for room and never correlated.
 //! - `pg_blocking_pids()` runs (in [`super::locks`]) only when a sample saw a session waiting on
-//!   a lock, and at most once per `lock_snapshot_min_gap`.
+//!   a lock, at most once per `lock_snapshot_min_gap`, and only when a waiting execution is new
+//!   since the previous lock-tree query or `lock_snapshot_refresh` has passed (a pile-up that
+//!   stays the same is not queried again every second).
 //! - Memory is bounded: at most `2 * max_executions` executions are held (more only while more
 //!   sessions than that are running at once); when full, the least interesting executions no
 //!   longer running are dropped and counted in `n_left_out`.
@@ -52,15 +54,15 @@ mod query;
 mod render;
 mod spike_hook;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use self::execution::{Execution, PidTrack};
-use self::lock_roles::LockAgg;
+use self::lock_roles::{LockAgg, LockGate};
 use self::procfs_host::ProcfsHost;
 pub use self::query::{query_id_status, QueryIdStatus, QUERY_ID_SINCE};
 use self::query::{query_prepared, sample_sql, SessionRow};
 use super::correlate::{Correlator, CorrelatorConfig, SampledStatement};
+use super::inthash::IntMap;
 use super::locks::{self, LockWaiter};
 use super::procfs::ProcReader;
 use super::CollectError;
@@ -89,6 +91,9 @@ pub struct ActivityConfig {
     pub max_correlated: usize,
     /// Shortest time between two lock-tree queries. Defaults to 1 s.
     pub lock_snapshot_min_gap: Duration,
+    /// Longest time the lock tree is not queried again while the same executions wait (no new
+    /// waiter). Defaults to [`LOCK_SNAPSHOT_REFRESH`].
+    pub lock_snapshot_refresh: Duration,
     /// Whether to read `/proc/<pid>`. Defaults to true; even then the figures are read only
     /// when the server's backends are this host's PostgreSQL processes (detected).
     pub read_procfs: bool,
@@ -106,6 +111,7 @@ impl Default for ActivityConfig {
             max_executions: 200,
             max_correlated: 10,
             lock_snapshot_min_gap: Duration::from_secs(1),
+            lock_snapshot_refresh: LOCK_SNAPSHOT_REFRESH,
             read_procfs: true,
             sample_cpu_budget: Duration::ZERO,
         }
@@ -113,6 +119,12 @@ impl Default for ActivityConfig {
 }
 
 type ExecKey = (i32, i64);
+
+/// Default of [`ActivityConfig::lock_snapshot_refresh`]: at 400 sessions waiting on one lock, a
+/// lock-tree query costs about 2.9 ms of agent CPU and 3.7 ms of PostgreSQL CPU (BENCHMARKS.md,
+/// issue 16); while no new session joins the waiters, the tree's shape and root blockers stay,
+/// and only the wait times grow, so every 5 s is enough for them.
+pub const LOCK_SNAPSHOT_REFRESH: Duration = Duration::from_secs(5);
 
 /// What one call of [`ActivitySampler::sample`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,8 +144,8 @@ pub struct SampleStats {
 pub struct ActivitySampler {
     cfg: ActivityConfig,
     proc: ProcReader,
-    execs: HashMap<ExecKey, Execution>,
-    tracks: HashMap<i32, PidTrack>,
+    execs: IntMap<ExecKey, Execution>,
+    tracks: IntMap<i32, PidTrack>,
     round: u64,
     interval_start: Option<f64>,
     last_sample_at: Option<f64>,
@@ -144,12 +156,12 @@ pub struct ActivitySampler {
     errors: Vec<Json>,
     locks: LockAgg,
     relation_names: locks::RelationNames,
-    last_lock_query: Option<Instant>,
+    lock_gate: LockGate,
     version_num: Option<u32>,
     query_id_checked: bool,
     n_background_execs: usize,
-    current: HashMap<i32, ExecKey>,
-    leaders_by_start: HashMap<i64, ExecKey>,
+    current: IntMap<i32, ExecKey>,
+    leaders_by_start: IntMap<i64, ExecKey>,
     room_check_at: usize,
     text_buf: String,
     /// The lock waiters of the last sample, when it queried them (for the spike code).
@@ -175,8 +187,8 @@ impl ActivitySampler {
         ActivitySampler {
             cfg,
             proc,
-            execs: HashMap::new(),
-            tracks: HashMap::new(),
+            execs: IntMap::default(),
+            tracks: IntMap::default(),
             round: 0,
             interval_start: None,
             last_sample_at: None,
@@ -187,12 +199,12 @@ impl ActivitySampler {
             errors: Vec::new(),
             locks: LockAgg::default(),
             relation_names: locks::RelationNames::default(),
-            last_lock_query: None,
+            lock_gate: LockGate::default(),
             version_num: None,
             query_id_checked: false,
             n_background_execs: 0,
-            current: HashMap::new(),
-            leaders_by_start: HashMap::new(),
+            current: IntMap::default(),
+            leaders_by_start: IntMap::default(),
             room_check_at: 0,
             text_buf: String::new(),
             spike_waiters: None,
@@ -257,11 +269,12 @@ impl ActivitySampler {
         let (mut stats, now) = self.absorb(&decoded);
         stats.n_rows = rows.len();
         if stats.n_lock_waits > 0 {
-            let due = self
-                .last_lock_query
-                .is_none_or_elapsed(self.cfg.lock_snapshot_min_gap);
+            let due = self.lock_gate.due(
+                &decoded,
+                self.cfg.lock_snapshot_min_gap,
+                self.cfg.lock_snapshot_refresh,
+            );
             if due {
-                self.last_lock_query = Some(Instant::now());
                 stats.lock_snapshot = true;
                 if let Err(e) = self.lock_snapshot(client, version, now) {
                     // The activity sample itself succeeded; only the lock tree is missing, which
@@ -325,19 +338,6 @@ fn as_f64(v: &Json) -> Option<f64> {
         Json::Int(i) => Some(*i as f64),
         Json::UInt(u) => Some(*u as f64),
         _ => None,
-    }
-}
-
-trait InstantExt {
-    fn is_none_or_elapsed(&self, gap: Duration) -> bool;
-}
-
-impl InstantExt for Option<Instant> {
-    fn is_none_or_elapsed(&self, gap: Duration) -> bool {
-        match self {
-            None => true,
-            Some(at) => at.elapsed() >= gap,
-        }
     }
 }
 

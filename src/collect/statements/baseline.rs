@@ -326,13 +326,11 @@ mod tests {
 
     #[test]
     fn atomic_write_replaces_the_file() {
-        let dir = std::env::temp_dir().join(format!("bv-stmts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::testdir::TempDir::new("stmts");
         let p = dir.join("sub/state");
         write_atomically_with(&p, |w| w.write_all(b"one")).unwrap();
         write_atomically_with(&p, |w| w.write_all(b"two")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert!(!crate::fsutil::temp_path(&p).exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

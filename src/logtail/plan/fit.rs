@@ -14,10 +14,7 @@ pub(super) fn cut_bytes(s: &mut String, max: usize) -> bool {
     if s.len() <= max {
         return false;
     }
-    let mut cut = max.saturating_sub(PLAN_TRUNCATION_MARKER.len());
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = crate::normalize::char_floor(s, max.saturating_sub(PLAN_TRUNCATION_MARKER.len()));
     s.truncate(cut);
     s.push_str(PLAN_TRUNCATION_MARKER);
     true

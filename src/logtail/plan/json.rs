@@ -159,40 +159,9 @@ impl JsonParser<'_> {
                 b'\\' => {
                     // A cut right after the backslash or inside `\uXXXX` leaves the string
                     // unclosed: the document is incomplete, like any other cut.
-                    let Some(&e) = self.b.get(self.i + 1) else {
-                        break;
-                    };
-                    self.i += 2;
-                    match e {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'u' => {
-                            let hex = |p: &Self, at: usize| -> Option<u32> {
-                                let h = p.b.get(at..at + 4)?;
-                                u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
-                            };
-                            let Some(mut cp) = hex(self, self.i) else {
-                                break;
-                            };
-                            self.i += 4;
-                            if (0xD800..0xDC00).contains(&cp)
-                                && self.b.get(self.i..self.i + 2) == Some(b"\\u")
-                            {
-                                if let Some(lo) = hex(self, self.i + 2) {
-                                    if (0xDC00..0xE000).contains(&lo) {
-                                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                                        self.i += 6;
-                                    }
-                                }
-                            }
-                            let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                            let mut buf = [0u8; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                        }
-                        other => out.push(other),
+                    match crate::json::unescape(self.b, self.i + 1, &mut out) {
+                        crate::json::Escape::Done(next) => self.i = next,
+                        crate::json::Escape::Cut | crate::json::Escape::BadUnicode(_) => break,
                     }
                 }
                 _ => {
