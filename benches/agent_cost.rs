@@ -3,9 +3,12 @@
 //! timing. Targets are printed beside the results; missing one is a finding.
 //!
 //! `cargo bench --bench agent_cost -- [--runs N] [--secs S] [--only 1,2,3,4,5,grow,spike,quiet,scale]
-//! [--compare] [--callgrind]`; `scale` (issue 16: the sampler at 100, 400 and 1,000 active
-//! sessions, about 6 minutes) runs only when named, `--callgrind` adds a callgrind profile of it
-//! at 400.
+//! [--compare] [--callgrind] [--callgrind-only] [--sizes 100,400] [--no-load-rule]`; `scale`
+//! (issue 16: the sampler at 100, 400 and 1,000 active sessions, about 6 minutes) runs only when
+//! named, `--callgrind` adds a callgrind and an strace profile of it at 400 (both variants),
+//! `--callgrind-only` only those, `--sizes` picks the sizes; `--no-load-rule` appends
+//! `[spike] load_per_cpu = 0` to every agent configuration (the load1 rule fires on a loaded VM
+//! and bursts the sampler).
 //!
 //! Method (also in BENCHMARKS.md):
 //! - The release binary runs as a child with 1 s sampling and a shortened interval
@@ -242,7 +245,12 @@ struct AgentRun {
     bytes_per_min: f64,
     payloads_per_cycle: f64,
     wakeups_per_s: f64,
+    /// `data.agent.sample_cost` of the last system_metrics payload (the cost control's level).
+    sample_cost: Option<serde_json::Value>,
 }
+
+/// Sections appended to every agent configuration of the run (`--no-load-rule`).
+static AGENT_EXTRA_SECTIONS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn agent_ini(pg: &TestPg, listener: &TestListener, work: &Path, extra: &str) -> PathBuf {
     let ini = work.join("agent.ini");
@@ -251,11 +259,12 @@ fn agent_ini(pg: &TestPg, listener: &TestListener, work: &Path, extra: &str) -> 
         pg.agent_ini(&format!(
             "[collection]\ninterval_s = {INTERVAL_S}\nstate_dir = {}\nlog_path = {}\n{extra}\n\
              [listener]\nurl = {}\napi_key = bench-key\nproject_id = bench\n\
-             max_requests_per_minute = 600\n[buffer]\npath = {}\n",
+             max_requests_per_minute = 600\n[buffer]\npath = {}\n{}",
             work.join("state").display(),
             pg.server_log().display(),
             listener.url(),
-            work.join("spool").display()
+            work.join("spool").display(),
+            AGENT_EXTRA_SECTIONS.get().map_or("", String::as_str)
         )),
     )
     .unwrap();
@@ -314,6 +323,12 @@ fn run_agent_with(pg: &TestPg, secs: u64, extra: &str) -> (AgentRun, f64) {
     let payloads = reqs.iter().filter(|r| r.status == 200).count() as f64;
     let bytes: usize = reqs.iter().map(|r| r.body.len()).sum();
     agent.stop();
+    let sample_cost = listener
+        .stored()
+        .iter()
+        .rev()
+        .find(|v| v["source"] == "system_metrics")
+        .map(|v| v["data"]["agent"]["sample_cost"].clone());
 
     let d = |name: &str| {
         (cpu1.get(name).copied().unwrap_or(0) - cpu0.get(name).copied().unwrap_or(0)) as f64
@@ -348,6 +363,7 @@ fn run_agent_with(pg: &TestPg, secs: u64, extra: &str) -> (AgentRun, f64) {
         bytes_per_min: bytes as f64 / cycles,
         payloads_per_cycle,
         wakeups_per_s: (sw1 - sw0) as f64 / wall,
+        sample_cost,
     };
     (run, recorder_per_h)
 }
@@ -681,6 +697,10 @@ struct Opts {
     compare: bool,
     /// With the scale scenario: one callgrind profile of the sampler at 400 sessions.
     callgrind: bool,
+    /// Sizes of the scale scenario (`--sizes 400`; default [`SCALE_SIZES`]).
+    sizes: Vec<usize>,
+    /// With `--callgrind`: only the callgrind profiles, no timed samples (`--callgrind-only`).
+    callgrind_only: bool,
 }
 
 /// Whether scenario `s` runs: every one but `scale` when `--only` is not given.
@@ -1626,10 +1646,10 @@ fn print_scale_table(rows: &[ScaleRow]) {
 }
 
 fn scenario_scale(o: &Opts, rep: &mut Report) {
-    let max = *SCALE_SIZES.iter().max().unwrap_or(&1_000);
+    let max = *o.sizes.iter().max().unwrap_or(&1_000);
     println!(
         "\n== scale (issue 16): the activity sampler at {:?} active sessions, pg_sleep and lock waiters",
-        SCALE_SIZES
+        o.sizes
     );
     let pg = TestPg::builder()
         .setting("max_connections", &(max + 30).to_string())
@@ -1643,16 +1663,18 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     let mut holders = Holders::new(&pg);
     let mut rows = Vec::new();
     let mut agent_at_400 = None;
-    for &n in &SCALE_SIZES {
+    for &n in &o.sizes {
         holders.grow_to(n);
         // pg_sleep
         holders.run_all("SELECT pg_sleep(3600)");
         if !wait_sessions(&mut admin, n, "wait_event = 'PgSleep'") {
             println!("  ({n}: not every session reached pg_sleep)");
         }
-        rows.push(measure_scale(&mut c, n, "pg_sleep"));
+        if !o.callgrind_only {
+            rows.push(measure_scale(&mut c, n, "pg_sleep"));
+        }
         if n == 400 && o.callgrind {
-            callgrind_profile(&pg, n);
+            callgrind_profile(&pg, n, "");
         }
         let _ = admin.batch_execute(&format!(
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
@@ -1667,10 +1689,15 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         if !wait_sessions(&mut admin, n, "wait_event_type = 'Lock'") {
             println!("  ({n}: not every session is waiting on the lock)");
         }
-        rows.push(measure_scale(&mut c, n, "lock waiters"));
+        if !o.callgrind_only {
+            rows.push(measure_scale(&mut c, n, "lock waiters"));
+        }
+        if n == 400 && o.callgrind {
+            callgrind_profile(&pg, n, ".lock");
+        }
         holder.batch_execute("COMMIT").unwrap();
         holders.wait_all();
-        if n == 400 {
+        if n == 400 && !o.callgrind_only {
             // The agent process itself at 400 sessions in pg_sleep: its sampler thread does more
             // than `ActivitySampler::sample` (spike detector, timeline, flight recorder). The
             // bench's own session of the role is closed first: the agent counts its role's
@@ -1679,7 +1706,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             drop(pool);
             holders.run_all("SELECT pg_sleep(3600)");
             wait_sessions(&mut admin, n, "wait_event = 'PgSleep'");
-            agent_at_400 = Some(run_agent(&pg, SCALE_WINDOW_S));
+            agent_at_400 = Some(agent_at_400_both(&pg));
             let _ = admin.batch_execute(&format!(
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
             ));
@@ -1687,7 +1714,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             pool = Pool::new(&pg.db_config());
             c = pool.acquire().unwrap();
         }
-        let r = &rows[rows.len() - 2..];
+        let r = &rows[rows.len().saturating_sub(2)..];
         for r in r {
             rep.add(
                 &format!(
@@ -1706,17 +1733,26 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     holders.close();
     drop(c);
     print_scale_table(&rows);
-    if let Some(a) = agent_at_400 {
-        println!(
-            "  agent process at 400 sessions in pg_sleep ({SCALE_WINDOW_S} s after a warm-up cycle): \
-             sampler thread {:.0} µs per 1 s sample = {:.0} ms/min; agent CPU per minute at defaults \
-             {:.0} ms; PostgreSQL CPU of its backends {:.0} ms/min (10 s cycles); steady RSS {:.2} MB",
-            a.sampler_us_per_sample,
-            a.sampler_us_per_sample * 60.0 / 1e3,
-            a.cpu_ms_per_min,
-            a.pg_cpu_ms_per_min,
-            a.steady_rss_kb / 1024.0
-        );
+    if let Some(runs) = agent_at_400 {
+        for (a, what) in runs.iter().zip([
+            "cost control off (sample_cpu_budget_ms = 0)",
+            "defaults (sample_cpu_budget_ms = 2)",
+        ]) {
+            println!(
+                "  agent process at 400 sessions in pg_sleep, {what} ({SCALE_WINDOW_S} s after a warm-up cycle): \
+                 sampler thread {:.0} µs CPU per second = {:.0} ms/min; agent CPU per minute \
+                 {:.0} ms; PostgreSQL CPU of its backends {:.0} ms/min (10 s cycles); steady RSS {:.2} MB; \
+                 sample_cost {}",
+                a.sampler_us_per_sample,
+                a.sampler_us_per_sample * 60.0 / 1e3,
+                a.cpu_ms_per_min,
+                a.pg_cpu_ms_per_min,
+                a.steady_rss_kb / 1024.0,
+                a.sample_cost
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |c| c.to_string())
+            );
+        }
     }
     // Backends exit a moment after their client hangs up: wait up to 10 s for all of them.
     let t = Instant::now();
@@ -1736,6 +1772,13 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         std::thread::sleep(Duration::from_millis(100));
     };
     println!("  (scale sessions still connected at the end: {left})");
+}
+
+/// The agent process against the sessions held now, with the cost control off (the full cost,
+/// comparable with the runs before it existed) and at its default budget.
+fn agent_at_400_both(pg: &TestPg) -> [AgentRun; 2] {
+    let off = run_agent_with(pg, SCALE_WINDOW_S, "sample_cpu_budget_ms = 0").0;
+    [off, run_agent(pg, SCALE_WINDOW_S)]
 }
 
 /// `--sample-child <socket dir> <port> <samples>`: connects as the monitoring role and takes
@@ -1817,12 +1860,13 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
 
 /// Runs the sampler child under callgrind with 1 and 11 samples against the sessions held now;
 /// the difference over 10 is what one steady sample costs, in total and per function.
-fn callgrind_profile(pg: &TestPg, n: usize) {
+/// `variant` ("" for pg_sleep, ".lock" for lock waiters) names the output files.
+fn callgrind_profile(pg: &TestPg, n: usize, variant: &str) {
     let exe = std::env::current_exe().expect("current exe");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let mut totals = Vec::new();
     for samples in [1usize, 11] {
-        let out = dir.join(format!("callgrind.scale{n}.{samples}.out"));
+        let out = dir.join(format!("callgrind.scale{n}{variant}.{samples}.out"));
         let t = Instant::now();
         let st = Command::new("valgrind")
             .args(["--tool=callgrind", "-q"])
@@ -1849,7 +1893,7 @@ fn callgrind_profile(pg: &TestPg, n: usize) {
     let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
     let (one, eleven) = (&totals[0], &totals[1]);
     println!(
-        "  instructions: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
+        "  instructions{variant}: 1 sample {} (process total, with connect), 11 samples {}; one steady sample = {} ({} per session)",
         total(one),
         total(eleven),
         (total(eleven) - total(one)) / 10,
@@ -1870,6 +1914,61 @@ fn callgrind_profile(pg: &TestPg, n: usize) {
     for (ir, f) in steady.iter().skip(1).take(40) {
         println!("    {ir:>12}  {f}");
     }
+    syscall_profile(pg, n, variant);
+}
+
+/// Syscalls per steady sample (the kernel side callgrind does not see): the sampler child
+/// under `strace -c` with 1 and 11 samples, (11 - 1) / 10 per syscall. Skipped without strace.
+fn syscall_profile(pg: &TestPg, n: usize, variant: &str) {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let mut counts: Vec<HashMap<String, u64>> = Vec::new();
+    for samples in [1usize, 11] {
+        let out = dir.join(format!("strace.scale{n}{variant}.{samples}.txt"));
+        let st = Command::new("strace")
+            .args(["-c", "-f", "-o"])
+            .arg(&out)
+            .arg(&exe)
+            .arg("--sample-child")
+            .arg(pg.socket_dir())
+            .arg(pg.port().to_string())
+            .arg(samples.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            println!("  strace run failed ({st:?}); is strace installed?");
+            return;
+        }
+        // "% time  seconds  usecs/call  calls  [errors]  syscall"
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let mut m = HashMap::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 5 || f[0].parse::<f64>().is_err() {
+                continue;
+            }
+            let calls = f[3].parse::<u64>().unwrap_or(0);
+            m.insert(f[f.len() - 1].to_string(), calls);
+        }
+        counts.push(m);
+    }
+    let (one, eleven) = (&counts[0], &counts[1]);
+    let mut per: Vec<(u64, &str)> = eleven
+        .iter()
+        .filter(|(k, _)| k.as_str() != "total")
+        .map(|(k, v)| (v.saturating_sub(*one.get(k).unwrap_or(&0)) / 10, k.as_str()))
+        .filter(|(v, _)| *v > 0)
+        .collect();
+    per.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let total: u64 = per.iter().map(|p| p.0).sum();
+    println!(
+        "  syscalls{variant} per steady sample at {n} sessions: {total} ({})",
+        per.iter()
+            .map(|(v, k)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1886,6 +1985,8 @@ fn main() {
         only: Vec::new(),
         compare: false,
         callgrind: false,
+        sizes: SCALE_SIZES.to_vec(),
+        callgrind_only: false,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1904,6 +2005,21 @@ fn main() {
             }
             "--compare" => o.compare = true,
             "--callgrind" => o.callgrind = true,
+            "--no-load-rule" => {
+                // The load1 rule fires on a loaded shared VM and bursts the sampler.
+                let _ = AGENT_EXTRA_SECTIONS.set("[spike]\nload_per_cpu = 0\n".into());
+            }
+            "--callgrind-only" => {
+                o.callgrind = true;
+                o.callgrind_only = true;
+            }
+            "--sizes" => {
+                o.sizes = args[i + 1]
+                    .split(',')
+                    .map(|n| n.parse().expect("--sizes: whole numbers"))
+                    .collect();
+                i += 1;
+            }
             _ => {} // cargo bench passes --bench
         }
         i += 1;

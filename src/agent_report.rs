@@ -68,6 +68,8 @@ pub struct AgentReport {
     pub overruns: u64,
     /// The interval's cost, when the report is made at an interval boundary.
     pub cost: Option<IntervalCost>,
+    /// The activity sampler's adaptive cost control (`data.agent.sample_cost`), once it sampled.
+    pub sample_cost: Option<crate::collect::cost_control::CostReport>,
     /// Who blocked connection attempts: in `data.agent`, what was seen since the previous
     /// summary; in the status file, the latest sighting. `None`: nothing was blocked.
     pub connect_blocked_by: Option<Sighting>,
@@ -149,6 +151,10 @@ impl AgentReport {
             .field("collectors", collectors)
             .field("overruns", self.overruns)
             .field("paused", self.paused)
+            .field(
+                "sample_cost",
+                self.sample_cost.as_ref().map(|c| c.to_json()),
+            )
     }
 
     /// The status file's `key: value` lines (`status::write` writes them, `--status` reads them).
@@ -247,6 +253,11 @@ mod tests {
             ],
             overruns: 0,
             cost: None,
+            sample_cost: Some(crate::collect::cost_control::CostReport {
+                budget: Duration::from_millis(2),
+                samples: 60,
+                ..Default::default()
+            }),
             connect_blocked_by: None,
         }
     }
@@ -279,6 +290,9 @@ mod tests {
         );
         assert_eq!(line("connections_held").as_deref(), Some("2"));
         assert_eq!(json.get("connections_held"), Some(&Json::from(2usize)));
+        let cost = json.get("sample_cost").expect("sample_cost block");
+        assert_eq!(cost.get("level_name"), Some(&Json::from("full")));
+        assert_eq!(cost.get("samples"), Some(&Json::from(60u64)));
         let pool = json.get("pool").expect("pool block");
         assert_eq!(pool.get("connect_blocked_by"), Some(&Json::Array(vec![])));
         assert_eq!(pool.get("connect_blocked_by_note"), Some(&Json::Null));

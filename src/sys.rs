@@ -55,6 +55,45 @@ pub fn rusage_self() -> Option<libc::rusage> {
     ok.then_some(ru)
 }
 
+/// Raises the soft limit of open file descriptors (`RLIMIT_NOFILE`) to the hard limit and
+/// returns the soft limit in force afterwards; `None` when the limit cannot be read. A failed
+/// raise leaves the old limit, which is returned.
+pub fn raise_nofile_soft_limit() -> Option<u64> {
+    // SAFETY: rlimit is plain data filled in by getrlimit.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: a valid pointer to an rlimit; raising the soft limit up to the hard one needs
+        // no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+/// The CPU time the calling thread has used (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`);
+/// `None` when the clock cannot be read.
+pub fn thread_cpu_time() -> Option<std::time::Duration> {
+    // SAFETY: timespec is plain data filled in by clock_gettime.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a timespec; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    ))
+}
+
 /// At most `n` malloc arenas (`mallopt(M_ARENA_MAX)`). Call once at start, before the threads.
 /// No-op outside glibc.
 pub fn limit_malloc_arenas(n: libc::c_int) {
@@ -172,6 +211,19 @@ mod tests {
         assert!(!hostname().unwrap().is_empty());
         assert!(process_exists(std::process::id() as i32));
         assert!(!process_exists(0));
+        let soft = raise_nofile_soft_limit().unwrap();
+        assert!(soft >= 64, "{soft}");
+        assert_eq!(
+            raise_nofile_soft_limit(),
+            Some(soft),
+            "already at the hard limit"
+        );
+        let t0 = thread_cpu_time().unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(thread_cpu_time().unwrap() > t0, "{x}");
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub fn activity_config(cfg: &Config) -> ActivityConfig {
         ),
         query_text: query_text(&cfg.collection),
         correlation: correlation(&cfg.collection),
+        sample_cpu_budget: cfg.collection.sample_cpu_budget,
         ..ActivityConfig::default()
     }
 }

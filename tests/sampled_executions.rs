@@ -49,7 +49,7 @@ fn with_id<'a>(summary: &'a Payload, id: &str) -> &'a Json {
 /// utime + stime of `pid` in ms, read as the test's own ground truth.
 fn cpu_ms_of(pid: i32) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    parse_stat(&text).unwrap().cpu_ticks as f64 * 1000.0 / clock_ticks_per_sec() as f64
+    parse_stat(text.as_bytes()).unwrap().cpu_ticks as f64 * 1000.0 / clock_ticks_per_sec() as f64
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod activity;
 pub mod backoff;
 pub mod correlate;
+pub mod cost_control;
 pub mod cycle;
 pub mod host;
 pub mod inthash;

@@ -11,9 +11,10 @@
 //! user or with CAP_SYS_PTRACE; `stat` is world-readable.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -51,40 +52,60 @@ pub struct PidSample {
 }
 
 /// Parses `/proc/<pid>/stat`. `comm` (field 2) may contain spaces and parentheses, so the fields
-/// are counted from the *last* `)`.
-pub fn parse_stat(text: &str) -> Option<PidStat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
+/// are counted from the *last* `)`. Works on the bytes as read: no text conversion, no
+/// allocation.
+pub fn parse_stat(text: &[u8]) -> Option<PidStat> {
+    let open = text.iter().position(|&b| b == b'(')?;
+    let close = text.iter().rposition(|&b| b == b')')?;
     if close < open {
         return None;
     }
     let comm = &text[open + 1..close];
     // Field 3 (state) is the first after the comm; utime is field 14, stime 15, starttime 22,
     // rss 24.
-    let mut fields = text[close + 1..].split_ascii_whitespace();
-    let state = fields.next()?.bytes().next()?;
-    let utime: u64 = fields.nth(10)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let start_ticks: u64 = fields.nth(6)?.parse().ok()?;
-    let rss_pages: i64 = fields.nth(1)?.parse().ok()?;
+    let mut fields = text[close + 1..]
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    let utime = parse_u64(fields.nth(10)?)?;
+    let stime = parse_u64(fields.next()?)?;
+    let start_ticks = parse_u64(fields.nth(6)?)?;
+    let rss = fields.nth(1)?;
+    // RSS is signed in the kernel's format; a negative one counts as 0.
+    let rss_pages = match rss.strip_prefix(b"-") {
+        Some(digits) => parse_u64(digits).map(|_| 0)?,
+        None => parse_u64(rss)?,
+    };
     Some(PidStat {
         cpu_ticks: utime.saturating_add(stime),
         start_ticks,
-        rss_pages: rss_pages.max(0) as u64,
-        is_postgres: comm.starts_with("postgres") || comm.starts_with("postmaster"),
+        rss_pages,
+        is_postgres: comm.starts_with(b"postgres") || comm.starts_with(b"postmaster"),
         state,
     })
 }
 
-/// Parses `/proc/<pid>/io` (`read_bytes` and `write_bytes`).
-pub fn parse_io(text: &str) -> Option<PidIo> {
+/// A decimal number of ASCII digits only (no sign, no space); `None` when empty, not digits or
+/// beyond u64.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Parses `/proc/<pid>/io` (`read_bytes` and `write_bytes`), from the bytes as read.
+pub fn parse_io(text: &[u8]) -> Option<PidIo> {
     let mut read = None;
     let mut write = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("read_bytes:") {
-            read = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("write_bytes:") {
-            write = v.trim().parse().ok();
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(v) = line.strip_prefix(b"read_bytes:") {
+            read = parse_u64(v.trim_ascii());
+        } else if let Some(v) = line.strip_prefix(b"write_bytes:") {
+            write = parse_u64(v.trim_ascii());
         }
     }
     Some(PidIo {
@@ -122,9 +143,30 @@ pub fn ticks_to_ms(ticks: u64) -> u64 {
 /// and a refused open per pid per second is wasted work.
 const IO_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Most pids whose files are kept open between samples (two descriptors each); beyond that,
-/// files are opened and closed per read, which is slower but bounded.
-const MAX_OPEN_PIDS: usize = 128;
+/// Most pids whose files are kept open between samples (two descriptors each), whatever the
+/// descriptor limit allows: as many as the activity sampler keeps readings of (its
+/// `MAX_TRACKS`), so every session seen stays open on a server with up to 4,096 backends.
+const MAX_OPEN_PIDS: usize = 4096;
+
+/// Descriptors left to everything else in the process (connections, spool, log, status) when
+/// the bound of open pids is taken from the descriptor limit.
+const FD_RESERVE: u64 = 256;
+
+/// How many pids' files a reader keeps open: `(soft RLIMIT_NOFILE - 256) / 2`, at most
+/// [`MAX_OPEN_PIDS`]. The soft limit is raised to the hard one once, on the first call (the
+/// common 1,024 soft limit would otherwise allow only 384 pids).
+fn open_pid_bound() -> usize {
+    static BOUND: OnceLock<usize> = OnceLock::new();
+    *BOUND.get_or_init(|| {
+        let soft = crate::sys::raise_nofile_soft_limit().unwrap_or(1024);
+        (soft.saturating_sub(FD_RESERVE) / 2).min(MAX_OPEN_PIDS as u64) as usize
+    })
+}
+
+/// Whether an open failed because the process or the system ran out of descriptors.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
 
 #[derive(Debug)]
 struct OpenPid {
@@ -135,14 +177,20 @@ struct OpenPid {
 
 /// Reads `/proc/<pid>` files with reused buffers. The files of the pids sampled in the last
 /// round stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
-/// saves an open and a close per file per second.
+/// saves an open and a close per file per second. At most [`open_pid_bound`] pids stay open;
+/// when an open fails for want of descriptors the bound shrinks to three quarters of the files
+/// held (closing the rest, said once in the log) and the file is opened again, so running out
+/// of descriptors costs speed, never a reading.
 #[derive(Debug)]
 pub struct ProcReader {
-    root: PathBuf,
-    path: String,
+    /// `<root>/`, the prefix of every path.
+    root: Vec<u8>,
+    path: Vec<u8>,
     buf: Vec<u8>,
     io_refused_at: Option<Instant>,
     open: HashMap<i32, OpenPid>,
+    max_open: usize,
+    said_fds: bool,
     round: u64,
     boot_time: Option<Option<f64>>,
     states: Vec<(i32, u8)>,
@@ -168,12 +216,16 @@ impl ProcReader {
 
     /// A reader of another directory laid out like `/proc` (tests).
     pub fn with_root(root: impl Into<PathBuf>) -> ProcReader {
+        let mut root = root.into().into_os_string().into_vec();
+        root.push(b'/');
         ProcReader {
-            root: root.into(),
-            path: String::with_capacity(64),
+            path: Vec::with_capacity(root.len() + 32),
+            root,
             buf: vec![0; 4096],
             io_refused_at: None,
             open: HashMap::new(),
+            max_open: open_pid_bound(),
+            said_fds: false,
             round: 0,
             boot_time: None,
             states: Vec::new(),
@@ -181,11 +233,15 @@ impl ProcReader {
         }
     }
 
+    fn root_path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.root))
+    }
+
     /// When the machine booted, in unix seconds (`btime` of `<root>/stat`), read once; `None`
     /// when the file cannot be read.
     pub fn boot_time(&mut self) -> Option<f64> {
         if self.boot_time.is_none() {
-            let text = std::fs::read_to_string(self.root.join("stat")).unwrap_or_default();
+            let text = std::fs::read_to_string(self.root_path().join("stat")).unwrap_or_default();
             self.boot_time = Some(parse_btime(&text));
         }
         self.boot_time.flatten()
@@ -209,8 +265,8 @@ impl ProcReader {
         &self.last_states
     }
 
-    /// Closes the files of pids not sampled since the previous call. Call once per sampling
-    /// round, after the round's [`ProcReader::sample`] calls.
+    /// Closes the files of pids neither sampled nor kept since the previous call. Call once per
+    /// sampling round, after the round's [`ProcReader::sample`] calls.
     pub fn end_round(&mut self) {
         std::mem::swap(&mut self.states, &mut self.last_states);
         self.states.clear();
@@ -219,10 +275,68 @@ impl ProcReader {
         self.round += 1;
     }
 
-    fn open_file(&mut self, pid: i32, file: &str) -> std::io::Result<std::fs::File> {
+    /// Keeps the files of `pid` open through this round's [`ProcReader::end_round`] without
+    /// reading them (a pid whose reading is deferred).
+    pub fn keep_open(&mut self, pid: i32) {
+        if let Some(o) = self.open.get_mut(&pid) {
+            o.round = self.round;
+        }
+    }
+
+    /// Pids whose files are open now.
+    pub fn n_open(&self) -> usize {
+        self.open.len()
+    }
+
+    /// `<root>/<pid>/<file>` into the reused path buffer, without formatting machinery.
+    fn set_path(&mut self, pid: i32, file: &str) {
         self.path.clear();
-        let _ = write!(self.path, "{}/{pid}/{file}", self.root.display());
-        std::fs::File::open(&self.path)
+        self.path.extend_from_slice(&self.root);
+        let mut digits = [0u8; 10];
+        let mut n = pid.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.path.extend_from_slice(&digits[i..]);
+        self.path.push(b'/');
+        self.path.extend_from_slice(file.as_bytes());
+    }
+
+    fn open_file(&mut self, pid: i32, file: &str) -> std::io::Result<std::fs::File> {
+        self.set_path(pid, file);
+        let path = Path::new(OsStr::from_bytes(&self.path));
+        match std::fs::File::open(path) {
+            Err(e) if out_of_fds(&e) && !self.open.is_empty() => {
+                self.shrink_open();
+                let path = Path::new(OsStr::from_bytes(&self.path));
+                std::fs::File::open(path)
+            }
+            other => other,
+        }
+    }
+
+    /// Out of descriptors: keep at most three quarters of the files held now, close the rest.
+    fn shrink_open(&mut self) {
+        let keep = self.open.len() * 3 / 4;
+        if !self.said_fds {
+            self.said_fds = true;
+            log::warn!(
+                "activity: out of file descriptors with {} backends' /proc files open: keeping \
+                 at most {keep} open, the others are opened per reading",
+                self.open.len()
+            );
+        }
+        self.max_open = keep;
+        let excess: Vec<i32> = self.open.keys().skip(keep).copied().collect();
+        for pid in excess {
+            self.open.remove(&pid);
+        }
     }
 
     fn io_allowed(&mut self) -> bool {
@@ -245,6 +359,14 @@ impl ProcReader {
     /// Reads `stat` and, when permitted, `io` of `pid`. `None` when the pid is gone or is not a
     /// PostgreSQL process.
     pub fn sample(&mut self, pid: i32) -> Option<PidSample> {
+        self.sample_with(pid, None)
+    }
+
+    /// Like [`ProcReader::sample`], but with `unchanged = Some((start_ticks, io))` the `io`
+    /// file is not read when the process is still the one that started at `start_ticks`: the
+    /// caller knows its I/O cannot have changed since that reading (or chose to defer it), and
+    /// `io` is returned as the figure.
+    pub fn sample_with(&mut self, pid: i32, unchanged: Option<(u64, PidIo)>) -> Option<PidSample> {
         if pid <= 0 {
             return None;
         }
@@ -264,7 +386,7 @@ impl ProcReader {
             _ => {
                 let f = self.open_file(pid, "stat").ok()?;
                 let n = pread(&f, &mut self.buf).ok()?;
-                let keep = self.open.len() < MAX_OPEN_PIDS;
+                let keep = self.open.len() < self.max_open;
                 (
                     n,
                     keep.then_some(OpenPid {
@@ -275,38 +397,45 @@ impl ProcReader {
                 )
             }
         };
-        let text = String::from_utf8_lossy(&self.buf[..n]);
-        let stat = parse_stat(&text)?;
+        let stat = parse_stat(&self.buf[..n])?;
         if !stat.is_postgres {
             return None;
         }
         self.states.push((pid, stat.state));
-        let io = if self.io_allowed() {
-            let file = match entry.as_mut().and_then(|e| e.io.take()) {
-                Some(f) => Ok(f),
-                None => self.open_file(pid, "io"),
-            };
-            match file.and_then(|f| pread(&f, &mut self.buf).map(|n| (f, n))) {
-                Ok((f, n)) => {
-                    let parsed = std::str::from_utf8(&self.buf[..n]).ok().and_then(parse_io);
-                    if let Some(e) = entry.as_mut() {
-                        e.io = Some(f);
-                    }
-                    parsed
-                }
-                Err(e) => {
-                    self.note_io_error(&e);
-                    None
-                }
-            }
-        } else {
-            None
+        let io = match unchanged {
+            Some((start, io)) if start == stat.start_ticks => Some(io),
+            _ => self.read_io(pid, entry.as_mut()),
         };
         if let Some(mut e) = entry {
             e.round = round;
             self.open.insert(pid, e);
         }
         Some(PidSample { stat, io })
+    }
+
+    /// Reads `io` of `pid` through the cached file of `entry` (opening it when needed).
+    fn read_io(&mut self, pid: i32, entry: Option<&mut OpenPid>) -> Option<PidIo> {
+        if !self.io_allowed() {
+            return None;
+        }
+        let mut entry = entry;
+        let file = match entry.as_mut().and_then(|e| e.io.take()) {
+            Some(f) => Ok(f),
+            None => self.open_file(pid, "io"),
+        };
+        match file.and_then(|f| pread(&f, &mut self.buf).map(|n| (f, n))) {
+            Ok((f, n)) => {
+                let parsed = parse_io(&self.buf[..n]);
+                if let Some(e) = entry {
+                    e.io = Some(f);
+                }
+                parsed
+            }
+            Err(e) => {
+                self.note_io_error(&e);
+                None
+            }
+        }
     }
 }
 
@@ -320,7 +449,7 @@ mod tests {
 
     #[test]
     fn stat_counts_fields_from_the_last_parenthesis() {
-        let s = parse_stat(STAT).unwrap();
+        let s = parse_stat(STAT.as_bytes()).unwrap();
         assert_eq!(s.cpu_ticks, 1234 + 56);
         assert_eq!(s.start_ticks, 987654);
         assert_eq!(s.rss_pages, 2048);
@@ -331,12 +460,12 @@ mod tests {
     #[test]
     fn stat_of_another_program_or_garbage() {
         let other = STAT.replace("postgres: app db", "bash) (x");
-        let s = parse_stat(&other).unwrap();
+        let s = parse_stat(other.as_bytes()).unwrap();
         assert!(!s.is_postgres);
         assert_eq!(s.cpu_ticks, 1290);
-        assert_eq!(parse_stat("12 (short) R 1 2"), None);
-        assert_eq!(parse_stat(")("), None);
-        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat(b"12 (short) R 1 2"), None);
+        assert_eq!(parse_stat(b")("), None);
+        assert_eq!(parse_stat(b""), None);
     }
 
     #[test]
@@ -344,13 +473,13 @@ mod tests {
         let io = "rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 8192\n\
                   cancelled_write_bytes: 0\n";
         assert_eq!(
-            parse_io(io),
+            parse_io(io.as_bytes()),
             Some(PidIo {
                 read_bytes: 4096,
                 write_bytes: 8192
             })
         );
-        assert_eq!(parse_io("rchar: 10\n"), None);
+        assert_eq!(parse_io(b"rchar: 10\n"), None);
     }
 
     #[test]
@@ -386,6 +515,75 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_parsed_from_bytes_strictly() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None, "beyond u64");
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"12a"), None);
+        assert_eq!(parse_u64(b"+1"), None);
+        let negative_rss = STAT.replace(" 2048 18446744073709551615", " -3 18446744073709551615");
+        assert_eq!(parse_stat(negative_rss.as_bytes()).unwrap().rss_pages, 0);
+        // Not UTF-8 in the comm: still parsed (the old text path replaced it lossily).
+        let mut odd = STAT.as_bytes().to_vec();
+        odd[6] = 0xff;
+        assert_eq!(parse_stat(&odd).unwrap().cpu_ticks, 1290);
+    }
+
+    #[test]
+    fn paths_are_built_without_formatting() {
+        let mut r = ProcReader::with_root("/x/proc");
+        r.set_path(0, "stat");
+        assert_eq!(r.path, b"/x/proc/0/stat");
+        r.set_path(i32::MAX, "io");
+        assert_eq!(r.path, b"/x/proc/2147483647/io");
+        r.set_path(4242, "stat");
+        assert_eq!(r.path, b"/x/proc/4242/stat");
+    }
+
+    #[test]
+    fn an_unchanged_io_figure_is_not_read_again_for_the_same_process() {
+        let dir = std::env::temp_dir().join(format!("bv-procfs-io-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("10")).unwrap();
+        std::fs::write(dir.join("10/stat"), STAT).unwrap();
+        std::fs::write(dir.join("10/io"), "read_bytes: 1\nwrite_bytes: 2\n").unwrap();
+        let mut r = ProcReader::with_root(&dir);
+        let first = r.sample(10).unwrap();
+        let io = first.io.unwrap();
+        std::fs::write(dir.join("10/io"), "read_bytes: 7\nwrite_bytes: 9\n").unwrap();
+        let carried = r.sample_with(10, Some((987654, io))).unwrap();
+        assert_eq!(carried.io, Some(io), "carried, not read");
+        // Another process under the same pid (another start time): read after all.
+        let reread = r.sample_with(10, Some((1, io))).unwrap();
+        assert_eq!(reread.io.map(|i| i.read_bytes), Some(7));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_shrinks_the_cache_and_keeps_reading() {
+        let dir = std::env::temp_dir().join(format!("bv-procfs-fds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for pid in 1..=8 {
+            std::fs::create_dir_all(dir.join(pid.to_string())).unwrap();
+            std::fs::write(dir.join(format!("{pid}/stat")), STAT).unwrap();
+        }
+        let mut r = ProcReader::with_root(&dir);
+        assert!(r.max_open >= 8, "{}", r.max_open);
+        for pid in 1..=8 {
+            assert!(r.sample(pid).is_some());
+        }
+        assert_eq!(r.n_open(), 8, "every session seen stays open");
+        r.shrink_open();
+        assert_eq!((r.n_open(), r.max_open), (6, 6));
+        for pid in 1..=8 {
+            assert!(r.sample(pid).is_some(), "pid {pid} still read");
+        }
+        assert_eq!(r.n_open(), 6, "no more open than the shrunk bound");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn boot_time_and_process_start() {
         assert_eq!(
             parse_btime("cpu 1 2\nbtime 1700000000\nprocesses 5\n"),
@@ -394,7 +592,7 @@ mod tests {
         assert_eq!(parse_btime("cpu 1 2\n"), None);
         let mut real = ProcReader::new();
         let boot = real.boot_time().expect("/proc/stat has btime");
-        let own = parse_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let own = parse_stat(&std::fs::read("/proc/self/stat").unwrap()).unwrap();
         let started = real.process_start(&own).unwrap();
         let now = crate::payload::unix_now();
         assert!(
@@ -409,7 +607,7 @@ mod tests {
     fn reads_own_process_from_real_proc() {
         // The test binary is not postgres, so the reader refuses it, but the parser must accept
         // the real file format.
-        let text = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let text = std::fs::read("/proc/self/stat").unwrap();
         let s = parse_stat(&text).unwrap();
         assert!(!s.is_postgres);
         assert!(s.rss_pages > 0);

@@ -122,6 +122,7 @@ impl Context {
             overruns,
             connect_blocked_by: self.connect_blocked_by(cost.is_some()),
             cost,
+            sample_cost: self.health.sample_cost(),
         }
     }
 

@@ -33,6 +33,8 @@ struct HealthState {
     n_append_errors: u64,
     /// Appends that failed in the current streak (logged once per streak).
     append_streak: u64,
+    /// The activity sampler's cost control, as the sampler thread last published it.
+    sample_cost: Option<crate::collect::cost_control::CostReport>,
     /// When the last append failed: a streak ends only after [`AgentHealth::streak_quiet`]
     /// without a failure, so a filesystem that is full again right after each reclaim is still
     /// one streak.
@@ -160,6 +162,16 @@ impl AgentHealth {
     }
 
     /// Overruns, paused, append errors: read together under one lock.
+    /// Publishes the activity sampler's cost control report (the sampler thread, per sample).
+    pub(super) fn set_sample_cost(&self, r: crate::collect::cost_control::CostReport) {
+        self.lock().sample_cost = Some(r);
+    }
+
+    /// The cost control report last published, if the sampler has sampled.
+    pub(super) fn sample_cost(&self) -> Option<crate::collect::cost_control::CostReport> {
+        self.lock().sample_cost
+    }
+
     pub(super) fn counters(&self) -> (u64, bool, u64) {
         let st = self.lock();
         (st.overruns, st.paused, st.n_append_errors)

@@ -1,7 +1,7 @@
 //! The sampler thread: samples pg_stat_activity every `sample_interval` (faster while a spike
-//! lasts), appends spike reports at once and the activity summary at every interval boundary,
-//! hands the interval's correlated statements to the shared correlator and appends its records
-//! when they are due.
+//! lasts, up to 4 times slower while the cost control says so), appends spike reports at once
+//! and the activity summary at every interval boundary, hands the interval's correlated
+//! statements to the shared correlator and appends its records when they are due.
 
 use std::time::{Duration, Instant};
 
@@ -90,8 +90,11 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
             next_summary = summaries.next_after(now).at;
         }
         append_due(ctx, corr, false);
-        let period = watch.next_period();
-        let was_bursting = std::mem::replace(&mut bursting, period < cfg.sample_interval);
+        ctx.health.set_sample_cost(sampler.cost_report());
+        // Cost control may stretch the period (bounded: 4x); a stretched period is paced like a
+        // burst, off the ticker, and the boundaries it passes are not overruns.
+        let period = watch.next_period() * sampler.interval_stretch();
+        let was_bursting = std::mem::replace(&mut bursting, period != cfg.sample_interval);
         at = if bursting {
             (at + period).max(Instant::now())
         } else {

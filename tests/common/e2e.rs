@@ -77,6 +77,10 @@ impl Rig {
             // The load1 spike rule would fire on a busy test machine (other builds): tests set
             // their spike thresholds themselves.
             ("spike", "load_per_cpu", "0".into()),
+            // The tests run the debug binary, whose samples cost several times the release
+            // agent's: the 2 ms cost budget would stretch their sampling. The cost control has
+            // its own test (tests/sample_cost_control.rs).
+            ("collection", "sample_cpu_budget_ms", "0".into()),
         ];
         for (s, k, v) in defaults {
             rig.settings.push((s.into(), k.into(), v));

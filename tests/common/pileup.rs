@@ -155,3 +155,58 @@ pub fn cpu_loops(pg: &TestPg, n: u32, d: Duration) -> (f64, f64) {
     }
     (start, unix_now())
 }
+
+/// `n` sessions in `SELECT pg_sleep(...)` (application_name `sleeper`) until dropped; the
+/// drop cancels them and joins their threads.
+pub struct Sleepers {
+    pg_admin: postgres::Client,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts `n` sessions sleeping in `pg_sleep` and returns once all of them sleep (at most 30 s).
+pub fn sleepers(pg: &TestPg, n: u32) -> Sleepers {
+    let threads = (0..n)
+        .map(|_| {
+            let mut c = client(pg, "sleeper");
+            std::thread::spawn(move || {
+                // Cancelled at the end: the error is the normal way out.
+                let _ = c.batch_execute("SELECT pg_sleep(600)");
+            })
+        })
+        .collect();
+    let mut admin = pg.admin();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sleeping: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sleeper' \
+                 AND wait_event = 'PgSleep'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if sleeping >= i64::from(n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {sleeping} of {n} sessions sleep"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sleepers {
+        pg_admin: admin,
+        threads,
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        let _ = self.pg_admin.batch_execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'sleeper'",
+        );
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

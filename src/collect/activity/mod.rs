@@ -19,7 +19,9 @@
 //! memory bound); `lock_roles` what lock trees say (each waiter's blockers, each blocker's
 //! held-up sessions, the peak snapshot); `render` the summary JSON and the statements for the
 //! correlator; `procfs_host` whether `/proc` describes the server's backends at all (a remote
-//! server's pids are strangers here); `spike_hook` the per-sample snapshot for [`crate::spike`].
+//! server's pids are strangers here); `spike_hook` the per-sample snapshot for [`crate::spike`];
+//! `cost` each sample's own CPU fed to the adaptive cost control
+//! ([`crate::collect::cost_control`]).
 //!
 //! Invariants:
 //! - The per-second query touches only `pg_stat_activity`, excludes idle sessions, the agent's
@@ -40,7 +42,11 @@
 //!   `reason`.
 //! - Query texts are rendered (normalized, truncated) once, when an execution is first seen.
 //! - A failed sample is counted and named in the summary's `errors`; it never loses the interval.
+//! - `/proc/<pid>/io` of a session that stays in a state without storage I/O (waiting on a lock,
+//!   in `pg_sleep`, idle in transaction, `ClientRead`) within one execution is not read again:
+//!   its figure is unchanged, not zero. Cost control may defer more readings, never lose one.
 
+mod cost;
 mod execution;
 mod lock_roles;
 mod procfs_host;
@@ -91,6 +97,10 @@ pub struct ActivityConfig {
     /// Whether to read `/proc/<pid>`. Defaults to true; even then the figures are read only
     /// when the server's backends are this host's PostgreSQL processes (detected).
     pub read_procfs: bool,
+    /// CPU budget per sample for the adaptive cost control ([`crate::collect::cost_control`]);
+    /// zero turns it off. Defaults to zero here (a bare sampler measures its full cost); the
+    /// agent takes `[collection] sample_cpu_budget_ms` (2 ms by default).
+    pub sample_cpu_budget: Duration,
 }
 
 impl Default for ActivityConfig {
@@ -103,6 +113,7 @@ impl Default for ActivityConfig {
             lock_snapshot_min_gap: Duration::from_secs(1),
             lock_snapshot_refresh: LOCK_SNAPSHOT_REFRESH,
             read_procfs: true,
+            sample_cpu_budget: Duration::ZERO,
         }
     }
 }
@@ -156,6 +167,12 @@ pub struct ActivitySampler {
     /// The lock waiters of the last sample, when it queried them (for the spike code).
     spike_waiters: Option<Vec<LockWaiter>>,
     procfs: ProcfsHost,
+    cost: super::cost_control::CostControl,
+    last_sample_end: Option<std::time::Instant>,
+    /// `/proc/<pid>/io` readings taken as unchanged this interval (quiet sessions, cost level).
+    n_io_unchanged: u64,
+    /// `/proc/<pid>` readings deferred this interval (cost level `rotate` and above).
+    n_stat_deferred: u64,
 }
 
 impl ActivitySampler {
@@ -166,6 +183,7 @@ impl ActivitySampler {
 
     /// A sampler reading per-pid figures through `proc` (tests point it elsewhere).
     pub fn with_proc(cfg: ActivityConfig, proc: ProcReader) -> ActivitySampler {
+        let cost = super::cost_control::CostControl::new(cfg.sample_cpu_budget);
         ActivitySampler {
             cfg,
             proc,
@@ -191,6 +209,10 @@ impl ActivitySampler {
             text_buf: String::new(),
             spike_waiters: None,
             procfs: ProcfsHost::default(),
+            cost,
+            last_sample_end: None,
+            n_io_unchanged: 0,
+            n_stat_deferred: 0,
         }
     }
 
@@ -209,11 +231,13 @@ impl ActivitySampler {
     /// Takes one sample: call every `sample_interval_ms`. On error the sample is counted as
     /// failed (and named in the next summary) and the interval goes on.
     pub fn sample(&mut self, client: &mut PooledClient) -> Result<SampleStats, CollectError> {
+        let cpu_before = crate::sys::thread_cpu_time();
         let res = self.sample_inner(client);
         if let Err(e) = &res {
             self.n_failed += 1;
             self.record_error(e);
         }
+        self.observe_cost(cpu_before);
         res
     }
 
@@ -298,6 +322,8 @@ impl ActivitySampler {
         self.locks = LockAgg::default();
         self.room_check_at = 0;
         self.n_background_execs = 0;
+        self.n_io_unchanged = 0;
+        self.n_stat_deferred = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
         // And it may not be the same server: whether it runs here is decided again.

@@ -186,7 +186,10 @@ impl ActivitySampler {
                 Json::object()
                     .field("enabled", procfs_enabled)
                     .field("reason", procfs_reason)
-                    .field("io_permitted", !self.proc.io_refused()),
+                    .field("io_permitted", !self.proc.io_refused())
+                    .field("io_unchanged", self.n_io_unchanged)
+                    .field("readings_deferred", self.n_stat_deferred)
+                    .field("cost_level", self.cost.level().name()),
             )
             .field(
                 "sessions",
