@@ -120,7 +120,7 @@ pub const KEYS: &[KeySpec] = &[
         "least seconds between the costly health figures: database sizes, unused indexes"),
     key!("collection", "health_tables_budget_ms", ["BITVILLE_PG_HEALTH_TABLES_BUDGET_MS"], "50", Range(1, 10_000),
         "hot-table query cost per interval above which (5000+ tables) it runs less often"),
-    key!("collection", "sample_cpu_budget_ms", ["BITVILLE_PG_SAMPLE_CPU_BUDGET_MS"], "2", Decimal(0.0, 1000.0),
+    key!("collection", "sample_cpu_budget_ms", ["BITVILLE_PG_SAMPLE_CPU_BUDGET_MS"], "5", Decimal(0.0, 1000.0),
         "CPU one activity sample may take (ms; 0 = off); over it the sampler degrades in a stated order: /proc I/O reads, then /proc reads of unchanged executions, then a stretched sample interval (up to 4x)"),
     key!("collection", "databases", ["BITVILLE_PG_DATABASES"], "", Text,
         "more databases (comma-separated) whose hot tables are collected, one connection each, within the cap of 5"),
