@@ -33,8 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitville_pg_agent::collect::activity::{ActivityConfig, ActivitySampler};
+use bitville_pg_agent::collect::cycle::{CycleOptions, DbSteps, IntervalCycle};
 use bitville_pg_agent::collect::host::{HostCollector, WatchedPath};
 use bitville_pg_agent::collect::statements::{StatementsCollector, StatementsConfig};
+use bitville_pg_agent::collect::{Backoff, CollectError};
+use bitville_pg_agent::health::HealthOptions;
 use bitville_pg_agent::json::Json;
 use bitville_pg_agent::payload::{unix_now, Payload, Source};
 use bitville_pg_agent::pool::Pool;
@@ -450,6 +453,28 @@ struct CycleCost {
     host_cpu_us: f64,
     sample_pg_us: f64,
     stmt_pg_ms: f64,
+    /// One whole interval cycle as the daemon runs it (`IntervalCycle::run`: statements,
+    /// health, host), agent CPU and wall.
+    cycle_cpu_ms: f64,
+    cycle_wall_ms: f64,
+}
+
+/// The benches' step runner for [`IntervalCycle`]: every step on a connection of one pool,
+/// failures printed (the daemon's runner adds pause, backoff and broken-connection handling,
+/// which cost nothing on this path).
+struct BenchSteps<'a>(&'a Pool);
+
+impl DbSteps for BenchSteps<'_> {
+    fn step<T>(
+        &self,
+        _database: Option<&str>,
+        name: &'static str,
+        _backoff: &mut Backoff,
+        f: impl FnOnce(&mut bitville_pg_agent::pool::PooledClient) -> Result<T, CollectError>,
+    ) -> Option<T> {
+        let mut c = self.0.acquire().ok()?;
+        f(&mut c).map_err(|e| println!("  ({name}: {e})")).ok()
+    }
 }
 
 fn backend_ns(c: &mut postgres::Client) -> u64 {
@@ -501,7 +526,32 @@ fn cycle_cost(pg: &TestPg, workload: Option<&str>) -> CycleCost {
     let c0 = thread_cpu_us();
     let _ = host.collect(&paths);
     let host_cpu = (thread_cpu_us() - c0) as f64;
+    // The daemon's own interval unit, primed as the daemon primes it at start.
+    let cycle_state = TempDir::new("bench-cycle");
+    let mut cycle = IntervalCycle::new(CycleOptions {
+        statements: StatementsConfig::new(cycle_state.path()),
+        health: HealthOptions::default(),
+        spool_path: cycle_state.path().to_path_buf(),
+        databases: Vec::new(),
+    });
+    let steps = BenchSteps(&pool);
+    drop(c);
+    cycle.prime(&steps);
+    if let Some(w) = workload {
+        pg.admin().batch_execute(w).unwrap();
+    }
+    let t = Instant::now();
+    let c0 = thread_cpu_us();
+    let payloads = cycle.run(&steps, Json::object);
+    let cycle_cpu = (thread_cpu_us() - c0) as f64;
+    let cycle_wall = t.elapsed().as_secs_f64() * 1e6;
+    assert!(
+        !payloads.is_empty(),
+        "the interval cycle returned no payload"
+    );
     CycleCost {
+        cycle_cpu_ms: cycle_cpu / 1e3,
+        cycle_wall_ms: cycle_wall / 1e3,
         sample_cpu_us: stat(&cpu).med,
         sample_wall_us: stat(&wall).med,
         rows,
@@ -545,6 +595,16 @@ fn report_cycles(rep: &mut Report, costs: &[CycleCost], stmt_target: bool) {
     rep.add(
         "host cycle: CPU (µs)",
         fmt_stat(col(|c| c.host_cpu_us), 0),
+        "",
+    );
+    rep.add(
+        "whole interval cycle (IntervalCycle: statements + health + host): CPU (ms)",
+        fmt_stat(col(|c| c.cycle_cpu_ms), 2),
+        "",
+    );
+    rep.add(
+        "whole interval cycle: wall (ms)",
+        fmt_stat(col(|c| c.cycle_wall_ms), 2),
         "",
     );
     rep.add(
