@@ -1,7 +1,8 @@
 //! One collection interval: pg_stat_statements deltas, server health (the configured database
 //! and every `[collection] databases` entry) and the host figures, with the agent's own block in
-//! `data.agent`. The daemon's `interval` thread, `--once` and `--dry-run` all run this one unit,
-//! so "one full collection" means the same everywhere.
+//! `data.agent`. The daemon's `interval` thread, `--once`, `--dry-run` and the cost bench
+//! (`benches/agent_cost.rs`) all run this one unit, so "one full collection" means the same
+//! everywhere.
 //!
 //! Invariants:
 //! - The cycle never touches the spool or HTTP: it returns payloads, the caller appends them.
