@@ -443,8 +443,9 @@ mod tests {
             .unwrap();
         f.write_all(b"garbage\n\xff\xfe\n{\"t\":2,\"k\":\"row\",\"v\":{}}\n{\"t\":3}\n")
             .unwrap();
-        f.write_all(row(4.0, 9).to_flat_json().to_json_string().as_bytes())
-            .unwrap();
+        let mut line = String::new();
+        row(4.0, 9).write_flat_json(&mut line);
+        f.write_all(line.as_bytes()).unwrap();
         f.write_all(b"\n{\"t\":5,\"k\":\"row\",\"v\":{\"t\":5,\"act")
             .unwrap();
         std::fs::write(d.0.join(PREVIOUS), b"\0\0\0\0").unwrap();

@@ -58,43 +58,9 @@ impl Row {
         self.classes.iter().sum()
     }
 
-    /// The row as one flat JSON object (the flight recorder's line): classes as an array in
-    /// [`CLASSES`] order, unknown host figures left out.
-    pub fn to_flat_json(&self) -> Json {
-        let mut j = Json::object()
-            .field("t", round(self.t, 3))
-            .field(
-                "classes",
-                Json::Array(self.classes.iter().map(|&c| c.into()).collect()),
-            )
-            .field("iit", self.idle_in_transaction)
-            .field("r", self.run_r)
-            .field("d", self.run_d);
-        let h = &self.host;
-        let host = [
-            ("procs_running", h.procs_running.map(|x| x as f64)),
-            ("procs_blocked", h.procs_blocked.map(|x| x as f64)),
-            ("cpu_busy_pct", h.cpu_busy_pct.map(|x| round(x, 1))),
-            ("iowait_pct", h.iowait_pct.map(|x| round(x, 1))),
-            ("load1", h.load1),
-            ("psi_cpu", h.psi_cpu),
-            ("psi_io", h.psi_io),
-            ("psi_memory", h.psi_memory),
-        ];
-        for (k, v) in host {
-            if let Some(v) = v {
-                if k.starts_with("procs") {
-                    j.push(k, v as u64);
-                } else {
-                    j.push(k, v);
-                }
-            }
-        }
-        j
-    }
-
-    /// Writes [`Row::to_flat_json`]'s text straight into `out`, without building it (the flight
-    /// recorder writes one row per sample).
+    /// Writes the row as one flat JSON object (the flight recorder's line) straight into `out`,
+    /// without building a [`Json`] (one row per sample): classes as an array in [`CLASSES`]
+    /// order, unknown host figures left out.
     pub fn write_flat_json(&self, out: &mut String) {
         use std::fmt::Write as _;
         out.push_str("{\"t\":");
@@ -137,7 +103,7 @@ impl Row {
         out.push('}');
     }
 
-    /// Reads a row written by [`Row::to_flat_json`]; `None` when `t` is missing.
+    /// Reads a row written by [`Row::write_flat_json`]; `None` when `t` is missing.
     pub fn from_flat_json(v: &Json) -> Option<Row> {
         let num = |k: &str| v.get(k).and_then(json_f64);
         let count = |k: &str| num(k).map_or(0, |x| x.clamp(0.0, u32::MAX as f64) as u32);
@@ -287,7 +253,9 @@ mod tests {
         assert_eq!(row.classes[2], 2);
         assert_eq!(row.idle_in_transaction, 1);
         assert_eq!((row.run_r, row.run_d), (2, 1));
-        let back = Row::from_flat_json(&row.to_flat_json()).unwrap();
+        let mut text = String::new();
+        row.write_flat_json(&mut text);
+        let back = Row::from_flat_json(&crate::spike::jsonread::parse(&text).unwrap()).unwrap();
         assert_eq!(back, row);
     }
 
@@ -329,7 +297,10 @@ mod tests {
             r.write_flat_json(&mut out);
             out
         };
-        assert_eq!(text(&row), row.to_flat_json().to_json_string());
+        assert_eq!(
+            text(&row),
+            r#"{"t":1795710416.595,"classes":[0,0,40,0,0,0,0,0,0,0,0],"iit":2,"r":3,"d":0}"#
+        );
         row.host = HostPoint {
             procs_running: Some(7),
             procs_blocked: Some(0),
@@ -341,6 +312,17 @@ mod tests {
             psi_io: None,
             psi_memory: Some(0.0),
         };
-        assert_eq!(text(&row), row.to_flat_json().to_json_string());
+        let written = text(&row);
+        assert!(
+            written.ends_with(concat!(
+                r#""procs_running":7,"procs_blocked":0,"cpu_busy_pct":83.3,"iowait_pct":0.0,"#,
+                r#""load1":4.25,"psi_cpu":12.5,"psi_memory":0.0}"#
+            )),
+            "{written}"
+        );
+        let back = Row::from_flat_json(&crate::spike::jsonread::parse(&written).unwrap()).unwrap();
+        assert_eq!(back.host.procs_running, Some(7));
+        assert_eq!(back.host.psi_io, None);
+        assert_eq!(back.classes, row.classes);
     }
 }
