@@ -1918,6 +1918,24 @@ fn annotate(out: &Path) -> Vec<(u64, String)> {
     v
 }
 
+/// Runs this bench's sampler child (`--sample-child`, `samples` samples against `pg`) under the
+/// tool `tool` starts (valgrind, strace), output discarded.
+fn sample_child_under(
+    pg: &TestPg,
+    exe: &Path,
+    samples: usize,
+    tool: &mut Command,
+) -> std::io::Result<std::process::ExitStatus> {
+    tool.arg(exe)
+        .arg("--sample-child")
+        .arg(pg.socket_dir())
+        .arg(pg.port().to_string())
+        .arg(samples.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+}
+
 /// Runs the sampler child under callgrind with 1 and 11 samples against the sessions held now;
 /// the difference over 10 is what one steady sample costs, in total and per function.
 /// `variant` ("" for pg_sleep, ".lock" for lock waiters) names the output files.
@@ -1928,17 +1946,14 @@ fn callgrind_profile(pg: &TestPg, n: usize, variant: &str) {
     for samples in [1usize, 11] {
         let out = dir.join(format!("callgrind.scale{n}{variant}.{samples}.out"));
         let t = Instant::now();
-        let st = Command::new("valgrind")
-            .args(["--tool=callgrind", "-q"])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(&exe)
-            .arg("--sample-child")
-            .arg(pg.socket_dir())
-            .arg(pg.port().to_string())
-            .arg(samples.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let st = sample_child_under(
+            pg,
+            &exe,
+            samples,
+            Command::new("valgrind")
+                .args(["--tool=callgrind", "-q"])
+                .arg(format!("--callgrind-out-file={}", out.display())),
+        );
         if !matches!(st, Ok(s) if s.success()) {
             println!("  callgrind run failed ({st:?}); is valgrind installed?");
             return;
@@ -1985,17 +2000,12 @@ fn syscall_profile(pg: &TestPg, n: usize, variant: &str) {
     let mut counts: Vec<HashMap<String, u64>> = Vec::new();
     for samples in [1usize, 11] {
         let out = dir.join(format!("strace.scale{n}{variant}.{samples}.txt"));
-        let st = Command::new("strace")
-            .args(["-c", "-f", "-o"])
-            .arg(&out)
-            .arg(&exe)
-            .arg("--sample-child")
-            .arg(pg.socket_dir())
-            .arg(pg.port().to_string())
-            .arg(samples.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let st = sample_child_under(
+            pg,
+            &exe,
+            samples,
+            Command::new("strace").args(["-c", "-f", "-o"]).arg(&out),
+        );
         if !matches!(st, Ok(s) if s.success()) {
             println!("  strace run failed ({st:?}); is strace installed?");
             return;
