@@ -22,6 +22,8 @@
 //! - Per-cycle CPU and wall are measured in process with the library's collectors on the same
 //!   server (thread rusage and a monotonic clock), as the interval thread runs them.
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -1868,56 +1870,6 @@ fn sample_child(args: &[String]) {
     }
 }
 
-/// Inclusive instructions per `file:function` from `callgrind_annotate --inclusive=yes`, the
-/// program total first. A function inlined from several files has one entry per file; the
-/// call-count lines ("(11x)") are left out.
-fn annotate(out: &Path) -> Vec<(u64, String)> {
-    let text = Command::new("callgrind_annotate")
-        .args(["--inclusive=yes", "--threshold=100"])
-        .arg(out)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let mut total = 0;
-    let mut v: HashMap<String, u64> = HashMap::new();
-    for l in text.lines() {
-        let l = l.trim();
-        let Some((num, rest)) = l.split_once(' ') else {
-            continue;
-        };
-        let Ok(ir) = num.replace(',', "").parse::<u64>() else {
-            continue;
-        };
-        // "(12.34%)  file:function [object]"
-        let rest = rest
-            .trim_start()
-            .strip_prefix('(')
-            .and_then(|r| r.split_once(')'))
-            .map_or(rest, |(_, r)| r)
-            .trim();
-        if rest == "PROGRAM TOTALS" {
-            total = ir;
-            continue;
-        }
-        if rest.ends_with("x)") || !rest.contains(':') {
-            continue;
-        }
-        let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
-        // Shorten the file to its last two components.
-        let (file, func) = rest.split_once(':').unwrap_or(("", rest));
-        let short: Vec<&str> = file.rsplit('/').take(2).collect();
-        let file: String = short.into_iter().rev().collect::<Vec<_>>().join("/");
-        // The same file:function twice (an inlined fragment within the function): the larger
-        // figure already contains the smaller one.
-        let key = format!("{file}:{func}");
-        let e = v.entry(key).or_insert(0);
-        *e = (*e).max(ir);
-    }
-    let mut v: Vec<(u64, String)> = v.into_iter().map(|(k, ir)| (ir, k)).collect();
-    v.insert(0, (total, "PROGRAM TOTALS".into()));
-    v
-}
-
 /// Runs this bench's sampler child (`--sample-child`, `samples` samples against `pg`) under the
 /// tool `tool` starts (valgrind, strace), output discarded.
 fn sample_child_under(
@@ -1963,7 +1915,7 @@ fn callgrind_profile(pg: &TestPg, n: usize, variant: &str) {
             out.display(),
             t.elapsed().as_secs_f64()
         );
-        totals.push(annotate(&out));
+        totals.push(callgrind::annotate(&out));
     }
     let total = |v: &[(u64, String)]| v.first().map_or(0, |x| x.0);
     let (one, eleven) = (&totals[0], &totals[1]);

@@ -19,6 +19,8 @@
 //!   thread's instructions / the ticks in that window, per function the same from
 //!   `callgrind_annotate --inclusive=yes`. User-space instructions only.
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -124,38 +126,6 @@ fn native(pg: &TestPg, secs: u64, load_rule: bool) {
     );
 }
 
-/// Inclusive instructions per `file:function` of one callgrind file (call lines left out).
-fn annotate(out: &Path) -> Vec<(u64, String)> {
-    let text = Command::new("callgrind_annotate")
-        .args(["--inclusive=yes", "--threshold=100"])
-        .arg(out)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.contains("=>") {
-            continue;
-        }
-        let Some((num, rest)) = t.split_once(' ') else {
-            continue;
-        };
-        let Ok(ir) = num.replace(',', "").parse::<u64>() else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let rest = match rest.strip_prefix('(') {
-            Some(r) => r.split_once(')').map_or(r, |x| x.1),
-            None => rest,
-        };
-        let f = rest.trim();
-        let f = f.find(" [").map_or(f, |i| &f[..i]);
-        v.push((ir, f.to_string()));
-    }
-    v
-}
-
 /// The binary profiled: `BENCH_AGENT_BIN` (another build, e.g. the commit before a change) or
 /// this build's.
 fn agent_binary() -> String {
@@ -241,7 +211,7 @@ fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
             continue;
         }
         let part = target.join(format!("{prefix}.1-{thread}"));
-        let prof = annotate(&part);
+        let prof = callgrind::annotate(&part);
         let total = prof.first().map_or(0, |x| x.0);
         println!(
             "  callgrind {tag}: {} ({ticks} ticks in {:.0} s): sampler thread {} instructions per tick",
