@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bitville_pg_agent::connect_block::{Holder, Sighting};
 use bitville_pg_agent::pool::{ConnectFailure, Pool, PoolError};
 use common::e2e::{wait_until, Rig, KEY};
 use common::listener::TestListener;
@@ -61,12 +62,25 @@ fn assert_lookup_left_no_error(pg: &TestPg) {
     );
 }
 
+/// A pool whose connection attempts are abandoned after 1 s (a blocked attempt ends quickly).
+fn pool_with_short_deadline(pg: &TestPg) -> Pool {
+    let mut db = pg.db_config();
+    db.connect_timeout = Duration::from_secs(1);
+    Pool::new(&db)
+}
+
+/// The holder with `pid` in a sighting; fails the test naming what was seen instead.
+fn holder_named(seen: &Sighting, pid: i32) -> &Holder {
+    seen.holders
+        .iter()
+        .find(|h| h.pid == pid)
+        .unwrap_or_else(|| panic!("holder {pid} not named: {seen:?}"))
+}
+
 #[test]
 fn an_idle_connection_names_the_holder_of_pg_authid_at_once() {
     let pg = TestPg::start();
-    let mut db = pg.db_config();
-    db.connect_timeout = Duration::from_secs(1);
-    let pool = Pool::new(&db);
+    let pool = pool_with_short_deadline(&pg);
     let first = pool.acquire().unwrap();
     let mut second = pool.acquire().unwrap();
     second.mark_broken(); // the next caller needs a new connection
@@ -86,11 +100,7 @@ fn an_idle_connection_names_the_holder_of_pg_authid_at_once() {
     assert!(t.elapsed() < Duration::from_secs(5));
 
     let seen = pool.take_connect_blocked_by().expect("a sighting");
-    let h = seen
-        .holders
-        .iter()
-        .find(|h| h.pid == pid)
-        .unwrap_or_else(|| panic!("holder {pid} not named: {seen:?}"));
+    let h = holder_named(&seen, pid);
     assert_eq!(h.relation, "pg_authid");
     assert_eq!(h.lock_mode, "AccessExclusiveLock");
     assert_eq!(h.request_id.as_deref(), Some(REQUEST));
@@ -124,9 +134,7 @@ fn an_idle_connection_names_the_holder_of_pg_authid_at_once() {
 #[test]
 fn with_every_connection_busy_the_next_one_handed_out_looks() {
     let pg = TestPg::start();
-    let mut db = pg.db_config();
-    db.connect_timeout = Duration::from_secs(1);
-    let pool = Pool::new(&db);
+    let pool = pool_with_short_deadline(&pg);
     let busy = pool.acquire().unwrap();
 
     let mut holder = holder_session(&pg);
@@ -152,11 +160,7 @@ fn with_every_connection_busy_the_next_one_handed_out_looks() {
     let client = pool.acquire().expect("the open connection is handed out");
     drop(client);
     let seen = pool.take_connect_blocked_by().expect("a sighting");
-    let h = seen
-        .holders
-        .iter()
-        .find(|h| h.pid == pid)
-        .unwrap_or_else(|| panic!("holder {pid} not named: {seen:?}"));
+    let h = holder_named(&seen, pid);
     assert_eq!(seen.not_visible, None);
     assert_eq!(h.relation, "pg_database");
     assert_eq!(
@@ -321,11 +325,7 @@ fn without_pg_read_all_stats_or_an_open_connection_it_says_what_it_cannot_see() 
     drop(busy);
     waiter.join().unwrap();
     let seen = pool.take_connect_blocked_by().expect("a sighting");
-    let h = seen
-        .holders
-        .iter()
-        .find(|h| h.pid == pid)
-        .unwrap_or_else(|| panic!("holder {pid} not named: {seen:?}"));
+    let h = holder_named(&seen, pid);
     assert!(h.hidden, "{h:?}");
     assert_eq!(h.query, None);
     assert_eq!(h.relation, "pg_database");
