@@ -10,9 +10,9 @@ use crate::status;
 use super::context::Context;
 
 /// How often the thread looks at the shipper and the spool. Each wake-up costs about 40 µs of
-/// CPU on a VM (timer, futex, scheduling), so at 250 ms this idle loop alone was 10 ms of CPU a
-/// minute, a fifth of the agent's steady cost (BENCHMARKS.md); at 1 s a breaker change or a
-/// drained backlog still reaches the file within a second.
+/// CPU on a VM (timer, futex, scheduling), so at 250 ms this loop alone was 12.6 ms of CPU a
+/// minute under pgbench -c 8, about a quarter of the agent's steady cost (BENCHMARKS.md); at
+/// 1 s a breaker change or a drained backlog still reaches the file within a second.
 const STATUS_POLL: Duration = Duration::from_secs(1);
 
 /// Logs a failed status write once per streak of failures, and the recovery.
