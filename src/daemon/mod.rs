@@ -181,8 +181,10 @@ pub fn run(
         seen = n;
         reload(config_path, &loaded.raw, &mut log_file, &ctx.health);
     }
-    // The idle shipper waits on the spool, not on the stop token: wake it.
+    // The idle shipper waits on the spool and the status thread on the shipper, not on the
+    // stop token: wake them.
     ctx.spool.wake_waiters();
+    ship_status.wake_waiters();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -2,18 +2,12 @@
 //! lines) when the breaker changes state and when a backlog has drained (and logs how long that
 //! took), otherwise every few seconds; a failed write is logged once per streak.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::ship::StatusHandle;
 use crate::status;
 
 use super::context::Context;
-
-/// How often the thread looks at the shipper and the spool. Each wake-up costs about 40 µs of
-/// CPU on a VM (timer, futex, scheduling), so at 250 ms this loop alone was 12.6 ms of CPU a
-/// minute under pgbench -c 8, about a quarter of the agent's steady cost (BENCHMARKS.md); at
-/// 1 s a breaker change or a drained backlog still reaches the file within a second.
-const STATUS_POLL: Duration = Duration::from_secs(1);
 
 /// Logs a failed status write once per streak of failures, and the recovery.
 #[derive(Default)]
@@ -36,11 +30,22 @@ impl WriteStreak {
     }
 }
 
-/// The status thread: rewrites the status file when the breaker changes state and when a
-/// backlog has drained (logging how long it took), otherwise every few seconds.
+/// The status thread: rewrites the status file at once when the breaker changes state and when
+/// a backlog has drained (logging how long it took), within [`status::STATUS_EVERY`] when
+/// anything else in it changed, and every [`status::heartbeat`] when nothing did.
+///
+/// It sleeps until the shipper publishes (after every request: a breaker change, a failed send
+/// that starts a backlog, the ack that empties the spool) or its next look is due, not on a
+/// poll: each wake-up costs about 40 µs of CPU on a VM and each rewrite (a rename) about 100 µs,
+/// and a 1 s poll with a rewrite every 5 s was 5 ms of CPU a minute under pgbench -c 8
+/// (BENCHMARKS.md). A stop wakes it through [`StatusHandle::wake_waiters`].
 pub(super) fn run_status(ctx: &Context, ship: &StatusHandle) {
     let mut watch = status::StatusWatch::new();
     let mut streak = WriteStreak::default();
+    let heartbeat = status::heartbeat(ctx.config.collection.interval);
+    let mut seen = ship.version();
+    let mut last: Option<(Vec<(&'static str, String)>, Instant)> = None;
+    let mut next_look = Instant::now();
     loop {
         let shipped = ship.get();
         let o = status::Observation {
@@ -55,11 +60,30 @@ pub(super) fn run_status(ctx: &Context, ship: &StatusHandle) {
         if let Some(line) = d.log {
             log::info!("{line}");
         }
-        if d.write {
-            streak.record(&status_what(ctx), write_status(ctx, ship));
-            watch.written(o, now);
+        let lines = ctx.report(ship, None).status_lines();
+        let looking = now >= next_look;
+        if looking {
+            next_look = now + status::STATUS_EVERY;
         }
-        if ctx.shutdown.wait(STATUS_POLL) {
+        let write = match &last {
+            None => true,
+            Some((written, at)) => {
+                d.write
+                    || now.duration_since(*at) >= heartbeat
+                    || (looking && !status::same_but_uptime(written, &lines))
+            }
+        };
+        if write {
+            let result = status::write(&ctx.config.collection.state_dir, &lines);
+            streak.record(&status_what(ctx), result);
+            watch.written(o, now);
+            last = Some((lines, now));
+        }
+        if ctx.shutdown.is_stopped() {
+            break;
+        }
+        seen = ship.wait_change(seen, next_look, || ctx.shutdown.is_stopped());
+        if ctx.shutdown.is_stopped() {
             break;
         }
     }

@@ -22,7 +22,7 @@ pub mod pacer;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::default_whole;
@@ -386,14 +386,72 @@ pub struct ShipStatus {
     pub last_success_at: Option<u64>,
 }
 
-/// A cloneable, thread-safe view of a running shipper's [`ShipStatus`].
+/// A cloneable, thread-safe view of a running shipper's [`ShipStatus`]. Each publication
+/// (after every request) counts as a change a watcher can wait for
+/// ([`StatusHandle::wait_change`]), so the status thread sleeps until the shipper did something
+/// instead of polling.
 #[derive(Debug, Clone)]
-pub struct StatusHandle(Arc<Mutex<ShipStatus>>);
+pub struct StatusHandle(Arc<Published>);
+
+#[derive(Debug)]
+struct Published {
+    /// The status and how many times it was published.
+    status: Mutex<(ShipStatus, u64)>,
+    changed: Condvar,
+}
 
 impl StatusHandle {
+    fn new(status: ShipStatus) -> StatusHandle {
+        StatusHandle(Arc::new(Published {
+            status: Mutex::new((status, 0)),
+            changed: Condvar::new(),
+        }))
+    }
+
     /// The latest status (updated after every request).
     pub fn get(&self) -> ShipStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// How many times the status was published: compare with a later call to see a change.
+    pub fn version(&self) -> u64 {
+        self.0.status.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    fn publish(&self, status: ShipStatus) {
+        let mut guard = self.0.status.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = (status, guard.1 + 1);
+        self.0.changed.notify_all();
+    }
+
+    /// Waits until the status is published again after version `seen`, `deadline` passes or
+    /// `stopped()` is true (checked under the lock, so a stop followed by
+    /// [`StatusHandle::wake_waiters`] is never missed). Returns the version now.
+    pub fn wait_change(&self, seen: u64, deadline: Instant, stopped: impl Fn() -> bool) -> u64 {
+        let mut guard = self.0.status.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            if guard.1 != seen || stopped() || now >= deadline {
+                return guard.1;
+            }
+            guard = self
+                .0
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes every [`StatusHandle::wait_change`] (after a stop was requested).
+    pub fn wake_waiters(&self) {
+        let _guard = self.0.status.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.changed.notify_all();
     }
 }
 
@@ -423,12 +481,12 @@ impl Shipper {
         }
         let client = Client::new(&opts)?;
         let breaker = Breaker::new(opts.breaker_failures, opts.breaker_reset);
-        let published = StatusHandle(Arc::new(Mutex::new(ShipStatus {
+        let published = StatusHandle::new(ShipStatus {
             stats: ShipStats::default(),
             breaker: breaker.state(),
             last_error: None,
             last_success_at: None,
-        })));
+        });
         Ok(Shipper {
             spool,
             project: opts.project,
@@ -504,12 +562,12 @@ impl Shipper {
                 continue;
             }
             let last_error = self.deliver(&record);
-            *self.published.0.lock().unwrap_or_else(|p| p.into_inner()) = ShipStatus {
+            self.published.publish(ShipStatus {
                 stats: self.stats.clone(),
                 breaker: self.breaker.state(),
                 last_error,
                 last_success_at: self.last_success_at,
-            };
+            });
         }
         log::info!("shipper stopped");
     }
@@ -631,6 +689,51 @@ fn sleep_unless_stopped<S: StopSignal + ?Sized>(total: Duration, stop: &S) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn idle_status() -> ShipStatus {
+        ShipStatus {
+            stats: ShipStats::default(),
+            breaker: Breaker::new(3, Duration::from_secs(1)).state(),
+            last_error: None,
+            last_success_at: None,
+        }
+    }
+
+    #[test]
+    fn a_publication_wakes_the_status_watcher_and_a_stop_does_too() {
+        let h = StatusHandle::new(idle_status());
+        let far = Instant::now() + Duration::from_secs(3600);
+        let v0 = h.version();
+        let waiter = {
+            let h = h.clone();
+            std::thread::spawn(move || h.wait_change(v0, far, || false))
+        };
+        let mut published = idle_status();
+        published.stats.n_sent = 1;
+        h.publish(published);
+        assert_eq!(waiter.join().unwrap(), v0 + 1);
+        assert_eq!(h.get().stats.n_sent, 1);
+
+        let stopped = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (h, stopped) = (h.clone(), stopped.clone());
+            std::thread::spawn(move || {
+                h.wait_change(v0 + 1, far, || stopped.load(Ordering::SeqCst))
+            })
+        };
+        stopped.store(true, Ordering::SeqCst);
+        h.wake_waiters();
+        assert_eq!(
+            waiter.join().unwrap(),
+            v0 + 1,
+            "woken by the stop, no change"
+        );
+
+        let t = Instant::now();
+        let deadline = t + Duration::from_millis(50);
+        assert_eq!(h.wait_change(v0 + 1, deadline, || false), v0 + 1);
+        assert!(Instant::now() >= deadline, "returns at the deadline");
+    }
 
     fn reply(status: u16, retry_after: Option<&str>) -> http::Reply {
         http::Reply {
