@@ -94,6 +94,7 @@ pub(super) fn run_sampler(ctx: &Context, corr: &SharedCorrelator) {
         // Cost control may stretch the period (bounded: 4x); a stretched period is paced like a
         // burst, off the ticker, and the boundaries it passes are not overruns.
         let period = watch.next_period() * sampler.interval_stretch();
+        sampler.set_sub_second(period < Duration::from_secs(1));
         let was_bursting = std::mem::replace(&mut bursting, period != cfg.sample_interval);
         at = if bursting {
             (at + period).max(Instant::now())

@@ -8,7 +8,8 @@
 //! files stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
 //! saves an open and a close per file per sample; a missing file is looked for again at most
 //! once a minute. `/proc/loadavg` (load1 and the runnable tasks) is read every sample. PSI is
-//! read at most every [`SLOW_EVERY`]: the kernel recomputes its averages every 2 s. `/proc/stat`
+//! read at most every [`SPIKE_PSI_EVERY`] while a spike lasts (the kernel recomputes its
+//! averages every 2 s) and every [`PSI_EVERY`] otherwise (`avg10` is a 10 s average). `/proc/stat`
 //! (blocked tasks, CPU busy and iowait since its previous reading) is read at most every
 //! [`SPIKE_STAT_EVERY`] while a spike lasts (once a second, not at every 250 ms burst sample)
 //! and otherwise at most every [`STAT_EVERY`]: between two readings those figures are `None`,
@@ -92,8 +93,14 @@ const FILES: [&str; 5] = [
     "pressure/memory",
 ];
 
-/// Least time between two readings of PSI.
-pub const SLOW_EVERY: Duration = Duration::from_secs(2);
+/// Least time between two readings of PSI outside spikes: `some avg10` is an average over 10 s,
+/// so reading it more often adds little but three file reads (a quarter of the sampler's
+/// `/proc` reads a second on an idle server).
+pub const PSI_EVERY: Duration = Duration::from_secs(10);
+
+/// Least time between two readings of PSI while a spike lasts: as often as the kernel
+/// recomputes the averages.
+pub const SPIKE_PSI_EVERY: Duration = Duration::from_secs(2);
 
 /// Least time between two readings of `/proc/stat` outside spikes. The kernel formats every
 /// interrupt counter into it, which made it most of the host line's cost (about 60 µs of the
@@ -122,7 +129,8 @@ pub struct HostLine {
     prev_cpu: Option<CpuTimes>,
     slots: [Slot; 5],
     buf: Vec<u8>,
-    slow_every: Duration,
+    psi_every: Duration,
+    spike_psi_every: Duration,
     psi: Option<(Instant, [Option<f64>; 3])>,
     stat_every: Duration,
     spike_stat_every: Duration,
@@ -155,7 +163,8 @@ impl HostLine {
                 Slot::Closed,
             ],
             buf: vec![0; 16 * 1024],
-            slow_every: SLOW_EVERY,
+            psi_every: PSI_EVERY,
+            spike_psi_every: SPIKE_PSI_EVERY,
             psi: None,
             stat_every: STAT_EVERY,
             spike_stat_every: SPIKE_STAT_EVERY,
@@ -165,10 +174,11 @@ impl HostLine {
     }
 
     /// Reads PSI at most every `psi` and `/proc/stat` at most every `stat` (outside spikes;
-    /// during spikes at most every `stat` too when it is shorter than [`SPIKE_STAT_EVERY`])
-    /// (tests: zero, every sample).
+    /// during spikes at most every `psi` or `stat` too when it is shorter than
+    /// [`SPIKE_PSI_EVERY`] or [`SPIKE_STAT_EVERY`]) (tests: zero, every sample).
     pub fn with_periods(mut self, psi: Duration, stat: Duration) -> HostLine {
-        self.slow_every = psi;
+        self.psi_every = psi;
+        self.spike_psi_every = self.spike_psi_every.min(psi);
         self.stat_every = stat;
         self.spike_stat_every = self.spike_stat_every.min(stat);
         self
@@ -218,7 +228,8 @@ impl HostLine {
     }
 
     /// Reads the figures of this moment; `detailed` (while a spike lasts) reads `/proc/stat`
-    /// at [`SPIKE_STAT_EVERY`] instead of [`STAT_EVERY`].
+    /// at [`SPIKE_STAT_EVERY`] instead of [`STAT_EVERY`] and PSI at [`SPIKE_PSI_EVERY`] instead
+    /// of [`PSI_EVERY`].
     pub fn sample(&mut self, detailed: bool) -> HostPoint {
         let mut p = HostPoint {
             n_cpus: self.n_cpus,
@@ -252,8 +263,13 @@ impl HostLine {
                 self.prev_cpu = Some(st.cpu);
             }
         }
+        let psi_every = if detailed {
+            self.spike_psi_every
+        } else {
+            self.psi_every
+        };
         let psi = match self.psi {
-            Some((at, v)) if at.elapsed() < self.slow_every => v,
+            Some((at, v)) if at.elapsed() < psi_every => v,
             _ => {
                 let v = [
                     self.read(2).and_then(parse_psi_some_avg10),

@@ -51,6 +51,15 @@ impl ActivitySampler {
         self.cost.level().stretch()
     }
 
+    /// Says whether the next samples come faster than once a second (a spike's burst): then a
+    /// backend's `/proc/<pid>/io` is read one sample in four (about once a second at 250 ms), as
+    /// at cost level `no_io`, while `stat` stays at every sample (CPU and run state at burst
+    /// resolution). What it wrote meanwhile is charged at the next reading, to the same
+    /// execution, so a burst sample costs less than a 1 s one and nothing is lost.
+    pub fn set_sub_second(&mut self, on: bool) {
+        self.sub_second = on;
+    }
+
     /// The cost level the next sample runs at.
     pub fn cost_level(&self) -> Level {
         self.cost.level()

@@ -173,6 +173,11 @@ pub struct ActivitySampler {
     n_io_unchanged: u64,
     /// `/proc/<pid>` readings deferred this interval (cost level `rotate` and above).
     n_stat_deferred: u64,
+    /// Readings of idle background processes deferred in this interval
+    /// (`execution::idle_background`).
+    n_background_deferred: u64,
+    /// Samples come faster than once a second (`set_sub_second`): `io` on one sample in four.
+    sub_second: bool,
 }
 
 impl ActivitySampler {
@@ -213,6 +218,8 @@ impl ActivitySampler {
             last_sample_end: None,
             n_io_unchanged: 0,
             n_stat_deferred: 0,
+            n_background_deferred: 0,
+            sub_second: false,
         }
     }
 
@@ -324,6 +331,7 @@ impl ActivitySampler {
         self.n_background_execs = 0;
         self.n_io_unchanged = 0;
         self.n_stat_deferred = 0;
+        self.n_background_deferred = 0;
         // The server may have been upgraded and restarted meanwhile.
         self.version_num = None;
         // And it may not be the same server: whether it runs here is decided again.

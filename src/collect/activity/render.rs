@@ -189,6 +189,7 @@ impl ActivitySampler {
                     .field("io_permitted", !self.proc.io_refused())
                     .field("io_unchanged", self.n_io_unchanged)
                     .field("readings_deferred", self.n_stat_deferred)
+                    .field("background_readings_deferred", self.n_background_deferred)
                     .field("cost_level", self.cost.level().name()),
             )
             .field(
@@ -256,12 +257,12 @@ mod tests {
     fn background_processes_are_listed_apart_and_only_when_busy() {
         let p = FakeProc::new("bg");
         let mut s = p.sampler(ActivityConfig::default());
-        let bg = |pid, kind, event, now| SessionRow {
+        let bg = |pid, kind, (class, event), now| SessionRow {
             pid,
             now,
             state: None,
             backend_type: Some(kind),
-            wait_event_type: Some("Activity"),
+            wait_event_type: Some(class),
             wait_event: Some(event),
             application_name: Some(""),
             ..SessionRow::default()
@@ -270,10 +271,11 @@ mod tests {
             let now = 1000.0 + i as f64;
             p.set(40, cpu, 1, None);
             p.set(41, 5, 1, None);
+            let checkpointing = ("Timeout", "CheckpointWriteDelay");
             let stats = s
                 .absorb(&[
-                    bg(40, "checkpointer", "CheckpointerMain", now),
-                    bg(41, "walwriter", "WalWriterMain", now),
+                    bg(40, "checkpointer", checkpointing, now),
+                    bg(41, "walwriter", ("Activity", "WalWriterMain"), now),
                     row(7, now, 999.0),
                 ])
                 .0;
@@ -311,6 +313,46 @@ mod tests {
             2,
             "the summary and the client's request, no other record"
         );
+    }
+
+    #[test]
+    fn an_idle_background_process_is_read_one_sample_in_four_and_nothing_is_lost() {
+        let p = FakeProc::new("bgidle");
+        let mut s = p.sampler(ActivityConfig::default());
+        let walwriter = |now, class| SessionRow {
+            pid: 41,
+            now,
+            state: None,
+            backend_type: Some("walwriter"),
+            wait_event_type: class,
+            wait_event: class.map(|_| "WalWriterMain"),
+            application_name: Some(""),
+            ..SessionRow::default()
+        };
+        // Idle in its main loop for 8 samples (spending a tick a second all the same), then
+        // busy: the busy sample reads it and charges everything since the last reading.
+        for round in 0..8u64 {
+            p.set(41, 10 + round, 1, Some((0, 4096 * round)));
+            s.absorb(&[walwriter(1000.0 + round as f64, Some("Activity"))]);
+        }
+        p.set(41, 30, 1, Some((0, 65536)));
+        s.absorb(&[walwriter(1008.0, None)]);
+        let out = s.finish_interval();
+        let procfs = out[0].data.get("procfs").unwrap();
+        // Read at its first sample and when (pid + sample) % 4 == 0 (samples 3 and 7).
+        assert_eq!(field_f64(procfs, "background_readings_deferred"), 5.0);
+        assert_eq!(field_f64(procfs, "readings_deferred"), 0.0);
+        let listed = match out[0].data.get("background") {
+            Some(Json::Array(a)) => a.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            field_f64(&listed[0], "cpu_ms"),
+            procfs::ticks_to_ms(20) as f64,
+            "from the first reading (10 ticks) to the last (30)"
+        );
+        assert_eq!(field_f64(&listed[0], "write_bytes"), 65536.0);
     }
 
     #[test]
