@@ -340,15 +340,39 @@ fn url_decode(v: &[u8]) -> Vec<u8> {
 }
 
 fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
+    let Some((&first, rest)) = needle.split_first() else {
         return Some(0);
+    };
+    // Scan for the first byte, compare the rest only there: a slice compare at every position
+    // was most of the sampler's correlation cost (it runs on every new execution's text).
+    let last_start = hay.len().checked_sub(needle.len())?;
+    let mut from = 0;
+    while from <= last_start {
+        let at = from + hay[from..=last_start].iter().position(|&b| b == first)?;
+        if hay[at + 1..at + needle.len()] == *rest {
+            return Some(at);
+        }
+        from = at + 1;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_bytes_finds_the_first_occurrence_or_none() {
+        assert_eq!(find_bytes(b"abcabc", b"bc"), Some(1));
+        assert_eq!(find_bytes(b"aab", b"ab"), Some(1));
+        assert_eq!(find_bytes(b"abc", b"abc"), Some(0));
+        assert_eq!(find_bytes(b"abc", b"c"), Some(2));
+        assert_eq!(find_bytes(b"ab", b"abc"), None);
+        assert_eq!(find_bytes(b"abd", b"abc"), None);
+        assert_eq!(find_bytes(b"", b""), Some(0));
+        assert_eq!(find_bytes(b"x", b""), Some(0));
+        assert_eq!(find_bytes(b"", b"a"), None);
+    }
 
     #[test]
     fn extracts_correlation_id_like_the_python_pattern() {
