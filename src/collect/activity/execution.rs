@@ -127,6 +127,8 @@ struct Reading {
     quiet: bool,
     /// A background process idle in its main loop ([`idle_background`]).
     idle_background: bool,
+    /// Read both files now, whatever the deferral rules say (an interval's close).
+    now: bool,
 }
 
 /// Rounds a pid's last reading is kept while the pid is not sampled (an idle pooled
@@ -224,6 +226,7 @@ impl ActivitySampler {
             let how = Reading {
                 quiet: io_cannot_change(row),
                 idle_background: idle_background(row),
+                now: false,
             };
             self.read_pid(row.pid, key, how);
         }
@@ -248,6 +251,7 @@ impl ActivitySampler {
             let how = Reading {
                 quiet: io_cannot_change(row),
                 idle_background: false,
+                now: false,
             };
             self.read_pid(row.pid, key, how);
         }
@@ -269,13 +273,14 @@ impl ActivitySampler {
         let Reading {
             quiet,
             idle_background,
+            now,
         } = how;
         let level = self.cost.level();
         let read_before = self.execs.get(&key).is_some_and(|e| e.os_seen);
         let prev = self.tracks.get(&pid).copied();
         let same = prev.filter(|p| read_before && p.exec == Some(key));
         let due = (pid as u64).wrapping_add(self.round) % DEFER_EVERY == 0;
-        if same.is_some() && (level.defers_stat() || idle_background) && !due {
+        if !now && same.is_some() && (level.defers_stat() || idle_background) && !due {
             if let Some(t) = self.tracks.get_mut(&pid) {
                 t.round = self.round;
                 t.quiet &= quiet;
@@ -285,11 +290,16 @@ impl ActivitySampler {
                 self.n_stat_deferred += 1;
             } else {
                 self.n_background_deferred += 1;
+                if !self.background_pending.iter().any(|(p, _)| *p == pid) {
+                    self.background_pending.push((pid, key));
+                }
             }
             return;
         }
+        self.background_pending.retain(|(p, _)| *p != pid);
         let io_deferred = level.defers_io() || self.sub_second;
         let carry = same
+            .filter(|_| !now)
             .filter(|p| (quiet && p.quiet) || (io_deferred && !due))
             .and_then(|p| p.io.map(|io| (p.start_ticks, io)));
         let sample = self.proc.sample_with(pid, carry);
@@ -320,6 +330,26 @@ impl ActivitySampler {
                 quiet,
             },
         );
+    }
+
+    /// Before the interval's summary is rendered: the idle background processes whose readings
+    /// were deferred since their last one are read now, so what they did in this interval (a
+    /// checkpoint between two samples) is in its summary, not the next one's.
+    pub(super) fn read_background_pending(&mut self) {
+        if !self.reads_procfs() {
+            self.background_pending.clear();
+            return;
+        }
+        for (pid, key) in std::mem::take(&mut self.background_pending) {
+            if self.execs.contains_key(&key) {
+                let how = Reading {
+                    quiet: false,
+                    idle_background: false,
+                    now: true,
+                };
+                self.read_pid(pid, key, how);
+            }
+        }
     }
 
     /// The first reading after an execution ended: every pid read in the previous round while

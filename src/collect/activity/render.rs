@@ -353,6 +353,26 @@ mod tests {
             "from the first reading (10 ticks) to the last (30)"
         );
         assert_eq!(field_f64(&listed[0], "write_bytes"), 65536.0);
+
+        // Work between two samples of a process that looks idle at both (a quick checkpoint)
+        // is read at the interval's close, into this interval's summary.
+        let mut s = p.sampler(ActivityConfig::default());
+        for round in 0..2u64 {
+            p.set(41, 100 + 50 * round, 1, Some((0, 16384 * round)));
+            s.absorb(&[walwriter(2000.0 + round as f64, Some("Activity"))]);
+        }
+        assert_eq!(s.n_background_deferred, 1, "the second sample is deferred");
+        let out = s.finish_interval();
+        let listed = match out[0].data.get("background") {
+            Some(Json::Array(a)) => a.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed.len(), 1, "its work makes it listed");
+        assert_eq!(
+            field_f64(&listed[0], "cpu_ms"),
+            procfs::ticks_to_ms(50) as f64
+        );
+        assert_eq!(field_f64(&listed[0], "write_bytes"), 16384.0);
     }
 
     #[test]
