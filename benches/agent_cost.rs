@@ -1637,6 +1637,8 @@ fn measure_scale(
     let mut bcpu = Vec::new();
     let mut bpg = Vec::new();
     let bstart = Instant::now();
+    // As the daemon's sampler thread says before a burst's samples.
+    sampler.set_sub_second(true);
     for k in 1..=SCALE_BURST_SAMPLES as u32 {
         std::thread::sleep(
             (bstart + Duration::from_millis(250) * k).saturating_duration_since(Instant::now()),
@@ -1798,7 +1800,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
     if let Some(runs) = agent_at_400 {
         for (a, what) in runs.iter().zip([
             "cost control off (sample_cpu_budget_ms = 0)",
-            "defaults (sample_cpu_budget_ms = 2)",
+            "defaults (sample_cpu_budget_ms = 5)",
         ]) {
             println!(
                 "  agent process at 400 sessions in pg_sleep, {what} ({SCALE_WINDOW_S} s after a warm-up cycle): \

@@ -2,16 +2,18 @@
 //! binary costs beyond `ActivitySampler::sample`. A plain program (harness = false), never a
 //! test: it prints figures and asserts none.
 //!
-//! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both] [--callgrind]
-//! [--sessions N]` (`make bench-sampler` builds unstripped with line tables, so callgrind names
-//! functions). `--sessions N`: N sessions in `pg_sleep` instead of pgbench (`--lock-waiters`:
+//! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both|none] [--callgrind]
+//! [--sessions N] [--floor]` (`make bench-sampler` builds unstripped with line tables, so
+//! callgrind names functions). `--floor`: first the bare per-second job in the bench process
+//! (one query, then each row's `/proc` files), the least any agent doing it pays. `--sessions N`: N sessions in `pg_sleep` instead of pgbench (`--lock-waiters`:
 //! waiting on one session's lock instead). `BENCH_AGENT_BIN`
 //! profiles another build of the agent (e.g. the commit before a change).
 //!
 //! - Native: the agent runs `S` seconds (after a warm-up of 12 s) with the spike detector's load
 //!   rule on (`load_per_cpu = 2`, the default) and/or off (`0`); sampler thread CPU from
 //!   `/proc/<pid>/task/<tid>/schedstat` divided by the ticks taken (timeline rows of the flight
-//!   recorder over the same time), and whether the agent logged a load spike.
+//!   recorder over the same time), and whether the agent logged a load spike; then every
+//!   thread's CPU per minute by thread name, and the RSS at the end.
 //! - `--callgrind`: the agent runs under `valgrind --tool=callgrind --separate-threads=yes`
 //!   (load rule off); `callgrind_control -z` zeroes the counters after a 15 s warm-up and
 //!   `callgrind_control -d` dumps them S seconds later, so neither the start nor the interval
@@ -57,21 +59,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn sampler_ns(pid: i32) -> u64 {
+/// Nanoseconds on CPU of every thread of `pid`, summed by thread name (`comm`).
+fn threads_ns(pid: i32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return by_name;
     };
-    let mut ns = 0;
     for e in dir.flatten() {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "sampler" {
-            ns += std::fs::read_to_string(e.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(comm.trim().to_string()).or_insert(0) += ns;
     }
-    ns
+    by_name
 }
 
 fn ini(pg: &TestPg, l: &TestListener, work: &Path, load_rule: bool) -> PathBuf {
@@ -109,10 +111,20 @@ fn native(pg: &TestPg, secs: u64, load_rule: bool) {
     let state = work.path().join("state");
     let mut agent = AgentProcess::start(&ini, &[], work.path());
     std::thread::sleep(Duration::from_secs(12));
-    let (ns0, u0, t0) = (sampler_ns(agent.pid()), unix_now(), Instant::now());
+    let (all0, u0, t0) = (threads_ns(agent.pid()), unix_now(), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    let (ns1, u1) = (sampler_ns(agent.pid()), unix_now());
+    let (all1, u1) = (threads_ns(agent.pid()), unix_now());
     let wall = t0.elapsed().as_secs_f64();
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let ns0 = all0.get("sampler").copied().unwrap_or(0);
+    let ns1 = all1.get("sampler").copied().unwrap_or(0);
     agent.stop();
     let rows = recorder_rows(&state, u0, u1).max(1);
     let spikes = agent.log_text().matches("load spike:").count();
@@ -123,6 +135,92 @@ fn native(pg: &TestPg, secs: u64, load_rule: bool) {
         (ns1 - ns0) as f64 / 1e3 / wall,
         rows as f64 / wall,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    let per_min = |name: &String, ns1: u64| {
+        (ns1 - all0.get(name).copied().unwrap_or(0).min(ns1)) as f64 / 1e6 / wall * 60.0
+    };
+    let total: f64 = all1.iter().map(|(n, &ns)| per_min(n, ns)).sum();
+    let threads: Vec<String> = all1
+        .iter()
+        .map(|(n, &ns)| format!("{n} {:.1}", per_min(n, ns)))
+        .collect();
+    println!(
+        "    every thread, ms of CPU per minute: {total:.1} in all; {}; RSS at the end {:.2} MB",
+        threads.join(", "),
+        rss_kb / 1024.0
+    );
+}
+
+/// The floor of the sampler's job on this machine: a bare loop that once a second runs one
+/// prepared pg_stat_activity query (the columns a sample needs, decoded as borrowed `&str`),
+/// preads `/proc/<pid>/stat` and `/proc/<pid>/io` of every row's pid through files kept open,
+/// and `/proc/loadavg` (`with_proc`; else the query alone). No aggregation, no JSON, no other thread: what any agent that reads
+/// each backend's CPU and I/O every second pays at least. CPU from the loop thread's schedstat.
+fn floor(pg: &TestPg, secs: u64, with_proc: bool) {
+    use std::collections::HashMap;
+    use std::os::unix::fs::FileExt;
+    const SQL: &str = "SELECT pid, backend_type, state, wait_event_type, wait_event, \
+         query_start::text, xact_start::text, datname::text, usename::text, application_name, \
+         query FROM pg_stat_activity WHERE state IS DISTINCT FROM 'idle' AND pid <> pg_backend_pid()";
+    let mut c = pg.admin();
+    let stmt = c.prepare(SQL).expect("prepare");
+    let mut files: HashMap<i32, (std::fs::File, Option<std::fs::File>)> = HashMap::new();
+    let mut buf = vec![0u8; 4096];
+    let mut tick = |c: &mut postgres::Client| -> usize {
+        let rows = c.query(&stmt, &[]).expect("query");
+        let mut bytes = 0;
+        for r in &rows {
+            let pid: i32 = r.get(0);
+            for i in 1..11 {
+                bytes += r.get::<_, Option<&str>>(i).map_or(0, str::len);
+            }
+            if !with_proc {
+                continue;
+            }
+            let (stat, io) = files.entry(pid).or_insert_with(|| {
+                (
+                    std::fs::File::open(format!("/proc/{pid}/stat")).expect("stat"),
+                    std::fs::File::open(format!("/proc/{pid}/io")).ok(),
+                )
+            });
+            bytes += stat.read_at(&mut buf, 0).unwrap_or(0);
+            if let Some(io) = io {
+                bytes += io.read_at(&mut buf, 0).unwrap_or(0);
+            }
+        }
+        if with_proc {
+            bytes += std::fs::read("/proc/loadavg").map_or(0, |b| b.len());
+        }
+        bytes + rows.len()
+    };
+    let self_ns = || {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for _ in 0..5 {
+        tick(&mut c);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (ns0, t0) = (self_ns(), Instant::now());
+    let mut rows = 0;
+    for _ in 0..secs {
+        rows += tick(&mut c).min(1);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let ns = self_ns() - ns0;
+    let wall = t0.elapsed().as_secs_f64();
+    println!(
+        "  floor ({}): {:.0} µs per tick, {:.1} ms per minute ({rows} ticks with rows; {} pids seen)",
+        if with_proc {
+            "one query, /proc stat+io per row, loadavg; kept-open files"
+        } else {
+            "the query alone"
+        },
+        ns as f64 / 1e3 / secs as f64,
+        ns as f64 / 1e6 / wall * 60.0,
+        files.len()
     );
 }
 
@@ -310,6 +408,7 @@ fn main() {
     let mut cg = false;
     let mut sessions = 0usize;
     let mut lock = false;
+    let mut floor_too = false;
     let mut i = 0;
     while i < args.len() {
         let value = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
@@ -333,6 +432,7 @@ fn main() {
             }
             "--lock-waiters" => lock = true,
             "--callgrind" => cg = true,
+            "--floor" => floor_too = true,
             _ => {}
         }
         i += 1;
@@ -368,6 +468,10 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
         (Some(child), None)
     };
+    if floor_too {
+        floor(&pg, secs, false);
+        floor(&pg, secs, true);
+    }
     for r in rules {
         native(&pg, secs, r);
     }
