@@ -1,6 +1,7 @@
 //! The status thread: rewrites the status file (the [`AgentReport`](crate::agent_report::AgentReport)'s
 //! lines) when the breaker changes state and when a backlog has drained (and logs how long that
-//! took), otherwise every few seconds; a failed write is logged once per streak.
+//! took), when anything else in it changed, and at least once a minute; a failed write is
+//! logged once per streak.
 
 use std::time::Instant;
 
