@@ -160,7 +160,12 @@ impl Client {
             .tls_config(tls_config(opts.ca_file.as_deref())?)
             .build();
         Ok(Client {
-            agent: ureq::Agent::new_with_config(config),
+            // Our resolver: no lookup thread per request (`resolve`).
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                super::resolve::ListenerResolver::default(),
+            ),
             post_url: opts.url.clone(),
             shown_url,
             authorization,

@@ -18,6 +18,7 @@
 pub mod breaker;
 pub mod http;
 pub mod pacer;
+pub mod resolve;
 
 use std::fmt;
 use std::path::PathBuf;
