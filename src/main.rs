@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bitville_pg_agent::cli::{self, Cli, Mode};
 use bitville_pg_agent::config::{self, Loaded};
@@ -74,7 +73,7 @@ fn run() -> i32 {
             );
         }
         Mode::Status => {
-            let stale = loaded.config.collection.interval * 3 + Duration::from_secs(10);
+            let stale = status::stale_after(loaded.config.collection.interval);
             let (report, healthy) = status::report(&loaded.config.collection.state_dir, stale);
             print!("{report}");
             return if healthy {

@@ -16,10 +16,16 @@ use std::time::{Duration, Instant, SystemTime};
 /// uptime) reaches the file within this time.
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
+/// How old the status file of an agent collecting every `interval` may be before `--status`
+/// calls it stale (the agent stuck): 3 intervals + 10 s.
+pub fn stale_after(interval: Duration) -> Duration {
+    interval * 3 + Duration::from_secs(10)
+}
+
 /// How long the daemon leaves an unchanged status file alone before rewriting it anyway, for an
-/// agent collecting every `interval`: at most a minute, and well inside the 3 intervals + 10 s
-/// after which `--status` calls the file stale. (A rename costs about 100 µs of CPU on ext4;
-/// rewriting an unchanged file every 5 s was most of the status thread's cost.)
+/// agent collecting every `interval`: at most a minute, and well inside [`stale_after`].
+/// (A rename costs about 100 µs of CPU on ext4; rewriting an unchanged file every 5 s was most
+/// of the status thread's cost.)
 pub fn heartbeat(interval: Duration) -> Duration {
     interval.clamp(STATUS_EVERY, Duration::from_secs(60))
 }
@@ -92,7 +98,7 @@ struct Backlog {
 /// the status thread's (`daemon::status`). Pure: time is passed in.
 #[derive(Debug, Default)]
 pub struct StatusWatch {
-    written: Option<(&'static str, u64, Instant)>,
+    written: Option<(&'static str, u64)>,
     backlog: Option<Backlog>,
     started: bool,
 }
@@ -129,16 +135,16 @@ impl StatusWatch {
         }
         let write = match self.written {
             None => true,
-            Some((breaker, pending, _)) => {
+            Some((breaker, pending)) => {
                 breaker != o.breaker || (pending > 0 && o.pending == 0) || log.is_some()
             }
         };
         Decision { write, log }
     }
 
-    /// Records that the status file was written with `o` at `now`.
-    pub fn written(&mut self, o: Observation, now: Instant) {
-        self.written = Some((o.breaker, o.pending, now));
+    /// Records that the status file was written with `o`.
+    pub fn written(&mut self, o: Observation) {
+        self.written = Some((o.breaker, o.pending));
     }
 }
 
@@ -234,7 +240,7 @@ mod tests {
         let mut step = |o: Observation, now: Instant| {
             let d = w.observe(o, now);
             if d.write {
-                w.written(o, now);
+                w.written(o);
             }
             d
         };
@@ -279,10 +285,7 @@ mod tests {
             let interval = Duration::from_secs(interval_s);
             let beat = heartbeat(interval);
             assert!(beat >= STATUS_EVERY && beat <= Duration::from_secs(60));
-            assert!(
-                beat < interval * 3 + Duration::from_secs(10),
-                "{interval_s}"
-            );
+            assert!(beat < stale_after(interval), "{interval_s}");
         }
         let a = [("pid", "1".to_string()), ("uptime_s", "5".to_string())];
         let b = [("pid", "1".to_string()), ("uptime_s", "9".to_string())];

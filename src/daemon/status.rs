@@ -77,7 +77,7 @@ pub(super) fn run_status(ctx: &Context, ship: &StatusHandle) {
         if write {
             let result = status::write(&ctx.config.collection.state_dir, &lines);
             streak.record(&status_what(ctx), result);
-            watch.written(o, now);
+            watch.written(o);
             last = Some((lines, now));
         }
         if ctx.shutdown.is_stopped() {

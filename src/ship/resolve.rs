@@ -13,7 +13,7 @@
 //! (ureq's resolver API is outside its semver promise: the pinned version in Cargo.lock
 //! matters.)
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,26 +33,6 @@ pub struct ListenerResolver {
     kept: Mutex<Option<(String, Instant, ResolvedSocketAddrs)>>,
 }
 
-/// The port of `uri`: its own, or the scheme's (http 80, https 443); `None` for other schemes.
-fn port_of(uri: &Uri) -> Option<u16> {
-    uri.port_u16().or(match uri.scheme_str() {
-        Some("http") => Some(80),
-        Some("https") => Some(443),
-        _ => None,
-    })
-}
-
-/// The address of a host that is an IP literal (`127.0.0.1`, `[::1]`), with `port`.
-fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, port))
-}
-
 impl Resolver for ListenerResolver {
     fn resolve(
         &self,
@@ -60,15 +40,20 @@ impl Resolver for ListenerResolver {
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let (Some(host), Some(port)) = (uri.host(), port_of(uri)) else {
+        // `host:port` as ureq's own resolver forms it (the scheme's default port filled in); an
+        // IP literal (`127.0.0.1:8080`, `[::1]:443`) parses as the address itself.
+        let key = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => DefaultResolver::host_and_port(scheme, authority),
+            _ => None,
+        };
+        let Some(key) = key else {
             return DefaultResolver::default().resolve(uri, config, timeout);
         };
-        if let Some(addr) = literal_address(host, port) {
+        if let Ok(addr) = key.parse::<SocketAddr>() {
             let mut one = self.empty();
             one.push(addr);
             return Ok(one);
         }
-        let key = format!("{host}:{port}");
         {
             let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((k, at, addrs)) = kept.as_ref() {

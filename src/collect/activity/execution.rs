@@ -131,6 +131,17 @@ struct Reading {
     now: bool,
 }
 
+impl Reading {
+    /// How `row`'s pid is read in a sample (a parallel worker is never a background process).
+    fn of(row: &SessionRow) -> Reading {
+        Reading {
+            quiet: io_cannot_change(row),
+            idle_background: idle_background(row),
+            now: false,
+        }
+    }
+}
+
 /// Rounds a pid's last reading is kept while the pid is not sampled (an idle pooled
 /// connection): its next execution is charged from that reading.
 const TRACK_MAX_AGE_ROUNDS: u64 = 600;
@@ -223,12 +234,7 @@ impl ActivitySampler {
             }
         }
         if self.reads_procfs() {
-            let how = Reading {
-                quiet: io_cannot_change(row),
-                idle_background: idle_background(row),
-                now: false,
-            };
-            self.read_pid(row.pid, key, how);
+            self.read_pid(row.pid, key, Reading::of(row));
         }
     }
 
@@ -248,12 +254,7 @@ impl ActivitySampler {
         };
         exec.n_worker_samples += 1;
         if self.reads_procfs() {
-            let how = Reading {
-                quiet: io_cannot_change(row),
-                idle_background: false,
-                now: false,
-            };
-            self.read_pid(row.pid, key, how);
+            self.read_pid(row.pid, key, Reading::of(row));
         }
         true
     }
@@ -299,8 +300,7 @@ impl ActivitySampler {
         self.background_pending.retain(|(p, _)| *p != pid);
         let io_deferred = level.defers_io() || self.sub_second;
         let carry = same
-            .filter(|_| !now)
-            .filter(|p| (quiet && p.quiet) || (io_deferred && !due))
+            .filter(|p| !now && ((quiet && p.quiet) || (io_deferred && !due)))
             .and_then(|p| p.io.map(|io| (p.start_ticks, io)));
         let sample = self.proc.sample_with(pid, carry);
         self.note_pid_read(sample.is_some());
@@ -750,6 +750,23 @@ mod tests {
         field_f64(out[0].data.get("procfs").unwrap(), key)
     }
 
+    /// Every listed execution's (cpu_ms, read_bytes, write_bytes), in order of CPU then read
+    /// bytes: what two ways of reading the same sessions must agree on.
+    fn totals(out: &[crate::payload::Payload]) -> Vec<(f64, f64, f64)> {
+        let mut v: Vec<(f64, f64, f64)> = sessions(out)
+            .iter()
+            .map(|e| {
+                (
+                    field_f64(e, "cpu_ms"),
+                    field_f64(e, "read_bytes"),
+                    field_f64(e, "write_bytes"),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        v
+    }
+
     #[test]
     fn io_of_a_quiet_session_is_not_read_again_and_nothing_is_lost() {
         let p = FakeProc::new("quiet");
@@ -831,17 +848,10 @@ mod tests {
         let rotated = run(Level::Rotate);
         assert_eq!(procfs_count(&full, "readings_deferred"), 0.0);
         assert!(procfs_count(&rotated, "readings_deferred") >= 20.0);
-        let totals = |out: &[crate::payload::Payload]| {
-            let mut v: Vec<(f64, f64)> = sessions(out)
-                .iter()
-                .map(|e| (field_f64(e, "cpu_ms"), field_f64(e, "read_bytes")))
-                .collect();
-            v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            v
-        };
         assert_eq!(totals(&rotated), totals(&full));
+        let first = totals(&full)[0];
         assert_eq!(
-            totals(&full)[0],
+            (first.0, first.1),
             (procfs::ticks_to_ms(100) as f64, 40960.0),
             "charged from the first reading to the last"
         );
@@ -874,20 +884,6 @@ mod tests {
         assert_eq!(procfs_count(&every, "io_unchanged"), 0.0);
         // 3 backends x 11 samples after the first reading, io read on one in four of them.
         assert!(procfs_count(&burst, "io_unchanged") >= 24.0);
-        let totals = |out: &[crate::payload::Payload]| {
-            let mut v: Vec<(f64, f64, f64)> = sessions(out)
-                .iter()
-                .map(|e| {
-                    (
-                        field_f64(e, "cpu_ms"),
-                        field_f64(e, "read_bytes"),
-                        field_f64(e, "write_bytes"),
-                    )
-                })
-                .collect();
-            v.sort_by(|a, b| a.1.total_cmp(&b.1));
-            v
-        };
         assert_eq!(totals(&burst), totals(&every));
         assert_eq!(totals(&every)[0].1, 65536.0);
     }
