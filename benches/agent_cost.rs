@@ -995,7 +995,7 @@ fn scenario_grow(o: &Opts, rep: &mut Report) {
 fn bench_payload(i: u64) -> Payload {
     let mut data = Json::object();
     for k in 0..40 {
-        data.push(&format!("metric_{k}"), (i * 31 + k) as f64 / 7.0);
+        data.push(format!("metric_{k}"), (i * 31 + k) as f64 / 7.0);
     }
     data.push("note", "x".repeat(600 + (i % 200) as usize).as_str());
     Payload {

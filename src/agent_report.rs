@@ -84,7 +84,7 @@ impl AgentReport {
         let mut collectors = Json::object();
         for (name, c) in &self.collectors {
             collectors.push(
-                name,
+                *name,
                 Json::object()
                     .field("ok", c.ok)
                     .field("errors", c.errors)

@@ -6,7 +6,12 @@
 //! The readers of JSON text the agent does not write (jsonlog lines, auto_explain plans) decode
 //! string escapes with the one [`unescape`] here, each deciding what a malformed escape means.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+
+/// An object key: almost always a literal, so it is borrowed, not allocated (an interval's
+/// summary has some ten thousand fields).
+pub type Key = Cow<'static, str>;
 
 /// A JSON value as the agent builds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +31,7 @@ pub enum Json {
     /// An array.
     Array(Vec<Json>),
     /// An object whose keys keep insertion order.
-    Object(Vec<(String, Json)>),
+    Object(Vec<(Key, Json)>),
 }
 
 impl Json {
@@ -39,15 +44,15 @@ impl Json {
     ///
     /// Panics in debug builds when called on something that is not an object: that is a bug in
     /// the agent, not bad input.
-    pub fn field(mut self, key: &str, value: impl Into<Json>) -> Json {
+    pub fn field(mut self, key: impl Into<Key>, value: impl Into<Json>) -> Json {
         self.push(key, value);
         self
     }
 
     /// Adds `key: value` to an object in place.
-    pub fn push(&mut self, key: &str, value: impl Into<Json>) {
+    pub fn push(&mut self, key: impl Into<Key>, value: impl Into<Json>) {
         match self {
-            Json::Object(fields) => fields.push((key.to_string(), value.into())),
+            Json::Object(fields) => fields.push((key.into(), value.into())),
             _ => debug_assert!(false, "Json::push on a non-object"),
         }
     }
@@ -120,21 +125,73 @@ fn push_digits(mut n: u64, out: &mut String) {
             break;
         }
     }
-    out.extend(buf[at..].iter().map(|&d| char::from(d)));
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
 }
 
 fn write_float(f: f64, out: &mut String) {
+    let a = f.abs();
     if !f.is_finite() {
         out.push_str("null");
-    } else if f == f.trunc() && f.abs() < 1e15 {
+    } else if f == f.trunc() && a < 1e15 {
         // Keep a fractional part so readers see a float, not an integer.
-        let _ = write!(out, "{f:.1}");
+        if f.is_sign_negative() {
+            out.push('-');
+        }
+        push_digits(a as u64, out);
+        out.push_str(".0");
+    } else if let Some(millis) = exact_millis(a) {
+        // Most of a payload's floats are rounded to milliseconds or 3 decimals: their digits
+        // are written directly, the same text `Display` gives, at a tenth of its cost.
+        if f.is_sign_negative() {
+            out.push('-');
+        }
+        push_digits(millis / 1000, out);
+        let frac = millis % 1000;
+        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let n = if digits[2] != 0 {
+            3
+        } else if digits[1] != 0 {
+            2
+        } else {
+            1
+        };
+        out.push('.');
+        for d in &digits[..n] {
+            out.push(char::from(b'0' + *d as u8));
+        }
     } else {
         // Rust's `Display` for f64 is the shortest text that round-trips, and never uses
         // exponent notation, so it is valid JSON.
         let _ = write!(out, "{f}");
     }
 }
+
+/// `a × 1000` when `a` (finite, positive, below 10^12) is the double nearest to a decimal with
+/// at most three decimals. Then that decimal, with its trailing zeros cut, is the shortest text
+/// that reads back as `a` (doubles below 10^12 are closer than 0.001 apart), which is what
+/// `Display` writes.
+fn exact_millis(a: f64) -> Option<u64> {
+    if a >= 1e12 {
+        return None;
+    }
+    let m = (a * 1000.0).round();
+    (m / 1000.0 == a).then_some(m as u64)
+}
+
+/// The bytes [`write_str`] looks at: the start of every character that may need an escape.
+const MAY_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t[0xE2] = true;
+    t
+};
 
 /// Appends `s` as a quoted JSON string.
 pub fn write_str(s: &str, out: &mut String) {
@@ -146,6 +203,10 @@ pub fn write_str(s: &str, out: &mut String) {
     // U+2028 and U+2029, with 0xE2; the other bytes of a UTF-8 sequence are never those.
     while i < bytes.len() {
         let b = bytes[i];
+        if !MAY_ESCAPE[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         let (len, escape): (usize, Option<&str>) = match b {
             b'"' => (1, Some("\\\"")),
             b'\\' => (1, Some("\\\\")),
@@ -405,6 +466,46 @@ mod tests {
     }
 
     #[test]
+    fn floats_are_written_as_display_writes_them() {
+        let reference = |f: f64| {
+            if !f.is_finite() {
+                "null".to_string()
+            } else if f == f.trunc() && f.abs() < 1e15 {
+                format!("{f:.1}")
+            } else {
+                format!("{f}")
+            }
+        };
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.001,
+            0.1,
+            0.5,
+            1.5,
+            -2.25,
+            999.999,
+            0.3,
+            1e12,
+            1e12 - 0.001,
+        ];
+        for _ in 0..20_000 {
+            let k = rng.next() % 10_000_000_000_000;
+            let scale = [1.0, 10.0, 100.0, 1000.0, 1e4, 1e6][(rng.next() % 6) as usize];
+            let sign = if rng.next() % 4 == 0 { -1.0 } else { 1.0 };
+            values.push(sign * (k % 100_000_000) as f64 / scale);
+            values.push(sign * k as f64 / 1000.0);
+            values.push(f64::from_bits(rng.next()));
+        }
+        for f in values {
+            let mut out = String::new();
+            write_float(f, &mut out);
+            assert_eq!(out, reference(f), "{f:?}");
+        }
+    }
+
+    #[test]
     fn random_objects_with_random_keys_and_floats_parse() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for _ in 0..500 {
@@ -417,7 +518,7 @@ mod tests {
                     2 => Json::UInt(rng.next()),
                     _ => Json::Str(rng.string()),
                 };
-                obj.push(&key, value);
+                obj.push(key, value);
             }
             let text = obj.to_json_string();
             let parsed: serde_json::Value =

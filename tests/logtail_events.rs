@@ -272,7 +272,7 @@ fn run(destination: &str) {
         if let Some(Json::Object(c)) = p.get("event_counts") {
             for (k, v) in c {
                 if let Json::UInt(n) = v {
-                    *counted.entry(k.clone()).or_default() += n;
+                    *counted.entry(k.to_string()).or_default() += n;
                 }
             }
         }

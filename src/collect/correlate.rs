@@ -270,7 +270,7 @@ fn set(o: &mut Json, key: &str, value: Json) {
     if let Json::Object(fields) = o {
         match fields.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = value,
-            None => fields.push((key.to_string(), value)),
+            None => fields.push((key.to_string().into(), value)),
         }
     }
 }

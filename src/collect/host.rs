@@ -672,7 +672,8 @@ fn deltas_json<C: Counters>(
             &d,
         ));
     }
-    sum.fields(Json::object()).field(list, Json::Array(items))
+    sum.fields(Json::object())
+        .field(list.to_string(), Json::Array(items))
 }
 
 fn disk_json(

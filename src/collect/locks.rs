@@ -294,7 +294,7 @@ pub fn trees_json(
                         }
                         if let Json::Object(fields) = o {
                             for (k, v) in fields {
-                                node.push(&k, v);
+                                node.push(k, v);
                             }
                         }
                         node

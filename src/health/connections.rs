@@ -72,7 +72,7 @@ pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, 
                 }
                 if bt == "client backend" {
                     client_backends += n;
-                    by_state.push(state.as_deref().unwrap_or("unknown"), n);
+                    by_state.push(state.unwrap_or_else(|| "unknown".to_string()), n);
                 }
             }
             Some(which) => {
@@ -134,7 +134,7 @@ pub(crate) fn collect(client: &mut postgres::Client, ctx: &Ctx) -> Result<Json, 
         Json::Object(
             by_type
                 .into_iter()
-                .map(|(t, n)| (t, Json::Int(n)))
+                .map(|(t, n)| (t.into(), Json::Int(n)))
                 .collect(),
         ),
     );

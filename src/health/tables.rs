@@ -263,7 +263,7 @@ impl Tables {
         let mut top_json = Json::object();
         for (name, oids) in &rankings {
             top_json.push(
-                name,
+                *name,
                 Json::Array(oids.iter().map(|o| Json::Str(name_of(o))).collect()),
             );
         }
@@ -286,7 +286,7 @@ impl Tables {
                 .field("analyzes", d.analyzes);
             if let Some((_, Json::Object(fields))) = details.get(oid) {
                 for (k, v) in fields {
-                    e.push(k, v.clone());
+                    e.push(k.clone(), v.clone());
                 }
             }
             tables.push(e);

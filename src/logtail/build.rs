@@ -99,7 +99,7 @@ pub fn build_payloads(
         let severity_counts = Json::Object(
             counts
                 .iter()
-                .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
+                .map(|(l, n)| (l.as_str().into(), Json::UInt(*n)))
                 .collect(),
         );
         let mut data = Json::object()
@@ -479,7 +479,7 @@ pub fn entry_json(e: &Entry, opts: &PayloadOptions) -> Json {
     let sql = |s: &str| rule.render(s);
     let log = |k: LogText, s: &str| rule.render_log_text(k, s);
     let mut o = Json::object();
-    let mut put = |k: &str, v: Option<Json>| {
+    let mut put = |k: &'static str, v: Option<Json>| {
         if let Some(v) = v {
             o.push(k, v);
         }

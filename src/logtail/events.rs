@@ -144,7 +144,7 @@ impl Event {
         if let Json::Object(fields) = &self.figures {
             // Figures the message did not have are left out rather than sent as null.
             for (k, v) in fields.iter().filter(|(_, v)| *v != Json::Null) {
-                o.push(k, v.clone());
+                o.push(k.clone(), v.clone());
             }
         }
         o

@@ -117,7 +117,7 @@ fn severity_report(mut counts: Vec<(Level, u64)>) -> Json {
         Json::Object(
             counts
                 .iter()
-                .map(|(l, n)| (l.as_str().to_string(), Json::UInt(*n)))
+                .map(|(l, n)| (l.as_str().into(), Json::UInt(*n)))
                 .collect(),
         ),
     )
@@ -397,7 +397,7 @@ impl LogFeed {
         let event_counts = Json::Object(
             events
                 .iter()
-                .map(|(c, n)| (c.as_str().to_string(), Json::UInt(*n)))
+                .map(|(c, n)| (c.as_str().into(), Json::UInt(*n)))
                 .collect(),
         );
         if !events.is_empty() || !extras.is_empty() || !payloads.is_empty() {

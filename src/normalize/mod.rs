@@ -274,7 +274,7 @@ mod tests {
             let _ = normalize_plan_text(&t);
             let _ = normalize_plan_opaque(&t);
             let _ = kept_comment(&t);
-            let mut j = crate::json::Json::object().field(&t, t.as_str());
+            let mut j = crate::json::Json::object().field(t.clone(), t.as_str());
             normalize_plan_json(&mut j);
             let mut cut = t.clone();
             truncate_chars(&mut cut, 3);

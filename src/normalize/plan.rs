@@ -160,9 +160,9 @@ pub fn normalize_plan_json(plan: &mut crate::json::Json) {
                         .bytes()
                         .all(|c| c.is_ascii_alphanumeric() || b" -_/".contains(&c))
                     {
-                        *k = "?".to_string();
+                        *k = "?".into();
                     }
-                    walk(val, PLAN_NAME_KEYS.contains(&k.as_str()));
+                    walk(val, PLAN_NAME_KEYS.contains(&k.as_ref()));
                 }
             }
             _ => {}

@@ -337,14 +337,14 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
         unix_now()
     };
     let wrapped;
-    let fields: &[(String, Json)] = match &payload.data {
+    let fields: &[(crate::json::Key, Json)] = match &payload.data {
         Json::Object(fields) => fields,
         other => {
             log::error!(
                 "{} payload data is not an object; wrapped as data.value",
                 payload.source.as_str()
             );
-            wrapped = [("value".to_string(), other.clone())];
+            wrapped = [("value".into(), other.clone())];
             &wrapped
         }
     };
@@ -362,10 +362,10 @@ pub fn render_record(payload: &Payload, stamp: &AgentStamp<'_>) -> String {
     if let Some((_, Json::Object(own))) = fields.iter().find(|(k, _)| k == "agent") {
         for (k, v) in own {
             if !matches!(
-                k.as_str(),
+                k.as_ref(),
                 "version" | "host" | "seq" | "lane" | "collected_at"
             ) {
-                agent.push(k, v.clone());
+                agent.push(k.clone(), v.clone());
             }
         }
     }

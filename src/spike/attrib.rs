@@ -61,7 +61,7 @@ impl Load {
         let mut classes = Json::object();
         for (i, c) in CLASSES.iter().enumerate() {
             if self.by_class[i] > 0.0 {
-                classes.push(c, round(self.by_class[i], 3));
+                classes.push(*c, round(self.by_class[i], 3));
             }
         }
         let mut j = Json::object().field("key", key);

@@ -276,7 +276,7 @@ fn snapshot(client: &mut postgres::Client, o: &DeepOptions) -> Result<Answer, Co
                         .field("locks_held", col::<i64>(r, 1));
                     if let Some(Json::Object(f)) = info.get(&pid) {
                         for (k, v) in f {
-                            j.push(k, v.clone());
+                            j.push(k.clone(), v.clone());
                         }
                     }
                     Some(j)
@@ -356,7 +356,7 @@ pub fn processes(proc: &mut ProcReader, backends: &[(i32, Option<String>)]) -> J
     proc.end_round();
     let mut counts = Json::object();
     for (k, v) in by_state {
-        counts.push(&k, v);
+        counts.push(k, v);
     }
     Json::object()
         .field("n_listed", backends.len())

@@ -75,7 +75,7 @@ impl Parser<'_> {
                         return self.err("expected ':'");
                     }
                     let v = self.value(depth + 1)?;
-                    fields.push((k, v));
+                    fields.push((k.into(), v));
                     self.ws();
                     if self.eat(",") {
                         continue;

@@ -282,7 +282,7 @@ fn spike_text(n: usize, s: &Json) -> String {
                             .unwrap_or(0.0)
                             .total_cmp(&json_f64(&b.1).unwrap_or(0.0))
                     })
-                    .map_or("-".to_string(), |(k, _)| k.clone()),
+                    .map_or("-".to_string(), |(k, _)| k.to_string()),
                 _ => "-".into(),
             };
             let label = if dim == "queries" {

@@ -270,7 +270,7 @@ impl SpikeCapture {
         let mut peak_classes = Json::object();
         for (i, c) in CLASSES.iter().enumerate() {
             if self.peak.classes[i] > 0 {
-                peak_classes.push(c, self.peak.classes[i]);
+                peak_classes.push(*c, self.peak.classes[i]);
             }
         }
         let h = &self.host;

@@ -188,7 +188,7 @@ impl Timeline {
         let col = |f: &dyn Fn(&Row) -> Json| Json::Array(self.rows.iter().map(f).collect());
         let mut by_class = Json::object();
         for (i, c) in CLASSES.iter().enumerate() {
-            by_class.push(c, col(&|r| r.classes[i].into()));
+            by_class.push(*c, col(&|r| r.classes[i].into()));
         }
         Json::object()
             .field("n_rows", self.rows.len())

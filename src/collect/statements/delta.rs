@@ -142,7 +142,7 @@ pub(super) fn push_counters(
             Some(c) if c.integer => Json::UInt(d[i].max(0.0).round() as u64),
             Some(_) => Json::Float(d[i].max(0.0)),
         };
-        o.push(name, v);
+        o.push(*name, v);
         if i == EXEC_TIME {
             let mean = if d[CALLS] > 0.0 {
                 d[EXEC_TIME] / d[CALLS]

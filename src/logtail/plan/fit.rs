@@ -77,7 +77,7 @@ fn drop_plans_at(v: &mut Json, depth: usize, level: usize) -> bool {
                             Json::Array(a) => a.len(),
                             _ => 1,
                         };
-                        *k = "Plans Omitted".to_string();
+                        *k = "Plans Omitted".into();
                         *val = Json::UInt(n as u64);
                         dropped = true;
                     } else {

@@ -80,7 +80,7 @@ impl JsonParser<'_> {
                     }
                     self.i += 1;
                     match self.value(depth + 1) {
-                        Some(v) => fields.push((key, v)),
+                        Some(v) => fields.push((key.into(), v)),
                         None => break,
                     }
                 }

@@ -76,7 +76,7 @@ pub fn summarize(nodes: &[Node], duration_ms: Option<f64>) -> Json {
         let mut b = Json::object();
         for (k, v) in keys.iter().zip(top.buffers) {
             if let Some(v) = v {
-                b.push(k, v);
+                b.push(*k, v);
             }
         }
         if matches!(&b, Json::Object(f) if !f.is_empty()) {
