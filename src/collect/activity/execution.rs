@@ -97,6 +97,9 @@ pub(super) struct PidTrack {
     /// Whether the session was in a state without storage I/O ([`io_cannot_change`]) at this
     /// reading and every deferred one since.
     pub(super) quiet: bool,
+    /// A reading of this pid (both files, or `io` of a session doing work) was deferred since
+    /// this one: the interval's close reads it ([`ActivitySampler::read_deferred`]).
+    pub(super) pending: bool,
 }
 
 /// Whether a session in this state does no storage I/O until its state changes: waiting on a
@@ -285,19 +288,16 @@ impl ActivitySampler {
             if let Some(t) = self.tracks.get_mut(&pid) {
                 t.round = self.round;
                 t.quiet &= quiet;
+                t.pending = true;
             }
             self.proc.keep_open(pid);
             if level.defers_stat() {
                 self.n_stat_deferred += 1;
             } else {
                 self.n_background_deferred += 1;
-                if !self.background_pending.iter().any(|(p, _)| *p == pid) {
-                    self.background_pending.push((pid, key));
-                }
             }
             return;
         }
-        self.background_pending.retain(|(p, _)| *p != pid);
         let io_deferred = level.defers_io() || self.sub_second;
         let carry = same
             .filter(|p| !now && ((quiet && p.quiet) || (io_deferred && !due)))
@@ -308,9 +308,12 @@ impl ActivitySampler {
             self.tracks.remove(&pid);
             return;
         };
-        if carry.is_some_and(|(start, _)| start == s.stat.start_ticks) {
+        let io_carried = carry.is_some_and(|(start, _)| start == s.stat.start_ticks);
+        if io_carried {
             self.n_io_unchanged += 1;
         }
+        // A quiet session's `io` did not change; a working one's did, and is read at the close.
+        let io_pending = io_carried && !same.is_some_and(|p| quiet && p.quiet);
         if let Some(exec) = self.execs.get_mut(&key) {
             exec.os_seen = true;
             exec.rss_bytes = s.stat.rss_pages.saturating_mul(procfs::page_size());
@@ -328,26 +331,36 @@ impl ActivitySampler {
                 io: s.io,
                 exec: Some(key),
                 quiet,
+                pending: io_pending,
             },
         );
     }
 
-    /// Before the interval's summary is rendered: the idle background processes whose readings
-    /// were deferred since their last one are read now, so what they did in this interval (a
-    /// checkpoint between two samples) is in its summary, not the next one's.
-    pub(super) fn read_background_pending(&mut self) {
+    /// Before the interval's summary is rendered: every pid whose reading was deferred since
+    /// its last one (an idle background process, any session at cost level `rotate`, the `io`
+    /// of a working session in a burst) is read now, so what it did in this interval (a
+    /// checkpoint between two samples, an execution's last seconds before it ends) is in this
+    /// interval's summary, not charged after its execution was shipped.
+    pub(super) fn read_deferred(&mut self) {
         if !self.reads_procfs() {
-            self.background_pending.clear();
             return;
         }
-        for (pid, key) in std::mem::take(&mut self.background_pending) {
+        let pending: Vec<(i32, ExecKey, bool)> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.pending)
+            .filter_map(|(pid, t)| Some((*pid, t.exec?, t.quiet)))
+            .collect();
+        for (pid, key, quiet) in pending {
             if self.execs.contains_key(&key) {
                 let how = Reading {
-                    quiet: false,
+                    quiet,
                     idle_background: false,
                     now: true,
                 };
                 self.read_pid(pid, key, how);
+            } else if let Some(t) = self.tracks.get_mut(&pid) {
+                t.pending = false;
             }
         }
     }
@@ -380,6 +393,7 @@ impl ActivitySampler {
                             io: s.io,
                             exec: None,
                             quiet: false,
+                            pending: false,
                         },
                     );
                 }
@@ -854,6 +868,41 @@ mod tests {
             (first.0, first.1),
             (procfs::ticks_to_ms(100) as f64, 40960.0),
             "charged from the first reading to the last"
+        );
+    }
+
+    #[test]
+    fn readings_deferred_at_the_close_are_taken_there_so_the_interval_has_every_second() {
+        use crate::collect::cost_control::{CostControl, Level};
+        // Four working sessions, still running when the interval closes (no sample after).
+        let run = |level: Level, sub_second: bool| {
+            let p = FakeProc::new(&format!("close{}{sub_second}", level.index()));
+            let mut s = p.sampler(ActivityConfig::default());
+            s.cost = CostControl::new(std::time::Duration::from_millis(1)).at_level(level);
+            s.set_sub_second(sub_second);
+            for round in 0..10u64 {
+                let t = 1000.0 + round as f64;
+                let rows: Vec<SessionRow> = (0..4)
+                    .map(|i| {
+                        p.set(100 + i, 10 * round, 5, Some((4096 * round, 512 * round)));
+                        row(100 + i, t, 999.0)
+                    })
+                    .collect();
+                s.absorb(&rows);
+            }
+            s.finish_interval()
+        };
+        let full = run(Level::Full, false);
+        let rotated = run(Level::Rotate, false);
+        let burst = run(Level::Full, true);
+        assert!(procfs_count(&rotated, "readings_deferred") >= 20.0);
+        assert!(procfs_count(&burst, "io_unchanged") >= 20.0);
+        assert_eq!(totals(&rotated), totals(&full));
+        assert_eq!(totals(&burst), totals(&full));
+        assert_eq!(
+            totals(&full)[0],
+            (procfs::ticks_to_ms(90) as f64, 4096.0 * 9.0, 512.0 * 9.0),
+            "up to the last sample before the close"
         );
     }
 

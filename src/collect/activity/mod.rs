@@ -178,9 +178,6 @@ pub struct ActivitySampler {
     n_background_deferred: u64,
     /// Samples come faster than once a second (`set_sub_second`): `io` on one sample in four.
     sub_second: bool,
-    /// Idle background processes whose readings were deferred since their last one (pid, and
-    /// the execution key), read at the interval's close.
-    background_pending: Vec<(i32, ExecKey)>,
 }
 
 impl ActivitySampler {
@@ -223,7 +220,6 @@ impl ActivitySampler {
             n_stat_deferred: 0,
             n_background_deferred: 0,
             sub_second: false,
-            background_pending: Vec::new(),
         }
     }
 
@@ -324,7 +320,7 @@ impl ActivitySampler {
     /// requests it saw, for a [`Correlator`]. Call every `interval_s`, from the thread that
     /// calls [`Self::sample`].
     pub fn finish_interval_parts(&mut self) -> (Payload, Vec<SampledStatement>) {
-        self.read_background_pending();
+        self.read_deferred();
         let parts = self.render_interval();
         self.interval_start = None;
         self.last_sample_at = None;
