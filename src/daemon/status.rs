@@ -1,7 +1,8 @@
 //! The status thread: rewrites the status file (the [`AgentReport`](crate::agent_report::AgentReport)'s
 //! lines) when the breaker changes state and when a backlog has drained (and logs how long that
-//! took), when anything else in it changed, and at least once a minute; a failed write is
-//! logged once per streak.
+//! took), when anything else in it changed, and at least once a minute ([`status::plan`]); a
+//! failed write is logged once per streak. It wakes only when the shipper publishes, for a
+//! write the plan put off, for the heartbeat and for a stop.
 
 use std::time::Instant;
 
@@ -32,21 +33,24 @@ impl WriteStreak {
 }
 
 /// The status thread: rewrites the status file at once when the breaker changes state and when
-/// a backlog has drained (logging how long it took), within [`status::STATUS_EVERY`] when
-/// anything else in it changed, and every [`status::heartbeat`] when nothing did.
+/// a backlog has drained (logging how long it took), within [`status::STATUS_EVERY`] of the
+/// shipper's next request when anything else in it changed, and every [`status::heartbeat`]
+/// when nothing did ([`status::plan`]).
 ///
 /// It sleeps until the shipper publishes (after every request: a breaker change, a failed send
-/// that starts a backlog, the ack that empties the spool) or its next look is due, not on a
-/// poll: each wake-up costs about 40 µs of CPU on a VM and each rewrite (a rename) about 100 µs,
-/// and a 1 s poll with a rewrite every 5 s was 5 ms of CPU a minute under pgbench -c 8
-/// (BENCHMARKS.md). A stop wakes it through [`StatusHandle::wake_waiters`].
+/// that starts a backlog, the ack that empties the spool) or the plan's next look, never on a
+/// poll: a wake-up after a long sleep costs about 130 µs of CPU on this VM and a rewrite (a
+/// rename) about 100 µs; a 1 s poll with a rewrite every 5 s was 5 ms of CPU a minute under
+/// pgbench -c 8, a look every 5 s 1 ms (BENCHMARKS.md). A stop wakes it through
+/// [`StatusHandle::wake_waiters`].
 pub(super) fn run_status(ctx: &Context, ship: &StatusHandle) {
     let mut watch = status::StatusWatch::new();
     let mut streak = WriteStreak::default();
     let heartbeat = status::heartbeat(ctx.config.collection.interval);
     let mut seen = ship.version();
     let mut last: Option<(Vec<(&'static str, String)>, Instant)> = None;
-    let mut next_look = Instant::now();
+    // Since when the lines differ (the uptime aside) from those written.
+    let mut dirty_since: Option<Instant> = None;
     loop {
         let shipped = ship.get();
         let o = status::Observation {
@@ -62,28 +66,31 @@ pub(super) fn run_status(ctx: &Context, ship: &StatusHandle) {
             log::info!("{line}");
         }
         let lines = ctx.report(ship, None).status_lines();
-        let looking = now >= next_look;
-        if looking {
-            next_look = now + status::STATUS_EVERY;
+        let changed = last
+            .as_ref()
+            .is_some_and(|(written, _)| !status::same_but_uptime(written, &lines));
+        if !changed {
+            dirty_since = None;
+        } else if dirty_since.is_none() {
+            dirty_since = Some(now);
         }
-        let write = match &last {
-            None => true,
-            Some((written, at)) => {
-                d.write
-                    || now.duration_since(*at) >= heartbeat
-                    || (looking && !status::same_but_uptime(written, &lines))
-            }
-        };
-        if write {
+        let plan = status::plan(
+            d.write,
+            dirty_since.map(|t| now.duration_since(t)),
+            last.as_ref().map(|(_, at)| now.duration_since(*at)),
+            heartbeat,
+        );
+        if plan.write {
             let result = status::write(&ctx.config.collection.state_dir, &lines);
             streak.record(&status_what(ctx), result);
             watch.written(o);
             last = Some((lines, now));
+            dirty_since = None;
         }
         if ctx.shutdown.is_stopped() {
             break;
         }
-        seen = ship.wait_change(seen, next_look, || ctx.shutdown.is_stopped());
+        seen = ship.wait_change(seen, now + plan.look_in, || ctx.shutdown.is_stopped());
         if ctx.shutdown.is_stopped() {
             break;
         }
