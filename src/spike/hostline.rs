@@ -7,7 +7,9 @@
 //! readings: the first sample, and one after counters went backwards, give `None`. The five
 //! files stay open and are re-read with `pread` at offset 0 (procfs regenerates them), which
 //! saves an open and a close per file per sample; a missing file is looked for again at most
-//! once a minute. `/proc/loadavg` (load1 and the runnable tasks) is read every sample. PSI is
+//! once a minute. `/proc/loadavg` (load1 and the runnable tasks) is read every sample while a
+//! spike lasts and at most every [`LOADAVG_EVERY`] otherwise (the kernel recomputes load1 every
+//! 5 s; between readings load1 is the last one and the runnable tasks are `None`). PSI is
 //! read at most every [`SPIKE_PSI_EVERY`] while a spike lasts (the kernel recomputes its
 //! averages every 2 s) and every [`PSI_EVERY`] otherwise (`avg10` is a 10 s average). `/proc/stat`
 //! (blocked tasks, CPU busy and iowait since its previous reading) is read at most every
@@ -104,8 +106,13 @@ pub const SPIKE_PSI_EVERY: Duration = Duration::from_secs(2);
 
 /// Least time between two readings of `/proc/stat` outside spikes. The kernel formats every
 /// interrupt counter into it, which made it most of the host line's cost (about 60 µs of the
-/// sampler's CPU per reading on a 2-core VM, against 8 µs in a hot loop).
-pub const STAT_EVERY: Duration = Duration::from_secs(5);
+/// sampler's CPU per reading on a 2-core VM, against 8 µs in a hot loop): every 5 s that was
+/// 0.7 ms of CPU a minute, a fifth of what the spike work may add to the steady state.
+pub const STAT_EVERY: Duration = Duration::from_secs(15);
+
+/// Least time between two readings of `/proc/loadavg` outside spikes: the kernel recomputes
+/// load1 every 5 s (`LOAD_FREQ`), so reading it every second finds the same figure four times.
+pub const LOADAVG_EVERY: Duration = Duration::from_secs(5);
 
 /// Least time between two readings of `/proc/stat` while a spike lasts: a burst samples 4 times
 /// a second, and reading this file at each would cost 4 × 60 µs a second of burst for CPU
@@ -135,6 +142,9 @@ pub struct HostLine {
     stat_every: Duration,
     spike_stat_every: Duration,
     stat_at: Option<Instant>,
+    loadavg_every: Duration,
+    /// The last `/proc/loadavg` reading: when, and its load1.
+    loadavg: Option<(Instant, f64)>,
     n_cpus: Option<u64>,
 }
 
@@ -169,18 +179,19 @@ impl HostLine {
             stat_every: STAT_EVERY,
             spike_stat_every: SPIKE_STAT_EVERY,
             stat_at: None,
+            loadavg_every: LOADAVG_EVERY,
+            loadavg: None,
             n_cpus: None,
         }
     }
 
-    /// Reads PSI at most every `psi` and `/proc/stat` at most every `stat` (outside spikes;
-    /// during spikes at most every `psi` or `stat` too when it is shorter than
-    /// [`SPIKE_PSI_EVERY`] or [`SPIKE_STAT_EVERY`]) (tests: zero, every sample).
-    pub fn with_periods(mut self, psi: Duration, stat: Duration) -> HostLine {
-        self.psi_every = psi;
-        self.spike_psi_every = self.spike_psi_every.min(psi);
-        self.stat_every = stat;
-        self.spike_stat_every = self.spike_stat_every.min(stat);
+    /// Reads every file at every sample (tests).
+    pub fn every_sample(mut self) -> HostLine {
+        self.psi_every = Duration::ZERO;
+        self.spike_psi_every = Duration::ZERO;
+        self.stat_every = Duration::ZERO;
+        self.spike_stat_every = Duration::ZERO;
+        self.loadavg_every = Duration::ZERO;
         self
     }
 
@@ -235,10 +246,18 @@ impl HostLine {
             n_cpus: self.n_cpus,
             ..HostPoint::default()
         };
-        if let Some((load1, running)) = self.read(1).and_then(parse_loadavg_running) {
-            p.load1 = Some(load1);
-            p.procs_running = Some(running);
+        let loadavg_due = detailed
+            || self
+                .loadavg
+                .map_or(true, |(at, _)| at.elapsed() >= self.loadavg_every);
+        if loadavg_due {
+            self.loadavg = None;
+            if let Some((load1, running)) = self.read(1).and_then(parse_loadavg_running) {
+                p.procs_running = Some(running);
+                self.loadavg = Some((Instant::now(), load1));
+            }
         }
+        p.load1 = self.loadavg.map(|(_, l)| l);
         let every = if detailed {
             self.spike_stat_every
         } else {
@@ -347,7 +366,7 @@ mod tests {
         std::fs::write(dir.join("stat"), stat(100, 0)).unwrap();
         std::fs::write(dir.join("loadavg"), "4.20 1.00 0.50 3/200 999\n").unwrap();
         std::fs::write(dir.join("pressure/io"), PSI).unwrap();
-        let mut h = HostLine::with_root(&dir).with_periods(Duration::ZERO, Duration::ZERO);
+        let mut h = HostLine::with_root(&dir).every_sample();
         let p = h.sample(false);
         assert_eq!(p.procs_running, Some(7));
         assert_eq!(p.procs_blocked, Some(3));
@@ -400,8 +419,8 @@ mod tests {
         let p = h.sample(false);
         assert_eq!(
             (p.load1, p.procs_running),
-            (Some(2.0), Some(7)),
-            "loadavg every sample"
+            (Some(1.0), None),
+            "loadavg not due outside a spike: load1 is the last reading"
         );
         assert_eq!(p.procs_blocked, None, "/proc/stat not due outside a spike");
         assert_eq!(p.n_cpus, Some(1), "the CPU count is remembered");
@@ -411,6 +430,11 @@ mod tests {
             "the kernel has not recomputed PSI yet"
         );
         let p = h.sample(true);
+        assert_eq!(
+            (p.load1, p.procs_running),
+            (Some(2.0), Some(7)),
+            "loadavg at every sample of a spike"
+        );
         assert_eq!(
             p.procs_blocked, None,
             "during a spike: at most once a second"
