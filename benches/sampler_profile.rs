@@ -3,11 +3,12 @@
 //! test: it prints figures and asserts none.
 //!
 //! `cargo bench --bench sampler_profile -- [--secs S] [--load-rule on|off|both|none] [--callgrind]
-//! [--sessions N] [--floor]` (`make bench-sampler` builds unstripped with line tables, so
+//! [--sessions N] [--floor] [--wake-cost]` (`make bench-sampler` builds unstripped with line tables, so
 //! callgrind names functions). `--floor`: first the bare per-second job in the bench process
 //! (one query, then each row's `/proc` files), the least any agent doing it pays. `--sessions N`: N sessions in `pg_sleep` instead of pgbench (`--lock-waiters`:
 //! waiting on one session's lock instead). `BENCH_AGENT_BIN`
-//! profiles another build of the agent (e.g. the commit before a change).
+//! profiles another build of the agent (e.g. the commit before a change). `--wake-cost`: only
+//! what a thread that does nothing but sleep pays per wake-up (no server).
 //!
 //! - Native: the agent runs `S` seconds (after a warm-up of 12 s) with the spike detector's load
 //!   rule on (`load_per_cpu = 2`, the default) and/or off (`0`); sampler thread CPU from
@@ -401,6 +402,26 @@ impl Drop for Sleepers {
     }
 }
 
+/// `--wake-cost`: what a thread that only sleeps pays in CPU per wake-up, for sleeps of 10 ms,
+/// 100 ms and 1 s (its own schedstat before and after): the fixed price of every thread that
+/// wakes on a timer, before it does any work.
+fn wake_cost() {
+    let on_cpu_ns = || -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    for (sleep_ms, n) in [(10u64, 300u64), (100, 50), (1000, 10)] {
+        let before = on_cpu_ns();
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+        }
+        let per_wake = on_cpu_ns().saturating_sub(before) as f64 / n as f64 / 1000.0;
+        println!("  sleep {sleep_ms:>4} ms: {per_wake:.1} µs of CPU per wake-up ({n} wake-ups)");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut secs = 30;
@@ -433,6 +454,10 @@ fn main() {
             "--lock-waiters" => lock = true,
             "--callgrind" => cg = true,
             "--floor" => floor_too = true,
+            "--wake-cost" => {
+                wake_cost();
+                return;
+            }
             _ => {}
         }
         i += 1;
