@@ -26,6 +26,8 @@
 mod callgrind;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/sessions.rs"]
+mod sessions;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1456,124 +1458,6 @@ const SCALE_WINDOW_S: u64 = 20;
 const SCALE_BURST_SAMPLES: usize = 8;
 const SCALE_APP: &str = "bitville-bench-scale";
 
-/// Sessions the scale scenario holds: one thread per connection, each running the SQL it is
-/// sent and answering when it returns. Connections are reused across variants and sizes.
-struct Holders {
-    conninfo: String,
-    workers: Vec<std::sync::mpsc::Sender<String>>,
-    handles: Vec<std::thread::JoinHandle<()>>,
-    done_tx: std::sync::mpsc::Sender<()>,
-    done_rx: std::sync::mpsc::Receiver<()>,
-}
-
-impl Holders {
-    fn new(pg: &TestPg) -> Holders {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        Holders {
-            conninfo: format!(
-                "host={} port={} user=postgres dbname=postgres application_name={SCALE_APP}",
-                pg.socket_dir().display(),
-                pg.port()
-            ),
-            workers: Vec::new(),
-            handles: Vec::new(),
-            done_tx,
-            done_rx,
-        }
-    }
-
-    /// Opens connections until `n` are held, 50 at a time in parallel.
-    fn grow_to(&mut self, n: usize) {
-        let t = Instant::now();
-        while self.workers.len() < n {
-            let batch = (n - self.workers.len()).min(50);
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            for _ in 0..batch {
-                let (tx, rx) = std::sync::mpsc::channel::<String>();
-                let conninfo = self.conninfo.clone();
-                let done = self.done_tx.clone();
-                let ready = ready_tx.clone();
-                let h = std::thread::Builder::new()
-                    .stack_size(512 * 1024)
-                    .spawn(move || {
-                        let mut c = match postgres::Client::connect(&conninfo, postgres::NoTls) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let _ = ready.send(Err(e.to_string()));
-                                return;
-                            }
-                        };
-                        let _ = ready.send(Ok(()));
-                        while let Ok(sql) = rx.recv() {
-                            // Cancelled or released: an error here is the normal end.
-                            let _ = c.batch_execute(&sql);
-                            let _ = done.send(());
-                        }
-                    })
-                    .expect("spawn session thread");
-                self.workers.push(tx);
-                self.handles.push(h);
-            }
-            drop(ready_tx);
-            // Each thread keeps its sender: count the answers rather than wait for a hang-up.
-            for _ in 0..batch {
-                match ready_rx.recv() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => panic!("scale: opening session {}: {e}", self.workers.len()),
-                    Err(_) => panic!("scale: a session thread ended before connecting"),
-                }
-            }
-        }
-        println!(
-            "  ({n} sessions held, opened in {:.1} s)",
-            t.elapsed().as_secs_f64()
-        );
-    }
-
-    /// Sends `sql` to every held session.
-    fn run_all(&self, sql: &str) {
-        for w in &self.workers {
-            w.send(sql.to_string()).expect("session thread alive");
-        }
-    }
-
-    /// Waits until every session has answered (or 60 s passed).
-    fn wait_all(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for _ in 0..self.workers.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.done_rx.recv_timeout(left).is_err() {
-                println!("  (not every session returned within 60 s)");
-                return;
-            }
-        }
-    }
-
-    /// Closes every connection and joins the threads.
-    fn close(self) {
-        drop(self.workers);
-        for h in self.handles {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Polls until `n` of the scale sessions match `cond` (a pg_stat_activity predicate).
-fn wait_sessions(admin: &mut postgres::Client, n: usize, cond: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}' AND {cond}"
-    );
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        let got: i64 = admin.query_one(&sql, &[]).map(|r| r.get(0)).unwrap_or(0);
-        if got as usize >= n {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// One size and variant of the scale scenario.
 struct ScaleRow {
     sessions: usize,
@@ -1724,14 +1608,14 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         .unwrap();
     let mut pool = Pool::new(&pg.db_config());
     let mut c = pool.acquire().unwrap();
-    let mut holders = Holders::new(&pg);
+    let mut holders = sessions::Holders::new(&pg, SCALE_APP);
     let mut rows = Vec::new();
     let mut agent_at_400 = None;
     for &n in &o.sizes {
         holders.grow_to(n);
         // pg_sleep
         holders.run_all("SELECT pg_sleep(3600)");
-        if !wait_sessions(&mut admin, n, "wait_event = 'PgSleep'") {
+        if !holders.wait_sessions(&mut admin, n, "wait_event = 'PgSleep'") {
             println!("  ({n}: not every session reached pg_sleep)");
         }
         if !o.callgrind_only {
@@ -1740,9 +1624,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
         if n == 400 && o.callgrind {
             callgrind_profile(&pg, n, "");
         }
-        let _ = admin.batch_execute(&format!(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
-        ));
+        holders.cancel_all(&mut admin);
         holders.wait_all();
         // Lock waiters behind one holder.
         let mut holder = pg.admin();
@@ -1750,7 +1632,7 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             .batch_execute("BEGIN; LOCK TABLE scale_lock IN ACCESS EXCLUSIVE MODE")
             .unwrap();
         holders.run_all("SELECT count(*) FROM scale_lock");
-        if !wait_sessions(&mut admin, n, "wait_event_type = 'Lock'") {
+        if !holders.wait_sessions(&mut admin, n, "wait_event_type = 'Lock'") {
             println!("  ({n}: not every session is waiting on the lock)");
         }
         if !o.callgrind_only {
@@ -1769,11 +1651,9 @@ fn scenario_scale(o: &Opts, rep: &mut Report) {
             drop(c);
             drop(pool);
             holders.run_all("SELECT pg_sleep(3600)");
-            wait_sessions(&mut admin, n, "wait_event = 'PgSleep'");
+            holders.wait_sessions(&mut admin, n, "wait_event = 'PgSleep'");
             agent_at_400 = Some(agent_at_400_both(&pg));
-            let _ = admin.batch_execute(&format!(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '{SCALE_APP}'"
-            ));
+            holders.cancel_all(&mut admin);
             holders.wait_all();
             pool = Pool::new(&pg.db_config());
             c = pool.acquire().unwrap();

@@ -26,6 +26,8 @@
 mod callgrind;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/sessions.rs"]
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -333,12 +335,13 @@ fn callgrind(pg: &TestPg, secs: u64, tag: &str) {
 /// The statement the held sessions run: a sleep, or a read behind the holder's lock.
 const SLEEP_SQL: &str = "SELECT pg_sleep(3600)";
 const WAIT_SQL: &str = "SELECT count(*) FROM hot16_lock";
+const SLEEPERS_APP: &str = "bitville-bench-sleepers";
 
 /// Holds `n` sessions in `pg_sleep` or waiting on a lock until dropped (then ends them).
 struct Sleepers {
     admin: postgres::Client,
     holder: Option<postgres::Client>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    sessions: Option<sessions::Holders>,
 }
 
 fn sleepers(pg: &TestPg, n: usize, lock: bool) -> Sleepers {
@@ -352,38 +355,21 @@ fn sleepers(pg: &TestPg, n: usize, lock: bool) -> Sleepers {
             .unwrap();
         h
     });
-    let sql = if lock { WAIT_SQL } else { SLEEP_SQL };
-    let threads = (0..n)
-        .map(|_| {
-            let cfg = format!(
-                "host={} port={} user=postgres dbname=postgres",
-                pg.socket_dir().display(),
-                pg.port()
-            );
-            std::thread::spawn(move || {
-                if let Ok(mut c) = postgres::Client::connect(&cfg, postgres::NoTls) {
-                    let _ = c.batch_execute(sql);
-                }
-            })
-        })
-        .collect();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        let busy: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
-            )
-            .map_or(0, |r| r.get(0));
-        if busy as usize >= n {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let mut held = sessions::Holders::new(pg, SLEEPERS_APP);
+    held.grow_to(n);
+    held.run_all(if lock { WAIT_SQL } else { SLEEP_SQL });
+    let cond = if lock {
+        "wait_event_type = 'Lock'"
+    } else {
+        "wait_event = 'PgSleep'"
+    };
+    if !held.wait_sessions(&mut admin, n, cond) {
+        println!("  (not every session reached {cond})");
     }
     Sleepers {
         admin,
         holder,
-        threads,
+        sessions: Some(held),
     }
 }
 
@@ -392,12 +378,10 @@ impl Drop for Sleepers {
         if let Some(mut h) = self.holder.take() {
             let _ = h.batch_execute("COMMIT");
         }
-        let _ = self.admin.query(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = $1",
-            &[&SLEEP_SQL],
-        );
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(held) = self.sessions.take() {
+            held.cancel_all(&mut self.admin);
+            held.wait_all();
+            held.close();
         }
     }
 }

@@ -39,7 +39,7 @@ impl WriteStreak {
 ///
 /// It sleeps until the shipper publishes (after every request: a breaker change, a failed send
 /// that starts a backlog, the ack that empties the spool) or the plan's next look, never on a
-/// poll: a wake-up after a long sleep costs about 130 µs of CPU on this VM and a rewrite (a
+/// poll: a wake-up after a long sleep costs 40 to 130 µs of CPU on this VM and a rewrite (a
 /// rename) about 100 µs; a 1 s poll with a rewrite every 5 s was 5 ms of CPU a minute under
 /// pgbench -c 8, a look every 5 s 1 ms (BENCHMARKS.md). A stop wakes it through
 /// [`StatusHandle::wake_waiters`].
