@@ -1,5 +1,6 @@
-//! Unit tests' scratch directories (compiled only for tests): [`TempDir`] makes a fresh
-//! directory under the system temp dir and removes it on drop, also when the test panics.
+//! Tests' scratch directories (compiled only for tests; the integration tests' and benches'
+//! harness, `tests/common`, includes this file too): [`TempDir`] makes a fresh directory under
+//! the system temp dir and removes it on drop, also when the test panics.
 //!
 //! Invariant: each `TempDir::new` gets a directory no other test of the process uses (pid and
 //! a counter in its name), so tests running in parallel never share one.
@@ -12,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates `<temp>/bv-unit-<tag>-<pid>-<n>` (removing a leftover of that name first).
+    /// Creates `<temp>/bitville-<tag>-<pid>-<n>` (removing a leftover of that name first).
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("bv-unit-{tag}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("bitville-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create a unit-test temp dir");
         TempDir(dir)
@@ -54,12 +55,12 @@ impl Drop for TempDir {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
+    // No `use`: the benches include this file too, built with `cfg(test)` but without the test
+    // harness, where an import only the test uses would be unused.
     #[test]
     fn the_directory_is_fresh_and_gone_after_a_panic() {
-        let a = TempDir::new("guard");
-        let b = TempDir::new("guard");
+        let a = super::TempDir::new("guard");
+        let b = super::TempDir::new("guard");
         assert_ne!(a.path(), b.path());
         std::fs::write(a.join("f"), b"x").unwrap();
         let kept = a.path().to_path_buf();
