@@ -35,4 +35,6 @@ pub mod status;
 pub mod sys;
 #[cfg(test)]
 pub(crate) mod testdir;
+#[cfg(test)]
+mod testdir_tests;
 pub mod wiring;

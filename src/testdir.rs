@@ -1,6 +1,7 @@
 //! Tests' scratch directories (compiled only for tests; the integration tests' and benches'
-//! harness, `tests/common`, includes this file too): [`TempDir`] makes a fresh directory under
-//! the system temp dir and removes it on drop, also when the test panics.
+//! harness, `tests/common`, includes this file too, so its own test is in `testdir_tests.rs`,
+//! not here): [`TempDir`] makes a fresh directory under the system temp dir and removes it on
+//! drop, also when the test panics.
 //!
 //! Invariant: each `TempDir::new` gets a directory no other test of the process uses (pid and
 //! a counter in its name), so tests running in parallel never share one.
@@ -50,26 +51,5 @@ impl AsRef<Path> for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    // No `use`: the benches include this file too, built with `cfg(test)` but without the test
-    // harness, where an import only the test uses would be unused.
-    #[test]
-    fn the_directory_is_fresh_and_gone_after_a_panic() {
-        let a = super::TempDir::new("guard");
-        let b = super::TempDir::new("guard");
-        assert_ne!(a.path(), b.path());
-        std::fs::write(a.join("f"), b"x").unwrap();
-        let kept = a.path().to_path_buf();
-        let panicked = std::panic::catch_unwind(move || {
-            let _moved = a;
-            panic!("a failing test");
-        });
-        assert!(panicked.is_err());
-        assert!(!kept.exists(), "removed although the test panicked");
-        drop(b);
     }
 }
