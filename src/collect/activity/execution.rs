@@ -871,6 +871,21 @@ mod tests {
         );
     }
 
+    /// `rounds` samples `period_s` apart of `sessions` backends (pids 100, 101, ...) in one
+    /// execution each, every one spending 10 ticks, 4096 bytes read and 512 written a sample.
+    fn work(p: &FakeProc, s: &mut ActivitySampler, rounds: u64, sessions: i32, period_s: f64) {
+        for round in 0..rounds {
+            let t = 1000.0 + round as f64 * period_s;
+            let rows: Vec<SessionRow> = (0..sessions)
+                .map(|i| {
+                    p.set(100 + i, 10 * round, 5, Some((4096 * round, 512 * round)));
+                    row(100 + i, t, 999.0)
+                })
+                .collect();
+            s.absorb(&rows);
+        }
+    }
+
     #[test]
     fn readings_deferred_at_the_close_are_taken_there_so_the_interval_has_every_second() {
         use crate::collect::cost_control::{CostControl, Level};
@@ -880,16 +895,7 @@ mod tests {
             let mut s = p.sampler(ActivityConfig::default());
             s.cost = CostControl::new(std::time::Duration::from_millis(1)).at_level(level);
             s.set_sub_second(sub_second);
-            for round in 0..10u64 {
-                let t = 1000.0 + round as f64;
-                let rows: Vec<SessionRow> = (0..4)
-                    .map(|i| {
-                        p.set(100 + i, 10 * round, 5, Some((4096 * round, 512 * round)));
-                        row(100 + i, t, 999.0)
-                    })
-                    .collect();
-                s.absorb(&rows);
-            }
+            work(&p, &mut s, 10, 4, 1.0);
             s.finish_interval()
         };
         let full = run(Level::Full, false);
@@ -912,16 +918,7 @@ mod tests {
             let p = FakeProc::new(&format!("burst{sub_second}"));
             let mut s = p.sampler(ActivityConfig::default());
             s.set_sub_second(sub_second);
-            for round in 0..12u64 {
-                let t = 1000.0 + round as f64 / 4.0;
-                let rows: Vec<SessionRow> = (0..3)
-                    .map(|i| {
-                        p.set(100 + i, 10 * round, 5, Some((4096 * round, 512 * round)));
-                        row(100 + i, t, 999.0)
-                    })
-                    .collect();
-                s.absorb(&rows);
-            }
+            work(&p, &mut s, 12, 3, 0.25);
             for i in 0..3 {
                 p.set(100 + i, 200, 5, Some((65536, 8192)));
             }
